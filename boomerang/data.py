@@ -1,0 +1,152 @@
+"""Text sources, tokenisation and packing.
+
+A *source* is a local text file (one document), a folder (each ``*.txt``/``*.md`` file one document and each
+``*.jsonl`` line one document, in sorted path order), a ``.jsonl`` file (one document per line, text in
+``text_field``), a list of strings, or a Hugging Face dataset written ``hf:NAME[:CONFIG][@SPLIT]`` (streamed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import BoomerangError
+
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+def _hf_spec(spec: str) -> tuple[str, str | None, str]:
+    body = spec.removeprefix("hf:")
+    body, _, split = body.partition("@")
+    name, _, config = body.partition(":")
+    return name, (config or None), (split or "train")
+
+
+def read_texts(
+    source: str | Path | Sequence[str], *, text_field: str = "text", limit: int | None = None
+) -> Iterator[str]:
+    """Yield documents from ``source`` (see module docstring), at most ``limit`` of them."""
+    it = _read(source, text_field)
+    for i, text in enumerate(it):
+        if limit is not None and i >= limit:
+            return
+        yield text
+
+
+def _read(source: str | Path | Sequence[str], text_field: str) -> Iterator[str]:
+    if isinstance(source, (list, tuple)):
+        yield from (str(s) for s in source)
+        return
+    spec = str(source)
+    if spec.startswith("hf:"):
+        yield from _read_hf(spec, text_field)
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ".jsonl"))
+        if not files:
+            raise BoomerangError(f"{path} contains no .txt, .md or .jsonl files")
+        for f in files:
+            yield from _read_file(f, text_field)
+        return
+    if path.is_file():
+        yield from _read_file(path, text_field)
+        return
+    raise BoomerangError(
+        f"data source {spec!r} does not exist; pass a text file, a folder, a .jsonl file, or hf:NAME[:CONFIG][@SPLIT] "
+        "for a Hugging Face dataset"
+    )
+
+
+def _read_file(path: Path, text_field: str) -> Iterator[str]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BoomerangError(f"{path}:{n} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict) or text_field not in row:
+                    raise BoomerangError(
+                        f"{path}:{n} has no {text_field!r} field; set text_field / --text-field"
+                    )
+                yield str(row[text_field])
+    else:
+        yield path.read_text(encoding="utf-8", errors="replace")
+
+
+def _read_hf(spec: str, text_field: str) -> Iterator[str]:
+    name, config, split = _hf_spec(spec)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as e:
+        raise BoomerangError(
+            f"could not open Hugging Face dataset {name!r} (config {config}, split {split}): {str(e).splitlines()[0]}. "
+            "Offline? Use a local text folder or .jsonl file instead."
+        ) from None
+    for row in ds:
+        if text_field not in row:
+            raise BoomerangError(f"dataset {name!r} has no {text_field!r} column; columns: {sorted(row)}")
+        yield str(row[text_field])
+
+
+def tokenize(texts: Iterable[str], tokenizer: Any, *, add_bos: bool = False) -> Iterator[list[int]]:
+    """Token ids per document (no special tokens, except BOS first if ``add_bos``)."""
+    bos = tokenizer.bos_token_id
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        yield ([bos] if add_bos and bos is not None else []) + list(ids)
+
+
+def pack(docs: Iterable[list[int]], block_size: int, eos_id: int) -> Iterator[list[int]]:
+    """Concatenate documents, each followed by EOS, and cut into blocks of ``block_size`` (remainder dropped)."""
+    buf: list[int] = []
+    for doc in docs:
+        buf.extend(doc)
+        buf.append(eos_id)
+        while len(buf) >= block_size:
+            yield buf[:block_size]
+            buf = buf[block_size:]
+
+
+def eos_id(tokenizer: Any) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        eos = tokenizer.sep_token_id  # BERT-family tokenizers
+    if eos is None:
+        raise BoomerangError("the tokenizer has no EOS (or SEP) token to separate documents")
+    return int(eos)
+
+
+def calibration_ids(
+    source: str | Path | Sequence[str],
+    tokenizer: Any,
+    *,
+    n: int = 128,
+    length: int = 256,
+    seed: int = 0,
+    text_field: str = "text",
+    scan_tokens: int = 4_000_000,
+) -> torch.Tensor:
+    """``[n, length]`` token blocks drawn (seeded) from the packed source: the calibration set."""
+    blocks: list[list[int]] = []
+    for block in pack(
+        tokenize(read_texts(source, text_field=text_field), tokenizer), length, eos_id(tokenizer)
+    ):
+        blocks.append(block)
+        if len(blocks) * length >= scan_tokens:
+            break
+    if not blocks:
+        raise BoomerangError(f"the data source has fewer than {length} tokens; nothing to calibrate on")
+    rng = random.Random(seed)
+    picked = rng.sample(range(len(blocks)), n) if len(blocks) >= n else list(range(len(blocks)))
+    return torch.tensor([blocks[i] for i in sorted(picked)], dtype=torch.long)
