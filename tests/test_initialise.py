@@ -1,0 +1,233 @@
+"""Student initialisation: every / explicit / random / similarity, exact config fields, `boomerang init`."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from tiny import ids, make_teacher, tiny_corpus, tiny_tokenizer
+from transformers import AutoModelForCausalLM
+
+from boomerang.cli.app import run
+from boomerang.errors import BoomerangError
+from boomerang.initialise import block_similarities, init_student, save_student, similarity_layers
+from boomerang.layermap import LayerMap, read_layer_map
+
+
+def _layer(model, i):
+    return {k: v for k, v in model.model.layers[i].state_dict().items()}
+
+
+def test_every_copies_the_kept_layers_and_records_the_map():
+    teacher = make_teacher("llama", 6, tie=True)
+    student = init_student(teacher, teacher_name="tiny-teacher")
+    lm = LayerMap.from_kept([0, 2, 4, 5], 6)
+    cfg = student.config
+    assert cfg.num_hidden_layers == 4 and cfg.tie_word_embeddings
+    assert cfg.boomerang == {
+        "role": "student",
+        "layer_map": {"n_teacher": 6, "kept": [0, 2, 4, 5]},
+        "teacher": "tiny-teacher",
+        "init": {"strategy": "every", "every": 2, "keep_first": 1, "keep_last": 2},
+    }
+    for i, j in enumerate(lm.kept):
+        a, b = _layer(student, i), _layer(teacher, j)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    assert student.lm_head.weight is student.model.embed_tokens.weight  # still tied
+    # the student owns its tensors and is trainable; the teacher is untouched
+    t_ptrs = {p.data_ptr() for p in teacher.parameters()}
+    assert not any(p.data_ptr() in t_ptrs for p in student.parameters())
+    assert all(p.requires_grad for p in student.parameters())
+    with torch.no_grad():
+        student.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    assert not torch.equal(
+        student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[0].mlp.up_proj.weight
+    )
+
+
+def test_qwen2_per_layer_fields_follow_the_kept_layers():
+    teacher = make_teacher("qwen2", 8)  # layers 0..3 full attention, 4..7 sliding
+    student = init_student(teacher, [0, 1, 3, 6, 7], patch_order="first")
+    cfg = student.config
+    assert cfg.layer_types == [teacher.config.layer_types[j] for j in (0, 1, 3, 6, 7)]
+    assert cfg.max_window_layers == 3 and cfg.num_hidden_layers == 5
+    assert cfg.boomerang["init"] == {"strategy": "layers"} and cfg.boomerang["patch_order"] == "first"
+    x = ids()
+    with torch.no_grad():
+        assert student(x).logits.shape == (2, 12, teacher.config.vocab_size)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2", "gemma3_text"])
+def test_every_matches_layermap_every_for_each_architecture(arch):
+    teacher = make_teacher(arch, 7)
+    student = init_student(teacher, every=3, keep_first=2, keep_last=1)
+    assert LayerMap.from_config(student.config) == LayerMap.every(7, every=3, keep_first=2, keep_last=1)
+    with torch.no_grad():
+        assert torch.isfinite(student(ids()).logits).all()
+
+
+def test_random_keeps_the_map_and_reinitialises_every_weight():
+    teacher = make_teacher("llama", 6, tie=True)
+    every = init_student(teacher)
+    rand = init_student(teacher, "random", seed=3)
+    again = init_student(teacher, "random", seed=3)
+    other = init_student(teacher, "random", seed=4)
+    assert LayerMap.from_config(rand.config) == LayerMap.from_config(every.config)
+    assert rand.config.boomerang["init"] == {
+        "strategy": "random",
+        "every": 2,
+        "keep_first": 1,
+        "keep_last": 2,
+        "seed": 3,
+    }
+    a, b = dict(rand.named_parameters()), dict(every.named_parameters())
+    for k, v in a.items():
+        if v.dim() > 1:  # matrices differ from the teacher's (norm weights initialise to ones)
+            assert not torch.equal(v, b[k]), k
+    assert all(torch.equal(v, dict(again.named_parameters())[k]) for k, v in a.items())
+    assert not torch.equal(rand.model.layers[0].mlp.up_proj.weight, other.model.layers[0].mlp.up_proj.weight)
+    assert rand.lm_head.weight is rand.model.embed_tokens.weight
+    state = torch.get_rng_state()
+    init_student(teacher, "random", seed=5)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
+
+
+def _brute_force(sim, size):
+    n = sim.shape[0]
+    best = None
+    for rest in itertools.combinations(range(1, n), size - 1):
+        kept = [0, *rest]
+        scores = block_similarities(sim, kept)
+        key = (round(min(scores), 9), round(sum(scores), 9))
+        if best is None or key > best[0]:
+            best = (key, kept)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_similarity_selection_is_exact(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 9
+    sim = torch.rand(n, n, generator=g)
+    sim = (sim + sim.T) / 2
+    sim.fill_diagonal_(1.0)
+    for size in (1, 3, 5, 9):
+        kept = similarity_layers(sim, size)
+        assert len(kept) == size and kept[0] == 0 and kept == sorted(kept)
+        scores = block_similarities(sim, kept)
+        (best_min, best_sum), _ = _brute_force(sim, size)
+        assert round(min(scores), 9) == best_min and round(sum(scores), 9) == pytest.approx(best_sum)
+
+
+def test_similarity_keeps_dissimilar_layers_in_their_own_blocks():
+    # layers 0-3 are alike, 4 is an outlier, 5-7 are alike: a 3-layer student keeps 0, 4, 5
+    n = 8
+    group = [0, 0, 0, 0, 1, 2, 2, 2]
+    sim = torch.tensor([[0.95 if group[i] == group[j] else 0.2 for j in range(n)] for i in range(n)])
+    assert similarity_layers(sim, 3) == [0, 4, 5]
+    with pytest.raises(BoomerangError, match="out of range"):
+        similarity_layers(sim, 9)
+
+
+def test_similarity_init_on_a_teacher():
+    teacher = make_teacher("llama", 6)
+    calib = ids(4, 16, seed=2)
+    student = init_student(teacher, "similarity", size=3, calibration=calib)
+    info = student.config.boomerang["init"]
+    assert info["strategy"] == "similarity" and info["calibration_shape"] == [4, 16]
+    lm = LayerMap.from_config(student.config)
+    assert lm.n_student == 3 and lm.kept[0] == 0
+    from boomerang.similarity import similarity_matrix
+
+    sim = similarity_matrix(teacher, calib)
+    assert lm.kept == tuple(similarity_layers(sim, 3))
+    assert info["min_block_similarity"] == pytest.approx(
+        min(block_similarities(sim.fill_diagonal_(1), lm.kept)), abs=1e-5
+    )
+    with pytest.raises(BoomerangError, match="calibration"):
+        init_student(teacher, "similarity", size=3)
+
+
+def test_bad_strategies():
+    teacher = make_teacher("llama", 6)
+    with pytest.raises(BoomerangError, match="unknown init strategy"):
+        init_student(teacher, "sometimes")
+    with pytest.raises(BoomerangError, match="must be 0"):
+        init_student(teacher, [1, 3])
+    with pytest.raises(BoomerangError, match="out of range"):
+        init_student(teacher, [0, 7])
+    with pytest.raises(BoomerangError, match="8-layer teacher"):
+        init_student(teacher, LayerMap.every(8))
+
+
+def test_save_student_is_atomic_and_complete(tmp_path):
+    teacher = make_teacher("llama", 6, tie=True)
+    student = init_student(teacher)
+    out = tmp_path / "s"
+    save_student(student, out, tokenizer=tiny_tokenizer())
+    assert {"config.json", "model.safetensors", "student_config.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert json.loads((out / "student_config.json").read_text()) == {
+        "pruned_teacher_layers": [1, 3],
+        "copied_teacher_layers": [0, 2, 4, 5],
+    }
+    again = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        assert torch.equal(again(ids()).logits, student(ids()).logits)
+    with pytest.raises(BoomerangError, match="already exists"):
+        save_student(student, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary leftovers
+
+
+@pytest.fixture
+def teacher_dir(tmp_path):
+    teacher = make_teacher("llama", 6, tie=True)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tiny_tokenizer(tmp_path / "teacher")
+    return tmp_path / "teacher"
+
+
+def test_cli_init_strategies(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "every"
+    assert run(["init", "--teacher", str(teacher_dir), "--out", str(out)]) == 0
+    assert read_layer_map(out) == LayerMap.from_kept([0, 2, 4, 5], 6)
+    assert (out / "tokenizer.json").is_file() and (out / "student_config.json").is_file()
+    out2 = tmp_path / "explicit"
+    assert run(["init", "--teacher", str(teacher_dir), "--out", str(out2), "--layers", "0,1,5"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(out2).config.boomerang["layer_map"]["kept"] == [0, 1, 5]
+    out3 = tmp_path / "random"
+    assert run(["init", "--teacher", str(teacher_dir), "--out", str(out3), "--strategy", "random"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(out3).config.boomerang["init"]["strategy"] == "random"
+    corpus = tiny_corpus(tmp_path / "calib", 6)
+    out4 = tmp_path / "sim"
+    args = ["init", "--teacher", str(teacher_dir), "--out", str(out4), "--strategy", "similarity"]
+    args += ["--size", "3", "--data", str(corpus), "--calibration-texts", "4", "--calibration-length", "16"]
+    assert run(args) == 0
+    assert "min block similarity" in capsys.readouterr().out
+    assert len(read_layer_map(out4).kept) == 3
+
+
+def test_cli_init_bad_input(teacher_dir, tmp_path, capsys):
+    base = ["init", "--teacher", str(teacher_dir)]
+    out = tmp_path / "o"
+    cases = [
+        (["--out", str(out), "--strategy", "sometimes"], "unknown --strategy"),
+        (["--out", str(out), "--layers", "0,x"], "cannot read --layers"),
+        (["--out", str(out), "--layers", "1,2"], "must be 0"),
+        (["--out", str(out), "--strategy", "random", "--layers", "0,2"], "cannot be combined"),
+        (["--out", str(out), "--strategy", "similarity"], "needs calibration texts"),
+        (["--out", str(out), "--size", "3"], "only apply to --strategy similarity"),
+        (["--out", str(out), "--patch-order", "middle"], "--patch-order must be"),
+        (["--out", str(out), "--every", "0"], "need every >= 1"),
+    ]
+    for args, msg in cases:
+        assert run(base + args) == 2, args
+        assert msg in capsys.readouterr().err, msg
+        assert not out.exists()
+    assert run(["init", "--teacher", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    out.mkdir()
+    assert run([*base, "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert run([*base, "--out", str(out), "--force"]) == 0

@@ -1,0 +1,393 @@
+"""The distillation trainer on tiny models: learning, frozen teacher, accumulation, resume, robustness."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import tiny_corpus, tiny_recipe, tiny_run_setup
+from transformers import AutoModelForCausalLM
+
+from boomerang.cli.app import run
+from boomerang.errors import BoomerangError
+from boomerang.initialise import init_student, save_student
+from boomerang.layermap import LayerMap, read_layer_map
+from boomerang.recipe import parse_recipe
+from boomerang.trainer import PAUSE_ENV, Distiller, distill, lr_factor
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    n = torch.get_num_threads()  # train.threads (set by tiny recipes) must not leak into other tests
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tiny_run_setup(tmp_path_factory.mktemp("distill"))
+
+
+def _records(out: Path, kind=None):
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("kind") == kind]
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_a_30_step_run_lowers_the_loss_and_writes_a_standard_student(root, tmp_path):
+    teacher_before = _weights(root / "teacher")
+    recipe = parse_recipe(
+        tiny_recipe(
+            root,
+            train={"steps": 30},
+            eval={"every": 10, "blocks": 8},
+            checkpoint={"every": 10},
+            log={"tensorboard": None},  # on when installed
+        )
+    )
+    out = tmp_path / "run"
+    summary = distill(recipe, out=out)
+    train = _records(out)
+    assert [r["step"] for r in train] == list(range(1, 31))
+    first = sum(r["loss"] for r in train[:5]) / 5
+    last = sum(r["loss"] for r in train[-5:]) / 5
+    assert last < first - 0.3, (first, last)
+    evals = [r for r in _records(out, "eval") if r["model"] == "student"]
+    assert [r["step"] for r in evals] == [10, 20, 30] and evals[-1]["loss"] < evals[0]["loss"]
+    assert summary["steps"] == 30 and summary["tokens"] == 30 * 8 * 16 and summary["val_teacher"]["ppl"] > 1
+    assert summary["val_slice"] == {
+        "source": str(root / "val"),
+        "from": "start",
+        "blocks": 8,
+        "seq_len": 16,
+        "tokens": 128,
+        "layout": "packed",
+    }
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-0000010", "step-0000020"}
+    # the final student is a standard checkpoint carrying its layer map, sidecar and tokenizer
+    student_dir = out / "student"
+    model = AutoModelForCausalLM.from_pretrained(student_dir)
+    assert model.config.num_hidden_layers == 4 and model.config.tie_word_embeddings
+    assert model.config.boomerang["layer_map"] == {"n_teacher": 6, "kept": [0, 2, 4, 5]}
+    assert model.config.boomerang["distill"]["steps"] == 30
+    assert read_layer_map(student_dir) == LayerMap.from_kept([0, 2, 4, 5], 6)
+    assert json.loads((student_dir / "student_config.json").read_text())["copied_teacher_layers"] == [
+        0,
+        2,
+        4,
+        5,
+    ]
+    assert (student_dir / "tokenizer.json").is_file() and (out / "recipe.yaml").is_file()
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # the teacher on disk is untouched
+    after = _weights(root / "teacher")
+    assert all(torch.equal(teacher_before[k], after[k]) for k in teacher_before)
+
+
+def test_only_student_parameters_get_gradients(root, tmp_path):
+    d = Distiller(parse_recipe(tiny_recipe(root)), out=tmp_path / "run")
+    d.setup()
+    t_before = {k: v.clone() for k, v in d.teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in d.student.state_dict().items()}
+    d.train_step()
+    assert not any(p.requires_grad for p in d.teacher.parameters())
+    assert all(p.grad is None for p in d.teacher.parameters())
+    assert not d.teacher.training and d.student.training
+    assert all(torch.equal(t_before[k], v) for k, v in d.teacher.state_dict().items())
+    changed = [k for k, v in d.student.state_dict().items() if not torch.equal(s_before[k], v)]
+    assert len(changed) == len(s_before)  # every student tensor moved
+    teacher_ids = {id(p) for p in d.teacher.parameters()}
+    opt_ids = {id(p) for g in d.optimizer.param_groups for p in g["params"]}
+    assert not opt_ids & teacher_ids and opt_ids == {id(p) for p in d.student.parameters()}
+    assert all(id(p) not in teacher_ids for p in d.student.parameters())  # the student owns its tensors
+
+
+def test_gradient_accumulation_gives_the_same_updates(root, tmp_path):
+    def losses(micro):
+        r = parse_recipe(tiny_recipe(root, train={"micro_batch_size": micro, "steps": 3}))
+        d = Distiller(r, out=tmp_path / f"m{micro}")
+        d.setup()
+        curve = [d.train_step()["loss"] for _ in range(3)]
+        return curve, {k: v.clone() for k, v in d.student.state_dict().items()}
+
+    a, wa = losses(1)  # 8 micro-batches of 1
+    b, wb = losses(8)  # 1 micro-batch of 8
+    assert a == pytest.approx(b, abs=1e-5)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
+def test_fused_head_and_full_logits_paths_agree(root, tmp_path):
+    curves = []
+    for fused in (True, False):
+        r = parse_recipe(tiny_recipe(root, train={"fused_loss": fused, "steps": 3}))
+        d = Distiller(r, out=tmp_path / str(fused))
+        d.setup()
+        assert d.mode == ("head" if fused else "logits")
+        curves.append([d.train_step()["loss"] for _ in range(3)])
+    assert curves[0] == pytest.approx(curves[1], abs=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_updates(root, tmp_path):
+    curves = []
+    for gc in (False, True):
+        r = parse_recipe(tiny_recipe(root, train={"gradient_checkpointing": gc, "steps": 3}))
+        d = Distiller(r, out=tmp_path / str(gc))
+        d.setup()
+        assert d.student.is_gradient_checkpointing == gc
+        curves.append([d.train_step()["loss"] for _ in range(3)])
+    assert curves[0] == pytest.approx(curves[1], abs=1e-5)
+
+
+def test_padded_documents_train_on_real_tokens_only(root, tmp_path):
+    r = parse_recipe(tiny_recipe(root, data={"packing": False, "seq_len": 64}, train={"steps": 2}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    assert d.train_data.blocks.mask is not None
+    rec = d.train_step()
+    batch_tokens = int(d.train_data.blocks.batch(d.train_data.indices(0, 8)).attention_mask.sum())
+    assert rec["tokens"] == batch_tokens < 8 * 64  # documents are 20-120 words: some padding
+    assert all(v == v for v in (rec["loss"], rec["ce"], rec["kl"], rec["cos"]))  # finite, no NaN from padding
+
+
+def test_freezing_and_untying(root, tmp_path):
+    r = parse_recipe(tiny_recipe(root, train={"untie_head": True, "freeze_embeddings": True, "steps": 2}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    emb, head = d.student.get_input_embeddings().weight, d.student.get_output_embeddings().weight
+    assert emb is not head and not emb.requires_grad and head.requires_grad
+    e0, h0 = emb.detach().clone(), head.detach().clone()
+    d.train_step()
+    assert torch.equal(emb, e0) and not torch.equal(head, h0)
+    # tied + freeze_head freezes the shared matrix (one tensor)
+    r = parse_recipe(tiny_recipe(root, train={"freeze_head": True, "freeze_final_norm": True}))
+    d = Distiller(r, out=tmp_path / "run2")
+    d.setup()
+    assert d.student.get_input_embeddings().weight is d.student.get_output_embeddings().weight
+    assert not d.student.get_input_embeddings().weight.requires_grad
+    assert not d.student.model.norm.weight.requires_grad and d.frozen == ["LM head", "final norm"]
+
+
+def test_untied_student_saves_untied(root, tmp_path):
+    r = parse_recipe(tiny_recipe(root, train={"untie_head": True, "steps": 2}))
+    distill(r, out=tmp_path / "run")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student")
+    assert not model.config.tie_word_embeddings
+    assert not torch.equal(model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+
+
+def test_ce_only_ablation_needs_no_teacher_forward(root, tmp_path):
+    r = parse_recipe(tiny_recipe(root, loss={"kl": 0, "cos": 0}, eval={"blocks": 0}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    assert d.t_mod is None
+    rec = d.train_step()
+    assert rec["kl"] == 0 and rec["cos"] == 0 and rec["loss"] == pytest.approx(rec["ce"])
+
+
+def test_bf16_autocast_path_runs_on_cpu(root, tmp_path):
+    r = parse_recipe(tiny_recipe(root, train={"precision": "bf16", "steps": 2}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    assert d.teacher.dtype == torch.bfloat16 and d.student.dtype == torch.float32
+    rec = d.train_step()
+    assert torch.isfinite(torch.tensor(rec["loss"])) and rec["loss"] > 0
+
+
+def test_non_finite_steps_are_skipped_then_the_run_aborts(tmp_path):
+    root = tiny_run_setup(tmp_path, tie=False)
+    # a teacher whose embedding row for token w7 is NaN: blocks containing w7 give a NaN KL
+    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher")
+    save_student(init_student(teacher), root / "student")  # a clean student
+    with torch.no_grad():
+        teacher.get_input_embeddings().weight[7] = float("nan")
+    teacher.save_pretrained(root / "teacher")
+    for i in range(40):  # most documents avoid w7; a few carry it
+        text = (root / "train" / f"doc{i:03d}.txt").read_text().replace("w7 ", "w8 ")
+        (root / "train" / f"doc{i:03d}.txt").write_text(("w7 " if i % 8 == 0 else "") + text)
+    student = str(root / "student")
+    r = parse_recipe(
+        tiny_recipe(root, student=student, train={"steps": 12, "max_nonfinite": 100}, eval={"blocks": 0})
+    )
+    out = tmp_path / "run"
+    summary = distill(r, out=out)
+    recs = _records(out)
+    skipped = [x for x in recs if x.get("skipped")]
+    assert 0 < summary["skipped_steps"] == len(skipped) < 12
+    assert all(x["loss"] is None for x in skipped)
+    w = _weights(out / "student")
+    assert all(torch.isfinite(t).all() for t in w.values())
+    r = parse_recipe(
+        tiny_recipe(root, student=student, train={"steps": 12, "max_nonfinite": 0}, eval={"blocks": 0})
+    )
+    with pytest.raises(BoomerangError, match=r"aborting at step \d+: 1 steps had a non-finite"):
+        distill(r, out=tmp_path / "run2")
+
+
+def test_run_directory_rules(root, tmp_path):
+    r = parse_recipe(tiny_recipe(root, train={"steps": 2}))
+    out = tmp_path / "run"
+    distill(r, out=out)
+    with pytest.raises(BoomerangError, match="already exists; pass --resume"):
+        distill(r, out=out)
+    distill(r, out=out, force=True)  # a run directory may be replaced
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(BoomerangError, match="not a boomerang run directory"):
+        distill(r, out=other, force=True)
+    assert (other / "notes.txt").read_text() == "keep"
+    # resuming with different settings is refused
+    r2 = parse_recipe(tiny_recipe(root, train={"steps": 4}, checkpoint={"every": 1}))
+    distill(r2, out=tmp_path / "run3")
+    changed = parse_recipe(tiny_recipe(root, train={"steps": 4}, optim={"lr": 1e-3}, checkpoint={"every": 1}))
+    with pytest.raises(BoomerangError, match=r"differs .* in optim\.lr"):
+        distill(changed, out=tmp_path / "run3", resume=True)
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 1, "cosine", 0.0) == 1.0
+    assert lr_factor(0, 100, 10, "cosine", 0.0) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, "cosine", 0.0) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(99, 100, 0, "constant", 0.0) == 1.0
+
+
+def _cli(args, env=None, **kw):
+    cmd = [sys.executable, "-c", "from boomerang.cli.app import main; main()", *args]
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, **kw)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    # attention dropout makes the RNG state matter
+    root = tiny_run_setup(tmp_path, attention_dropout=0.2)
+    recipe = tmp_path / "r.yaml"
+    import yaml
+
+    recipe.write_text(
+        yaml.safe_dump(tiny_recipe(root, train={"steps": 10}, checkpoint={"every": 3, "keep": 2}))
+    )
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _cli(["distill", str(recipe), "--out", str(full)]).wait(timeout=300) == 0
+    proc = _cli(["distill", str(recipe), "--out", str(killed)], env={PAUSE_ENV: "7"})
+    try:
+        deadline = time.time() + 300
+        while not (killed / ".paused").exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "student").exists()
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
+    assert _cli(["distill", str(recipe), "--out", str(killed), "--resume"]).wait(timeout=300) == 0
+    a, b = _weights(full / "student"), _weights(killed / "student")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
+    steps = [r["step"] for r in _records(killed)]
+    assert steps == list(range(1, 11))  # records after the checkpoint were replaced, not duplicated
+    assert [r["loss"] for r in _records(killed)] == pytest.approx(
+        [r["loss"] for r in _records(full)], abs=1e-6
+    )
+
+
+def test_streaming_and_heldout_split(root, tmp_path):
+    r = parse_recipe(
+        tiny_recipe(
+            root,
+            data={"streaming": True, "eval": None, "heldout_docs": 3, "shuffle_buffer": 16},
+            train={"steps": 3},
+        )
+    )
+    summary = distill(r, out=tmp_path / "run")
+    assert summary["steps"] == 3 and summary["val_student"]["tokens"] > 0
+
+
+def test_cli_distill_flags_and_bad_input(root, tmp_path, capsys):
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(root)))
+    assert run(["distill", str(recipe), "--dry-run", "--steps", "3", "loss.kl=0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "steps: 3" in text and "kl: 0.5" in text
+    assert run(["distill", str(recipe), "train.stepz=3"]) == 2
+    assert "did you mean 'train.steps'" in capsys.readouterr().err
+    assert run(["distill", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert run(["distill", str(recipe), "--resume", "--force"]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [unclosed\n")
+    assert run(["distill", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    empty_data = tmp_path / "short"
+    tiny_corpus(empty_data, 1, words=(3, 4))
+    assert run(["distill", str(recipe), "--out", str(tmp_path / "o"), f"data.train={empty_data}"]) == 2
+    assert "shorter than one sequence" in capsys.readouterr().err
+    assert run(["distill", str(recipe), "--out", str(tmp_path / "o2"), "--steps", "2"]) == 0
+    assert (tmp_path / "o2" / "student" / "config.json").is_file()
+
+
+@pytest.mark.real
+def test_real_teacher_init_and_a_few_distill_steps(real_teacher_dir, tmp_path):
+    """`boomerang init` on SmolLM2-135M, then three distillation steps on the shared corpus."""
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "validation"
+    if not corpus.is_dir():
+        pytest.skip("the shared corpora are not available")
+    student = tmp_path / "student"
+    assert run(["init", "--teacher", "smollm2-offline", "--out", str(student)]) == 0
+    assert read_layer_map(student) == LayerMap.every(30)
+    raw = {
+        "teacher": "smollm2-offline",
+        "student": str(student),
+        "data": {
+            "train": str(corpus),
+            "seq_len": 32,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "train": {"batch_size": 2, "micro_batch_size": 1, "steps": 3, "threads": 1},
+        "loss": {"align_embeddings": True, "align_final": "both"},
+        "eval": {"blocks": 0},
+        "log": {"progress": False, "tensorboard": False},
+    }
+    summary = distill(parse_recipe(raw), out=tmp_path / "run")
+    recs = _records(tmp_path / "run")
+    assert len(recs) == 3 and all(0 < r["loss"] < 20 and r["grad_norm"] > 0 for r in recs)
+    assert 0 < recs[0]["cos"] < 17 and recs[0]["kl"] > 0  # 17 aligned pairs, each 1 - cos in [0, 2]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student")
+    assert model.config.num_hidden_layers == 16 and model.config.boomerang["distill"]["steps"] == 3
+    assert summary["tokens"] == 3 * 2 * 32
+
+
+@pytest.mark.parametrize(
+    "init,kept",
+    [
+        ({"strategy": "layers", "layers": [0, 3, 5]}, [0, 3, 5]),
+        ({"strategy": "random"}, [0, 2, 4, 5]),
+        ({"strategy": "similarity", "size": 3, "calibration_texts": 4, "calibration_length": 8}, None),
+    ],
+)
+def test_recipe_init_strategies(root, tmp_path, init, kept):
+    r = parse_recipe(tiny_recipe(root, init=init, patch_order="first", train={"steps": 1}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    section = d.student.config.boomerang
+    assert section["init"]["strategy"] == init["strategy"] and section["patch_order"] == "first"
+    assert section["teacher"] == str(root / "teacher")
+    assert list(d.layer_map.kept) == (kept or section["layer_map"]["kept"])
+    assert d.layer_map.n_student == (len(kept) if kept else 3)
+    assert d.train_step()["loss"] > 0
