@@ -1,0 +1,166 @@
+"""``boomerang family``: every size of a family written as its own checkpoint directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..atomic import check_writable
+from ..errors import BoomerangError
+from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, parse_ints, resolve_layer_map
+
+Force = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
+Stream = Annotated[
+    bool | None,
+    typer.Option(
+        "--stream/--no-stream",
+        help="Write members straight from the safetensors files without loading the models "
+        "(default: whenever both are local safetensors checkpoints).",
+    ),
+]
+ShardSize = Annotated[
+    str, typer.Option("--max-shard-size", help="Largest weight file per member, e.g. 5GB or 500MB.")
+]
+OrderOpt = Annotated[
+    str,
+    typer.Option(
+        help="Patch order: last, first, a saved order (.json), or similarity / greedy-kl / optimal (need --data)."
+    ),
+]
+
+
+def progress_bars() -> Any:
+    """A rich progress display over members and bytes, usable as an ``ExportProgress``."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from ..family import ExportProgress
+
+    class Bars(ExportProgress):
+        def __init__(self) -> None:
+            self.members = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+            )
+            self.bytes = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            from rich.console import Group
+            from rich.live import Live
+
+            self.live = Live(Group(self.members, self.bytes), console=console, transient=True)
+            self.m_task = self.b_task = None
+
+        def __enter__(self) -> Bars:
+            self.live.__enter__()
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.live.__exit__(*exc)
+
+        def start(self, members: int, nbytes: int) -> None:
+            self.m_task = self.members.add_task("members", total=members)
+            self.b_task = self.bytes.add_task("weights", total=nbytes)
+
+        def member(self, k: int, name: str) -> None:
+            self.members.update(self.m_task, description=f"member {name}")
+
+        def advance(self, nbytes: int) -> None:
+            self.bytes.advance(self.b_task, nbytes)
+
+        def done_member(self) -> None:
+            self.members.advance(self.m_task)
+
+    return Bars()
+
+
+def family(
+    teacher: Annotated[str, typer.Option(help="Teacher checkpoint (directory, .gguf or Hub id).")],
+    student: Annotated[str, typer.Option(help="Distilled student checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Output directory: one sub-directory per member (atomic).")],
+    order: OrderOpt = "last",
+    data: OrderData = None,
+    sizes: Annotated[
+        str | None, typer.Option(help="Sizes K to write, e.g. 0,4,8 or 0-3 (default: all 0..M).")
+    ] = None,
+    layers: Layers = None,
+    layer_map: LayerMapPreset = None,
+    dtype: Dtype = "auto",
+    max_shard_size: ShardSize = "50GB",
+    stream: Stream = None,
+    force: Force = False,
+    trust_remote_code: Trust = False,
+) -> None:
+    """Write every member of a family (K = 0..M, or --sizes) with family.json, order.json and a README table."""
+    from rich.table import Table
+
+    from ..arch import n_layers
+    from ..family import MANIFEST, export_family, fmt_bytes
+    from ..loading import load_config, parse_dtype
+    from ..stream import is_local_safetensors, parse_shard_size
+    from .core import _fmt
+
+    check_writable(out, force=force)
+    parse_dtype(dtype)
+    parse_shard_size(max_shard_size)
+    if stream and not (is_local_safetensors(teacher) and is_local_safetensors(student)):
+        raise BoomerangError(
+            "--stream needs the teacher and the student as local checkpoint directories with safetensors "
+            "weights; drop --stream to load them in memory"
+        )
+    chosen = parse_ints(sizes, "--sizes")
+    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+    scfg = load_config(student, trust_remote_code=trust_remote_code)
+    lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
+    with progress_bars() as bars:
+        path = export_family(
+            teacher,
+            student,
+            out,
+            layer_map=lm,
+            order=order,
+            sizes=chosen,
+            data=data,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            stream=stream,
+            force=force,
+            progress=bars,
+            trust_remote_code=trust_remote_code,
+        )
+    import json
+
+    manifest = json.loads((path / MANIFEST).read_text())
+    t = Table(title=f"{path} ({manifest['written']}, order {manifest['order']['name']})")
+    for col in ("K", "directory", "layers", "patched student layers", "trainable", "inference", "weights"):
+        t.add_column(col, justify="right")
+    for r in manifest["members"]:
+        t.add_row(
+            str(r["K"]),
+            r["dir"],
+            str(r["n_layers"]),
+            str(r["patched_student_layers"]),
+            _fmt(r["params"]["trainable"]),
+            _fmt(r["params"]["inference"]),
+            fmt_bytes(r["weights_bytes"]),
+        )
+    console.print(t)
+    total = sum(r["weights_bytes"] for r in manifest["members"])
+    console.print(f"[green]wrote[/] {len(manifest['members'])} members ({fmt_bytes(total)}) to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(family)

@@ -1,0 +1,524 @@
+"""A whole family of sizes: zero-copy members in memory (``Family``) and on disk (``export_family``).
+
+Every member of a family is the student with some layers replaced by their teacher blocks, so every tensor of
+every member is a tensor of the teacher or of the student. ``Family`` builds members on the meta device and hands
+them the source tensors (``patching.build``): a member costs only its module objects, so holding all M+1 members
+costs about the memory of teacher plus student, and getting one takes milliseconds. Each member has its own
+module objects, so ``layer_idx``, attention types and KV caches are right for its depth.
+
+Because members share tensors with the teacher, the student and each other, changing a tensor in place (training,
+``model.half()`` on a member) changes it everywhere. Cast or move the whole family with ``Family.to``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .atomic import atomic_dir, check_writable
+from .errors import BoomerangError
+from .layermap import LayerMap
+from .plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan
+from .stream import DEFAULT_SHARD_SIZE, fmt_bytes
+
+MANIFEST = "family.json"
+ORDER_FILE = "order.json"
+_MEMBER_OVERHEAD = 1 << 20  # config, generation config, index and safetensors headers, per member (generous)
+
+OrderSpec = str | PatchOrder | Sequence[int]
+
+
+class Family:
+    """All sizes between a student and its teacher, sharing the two models' tensors.
+
+    ``teacher`` and ``student`` are loaded models or checkpoint paths (loaded with ``dtype``). ``layer_map``
+    defaults to the one the student carries. ``order`` is the default patch order for ``member(K)``.
+    """
+
+    def __init__(
+        self,
+        teacher: PreTrainedModel | str | os.PathLike,
+        student: PreTrainedModel | str | os.PathLike,
+        layer_map: LayerMap | None = None,
+        *,
+        order: OrderSpec = "last",
+        dtype: str | torch.dtype | None = None,
+        tokenizer: Any = None,
+        calibration: Any = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        from .loading import load_model, load_tokenizer
+        from .patching import check_pair, student_layer_map
+
+        self.sources: dict[str, str | None] = {}
+        models = {}
+        for role, spec in (("teacher", teacher), ("student", student)):
+            if isinstance(spec, PreTrainedModel):
+                models[role] = spec
+                self.sources[role] = getattr(spec, "name_or_path", None) or None
+            else:
+                models[role] = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
+                self.sources[role] = str(spec)
+        self.teacher: PreTrainedModel = models["teacher"]
+        self.student: PreTrainedModel = models["student"]
+        if tokenizer is None and not isinstance(teacher, PreTrainedModel):
+            tokenizer = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
+        self.tokenizer = tokenizer
+        self.layer_map: LayerMap = layer_map or student_layer_map(self.student)
+        self.arch = check_pair(self.teacher, self.student, self.layer_map)
+        self.calibration = calibration
+        self._orders: dict[Any, PatchOrder] = {}
+        self._members: dict[tuple[Any, ...], PreTrainedModel] = {}
+        self.default_order = self.order(order)
+
+    # ---- sizes and orders ----------------------------------------------------------------------------------
+    @property
+    def n_student(self) -> int:
+        """M: the student's layer count (the family has M + 1 sizes, K = 0..M)."""
+        return self.layer_map.n_student
+
+    @property
+    def sizes(self) -> list[int]:
+        return list(range(self.n_student + 1))
+
+    def __len__(self) -> int:
+        return self.n_student + 1
+
+    def __getitem__(self, k: int) -> PreTrainedModel:
+        return self.member(k)
+
+    def order(
+        self, order: OrderSpec | None = None, *, data: Any = None, calibration: Any = None, **options: Any
+    ) -> PatchOrder:
+        """Resolve (and remember) a patch order: a name, a JSON file, a sequence of student layers or a PatchOrder.
+
+        Data-driven orders (``similarity``, ``greedy-kl``, ``optimal``) need ``calibration`` token ids, or
+        ``data`` (a text source for ``boomerang.data.calibration_ids``), or the Family's ``calibration``.
+        """
+        from .orders import resolve_order
+
+        if order is None:
+            return self.default_order
+        if isinstance(order, PatchOrder):
+            return resolve_order(order, self.layer_map)
+        key = order if isinstance(order, str) else ("sequence", *order)
+        if key in self._orders and not options and data is None and calibration is None:
+            return self._orders[key]
+        ids = calibration if calibration is not None else self.calibration
+        if isinstance(order, str) and order in DATA_ORDERS and ids is None and data is not None:
+            ids = self._calibration(data)
+        po = resolve_order(
+            order, self.layer_map, teacher=self.teacher, student=self.student, calibration=ids, **options
+        )
+        self._orders[key] = po
+        return po
+
+    def _calibration(self, data: Any) -> Any:
+        from .data import calibration_ids
+
+        if self.tokenizer is None:
+            raise BoomerangError(
+                "this Family has no tokenizer: pass tokenizer=... (or calibration token ids)"
+            )
+        return calibration_ids(data, self.tokenizer)
+
+    def plan(
+        self, k: int | None = None, *, order: OrderSpec | None = None, patched: Iterable[int] | None = None
+    ) -> PatchPlan:
+        """The plan of one member: size ``k`` under ``order``, or the explicit set ``patched``."""
+        if patched is not None:
+            if k is not None:
+                raise BoomerangError("give either a size K or an explicit set of patched layers, not both")
+            return make_plan(self.layer_map, patched=patched)
+        if k is None:
+            raise BoomerangError("give a size K (0..M) or patched={...}")
+        return make_plan(self.layer_map, num_patched=k, order=self.order(order))
+
+    # ---- members ---------------------------------------------------------------------------------------------
+    def member(
+        self,
+        k: int | None = None,
+        *,
+        order: OrderSpec | None = None,
+        patched: Iterable[int] | None = None,
+        plan: PatchPlan | None = None,
+    ) -> PreTrainedModel:
+        """A ready model of size ``k`` (or with the explicit ``patched`` set), sharing the family's tensors.
+
+        Members are remembered: asking again for the same layers returns the same object.
+        """
+        from .patching import build
+
+        if plan is None:
+            plan = self.plan(k, order=order, patched=patched)
+        elif plan.layer_map != self.layer_map:
+            raise BoomerangError("the plan's layer map is not this family's")
+        key = (plan.patched, plan.order, plan.embed_override)
+        model = self._members.get(key)
+        if model is None:
+            model = build(self.teacher, self.student, plan)
+            self._members[key] = model
+        return model
+
+    def members(
+        self, order: OrderSpec | None = None, sizes: Iterable[int] | None = None
+    ) -> dict[int, PreTrainedModel]:
+        """``{K: model}`` for every size (or the chosen ``sizes``) under ``order``."""
+        po = self.order(order)
+        return {k: self.member(k, order=po) for k in self._sizes(sizes)}
+
+    def _sizes(self, sizes: Iterable[int] | None) -> list[int]:
+        return check_sizes(sizes, self.n_student)
+
+    def table(self, order: OrderSpec | None = None) -> list[dict[str, Any]]:
+        """One row per size: K, patched student layers, layer count, trainable and inference parameters."""
+        from .params import family_table
+
+        return family_table(self.teacher.config, self.student.config, self.layer_map, self.order(order))
+
+    def clear(self) -> None:
+        """Forget the remembered members (their memory is freed once nothing else refers to them)."""
+        self._members.clear()
+
+    def to(self, *args: Any, **kwargs: Any) -> Family:
+        """Move or cast teacher and student (like ``nn.Module.to``); members are rebuilt on next use."""
+        self.teacher.to(*args, **kwargs)
+        self.student.to(*args, **kwargs)
+        self.clear()
+        return self
+
+    def export(
+        self,
+        out: str | os.PathLike,
+        *,
+        order: OrderSpec | None = None,
+        sizes: Iterable[int] | None = None,
+        max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+        force: bool = False,
+        progress: ExportProgress | None = None,
+    ) -> Path:
+        """Write members as checkpoint directories with ``family.json``, ``order.json`` and a README."""
+        from .stream import parse_shard_size
+
+        parse_shard_size(max_shard_size)
+        po = self.order(order)
+        writer = _MemoryWriter(self, max_shard_size)
+        return _export(writer, out, po, check_sizes(sizes, self.n_student), force=force, progress=progress)
+
+    def __repr__(self) -> str:
+        return (
+            f"Family({self.arch.model_type}, {self.layer_map.describe()}, order={self.default_order.name!r}, "
+            f"{len(self._members)} members built)"
+        )
+
+
+def check_sizes(sizes: Iterable[int] | None, m: int) -> list[int]:
+    if sizes is None:
+        return list(range(m + 1))
+    chosen = sorted(set(int(k) for k in sizes))
+    bad = [k for k in chosen if not 0 <= k <= m]
+    if bad:
+        raise BoomerangError(f"sizes {bad} are out of range: the student has {m} layers, so K is 0..{m}")
+    if not chosen:
+        raise BoomerangError("no sizes chosen; give e.g. --sizes 0,4,8")
+    return chosen
+
+
+# ---- export ------------------------------------------------------------------------------------------------
+
+
+class ExportProgress:
+    """Hooks an exporter calls; the default does nothing (the CLI shows progress bars)."""
+
+    def start(self, members: int, nbytes: int) -> None: ...
+
+    def member(self, k: int, name: str) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def done_member(self) -> None: ...
+
+
+class _Writer:
+    """One way of writing members: streamed from disk, or saved from memory."""
+
+    teacher_config: Any
+    student_config: Any
+    layer_map: LayerMap
+    dtype: torch.dtype
+    teacher: str | None
+    student: str | None
+    tokenizer_bytes: int = 0
+    mode: str
+
+    def write(self, plan: PatchPlan, directory: Path, progress: ExportProgress, nbytes: int) -> list[str]:
+        """Write one member into ``directory``; returns the file names written."""
+        raise NotImplementedError
+
+
+class _StreamWriter(_Writer):
+    mode = "stream"
+
+    def __init__(self, builder: Any, max_shard_size: int | str) -> None:
+        self.builder, self.max_shard_size = builder, max_shard_size
+        self.teacher_config, self.student_config = builder.teacher.config, builder.student.config
+        self.layer_map, self.dtype = builder.layer_map, builder.dtype
+        self.teacher, self.student = str(builder.teacher.path), str(builder.student.path)
+        self.tokenizer_bytes = _tokenizer_bytes(builder.teacher.path)
+
+    def write(self, plan: PatchPlan, directory: Path, progress: ExportProgress, nbytes: int) -> list[str]:
+        self.builder.write(plan, directory, max_shard_size=self.max_shard_size, progress=progress.advance)
+        return sorted(p.name for p in directory.iterdir())
+
+
+class _MemoryWriter(_Writer):
+    mode = "memory"
+
+    def __init__(self, family: Family, max_shard_size: int | str) -> None:
+        self.family, self.max_shard_size = family, max_shard_size
+        self.teacher_config, self.student_config = family.teacher.config, family.student.config
+        self.layer_map, self.dtype = family.layer_map, family.teacher.dtype
+        self.teacher, self.student = family.sources["teacher"], family.sources["student"]
+        src = family.sources["teacher"]
+        self.tokenizer_bytes = _tokenizer_bytes(Path(src)) if src and Path(src).is_dir() else 0
+
+    def write(self, plan: PatchPlan, directory: Path, progress: ExportProgress, nbytes: int) -> list[str]:
+        model = self.family.member(plan=plan)
+        model.save_pretrained(directory, max_shard_size=self.max_shard_size)
+        if self.family.tokenizer is not None:
+            self.family.tokenizer.save_pretrained(directory)
+        progress.advance(nbytes)
+        return sorted(p.name for p in directory.iterdir())
+
+
+def _tokenizer_bytes(path: Path) -> int:
+    names = ("tokenizer", "vocab", "merges", "special_tokens", "chat_template", "spiece", "added_tokens")
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name.startswith(names))
+
+
+def member_dir(k: int, plan: PatchPlan, m: int) -> str:
+    """``K05-22layers``: the size and the layer count of a member (K zero-padded so that names sort)."""
+    return f"K{k:0{max(2, len(str(m)))}d}-{plan.n_layers}layers"
+
+
+def _export(
+    writer: _Writer,
+    out: str | os.PathLike,
+    order: PatchOrder,
+    sizes: list[int],
+    *,
+    force: bool,
+    progress: ExportProgress | None,
+) -> Path:
+    from .orders import save_order
+    from .params import plan_config, plan_params
+    from .stream import check_free_space, checkpoint_nbytes
+
+    out = check_writable(out, force=force)
+    progress = progress or ExportProgress()
+    lm, m = writer.layer_map, writer.layer_map.n_student
+    plans = {k: PatchPlan(layer_map=lm, patched=order.patched(k), order=order.name) for k in sizes}
+    weights = {
+        k: checkpoint_nbytes(plan_config(writer.teacher_config, writer.student_config, p), writer.dtype)
+        for k, p in plans.items()
+    }
+    need = sum(weights.values()) + len(plans) * (writer.tokenizer_bytes + _MEMBER_OVERHEAD)
+    check_free_space(
+        out,
+        need,
+        f"the {len(plans)} family members",
+        "Export fewer sizes (--sizes), write a smaller dtype (--dtype bfloat16) or choose another --out.",
+    )
+    rows = []
+    progress.start(len(plans), sum(weights.values()))
+    with atomic_dir(out, force=force) as tmp:
+        for k, plan in plans.items():
+            name = member_dir(k, plan, m)
+            progress.member(k, name)
+            (tmp / name).mkdir()
+            files = writer.write(plan, tmp / name, progress, weights[k])
+            counts = plan_params(writer.teacher_config, writer.student_config, plan)
+            rows.append(
+                {
+                    "K": k,
+                    "dir": name,
+                    "n_layers": plan.n_layers,
+                    "patched_student_layers": list(plan.patched),
+                    "layer_sources": [[who, j] for who, j in plan.sources],
+                    "teacher_layers": plan.teacher_layers,
+                    "embedding_from": plan.embed_source,
+                    "head_from": plan.head_source,
+                    "params": counts.as_dict(),
+                    "weights_bytes": weights[k],
+                    "files": files,
+                }
+            )
+            progress.done_member()
+        save_order(order, tmp / ORDER_FILE)
+        manifest = {
+            "format": "boomerang-family",
+            "version": 1,
+            "boomerang_version": _version(),
+            "teacher": writer.teacher,
+            "student": writer.student,
+            "model_type": writer.teacher_config.model_type,
+            "dtype": str(writer.dtype).removeprefix("torch."),
+            "written": writer.mode,
+            "layer_map": lm.to_json(),
+            "n_teacher": lm.n_teacher,
+            "n_student": m,
+            "order": {"name": order.name, "file": ORDER_FILE, "sequence": order.sequence},
+            "members": rows,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / "README.md").write_text(_readme(manifest))
+    return out
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def _readme(manifest: dict[str, Any]) -> str:
+    lines = [
+        "# Boomerang family",
+        "",
+        f"Intermediate models between the student `{manifest['student']}` and the teacher "
+        f"`{manifest['teacher']}` ({manifest['model_type']}, {manifest['dtype']}), built by zero-shot patching: "
+        "member K replaces K student layers by the teacher blocks they stand for "
+        f"(patch order `{manifest['order']['name']}`, saved in `{ORDER_FILE}`). K = 0 is the student and "
+        f"K = {manifest['n_student']} the teacher. Each directory is a standard checkpoint:",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'model = AutoModelForCausalLM.from_pretrained("{manifest["members"][0]["dir"]}")',
+        "```",
+        "",
+        "| K | directory | layers | patched student layers | trainable params | inference params | weights |",
+        "|--:|:--|--:|:--|--:|--:|--:|",
+    ]
+    for r in manifest["members"]:
+        lines.append(
+            f"| {r['K']} | `{r['dir']}` | {r['n_layers']} | {r['patched_student_layers']} | "
+            f"{_fmt_params(r['params']['trainable'])} | {_fmt_params(r['params']['inference'])} | "
+            f"{fmt_bytes(r['weights_bytes'])} |"
+        )
+    lines += [
+        "",
+        "Trainable parameters count every distinct tensor once; inference parameters count a tied embedding "
+        "twice (input lookup and output projection). `family.json` lists each member's layer sources.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_family(
+    teacher: str | os.PathLike | PreTrainedModel,
+    student: str | os.PathLike | PreTrainedModel,
+    out: str | os.PathLike,
+    *,
+    layer_map: LayerMap | None = None,
+    order: OrderSpec = "last",
+    sizes: Iterable[int] | None = None,
+    data: Any = None,
+    calibration: Any = None,
+    dtype: str | torch.dtype | None = None,
+    max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+    stream: bool | None = None,
+    force: bool = False,
+    progress: ExportProgress | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Write every member (or the chosen ``sizes``) of a family as its own checkpoint directory under ``out``.
+
+    With two local safetensors checkpoints the members are streamed from disk (``stream=None`` decides; ``True``
+    insists, ``False`` loads both models). Data-driven orders need ``data`` (a text source) or ``calibration`` ids.
+    """
+    from .stream import StreamBuilder, StreamUnsupported, is_local_safetensors, parse_shard_size
+
+    check_writable(out, force=force)
+    parse_shard_size(max_shard_size)
+    if isinstance(order, str) and order in DATA_ORDERS and data is None and calibration is None:
+        raise BoomerangError(
+            f"order {order!r} is computed from calibration texts: pass --data PATH (data=...)"
+        )
+    on_disk = not isinstance(teacher, PreTrainedModel) and not isinstance(student, PreTrainedModel)
+    can = on_disk and is_local_safetensors(teacher) and is_local_safetensors(student)  # type: ignore[arg-type]
+    if stream and not can:
+        raise BoomerangError(
+            "streaming needs the teacher and the student as local checkpoint directories with safetensors weights"
+        )
+    if stream is not False and can:
+        try:
+            builder = StreamBuilder(
+                teacher,  # type: ignore[arg-type]
+                student,  # type: ignore[arg-type]
+                layer_map,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+            )
+        except StreamUnsupported:
+            if stream:
+                raise
+        else:
+            po = _stream_order(builder, order, data, calibration, trust_remote_code)
+            sizes_ = check_sizes(sizes, builder.layer_map.n_student)
+            return _export(
+                _StreamWriter(builder, max_shard_size), out, po, sizes_, force=force, progress=progress
+            )
+    fam = Family(
+        teacher,
+        student,
+        layer_map,
+        dtype=dtype,
+        calibration=calibration,
+        trust_remote_code=trust_remote_code,
+    )
+    po = fam.order(order, data=data)
+    return fam.export(
+        out, order=po, sizes=sizes, max_shard_size=max_shard_size, force=force, progress=progress
+    )
+
+
+def _stream_order(
+    builder: Any, order: OrderSpec, data: Any, calibration: Any, trust_remote_code: bool
+) -> PatchOrder:
+    """Resolve an order for a streamed export; data-driven orders load both models just for the search."""
+    from .orders import resolve_order
+
+    lm = builder.layer_map
+    if not (isinstance(order, str) and order in DATA_ORDERS):
+        return resolve_order(order, lm)
+    from .loading import load_model
+
+    teacher = load_model(builder.teacher.path, dtype=builder.dtype, trust_remote_code=trust_remote_code)
+    student = load_model(builder.student.path, dtype=builder.dtype, trust_remote_code=trust_remote_code)
+    if calibration is None and data is not None:
+        from .data import calibration_ids
+
+        calibration = calibration_ids(data, builder.tokenizer)
+    try:
+        return resolve_order(order, lm, teacher=teacher, student=student, calibration=calibration)
+    finally:
+        del teacher, student
+
+
+def load_family(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read a family's ``family.json`` manifest."""
+    path = Path(directory) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BoomerangError(f"cannot read {path}: {e}") from None
