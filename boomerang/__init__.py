@@ -34,6 +34,10 @@ _EXPORTS = {
     "offline_teacher": "loading",
     "build_intermediate_model": "compat",
     "reference_plan": "compat",
+    "Family": "family",
+    "export_family": "family",
+    "StreamBuilder": "stream",
+    "stream_build": "stream",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -45,3 +45,21 @@ def similarity_matrix(
         total += torch.einsum("itd,jtd->ij", ha, hb).double()
         tokens += ha.shape[1]
     return (total / tokens).float()
+
+
+def similarity_matrices(
+    a: nn.Module, ids: torch.Tensor, b: nn.Module, *, batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(similarity_matrix(a, ids, b), similarity_matrix(b, ids))`` with one forward pass of each model."""
+    na, nb = len(layer_list(a)), len(layer_list(b))
+    cross = torch.zeros(na, nb, dtype=torch.float64)
+    own = torch.zeros(nb, nb, dtype=torch.float64)
+    tokens = 0
+    for start in range(0, ids.shape[0], batch_size):
+        batch = ids[start : start + batch_size]
+        ha = _normed_outputs(a, batch, range(na))
+        hb = _normed_outputs(b, batch, range(nb))
+        cross += torch.einsum("itd,jtd->ij", ha, hb).double()
+        own += torch.einsum("itd,jtd->ij", hb, hb).double()
+        tokens += ha.shape[1]
+    return (cross / tokens).float(), (own / tokens).float()

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-from tiny import perturb
+from tiny import make_student
 from transformers import AutoModelForCausalLM
 
 import boomerang as B
 from boomerang.cli.app import run
-from boomerang.layermap import student_section
 from boomerang.loading import smollm2_gguf
 
 pytestmark = pytest.mark.real
@@ -38,15 +37,7 @@ def test_teacher_is_the_smollm2_checkpoint(teacher):
 def test_k3_build_save_reload_generate(tmp_path, teacher, tokenizer, real_teacher_dir):
     lm = B.LayerMap.every(30)
     assert lm.n_student == 16
-    student = B.assemble(
-        {"teacher": teacher},
-        [("teacher", j) for j in lm.kept],
-        "teacher",
-        "teacher",
-        section=student_section(lm),
-        copy=True,
-    )
-    perturb(student, scale=1e-3)
+    student = make_student(teacher, lm, scale=1e-3)
     model = B.patch(teacher, student, lm, num_patched=3)
     assert model.config.num_hidden_layers == 13 + 4  # student 13..15 -> teacher blocks [26, 28), [28], [29]
     out = tmp_path / "k3"
@@ -64,15 +55,7 @@ def test_k3_build_save_reload_generate(tmp_path, teacher, tokenizer, real_teache
 
 
 def test_cli_build_on_the_real_teacher(tmp_path, teacher, real_teacher_dir):
-    lm = B.LayerMap.every(30)
-    student = B.assemble(
-        {"teacher": teacher},
-        [("teacher", j) for j in lm.kept],
-        "teacher",
-        "teacher",
-        section=student_section(lm),
-        copy=True,
-    )
+    student = make_student(teacher, B.LayerMap.every(30), scale=1e-3)
     student.save_pretrained(tmp_path / "student")
     out = tmp_path / "k3"
     assert (

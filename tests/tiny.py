@@ -144,3 +144,58 @@ def save_pair(
 def ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(4, VOCAB, (batch, length), generator=g)
+
+
+# ---- distillation runs (issue 3) ----------------------------------------------------------------------------
+
+
+def tiny_corpus(
+    directory: str | Path, n_docs: int = 40, seed: int = 0, words=(20, 120), vocab=(4, VOCAB)
+) -> Path:
+    """Documents of random tiny-tokenizer words, one .txt file each."""
+    import random
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for i in range(n_docs):
+        n = rng.randrange(*words)
+        (directory / f"doc{i:03d}.txt").write_text(" ".join(f"w{rng.randrange(*vocab)}" for _ in range(n)))
+    return directory
+
+
+def tiny_run_setup(
+    tmp_path: Path, arch: str = "llama", tie: bool = True, n_layers: int = 6, **overrides
+) -> Path:
+    """A saved tiny teacher (with tokenizer) plus train/ and val/ corpora under tmp_path; returns tmp_path."""
+    teacher = make_teacher(arch, n_layers, tie, **overrides)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tiny_tokenizer(tmp_path / "teacher")
+    tiny_corpus(tmp_path / "train", 40, seed=0)
+    tiny_corpus(tmp_path / "val", 5, seed=1)
+    return tmp_path
+
+
+def tiny_recipe(root: Path, **sections) -> dict:
+    """A raw recipe dict for a tiny run under ``root`` (see tiny_run_setup); ``sections`` update it."""
+    recipe = {
+        "name": "tiny",
+        "teacher": str(root / "teacher"),
+        "data": {
+            "train": str(root / "train"),
+            "eval": str(root / "val"),
+            "seq_len": 16,
+            "cache_dir": str(root / "cache"),
+        },
+        "train": {"batch_size": 8, "micro_batch_size": 2, "steps": 6, "threads": 1},
+        "optim": {"lr": 3e-3},
+        "eval": {"every": 0, "blocks": 4},
+        "checkpoint": {"every": 0},
+        "log": {"progress": False, "tensorboard": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            recipe.setdefault(key, {}).update(value)
+        else:
+            recipe[key] = value
+    return recipe

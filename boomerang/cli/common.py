@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 from ..errors import BoomerangError
@@ -12,6 +13,20 @@ from ..layermap import LayerMap, read_layer_map
 
 console = Console()
 err_console = Console(stderr=True)
+
+# Options shared by several commands: one definition each.
+Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
+Trust = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the Hub to run.")]
+Layers = Annotated[
+    str | None, typer.Option("--layers", help="Student's kept teacher layers, if it carries no layer map.")
+]
+LayerMapPreset = Annotated[
+    str | None, typer.Option("--layer-map", help="Layer-map preset: distilbert, distilgpt2.")
+]
+OrderData = Annotated[
+    str | None,
+    typer.Option("--data", help="Calibration texts for data-driven orders: file, folder, .jsonl or hf:NAME."),
+]
 
 
 def parse_ints(text: str | None, what: str = "list") -> list[int] | None:

@@ -11,13 +11,11 @@ from rich.table import Table
 from ..atomic import check_writable
 from ..errors import BoomerangError
 from ..layermap import read_layer_map
-from .common import console, parse_ints, resolve_layer_map
+from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, parse_ints, resolve_layer_map
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
-Trust = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the Hub to run.")]
 
 
 def _fmt(n: int) -> str:
@@ -33,9 +31,7 @@ def info(
     layers: Annotated[
         str | None, typer.Option(help="Layer map as kept teacher layers, e.g. 0,2,4,5.")
     ] = None,
-    layer_map: Annotated[
-        str | None, typer.Option("--layer-map", help="Layer-map preset: distilbert, distilgpt2.")
-    ] = None,
+    layer_map: LayerMapPreset = None,
     trust_remote_code: Trust = False,
 ) -> None:
     """Architecture, layer count, and for a student its blocks and the parameters of every family size."""
@@ -121,17 +117,31 @@ def build(
         int | None,
         typer.Option("--num-patched", "-k", help="Patch K student layers (K=0 student, K=M teacher)."),
     ] = None,
-    order: Annotated[str, typer.Option(help="Which K layers: last or first.")] = "last",
+    order: Annotated[
+        str,
+        typer.Option(
+            help="Which K layers: last, first, a saved order (.json), or similarity / greedy-kl / optimal "
+            "(need --data)."
+        ),
+    ] = "last",
     patch_layers: Annotated[
         str | None, typer.Option("--patch-layers", help="Explicit student layers to patch, e.g. 3,5.")
     ] = None,
-    layers: Annotated[
-        str | None, typer.Option(help="Student's kept teacher layers, if it carries no layer map.")
-    ] = None,
-    layer_map: Annotated[
-        str | None, typer.Option("--layer-map", help="Layer-map preset: distilbert, distilgpt2.")
-    ] = None,
+    layers: Layers = None,
+    layer_map: LayerMapPreset = None,
+    data: OrderData = None,
     dtype: Dtype = "auto",
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            help="Write the model straight from the safetensors files without loading either model "
+            "(default: whenever both are local safetensors checkpoints).",
+        ),
+    ] = None,
+    max_shard_size: Annotated[
+        str, typer.Option("--max-shard-size", help="Largest weight file, e.g. 5GB or 500MB.")
+    ] = "50GB",
     force: Force = False,
     trust_remote_code: Trust = False,
 ) -> None:
@@ -139,14 +149,25 @@ def build(
     from ..arch import n_layers
     from ..atomic import atomic_dir
     from ..configs import check_compatible
-    from ..loading import load_config, load_model, load_tokenizer
-    from ..params import count_params
+    from ..loading import load_config, load_model, load_tokenizer, parse_dtype
+    from ..orders import resolve_order, save_order
+    from ..params import count_params, plan_params
     from ..patching import build as build_model
-    from ..plan import make_plan
+    from ..plan import BUILTIN_ORDERS, DATA_ORDERS, make_plan
+    from ..stream import StreamBuilder, StreamUnsupported, is_local_safetensors, parse_shard_size
 
     check_writable(out, force=force)
     if (num_patched is None) == (patch_layers is None):
         raise BoomerangError("give exactly one of --num-patched K or --patch-layers i,j,...")
+    parse_dtype(dtype)
+    parse_shard_size(max_shard_size)
+    explicit = parse_ints(patch_layers, "--patch-layers")
+    can_stream = is_local_safetensors(teacher) and is_local_safetensors(student)
+    if stream and not can_stream:
+        raise BoomerangError(
+            "--stream needs the teacher and the student as local checkpoint directories with safetensors "
+            "weights; drop --stream to build in memory"
+        )
     tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
     scfg = load_config(student, trust_remote_code=trust_remote_code)
     check_compatible(tcfg, scfg)
@@ -156,18 +177,57 @@ def build(
             f"the layer map ({lm.describe()}) does not fit a {n_layers(tcfg)}-layer teacher and "
             f"{n_layers(scfg)}-layer student"
         )
-    plan = make_plan(
-        lm, num_patched=num_patched, order=order, patched=parse_ints(patch_layers, "--patch-layers")
-    )
-    with atomic_dir(out, force=force) as tmp:
+    builder = None
+    if stream is not False and can_stream:
+        try:
+            builder = StreamBuilder(teacher, student, lm, dtype=dtype, trust_remote_code=trust_remote_code)
+        except StreamUnsupported as e:
+            if stream:
+                raise
+            console.print(f"[dim]building in memory: {e}[/]")
+
+    def load_pair() -> tuple:
         t = load_model(teacher, dtype=dtype, trust_remote_code=trust_remote_code)
         s = load_model(student, dtype=dtype, trust_remote_code=trust_remote_code)
-        model = build_model(t, s, plan)
-        model.save_pretrained(tmp)
-        load_tokenizer(teacher, trust_remote_code=trust_remote_code).save_pretrained(tmp)
-    c = count_params(model)
+        return t, s
+
+    models = None
+    po = None
+    if num_patched is not None:
+        if order in DATA_ORDERS:
+            from ..data import calibration_ids
+
+            if data is None:
+                raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
+            models = load_pair()
+            ids = calibration_ids(data, load_tokenizer(teacher, trust_remote_code=trust_remote_code))
+            po = resolve_order(order, lm, teacher=models[0], student=models[1], calibration=ids)
+            if builder is not None:
+                models = None  # streaming: the models were needed only for the search
+        else:
+            po = resolve_order(order, lm)
+    plan = make_plan(lm, num_patched=num_patched, order=po if po is not None else order, patched=explicit)
+    save_po = po is not None and order not in BUILTIN_ORDERS
+    with atomic_dir(out, force=force) as tmp:
+        if builder is not None:
+            from .family import progress_bars
+
+            with progress_bars() as bars:
+                bars.start(1, builder.nbytes(plan))
+                builder.write(plan, tmp, max_shard_size=max_shard_size, progress=bars.advance)
+            c = plan_params(tcfg, scfg, plan)
+            how = "streamed"
+        else:
+            t, s = models or load_pair()
+            model = build_model(t, s, plan)
+            model.save_pretrained(tmp, max_shard_size=max_shard_size)
+            load_tokenizer(teacher, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+            c = count_params(model)
+            how = "built in memory"
+        if save_po:
+            save_order(po, tmp / "order.json")
     console.print(
-        f"[green]wrote[/] {out}: {plan.n_layers} layers (patched student layers {list(plan.patched)}), "
+        f"[green]wrote[/] {out} ({how}): {plan.n_layers} layers (patched student layers {list(plan.patched)}), "
         f"{_fmt(c.trainable)} trainable / {_fmt(c.inference)} inference parameters"
     )
 

@@ -1,0 +1,342 @@
+"""``boomerang prune``, ``boomerang analyze`` and ``boomerang order``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..atomic import check_writable
+from ..errors import BoomerangError
+from .common import Dtype, Trust, console, err_console, parse_ints, resolve_layer_map
+
+# Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
+
+Force = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
+Teacher = Annotated[str, typer.Option(help="Teacher checkpoint (directory, .gguf or Hub id).")]
+Data = Annotated[
+    str | None,
+    typer.Option(help="Calibration text: a text file, a folder, a .jsonl file or hf:NAME (a Hub dataset)."),
+]
+Texts = Annotated[
+    int | None,
+    typer.Option("--calibration-texts", help="Number of calibration blocks (see the command's help)."),
+]
+Length = Annotated[int | None, typer.Option("--calibration-length", help="Tokens per calibration block.")]
+Seed = Annotated[int, typer.Option(help="Seed for drawing calibration blocks.")]
+Batch = Annotated[int, typer.Option("--batch-size", help="Calibration blocks per forward pass.")]
+StudentLayers = Annotated[
+    str | None,
+    typer.Option("--student-layers", help="Student's kept teacher layers, if it carries no layer map."),
+]
+
+
+def _calibration(data: str | None, tokenizer: Any, n: int, length: int, seed: int, what: str) -> Any:
+    from ..data import calibration_ids
+
+    if data is None:
+        raise BoomerangError(
+            f"{what} needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
+        )
+    if n < 1 or length < 2:
+        raise BoomerangError("--calibration-texts must be >= 1 and --calibration-length >= 2")
+    return calibration_ids(data, tokenizer, n=n, length=length, seed=seed)
+
+
+@contextlib.contextmanager
+def _status(text: str) -> Iterator[Any]:
+    with err_console.status(text) as st:
+        yield lambda msg: st.update(msg)
+
+
+def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_layers: str | None) -> tuple:
+    from ..arch import n_layers
+    from ..configs import check_compatible
+    from ..loading import load_config, load_model, load_tokenizer
+
+    tcfg = load_config(teacher, trust_remote_code=trust)
+    scfg = load_config(student, trust_remote_code=trust)
+    check_compatible(tcfg, scfg)
+    lm = resolve_layer_map(student, scfg, layers=student_layers, n_teacher=n_layers(tcfg))
+    if lm.n_teacher != n_layers(tcfg) or lm.n_student != n_layers(scfg):
+        raise BoomerangError(
+            f"the layer map ({lm.describe()}) does not fit a {n_layers(tcfg)}-layer teacher and "
+            f"{n_layers(scfg)}-layer student"
+        )
+    t = load_model(teacher, dtype=dtype, trust_remote_code=trust)
+    s = load_model(student, dtype=dtype, trust_remote_code=trust)
+    return t, s, lm, load_tokenizer(teacher, trust_remote_code=trust)
+
+
+def prune(
+    teacher: Teacher,
+    out: Annotated[
+        Path, typer.Option(help="Output directory for the pruned checkpoint (written atomically).")
+    ],
+    method: Annotated[str, typer.Option(help="naive, shortgpt or laco.")] = "naive",
+    num_layers: Annotated[
+        int | None, typer.Option("--num-layers", "-n", help="Target number of layers.")
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="naive: the teacher layers to keep, e.g. 0,2,4-6 (instead of --num-layers)."),
+    ] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(help="naive: keep the teacher layers of this student's family member of the same size."),
+    ] = None,
+    student_layers: StudentLayers = None,
+    order: Annotated[
+        str, typer.Option(help="naive with --student: the family's patch order (or order JSON).")
+    ] = "last",
+    data: Data = None,
+    calibration_texts: Texts = None,
+    calibration_length: Length = None,
+    seed: Seed = 0,
+    batch_size: Batch = 8,
+    recompute: Annotated[
+        bool,
+        typer.Option("--recompute", help="shortgpt: re-measure BI on the pruned model after every removal."),
+    ] = False,
+    merge_layers: Annotated[
+        int | None, typer.Option("--merge-layers", "-C", help="laco: layers per merge (C).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", "-T", help="laco: similarity threshold (T).")
+    ] = None,
+    lowest: Annotated[int, typer.Option(help="laco: lowest layer to merge into (L).")] = 0,
+    highest: Annotated[int | None, typer.Option(help="laco: highest layer (H); default N-1.")] = None,
+    interval: Annotated[int, typer.Option(help="laco: minimum step after a merge (I).")] = 1,
+    dtype: Dtype = "auto",
+    force: Force = False,
+    trust_remote_code: Trust = False,
+) -> None:
+    """Prune the teacher to fewer layers with a baseline method and write a standard checkpoint.
+
+    shortgpt calibrates on 128 blocks of 256 tokens by default; laco on 8 blocks of 128 tokens (LaCo's own code
+    used 5 short sentences). laco without -C/-T sweeps C in 3..6 and T from 0.95 down to 0.45 and keeps the
+    largest result with at most --num-layers layers.
+    """
+    from ..arch import n_layers
+    from ..baselines import METHODS, prune_to, save_pruned
+    from ..loading import load_config, load_model, load_tokenizer
+    from ..params import count_params
+
+    if method not in METHODS:
+        raise BoomerangError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
+    check_writable(out, force=force)
+    keep = parse_ints(layers, "--layers")
+    if method != "naive" and (keep is not None or student is not None):
+        raise BoomerangError("--layers and --student apply to --method naive only")
+    if method == "naive" and keep is None and num_layers is None:
+        raise BoomerangError("give --num-layers N or --layers i,j,... for the naive baseline")
+    if method == "shortgpt" and num_layers is None:
+        raise BoomerangError("shortgpt needs --num-layers")
+    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+    params: dict[str, Any] = {}
+    if method == "naive" and student is not None and keep is None:
+        scfg = load_config(student, trust_remote_code=trust_remote_code)
+        params["layer_map"] = resolve_layer_map(
+            student, scfg, layers=student_layers, n_teacher=n_layers(tcfg)
+        )
+        params["order"] = order
+    if method == "shortgpt":
+        params.update(recompute=recompute, batch_size=batch_size)
+    if method == "laco":
+        params.update(
+            merge_layers=merge_layers,
+            threshold=threshold,
+            lowest=lowest,
+            highest=highest,
+            interval=interval,
+            batch_size=batch_size,
+        )
+    tok = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
+    calibration = None
+    if method != "naive":
+        n_default, len_default = (128, 256) if method == "shortgpt" else (8, 128)
+        calibration = _calibration(
+            data, tok, calibration_texts or n_default, calibration_length or len_default, seed, method
+        )
+    t = load_model(teacher, dtype=dtype, trust_remote_code=trust_remote_code)
+    with _status(f"{method}: pruning") as status:
+        if method != "naive":
+            params["status"] = status
+        model = prune_to(t, method, layers=keep, num_layers=num_layers, calibration=calibration, **params)
+        status(f"writing {out}")
+        save_pruned(model, out, tokenizer=tok, force=force)
+    section = model.config.boomerang
+    c = count_params(model)
+    console.print(
+        f"[green]wrote[/] {out}: {method}, {section['num_layers']} of {section['n_teacher']} layers "
+        f"(teacher layers {section['teacher_layers']}), {c.trainable / 1e6:.1f}M parameters"
+    )
+    if method == "laco":
+        console.print(
+            f"LaCo: merged groups {[g for g in section['merged_groups'] if len(g) > 1]}, "
+            f"C={section['parameters']['merge_layers']}, T={section['parameters']['threshold']}, "
+            f"similarity {section['similarity']:.4f}"
+        )
+    if method == "shortgpt":
+        console.print(f"ShortGPT: removed (in order) {section['removed']}")
+
+
+def analyze(
+    teacher: Teacher,
+    student: Annotated[str, typer.Option(help="Distilled student checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Output directory (written atomically).")],
+    data: Data = None,
+    orders: Annotated[
+        str,
+        typer.Option(
+            help="Patch orders for the member curve, comma-separated: last, first, similarity, greedy-kl, "
+            "optimal or order JSON files."
+        ),
+    ] = "last,first",
+    kl: Annotated[
+        bool, typer.Option("--kl", help="Also record KL(teacher || member) for every member.")
+    ] = False,
+    student_layers: StudentLayers = None,
+    calibration_texts: Texts = None,
+    calibration_length: Length = None,
+    seed: Seed = 0,
+    batch_size: Batch = 8,
+    dtype: Dtype = "auto",
+    force: Force = False,
+    trust_remote_code: Trust = False,
+) -> None:
+    """Layer-similarity analysis: student x teacher and teacher x teacher matrices (JSON + heatmaps) and the
+    last-layer similarity of every family member to the teacher per patch order. Calibrates on 32 blocks of
+    256 tokens by default."""
+    from ..analysis import analyze as run_analysis
+
+    check_writable(out, force=force)
+    names = [o.strip() for o in orders.split(",") if o.strip()]
+    if not names:
+        raise BoomerangError("--orders is empty; give e.g. last,first")
+    t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
+    ids = _calibration(data, tok, calibration_texts or 32, calibration_length or 256, seed, "analyze")
+    with _status("analysing") as status:
+        summary = run_analysis(
+            t,
+            s,
+            lm,
+            ids,
+            out,
+            orders=names,
+            kl=kl,
+            batch_size=batch_size,
+            force=force,
+            status=status,
+            meta={"teacher": teacher, "student": student},
+        )
+    table = Table(title="last-layer cosine similarity to the teacher, by number of patched layers")
+    table.add_column("K", justify="right")
+    for name in summary["orders"]:
+        table.add_column(name, justify="right")
+    for k in range(lm.n_student + 1):
+        table.add_row(str(k), *(f"{row['cosine'][k]:.4f}" for row in summary["orders"].values()))
+    console.print(table)
+    console.print(f"[green]wrote[/] {out}: similarity.png, teacher_similarity.png, members.png and JSON")
+
+
+def order(
+    teacher: Teacher,
+    student: Annotated[str, typer.Option(help="Distilled student checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Output order JSON (use with build/sweep --order FILE).")],
+    name: Annotated[str, typer.Option("--order", help="similarity, greedy-kl or optimal.")] = "greedy-kl",
+    data: Data = None,
+    max_layers: Annotated[
+        int, typer.Option("--max-layers", help="optimal: refuse students with more layers (2^M subsets).")
+    ] = 12,
+    score: Annotated[
+        bool, typer.Option("--score", help="similarity: also record the KL of every size.")
+    ] = False,
+    student_layers: StudentLayers = None,
+    calibration_texts: Texts = None,
+    calibration_length: Length = None,
+    seed: Seed = 0,
+    batch_size: Batch = 8,
+    dtype: Dtype = "auto",
+    force: Force = False,
+    trust_remote_code: Trust = False,
+) -> None:
+    """Compute a data-driven patch order and save it as JSON. Calibrates on 16 blocks of 256 tokens by default
+    (similarity: 128); every model greedy-kl/optimal score runs the full-vocabulary LM head."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ..orders import compute_order, save_order
+    from ..plan import DATA_ORDERS
+
+    if name not in DATA_ORDERS:
+        raise BoomerangError(f"unknown --order {name!r}; use one of: {', '.join(DATA_ORDERS)}")
+    if out.exists() and not force:
+        raise BoomerangError(f"{out} already exists; pass --force to overwrite it")
+    if out.exists() and out.is_dir():
+        raise BoomerangError(f"{out} is a directory; give a file name such as order.json")
+    t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
+    if name == "optimal" and lm.n_student > max_layers:
+        raise BoomerangError(
+            f"--order optimal scores all 2^{lm.n_student} subsets; the student has {lm.n_student} layers, over "
+            f"--max-layers {max_layers}. Raise --max-layers or use greedy-kl"
+        )
+    ids = _calibration(
+        data,
+        tok,
+        calibration_texts or (128 if name == "similarity" else 16),
+        calibration_length or 256,
+        seed,
+        f"--order {name}",
+    )
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as bar:
+        task = bar.add_task(f"{name}: scoring patched models", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        po = compute_order(
+            name,
+            t,
+            s,
+            lm,
+            ids,
+            batch_size=batch_size,
+            max_layers=max_layers,
+            max_texts=None,  # the command's --calibration-texts already sets the size
+            score=score,
+            progress=progress,
+        )
+    save_order(po, out)
+    table = Table(title=f"order {name}")
+    table.add_column("K", justify="right")
+    table.add_column("patched student layers")
+    values = po.info.get("kl")
+    if values:
+        table.add_column("KL(teacher || member)", justify="right")
+    if "greedy_kl" in po.info:
+        table.add_column("greedy KL", justify="right")
+    for k, subset in enumerate(po.subsets):
+        row = [str(k), str(list(subset))]
+        if values:
+            row.append(f"{values[k]:.5f}")
+        if "greedy_kl" in po.info:
+            row.append(f"{po.info['greedy_kl'][k]:.5f}")
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"[green]wrote[/] {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(prune)
+    app.command()(analyze)
+    app.command()(order)

@@ -1,0 +1,296 @@
+"""Data-driven patch orders (similarity, greedy-kl, optimal) and the span runner they are built on."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from tiny import DECODERS, ids, make_pair, make_student, make_teacher, perturb, save_pair, tiny_tokenizer
+
+import boomerang as B
+from boomerang.cli.app import run
+from boomerang.errors import BoomerangError
+from boomerang.hooks import capture
+from boomerang.orders import (
+    PatchEvaluator,
+    compute_order,
+    exhaustive_search,
+    greedy_from_table,
+    load_order,
+    order_scores,
+    resolve_order,
+    save_order,
+    subsample,
+)
+from boomerang.spans import embedding_output, run_span
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model(x).logits.float()
+
+
+def direct_kl(teacher, model, x):
+    """KL(teacher || model) per token from two plain full forward passes."""
+    lp = torch.log_softmax(_logits(teacher, x), -1)
+    lq = torch.log_softmax(_logits(model, x), -1)
+    return float((lp.exp() * (lp - lq)).sum() / x.numel())
+
+
+def direct_cos(teacher, model, x):
+    """Mean per-token cosine of the final normed hidden states (hidden_states[-1] of the HF output)."""
+    with torch.no_grad():
+        a = teacher(x, output_hidden_states=True).hidden_states[-1].float()
+        b = model(x, output_hidden_states=True).hidden_states[-1].float()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+
+
+# ---- spans ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", [*DECODERS, "bert"])
+def test_spans_compose_to_the_full_forward(arch):
+    m = make_teacher(arch, 6)
+    x = ids(2, 10)
+    with torch.no_grad():
+        full = m(input_ids=x).logits
+        with capture(m, outputs=range(6), inputs=range(6), detach=True) as got:
+            m(input_ids=x)
+        assert torch.equal(embedding_output(m, x), got["in"][0])
+        h = run_span(m, x, start=0, stop=2)
+        assert torch.equal(h, got["out"][1])
+        h = run_span(m, x, start=2, stop=5, hidden=h)
+        assert torch.allclose(h, got["out"][4], atol=1e-6)
+        assert torch.allclose(run_span(m, x, start=5, hidden=h, until="logits"), full, atol=1e-5)
+        # head only: no layer runs, the injected state goes through the final norm and head
+        assert torch.allclose(run_span(m, x, start=6, hidden=got["out"][5], until="logits"), full, atol=1e-5)
+        assert torch.equal(run_span(m, x, start=3, stop=3, hidden=h), h)
+    # no layer stays patched afterwards
+    assert torch.equal(_logits(m, x), full.float())
+
+
+def test_span_bad_arguments():
+    m = make_teacher("llama", 4)
+    with pytest.raises(ValueError, match="bad span"):
+        run_span(m, ids(), start=3, stop=2, hidden=torch.zeros(1))
+    with pytest.raises(ValueError, match="needs the hidden state"):
+        run_span(m, ids(), start=2)
+
+
+# ---- evaluator and searches against brute force ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text", "gpt2"])
+def test_exhaustive_table_equals_brute_force_kl(arch):
+    teacher, student, lm = make_pair(arch, 6, kept=(0, 2, 4, 5))
+    x = ids(3, 10)
+    ev = PatchEvaluator(teacher, student, lm, x, batch_size=2)
+    table = exhaustive_search(ev)
+    m = lm.n_student
+    for mask in range(1 << m):
+        patched = [i for i in range(m) if mask >> i & 1]
+        ref = direct_kl(teacher, B.patch(teacher, student, lm, patched), x)
+        assert table[mask] == pytest.approx(ref, abs=1e-6), patched
+    assert table[(1 << m) - 1] == pytest.approx(0.0, abs=1e-7)  # all patched = the teacher
+    assert ev.counts["blocks"] == 2 ** (m + 1) - 2 and ev.counts["heads"] == 2**m
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_greedy_kl_is_greedy_and_scores_are_exact(arch):
+    teacher, student, lm = make_pair(arch, 8, kept=(0, 2, 4, 6, 7))
+    x = ids(3, 10)
+    po = compute_order("greedy-kl", teacher, student, lm, x, batch_size=2)
+    seq, kl = po.sequence, po.info["kl"]
+    m = lm.n_student
+    # the same choices as reading the greedy path off an exhaustive table
+    table = exhaustive_search(PatchEvaluator(teacher, student, lm, x, batch_size=2))
+    tseq, tkl = greedy_from_table(table, m)
+    assert seq == tseq and kl == pytest.approx(tkl, abs=1e-9)
+    for k in range(m + 1):
+        ref = direct_kl(teacher, B.patch(teacher, student, lm, num_patched=k, order=po), x)
+        assert kl[k] == pytest.approx(ref, abs=1e-6)
+    # each step is the best extension of the previous set
+    for k in range(m):
+        prev = set(po.subsets[k])
+        options = [table[sum(1 << i for i in prev | {j})] for j in range(m) if j not in prev]
+        assert kl[k + 1] == pytest.approx(min(options), abs=1e-9)
+    ev = po.info["evaluations"]
+    assert ev["head_evaluations"] == 1 + m * (m + 1) // 2
+    assert ev["layer_evaluations"] < ev["full_model_layer_evaluations"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_greedy_equals_optimal_for_two_layers(arch):
+    # with M = 2, size 1 is the greedy first step over all singletons: greedy is provably optimal
+    teacher, student, lm = make_pair(arch, 4, kept=(0, 2))
+    x = ids(3, 10)
+    greedy = compute_order("greedy-kl", teacher, student, lm, x)
+    optimal = compute_order("optimal", teacher, student, lm, x)
+    assert greedy.subsets == optimal.subsets
+    assert greedy.info["kl"] == pytest.approx(optimal.info["kl"], abs=1e-9)
+
+
+def test_greedy_equals_optimal_when_optima_are_nested():
+    """A student that is the teacher with layers damaged at widely different strengths: the best subsets are
+    nested (checked), and then greedy must find every one of them."""
+    teacher = make_teacher("llama", 5)
+    lm = B.LayerMap.from_kept(range(5), 5)  # one teacher layer per student layer
+    student = make_student(teacher, lm, scale=0.0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer, scale in zip(student.model.layers, (0.3, 0.0, 0.03, 0.1, 0.01), strict=True):
+            for p in layer.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    x = ids(3, 12)
+    optimal = compute_order("optimal", teacher, student, lm, x)
+    subsets = [set(s) for s in optimal.subsets]
+    assert all(a <= b for a, b in itertools.pairwise(subsets)), "construction must give nested optima"
+    greedy = compute_order("greedy-kl", teacher, student, lm, x)
+    assert greedy.subsets == optimal.subsets
+    assert greedy.sequence[:2] == [0, 3]  # the most damaged layers first
+    assert optimal.info["greedy_gap"] == pytest.approx([0.0] * 6, abs=1e-12)
+
+
+def test_optimal_is_never_worse_than_greedy():
+    teacher, student, lm = make_pair("qwen2", 8, kept=(0, 2, 4, 6, 7))
+    perturb(student, 0.2, seed=5)
+    x = ids(3, 10)
+    po = compute_order("optimal", teacher, student, lm, x)
+    assert all(gap >= -1e-12 for gap in po.info["greedy_gap"])
+    assert po.info["kl"][-1] == pytest.approx(0.0, abs=1e-7)
+    assert po.info["subsets_scored"] == 2**lm.n_student
+    for k, subset in enumerate(po.subsets):
+        ref = direct_kl(teacher, B.patch(teacher, student, lm, subset), x)
+        assert po.info["kl"][k] == pytest.approx(ref, abs=1e-6)
+
+
+def test_similarity_order_follows_block_end_similarity():
+    teacher, student, lm = make_pair("llama", 8, kept=(0, 2, 4, 6, 7))
+    x = ids(4, 10)
+    po = compute_order("similarity", teacher, student, lm, x, batch_size=3, score=True)
+    # reference: capture both models' outputs and compare layer i with teacher layer target(i) by hand
+    with torch.no_grad(), capture(student, outputs=range(5), detach=True) as s_out:
+        student(x)
+        s_hidden = dict(s_out["out"])
+    with torch.no_grad(), capture(teacher, outputs=range(8), detach=True) as t_out:
+        teacher(x)
+    sims = [
+        float(torch.nn.functional.cosine_similarity(s_hidden[i], t_out["out"][lm.target(i)], dim=-1).mean())
+        for i in range(5)
+    ]
+    assert po.info["layer_similarity"] == pytest.approx(sims, abs=1e-5)
+    assert po.sequence == sorted(range(5), key=lambda i: sims[i])
+    assert len(po.info["kl"]) == 6 and po.info["kl"][-1] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_order_scores_for_builtin_orders_match_direct_computation():
+    teacher, student, lm = make_pair("gemma3_text", 6, kept=(0, 2, 4, 5))
+    x = ids(2, 10)
+    for order in ("last", "first"):
+        kl = order_scores(teacher, student, lm, order, x)
+        cos = order_scores(teacher, student, lm, order, x, criterion="cos")
+        for k in range(lm.n_student + 1):
+            model = B.patch(teacher, student, lm, num_patched=k, order=order)
+            assert kl[k] == pytest.approx(direct_kl(teacher, model, x), abs=1e-6)
+            assert cos[k] == pytest.approx(direct_cos(teacher, model, x), abs=1e-5)
+
+
+# ---- serialisation -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["similarity", "greedy-kl", "optimal"])
+def test_orders_serialise_and_rebuild_identically(tmp_path, name):
+    teacher, student, lm = make_pair("qwen3", 6, kept=(0, 2, 4, 5))
+    x = ids(2, 10)
+    po = resolve_order(name, lm, teacher=teacher, student=student, calibration=x)
+    path = tmp_path / f"{name}.json"
+    save_order(po, path)
+    again = load_order(path)
+    assert again == po and json.loads(path.read_text())["info"]["calibration"]["texts"] == 2
+    assert resolve_order(str(path), lm) == po
+    for k in range(lm.n_student + 1):
+        a = B.patch(teacher, student, lm, num_patched=k, order=po)
+        b = B.patch(teacher, student, lm, num_patched=k, order=again)
+        assert torch.equal(_logits(a, x), _logits(b, x))
+
+
+def test_resolve_order_errors():
+    teacher, student, lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
+    with pytest.raises(BoomerangError, match="calibration data"):
+        resolve_order("greedy-kl", lm, teacher=teacher, student=student)
+    with pytest.raises(BoomerangError, match=r"\[n_texts, length\]"):
+        resolve_order("greedy-kl", lm, teacher=teacher, student=student, calibration=torch.zeros(5))
+    with pytest.raises(BoomerangError, match="max_layers"):
+        resolve_order("optimal", lm, teacher=teacher, student=student, calibration=ids(), max_layers=3)
+    with pytest.raises(BoomerangError, match="unknown option"):
+        resolve_order("greedy-kl", lm, teacher=teacher, student=student, calibration=ids(), beam=3)
+    with pytest.raises(BoomerangError, match="layers"):
+        resolve_order(
+            "greedy-kl",
+            B.LayerMap.from_kept([0, 2, 4], 6),
+            teacher=teacher,
+            student=student,
+            calibration=ids(),
+        )
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------------
+
+
+def _corpus(tmp_path, words=4000):
+    g = torch.Generator().manual_seed(0)
+    text = " ".join(f"w{int(i)}" for i in torch.randint(4, 96, (words,), generator=g))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    return path
+
+
+def test_cli_order_writes_a_reusable_order(tmp_path):
+    teacher, student, _lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
+    t_dir, s_dir = save_pair(tmp_path, teacher, student)
+    data = _corpus(tmp_path)
+    out = tmp_path / "order.json"
+    args = [
+        "order",
+        "--teacher",
+        str(t_dir),
+        "--student",
+        str(s_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--calibration-texts",
+        "4",
+        "--calibration-length",
+        "16",
+    ]
+    assert run([*args, "--order", "optimal"]) == 0
+    po = load_order(out)
+    assert po.name == "optimal" and len(po.subsets) == 5 and po.info["calibration"]["length"] == 16
+    assert run([*args, "--order", "greedy-kl"]) == 2  # exists, no --force
+    assert load_order(out).name == "optimal"
+    assert run([*args, "--order", "greedy-kl", "--force"]) == 0
+    assert load_order(out).name == "greedy-kl"
+    assert run([*args, "--order", "sideways", "--force"]) == 2
+    assert run([*args, "--order", "optimal", "--max-layers", "3", "--force"]) == 2
+
+
+def test_cli_order_needs_data(tmp_path):
+    teacher, student, _lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
+    t_dir, s_dir = save_pair(tmp_path, teacher, student)
+    tiny_tokenizer(t_dir)
+    out = tmp_path / "o.json"
+    assert run(["order", "--teacher", str(t_dir), "--student", str(s_dir), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_kl_searches_use_at_most_max_texts():
+    teacher, student, lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
+    x = ids(6, 8)
+    assert torch.equal(subsample(x, 3), x[[0, 2, 5]]) and subsample(x, None) is x and subsample(x, 9) is x
+    po = compute_order("greedy-kl", teacher, student, lm, x, max_texts=3)
+    assert po.info["calibration"]["texts"] == 3
+    assert po.info["kl"] == pytest.approx(order_scores(teacher, student, lm, po, x[[0, 2, 5]]), abs=1e-9)
+    with pytest.raises(BoomerangError, match="max_texts"):
+        compute_order("greedy-kl", teacher, student, lm, x, max_texts=0)
