@@ -38,6 +38,21 @@ _EXPORTS = {
     "export_family": "family",
     "StreamBuilder": "stream",
     "stream_build": "stream",
+    "init_student": "initialise",
+    "save_student": "initialise",
+    "load_recipe": "recipe",
+    "distill": "trainer",
+    "perplexity": "evaluation",
+    "pseudo_perplexity": "evaluation",
+    "run_lm_eval": "lmeval",
+    "sweep": "sweep",
+    "prune_to": "baselines",
+    "save_pruned": "baselines",
+    "analyze": "analysis",
+    "compute_order": "orders",
+    "load_order": "orders",
+    "save_order": "orders",
+    "run_demo": "demo",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -24,6 +24,22 @@ from .errors import BoomerangError
 TEXT_SUFFIXES = (".txt", ".md")
 
 
+def shared_corpora() -> Path:
+    """The project's offline corpora (``train/``, ``validation/``): ``$BOOMERANG_DATA``, else ``../shared/data``
+    beside the repository, else ``/work/shared/data``."""
+    import os
+
+    candidates = [os.environ.get("BOOMERANG_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]
+    candidates.append("/work/shared/data")
+    for c in candidates:
+        if c and (Path(c) / "corpora" / "validation").is_dir():
+            return Path(c) / "corpora"
+    raise BoomerangError(
+        "cannot find the shared corpora (corpora/train, corpora/validation): set BOOMERANG_DATA to the data "
+        "folder that holds corpora/"
+    )
+
+
 def _hf_spec(spec: str) -> tuple[str, str | None, str]:
     body = spec.removeprefix("hf:")
     body, _, split = body.partition("@")

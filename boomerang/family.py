@@ -112,21 +112,22 @@ class Family:
             return self._orders[key]
         ids = calibration if calibration is not None else self.calibration
         if isinstance(order, str) and order in DATA_ORDERS and ids is None and data is not None:
-            ids = self._calibration(data)
+            ids = self._calibration(data, order)
         po = resolve_order(
             order, self.layer_map, teacher=self.teacher, student=self.student, calibration=ids, **options
         )
         self._orders[key] = po
         return po
 
-    def _calibration(self, data: Any) -> Any:
+    def _calibration(self, data: Any, order: str = "") -> Any:
         from .data import calibration_ids
+        from .orders import default_texts
 
         if self.tokenizer is None:
             raise BoomerangError(
                 "this Family has no tokenizer: pass tokenizer=... (or calibration token ids)"
             )
-        return calibration_ids(data, self.tokenizer)
+        return calibration_ids(data, self.tokenizer, n=default_texts(order))
 
     def plan(
         self, k: int | None = None, *, order: OrderSpec | None = None, patched: Iterable[int] | None = None
@@ -507,8 +508,9 @@ def _stream_order(
     student = load_model(builder.student.path, dtype=builder.dtype, trust_remote_code=trust_remote_code)
     if calibration is None and data is not None:
         from .data import calibration_ids
+        from .orders import default_texts
 
-        calibration = calibration_ids(data, builder.tokenizer)
+        calibration = calibration_ids(data, builder.tokenizer, n=default_texts(str(order)))
     try:
         return resolve_order(order, lm, teacher=teacher, student=student, calibration=calibration)
     finally:

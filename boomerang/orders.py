@@ -29,7 +29,18 @@ from .layermap import LayerMap
 from .plan import BUILTIN_ORDERS, DATA_ORDERS, PatchOrder, as_order
 
 Progress = Callable[[int, int], None]  # (done, total)
-KL_TEXTS = 16  # default cap on calibration blocks for KL-scored searches (each scored model runs the LM head)
+# Default cap on calibration blocks for KL-scored searches: every scored model runs the full-vocabulary LM head,
+# so a 16-layer greedy-kl search on a 135M teacher costs ~15 CPU-minutes per 1,024 tokens (docs/analysis.md).
+KL_TEXTS = 4
+SIMILARITY_TEXTS = 32  # default calibration blocks of the `similarity` order (one forward pass per model)
+ANALYSIS_TEXTS = 8  # default calibration blocks of `boomerang analyze`
+
+
+def default_texts(order: str) -> int:
+    """Default calibration blocks for computing the data-driven ``order``."""
+    return SIMILARITY_TEXTS if order == "similarity" else KL_TEXTS
+
+
 Criterion = Literal["kl", "cos"]
 
 

@@ -50,12 +50,15 @@ def plan_config(teacher_config: Any, student_config: Any, plan: PatchPlan, *, se
     )
 
 
-def meta_model(config: Any) -> nn.Module:
-    """A weightless (meta-device) model of ``config``."""
+def meta_model(config: Any, dtype: torch.dtype | None = None) -> nn.Module:
+    """A weightless (meta-device) model of ``config``, built the way ``from_pretrained`` builds it (in ``dtype``)."""
+    import copy
+
     from .loading import model_class
 
+    cfg = copy.deepcopy(config)
     with torch.device("meta"):
-        return model_class(config).from_config(config)
+        return model_class(cfg).from_config(cfg, dtype=dtype) if dtype else model_class(cfg).from_config(cfg)
 
 
 def plan_params(teacher_config: Any, student_config: Any, plan: PatchPlan) -> ParamCount:

@@ -14,7 +14,6 @@ heads (GPT-NeoX's ``embed_out``) are read exactly as ``from_pretrained`` reads t
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import struct
@@ -32,6 +31,7 @@ from .configs import check_compatible
 from .encoders import bert_names, synthesized
 from .errors import BoomerangError
 from .layermap import LayerMap, read_layer_map
+from .params import meta_model
 from .plan import PatchOrder, PatchPlan, make_plan
 
 WEIGHTS = "model.safetensors"
@@ -175,15 +175,6 @@ def _conversions(model: Any) -> tuple[list[Any], list[Any]]:
         [m for m in mapping if isinstance(m, WeightRenaming)],
         [m for m in mapping if isinstance(m, WeightConverter)],
     )
-
-
-def meta_model(config: Any, dtype: torch.dtype | None = None) -> Any:
-    """A weightless model of ``config`` built the way ``from_pretrained`` builds it (in ``dtype``)."""
-    from .loading import model_class
-
-    cfg = copy.deepcopy(config)
-    with torch.device("meta"):
-        return model_class(cfg).from_config(cfg, dtype=dtype) if dtype else model_class(cfg).from_config(cfg)
 
 
 class Checkpoint:

@@ -358,7 +358,15 @@ class Sweep:
                 ) from None
         from .plan import DATA_ORDERS
 
-        calibration = self.calibration() if isinstance(spec, str) and spec in DATA_ORDERS else None
+        calibration = None
+        if isinstance(spec, str) and spec in DATA_ORDERS:
+            from .orders import default_texts
+
+            calibration = (
+                self.calibration()[: max(default_texts(spec), 1)]
+                if spec == "similarity"
+                else self.calibration()
+            )
         po = self.family.order(spec, calibration=calibration)
         self.partial.mkdir(parents=True, exist_ok=True)
         save_order(po, saved)
@@ -647,6 +655,7 @@ class Sweep:
                 for d in self.docs
             ],
             "metric": {"name": metric, "label": METRIC_LABELS[metric]},
+            "lm_eval_labels": lm_eval_labels(out_rows),
             "settings": self.spec.settings(),
             "layer_map": self.layer_map.to_json(),
             "order": self.po.to_json(),
@@ -706,6 +715,13 @@ def lm_eval_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r if "/" in k))
 
 
+def lm_eval_labels(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """``task/metric`` column -> what it measures (lm-eval's metrics, kept apart from boomerang's perplexity)."""
+    from .lmeval import metric_label
+
+    return {c: metric_label(c.split("/", 1)[1]) for c in lm_eval_columns(rows)}
+
+
 BASE_COLUMNS = ("method", "K", "role", "layers", "trainable", "inference")
 
 
@@ -749,6 +765,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         f"- order: `{result['order']['name']}`; sizes K = {result['sizes']}",
         f"- {result['metric']['label']}; settings: {json.dumps(result['settings'])}",
+        *(
+            f"- `{col}`: {label} (lm-evaluation-harness, not boomerang's token perplexity)"
+            for col, label in (result.get("lm_eval_labels") or lm_eval_labels(rows)).items()
+        ),
         "- data slice: "
         + "; ".join(
             f"{d['name']} tokens {d['offset']}..{d['offset'] + d['tokens']}" for d in result["slice"][:5]

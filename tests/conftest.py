@@ -18,3 +18,15 @@ def real_teacher_dir():
     from boomerang.loading import offline_teacher
 
     return offline_teacher()
+
+
+@pytest.fixture(scope="session")
+def corpora():
+    """The shared offline corpora folder (holds train/ and validation/)."""
+    from boomerang.data import shared_corpora
+    from boomerang.errors import BoomerangError
+
+    try:
+        return shared_corpora()
+    except BoomerangError as e:
+        pytest.skip(str(e))

@@ -458,12 +458,12 @@ def test_shortgpt_on_every_architecture(arch):
 
 
 @pytest.mark.real
-def test_shortgpt_on_the_real_teacher(real_teacher_dir):
+def test_shortgpt_on_the_real_teacher(real_teacher_dir, corpora):
     from boomerang.data import calibration_ids
 
     teacher = B.load_model(real_teacher_dir, dtype="float32")
     tok = B.load_tokenizer(real_teacher_dir)
-    x = calibration_ids("/work/shared/data/corpora/validation", tok, n=2, length=48)
+    x = calibration_ids(corpora / "validation", tok, n=2, length=48)
     bi = block_influence(teacher, x)
     assert len(bi) == 30 and all(0.0 <= v <= 2.0 for v in bi) and min(bi) < 0.1  # BI = 1 - cos
     with torch.no_grad():
@@ -478,3 +478,45 @@ def test_shortgpt_on_the_real_teacher(real_teacher_dir):
     with torch.no_grad():
         gen = model.generate(prompt, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] == prompt.shape[1] + 4
+
+
+def test_laco_keeps_one_working_model_and_never_deep_copies(monkeypatch):
+    """LaCo holds at most one model besides the teacher: no deep copy, one model built per run, and the working
+    model shares every teacher tensor except those of merged layers."""
+    import boomerang.baselines as bl
+
+    teacher = similar_layers("llama", 10)
+    x = ids(4, 12)
+    real_deepcopy = copy.deepcopy
+
+    def no_module_deepcopy(obj, *args, **kwargs):
+        assert not isinstance(obj, torch.nn.Module), "LaCo deep-copied a model"
+        return real_deepcopy(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", no_module_deepcopy)
+    built = []
+    real_init = type(teacher).__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(teacher), "__init__", counting_init)
+    working = []
+    real_working = bl._Working.__init__
+
+    def track(self, t):
+        real_working(self, t)
+        working.append(self)
+
+    monkeypatch.setattr(bl._Working, "__init__", track)
+    search = Laco(teacher, x)
+    result = search.run(3, 0.5)
+    assert result.merges and len(result.attempts) > len(result.merges)  # some merges accepted, some undone
+    assert len(built) == 1 and len(working) == 1  # one working model for the whole run, however many attempts
+    teacher_ptrs = {p.data_ptr() for p in teacher.parameters()}
+    merged_positions = {pos for pos, _ in result.merges}
+    for pos, layer in enumerate(layer_list(working[0].model)):
+        for name, p in layer.named_parameters():
+            own = p.data_ptr() not in teacher_ptrs
+            assert own == (pos in merged_positions and name.endswith("proj.weight")), (pos, name)

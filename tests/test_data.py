@@ -110,3 +110,24 @@ def test_token_cache(corpus, tok, tmp_path):
 def test_batch_helpers():
     b = Batch(torch.ones(4, 3, dtype=torch.long), torch.tensor([[1, 1, 0]] * 4))
     assert len(b) == 4 and b.n_tokens == 8 and len(b.slice(1, 3)) == 2
+
+
+def test_jsonl_sources_use_the_text_field(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"body": "w4 w5", "id": 1}\n\n{"body": "w6", "id": 2}\n')
+    assert list(read_texts(rows, text_field="body")) == ["w4 w5", "w6"]
+    with pytest.raises(BoomerangError, match="has no 'text' field"):
+        list(read_texts(rows))
+
+
+def test_hugging_face_datasets_are_streamed(tmp_path):
+    """``hf:NAME[@SPLIT]`` goes through datasets.load_dataset(streaming=True); a local dataset folder, offline."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "train.jsonl").write_text("".join(f'{{"text": "w{i} w{i + 1}"}}\n' for i in range(4, 9)))
+    assert list(read_texts(f"hf:{ds}")) == [f"w{i} w{i + 1}" for i in range(4, 9)]
+    assert list(read_texts(f"hf:{ds}@train", limit=2)) == ["w4 w5", "w5 w6"]
+    with pytest.raises(BoomerangError, match="no 'body' column"):
+        list(read_texts(f"hf:{ds}", text_field="body"))
+    with pytest.raises(BoomerangError, match="could not open Hugging Face dataset"):
+        list(read_texts(f"hf:{tmp_path / 'missing'}"))

@@ -225,12 +225,12 @@ def test_cli_eval_writes_json_and_fails_fast(tmp_path, llama):
 
 
 @pytest.mark.real
-def test_real_teacher_validation_slice(real_teacher_dir):
+def test_real_teacher_validation_slice(real_teacher_dir, corpora):
     model = B.load_model(real_teacher_dir, dtype="float32")
     tok = B.load_tokenizer(real_teacher_dir)
     res = evaluate(
         model,
-        "/work/shared/data/corpora/validation",
+        corpora / "validation",
         tok,
         context=256,
         stride=128,

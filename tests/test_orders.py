@@ -294,3 +294,53 @@ def test_kl_searches_use_at_most_max_texts():
     assert po.info["kl"] == pytest.approx(order_scores(teacher, student, lm, po, x[[0, 2, 5]]), abs=1e-9)
     with pytest.raises(BoomerangError, match="max_texts"):
         compute_order("greedy-kl", teacher, student, lm, x, max_texts=0)
+
+
+def test_cli_order_default_calibration_sizes(tmp_path):
+    """Defaults sized for a 2-core CPU: KL searches on 4 blocks, similarity on up to 32 (KL --score on 4)."""
+    from boomerang.orders import KL_TEXTS, SIMILARITY_TEXTS
+
+    assert (KL_TEXTS, SIMILARITY_TEXTS) == (4, 32)
+    teacher, student, _lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
+    t_dir, s_dir = save_pair(tmp_path, teacher, student)
+    data = _corpus(tmp_path, words=3000)  # 11 blocks of 256 tokens
+    base = ["order", "--teacher", str(t_dir), "--student", str(s_dir), "--data", str(data)]
+    assert run([*base, "--order", "greedy-kl", "--out", str(tmp_path / "g.json")]) == 0
+    assert load_order(tmp_path / "g.json").info["calibration"] | {"sha256": None} == {
+        "texts": 4, "length": 256, "sha256": None,
+    }  # fmt: skip
+    assert run([*base, "--order", "similarity", "--score", "--out", str(tmp_path / "s.json")]) == 0
+    info = load_order(tmp_path / "s.json").info
+    assert info["calibration"]["texts"] == 11 and info["kl_calibration"]["texts"] == 4
+
+
+def test_data_orders_in_build_family_and_sweep(tmp_path):
+    """build, family and sweep compute a data-driven order from --data and write it to their output."""
+    from boomerang.data import calibration_ids
+    from boomerang.sweep import EvalSpec, sweep
+
+    teacher, student, lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
+    perturb(student, 0.3, seed=2)
+    t_dir, s_dir = save_pair(tmp_path, teacher, student)
+    data = _corpus(tmp_path, words=3000)
+    tok = tiny_tokenizer()
+    # what build and family compute: calibration_ids' defaults, KL on KL_TEXTS of those blocks
+    expected = compute_order("greedy-kl", teacher, student, lm, calibration_ids(str(data), tok))
+    common = ["--teacher", str(t_dir), "--student", str(s_dir), "--order", "greedy-kl", "--data", str(data)]
+    assert run(["build", *common, "-k", "2", "--no-stream", "--out", str(tmp_path / "b")]) == 0
+    assert load_order(tmp_path / "b" / "order.json") == expected
+    x = ids(2, 10)
+    built = B.load_model(tmp_path / "b", dtype="float32")
+    assert torch.equal(
+        _logits(built, x), _logits(B.patch(teacher, student, lm, num_patched=2, order=expected), x)
+    )
+    assert run(["family", *common, "--sizes", "1,3", "--out", str(tmp_path / "f")]) == 0
+    assert load_order(tmp_path / "f" / "order.json") == expected
+    # sweep: the order is computed on the sweep's calibration blocks and saved with the results
+    spec = EvalSpec(context=24, stride=12, max_tokens=48, batch_size=2)
+    result = sweep(teacher, student, str(data), tmp_path / "s", tokenizer=tok, order="greedy-kl", spec=spec,
+                   sizes=[1, 2], calibration_samples=3, calibration_length=16)  # fmt: skip
+    po = load_order(tmp_path / "s" / "order.json")
+    cal = calibration_ids(str(data), tok, n=3, length=16)
+    assert po == compute_order("greedy-kl", teacher, student, lm, cal)
+    assert [r["patched"] for r in result["rows"]] == [list(po.patched(1)), list(po.patched(2))]

@@ -131,3 +131,12 @@ def test_cpu_recipe():
         *range(0, 29, 2),
         29,
     ]
+
+
+@pytest.mark.parametrize("name", [*sorted(PAPER), "smollm2-cpu"])
+def test_shipped_recipes_pass_the_cli_dry_run(name, capsys):
+    from boomerang.cli.app import run
+
+    assert run(["distill", str(RECIPES / f"{name}.yaml"), "--dry-run"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["name"] == name and parse_recipe(printed) == load_recipe(RECIPES / f"{name}.yaml")

@@ -456,3 +456,15 @@ def test_stream_build_checks_free_space(saved_llama, monkeypatch):
     with pytest.raises(B.BoomerangError, match="not enough disk space: the model needs about"):
         stream_build(t_dir, s_dir, tmp / "out", patched=[1])
     assert not (tmp / "out").exists() and no_temp_left(tmp)
+
+
+def test_cli_build_checks_free_space_before_streaming(saved_llama, monkeypatch, capsys):
+    import shutil
+
+    tmp, t_dir, s_dir, _lm = saved_llama
+    real = shutil.disk_usage
+    monkeypatch.setattr("shutil.disk_usage", lambda p: real(p)._replace(free=10_000))
+    args = ["build", "--teacher", str(t_dir), "--student", str(s_dir), "-k", "2", "--out", str(tmp / "o")]
+    assert run(args) == 2
+    assert "not enough disk space: the model needs about" in capsys.readouterr().err
+    assert not (tmp / "o").exists() and no_temp_left(tmp)

@@ -331,3 +331,43 @@ def test_cli_sweep(tmp_path):
     assert run([*args, *opts, "--force", "--no-reuse"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert [r["ppl"] for r in again["rows"]] == [r["ppl"] for r in result["rows"]]
+
+
+def test_sweep_with_lm_eval_tasks_labels_them_and_resumes_without_rerunning(tmp_path, monkeypatch):
+    from boomerang.lmeval import LMEval, run_lm_eval
+
+    teacher, student, lm = make_pair("llama")
+    text = corpus(tmp_path / "t.txt", paragraphs=10)
+    builtin = dict(n=4, n_fewshot=1, context_words=12)
+    tasks = TaskOptions(tasks=["boomerang_cloze"], limit=4, batch_size=4, builtin=builtin)
+    kw = dict(tokenizer=tiny_tokenizer(), spec=SPEC, sizes=[0, 4], tasks=tasks, checkpoint_seconds=0)
+    real_run, calls = LMEval.run, []
+
+    def counting(self, model, tok):
+        calls.append(model.config.num_hidden_layers)
+        if len(calls) == 2 and stop[0]:
+            raise KeyboardInterrupt
+        return real_run(self, model, tok)
+
+    stop = [True]
+    monkeypatch.setattr(LMEval, "run", counting)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):  # stopped during lm-eval of the second member
+        sweep(teacher, student, text, out, **kw)
+    assert calls == [4, 6] and not out.exists()
+    stop[0], batches = False, []
+    result = sweep(teacher, student, text, out, on_batch=lambda *a: batches.append(a), **kw)
+    assert calls == [4, 6, 6] and batches == []  # neither perplexity batches nor the first lm-eval run again
+    by = {r["K"]: r for r in result["rows"]}
+    direct = run_lm_eval(
+        B.patch(teacher, student, lm, num_patched=0), tiny_tokenizer(), ["boomerang_cloze"], data=text,
+        limit=4, batch_size=4, **builtin,
+    )["boomerang_cloze"]  # fmt: skip
+    assert {m: by[0][f"boomerang_cloze/{m}"] for m in direct} == direct
+    assert 0 <= by[4]["boomerang_cloze/acc"] <= 1 and by[4]["ppl"] > 1
+    labels = json.loads((out / "results.json").read_text())["lm_eval_labels"]
+    assert labels["boomerang_cloze/perplexity"].startswith("lm-eval target-word perplexity")
+    md = (out / "results.md").read_text()
+    assert "`boomerang_cloze/perplexity`: lm-eval target-word perplexity" in md and "token perplexity" in md
+    assert "boomerang_cloze/acc" in (out / "results.csv").read_text().splitlines()[0]
+    assert (out / "sweep-boomerang_cloze-acc.png").is_file()

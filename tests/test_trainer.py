@@ -20,7 +20,7 @@ from boomerang.errors import BoomerangError
 from boomerang.initialise import init_student, save_student
 from boomerang.layermap import LayerMap, read_layer_map
 from boomerang.recipe import parse_recipe
-from boomerang.trainer import PAUSE_ENV, Distiller, distill, lr_factor
+from boomerang.trainer import PAUSE_ENV, Distiller, distill, list_checkpoints, lr_factor
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +93,64 @@ def test_a_30_step_run_lowers_the_loss_and_writes_a_standard_student(root, tmp_p
     # the teacher on disk is untouched
     after = _weights(root / "teacher")
     assert all(torch.equal(teacher_before[k], after[k]) for k in teacher_before)
+
+
+def test_checkpoints_keep_last_k_progress_summary_and_tensorboard(root, tmp_path, monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    import boomerang.cli.common as common
+
+    err = Console(file=io.StringIO(), force_terminal=True, width=240, record=True)
+    out_console = Console(file=io.StringIO(), width=240, record=True)
+    monkeypatch.setattr(common, "err_console", err)
+    monkeypatch.setattr(common, "console", out_console)
+    tb = importlib.util.find_spec("tensorboard") is not None
+    recipe = parse_recipe(
+        tiny_recipe(
+            root,
+            train={"steps": 6},
+            checkpoint={"every": 1, "keep": 2},
+            eval={"every": 3, "blocks": 4},
+            log={"progress": True, "tensorboard": tb},
+        )
+    )
+    out = tmp_path / "run"
+    summary = distill(recipe, out=out)
+    # a checkpoint after steps 1..5 (not after the last step); only the last two survive, no temporaries left
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000004", "step-0000005"]
+    files = {"model.safetensors", "optimizer.safetensors", "scheduler.json", "rng.safetensors", "state.json"}
+    for c in ckpts.iterdir():
+        assert files <= {f.name for f in c.iterdir()}
+        assert json.loads((c / "state.json").read_text())["step"] == int(c.name.split("-")[1])
+    # an interrupted write (a temporary directory, or a step directory without state.json) is never resumed from
+    (ckpts / ".step-0000006.tmp-x").mkdir()
+    (ckpts / "step-0000009").mkdir()
+    assert [p.name for p in list_checkpoints(out)] == ["step-0000004", "step-0000005"]
+    # the progress bar shows every loss term, tokens/s and the ETA
+    bar = [line for line in err.export_text().splitlines() if line.startswith("distill")][-1]
+    for term in ("loss", "ce", "kl", "cos"):
+        assert re.search(rf"\b{term} [-0-9.e]+", bar), bar
+    assert re.search(r"[0-9,]+ tok/s", bar) and re.search(r"\d+:\d\d:\d\d", bar) and "6/6" in bar, bar
+    # the final summary is printed and written
+    printed = out_console.export_text()
+    assert "distillation summary" in printed and "steps / tokens" in printed and "6 / 768" in printed
+    assert "validation (student)" in printed and "validation (teacher)" in printed
+    assert json.loads((out / "summary.json").read_text()) == summary and summary["skipped_steps"] == 0
+    # metrics: one JSONL record per step, plus TensorBoard scalars when it is installed
+    assert [r["step"] for r in _records(out)] == list(range(1, 7))
+    assert all({"loss", "ce", "kl", "cos", "lr", "grad_norm", "tok_s"} <= r.keys() for r in _records(out))
+    if tb:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        ea = EventAccumulator(str(out / "tensorboard"))
+        ea.Reload()
+        tags = set(ea.Tags()["scalars"])
+        assert {"train/loss", "train/ce", "train/kl", "train/cos", "train/tok_s", "eval/loss"} <= tags
+        assert [e.step for e in ea.Scalars("train/loss")] == list(range(1, 7))
 
 
 def test_only_student_parameters_get_gradients(root, tmp_path):
@@ -343,11 +401,9 @@ def test_cli_distill_flags_and_bad_input(root, tmp_path, capsys):
 
 
 @pytest.mark.real
-def test_real_teacher_init_and_a_few_distill_steps(real_teacher_dir, tmp_path):
+def test_real_teacher_init_and_a_few_distill_steps(real_teacher_dir, corpora, tmp_path):
     """`boomerang init` on SmolLM2-135M, then three distillation steps on the shared corpus."""
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "validation"
-    if not corpus.is_dir():
-        pytest.skip("the shared corpora are not available")
+    corpus = corpora / "validation"
     student = tmp_path / "student"
     assert run(["init", "--teacher", "smollm2-offline", "--out", str(student)]) == 0
     assert read_layer_map(student) == LayerMap.every(30)

@@ -210,16 +210,19 @@ def analyze(
     trust_remote_code: Trust = False,
 ) -> None:
     """Layer-similarity analysis: student x teacher and teacher x teacher matrices (JSON + heatmaps) and the
-    last-layer similarity of every family member to the teacher per patch order. Calibrates on 32 blocks of
-    256 tokens by default."""
+    last-layer similarity of every family member to the teacher per patch order. Calibrates on 8 blocks of
+    256 tokens by default (cost grows linearly; see docs/analysis.md)."""
     from ..analysis import analyze as run_analysis
+    from ..orders import ANALYSIS_TEXTS
 
     check_writable(out, force=force)
     names = [o.strip() for o in orders.split(",") if o.strip()]
     if not names:
         raise BoomerangError("--orders is empty; give e.g. last,first")
     t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
-    ids = _calibration(data, tok, calibration_texts or 32, calibration_length or 256, seed, "analyze")
+    ids = _calibration(
+        data, tok, calibration_texts or ANALYSIS_TEXTS, calibration_length or 256, seed, "analyze"
+    )
     with _status("analysing") as status:
         summary = run_analysis(
             t,
@@ -254,7 +257,8 @@ def order(
         int, typer.Option("--max-layers", help="optimal: refuse students with more layers (2^M subsets).")
     ] = 12,
     score: Annotated[
-        bool, typer.Option("--score", help="similarity: also record the KL of every size.")
+        bool,
+        typer.Option("--score", help="similarity: also record the KL of every size (on at most 4 blocks)."),
     ] = False,
     student_layers: StudentLayers = None,
     calibration_texts: Texts = None,
@@ -265,11 +269,12 @@ def order(
     force: Force = False,
     trust_remote_code: Trust = False,
 ) -> None:
-    """Compute a data-driven patch order and save it as JSON. Calibrates on 16 blocks of 256 tokens by default
-    (similarity: 128); every model greedy-kl/optimal score runs the full-vocabulary LM head."""
+    """Compute a data-driven patch order and save it as JSON. Calibrates on 4 blocks of 256 tokens by default
+    (similarity: 32); every model greedy-kl/optimal scores runs the full-vocabulary LM head, so their cost grows
+    linearly with --calibration-texts (see docs/analysis.md)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ..orders import compute_order, save_order
+    from ..orders import KL_TEXTS, SIMILARITY_TEXTS, compute_order, save_order
     from ..plan import DATA_ORDERS
 
     if name not in DATA_ORDERS:
@@ -287,7 +292,7 @@ def order(
     ids = _calibration(
         data,
         tok,
-        calibration_texts or (128 if name == "similarity" else 16),
+        calibration_texts or (SIMILARITY_TEXTS if name == "similarity" else KL_TEXTS),
         calibration_length or 256,
         seed,
         f"--order {name}",
@@ -312,7 +317,8 @@ def order(
             ids,
             batch_size=batch_size,
             max_layers=max_layers,
-            max_texts=None,  # the command's --calibration-texts already sets the size
+            # --calibration-texts sets the size of KL searches; similarity --score caps its KL at KL_TEXTS
+            max_texts=KL_TEXTS if name == "similarity" else None,
             score=score,
             progress=progress,
         )

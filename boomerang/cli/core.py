@@ -200,7 +200,10 @@ def build(
             if data is None:
                 raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
             models = load_pair()
-            ids = calibration_ids(data, load_tokenizer(teacher, trust_remote_code=trust_remote_code))
+            from ..orders import default_texts
+
+            tok = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
+            ids = calibration_ids(data, tok, n=default_texts(order))
             po = resolve_order(order, lm, teacher=models[0], student=models[1], calibration=ids)
             if builder is not None:
                 models = None  # streaming: the models were needed only for the search
@@ -208,6 +211,15 @@ def build(
             po = resolve_order(order, lm)
     plan = make_plan(lm, num_patched=num_patched, order=po if po is not None else order, patched=explicit)
     save_po = po is not None and order not in BUILTIN_ORDERS
+    if builder is not None:
+        from ..stream import check_free_space
+
+        check_free_space(
+            out,
+            builder.nbytes(plan) + (1 << 20),
+            "the model",
+            "Write a smaller dtype (--dtype bfloat16) or choose another --out.",
+        )
     with atomic_dir(out, force=force) as tmp:
         if builder is not None:
             from .family import progress_bars
