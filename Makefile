@@ -30,9 +30,10 @@ lint: setup
 teacher: setup
 	$(BIN)/boomerang convert --smollm2
 
-# The main job: the whole pipeline on the real SmolLM2-135M teacher.
+# The main job: the whole pipeline on the real SmolLM2-135M teacher (distil, sweep three patch orders, report).
+# Resumable: run it again after an interruption. DEMO_ARGS passes options, e.g. DEMO_ARGS="--tokens 50000".
 demo: teacher
-	$(BIN)/boomerang info $${BOOMERANG_CACHE:-$$HOME/.cache/boomerang}/smollm2-135m-instruct
+	$(BIN)/boomerang demo --out runs/demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
