@@ -35,6 +35,7 @@ VARIANTS = {
     "ours+freeze_embeddings": "ours with the (tied) embedding/LM-head matrix frozen",
     "ours+teacher_cache": "ours with the teacher's outputs precomputed (upper bound of a teacher-output cache)",
     "ours+compile": "ours with torch.compile on every layer's forward (compile time excluded)",
+    "ours+checkpointing": "ours with gradient checkpointing of the student's layers",
 }
 DEFAULT_VARIANTS = ["baseline", "ours", "ours+freeze_embeddings", "ours+teacher_cache"]
 
@@ -67,6 +68,7 @@ def child(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "freeze_embeddings": variant == "ours+freeze_embeddings",
         "compile": variant == "ours+compile",
+        "gradient_checkpointing": variant == "ours+checkpointing",
     }
     raw = {
         "name": "bench",

@@ -46,6 +46,7 @@ def distill_stage(
         f"train.max_tokens={tokens}",
         "checkpoint.every=10",
         "eval.every=10",
+        "eval.blocks=16",
         *overrides,
     ]
     r = load_recipe(recipe, opts)
@@ -184,7 +185,7 @@ def run_demo(
     out: str | Path = "runs/demo",
     *,
     recipe: str | Path | None = None,
-    tokens: int = 200_000,
+    tokens: int = 100_000,
     orders: Sequence[str] = ("last", "first", "greedy-kl"),
     baselines: Sequence[str] = ("naive",),
     eval_tokens: int = 4096,

@@ -12,6 +12,7 @@ from boomerang.cli.app import run
 from boomerang.errors import BoomerangError
 from boomerang.hooks import capture
 from boomerang.orders import (
+    KL_TEXTS,
     PatchEvaluator,
     compute_order,
     exhaustive_search,
@@ -324,8 +325,8 @@ def test_data_orders_in_build_family_and_sweep(tmp_path):
     t_dir, s_dir = save_pair(tmp_path, teacher, student)
     data = _corpus(tmp_path, words=3000)
     tok = tiny_tokenizer()
-    # what build and family compute: calibration_ids' defaults, KL on KL_TEXTS of those blocks
-    expected = compute_order("greedy-kl", teacher, student, lm, calibration_ids(str(data), tok))
+    # what build, family and `boomerang order` compute: KL_TEXTS calibration blocks (orders.default_texts)
+    expected = compute_order("greedy-kl", teacher, student, lm, calibration_ids(str(data), tok, n=KL_TEXTS))
     common = ["--teacher", str(t_dir), "--student", str(s_dir), "--order", "greedy-kl", "--data", str(data)]
     assert run(["build", *common, "-k", "2", "--no-stream", "--out", str(tmp_path / "b")]) == 0
     assert load_order(tmp_path / "b" / "order.json") == expected

@@ -15,8 +15,8 @@ def demo(
         "runs/demo"
     ),
     tokens: Annotated[
-        int, typer.Option(help="Distillation tokens (about 100 tokens/s on 2 CPU cores).")
-    ] = 200_000,
+        int, typer.Option(help="Distillation tokens (about 60 tokens/s on 2 CPU cores).")
+    ] = 100_000,
     orders: Annotated[
         str, typer.Option(help="Patch orders to sweep: last, first, similarity, greedy-kl, optimal.")
     ] = "last,first,greedy-kl",
