@@ -604,6 +604,15 @@ class StreamBuilder:
         """Bytes of weights the member takes on disk (headers and tokenizer not included)."""
         return sum(t.nbytes for t in self.tensors(plan)[0])
 
+    def check_space(self, plan: PatchPlan, out: str | os.PathLike) -> None:
+        """Refuse, before writing anything, if ``out``'s file system cannot hold the member."""
+        check_free_space(
+            out,
+            self.nbytes(plan) + (1 << 20),
+            "the model",
+            "Write a smaller dtype (--dtype bfloat16) or choose another --out.",
+        )
+
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -681,12 +690,7 @@ def stream_build(
     builder = StreamBuilder(teacher, student, layer_map, dtype=dtype, trust_remote_code=trust_remote_code)
     if plan is None:
         plan = builder.plan(num_patched, order=order, patched=patched)
-    check_free_space(
-        out,
-        builder.nbytes(plan) + (1 << 20),
-        "the model",
-        "Write a smaller dtype (--dtype bfloat16) or choose another --out.",
-    )
+    builder.check_space(plan, out)
     with atomic_dir(out, force=force) as tmp:
         builder.write(plan, tmp, max_shard_size=max_shard_size, progress=progress)
     return Path(out)

@@ -212,14 +212,7 @@ def build(
     plan = make_plan(lm, num_patched=num_patched, order=po if po is not None else order, patched=explicit)
     save_po = po is not None and order not in BUILTIN_ORDERS
     if builder is not None:
-        from ..stream import check_free_space
-
-        check_free_space(
-            out,
-            builder.nbytes(plan) + (1 << 20),
-            "the model",
-            "Write a smaller dtype (--dtype bfloat16) or choose another --out.",
-        )
+        builder.check_space(plan, out)
     with atomic_dir(out, force=force) as tmp:
         if builder is not None:
             from .family import progress_bars
