@@ -128,23 +128,23 @@ def report(out: Path, results: dict[str, dict[str, Any]], summary: dict[str, Any
             "",
         ]
     lines += [
-        f"Family perplexity ({label}) on `{sl['name']}`, offset {sl['offset']}, {sl['tokens']:,} tokens "
-        f"(context {first['settings']['context']}, stride {first['settings']['stride']}).",
+        f"Family {label} on `{sl['name']}`, offset {sl['offset']}, {sl['tokens']:,} tokens "
+        f"(context {first['settings']['context']}, stride {first['settings']['stride']}). Each cell: parameters "
+        "at inference (millions) · perplexity. Member K patches K student layers in that order, so the same K "
+        "can mean different sizes in different orders; naive drops the teacher layers the `last` member lacks.",
         "",
-        "| K | params (M) | " + " | ".join(f"{o} order" for o in orders) + " | naive (same size) |",
-        "|---|---|" + "---|" * (len(orders) + 1),
+        "| K | " + " | ".join(f"{o} order" for o in orders) + " | naive |",
+        "|---|" + "---|" * (len(orders) + 1),
     ]
     by = {(r["method"], r["K"]): r for r in rows}
-    naive = sorted((r for r in rows if r["method"] == "naive"), key=lambda r: r["inference"])
+
+    def cell(r: dict[str, Any] | None) -> str:
+        return f"{r['inference'] / 1e6:.1f} · {r[metric]:.2f}" if r else ""
+
     for k in sorted({r["K"] for r in rows if r["method"].startswith("boomerang")}):
-        cells, params = [], None
-        for o in orders:
-            r = by.get((f"boomerang ({o})", k))
-            cells.append(f"{r[metric]:.2f}" if r else "")
-            params = params or (r and r["inference"])
-        nv = next((r for r in naive if r["inference"] == params), None)
-        cells.append(f"{nv[metric]:.2f}" if nv else "")
-        lines.append(f"| {k} | {params / 1e6:.1f} | " + " | ".join(cells) + " |")
+        cells = [cell(by.get((f"boomerang ({o})", k))) for o in orders]
+        cells.append(cell(by.get(("naive", k))))
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "![family](family.png)", ""]
     if has_curve:
         lines += ["![training](training.png)", ""]

@@ -43,7 +43,7 @@ def demo(
         eval_tokens=eval_tokens,
         overrides=overrides or (),
     )
-    console.print(text)
+    console.print(text, markup=False, highlight=False)
     console.print(f"\n[green]report[/] {out / 'report.md'}")
 
 
