@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VALIDATION = Path("/work/shared/data/corpora/validation")
+VALIDATION = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "validation"
 
 
 def naive_greedy(teacher, student, lm, ids, batch_size):

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VALIDATION = "/work/shared/data/corpora/validation"
+VALIDATION = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora" / "validation")
 
 
 def flops(config, batch) -> dict[str, float]:

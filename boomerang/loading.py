@@ -58,9 +58,20 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith(".gguf") or os.sep == "\\"
 
 
-def resolve(spec: str | os.PathLike) -> tuple[str, str | None]:
-    """``(location, gguf_file)`` for a model spec: a directory, a ``.gguf`` file, or a Hub id."""
+OFFLINE_ALIAS = "smollm2-offline"  # names the converted offline SmolLM2-135M-Instruct teacher everywhere
+
+
+def expand_alias(spec: str | os.PathLike) -> str:
+    """``smollm2-offline`` -> the converted offline teacher's directory (converted on first use); else ``spec``."""
     spec = str(spec)
+    if spec == OFFLINE_ALIAS and not Path(spec).exists():
+        return str(offline_teacher())
+    return spec
+
+
+def resolve(spec: str | os.PathLike) -> tuple[str, str | None]:
+    """``(location, gguf_file)`` for a model spec: a directory, a ``.gguf`` file, ``smollm2-offline`` or a Hub id."""
+    spec = expand_alias(spec)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return str(path.parent), path.name

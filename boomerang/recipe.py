@@ -18,9 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import BoomerangError
+from .loading import OFFLINE_ALIAS as OFFLINE_TEACHER  # noqa: F401 (re-exported)
 from .losses import LossConfig
-
-OFFLINE_TEACHER = "smollm2-offline"
 
 
 class _Section(BaseModel):
@@ -296,8 +295,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def resolve_model_spec(spec: str) -> str:
     """A model spec, with ``smollm2-offline`` replaced by the converted offline teacher's directory."""
-    if spec == OFFLINE_TEACHER:
-        from .loading import offline_teacher
+    from .loading import expand_alias
 
-        return str(offline_teacher())
-    return spec
+    return expand_alias(spec)

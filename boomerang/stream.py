@@ -141,7 +141,9 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorRef]:
 
 def is_local_safetensors(spec: str | os.PathLike) -> bool:
     """True for a local checkpoint directory with a config and safetensors weights (single-file or sharded)."""
-    path = Path(spec).expanduser()
+    from .loading import expand_alias
+
+    path = Path(expand_alias(spec)).expanduser()
     return (
         path.is_dir()
         and (path / "config.json").is_file()
@@ -181,9 +183,9 @@ class Checkpoint:
     """A local safetensors checkpoint opened lazily: its config, and where every tensor's bytes are."""
 
     def __init__(self, path: str | os.PathLike, *, trust_remote_code: bool = False) -> None:
-        from .loading import load_config
+        from .loading import expand_alias, load_config
 
-        self.path = Path(path).expanduser()
+        self.path = Path(expand_alias(path)).expanduser()
         if not self.path.exists():
             raise BoomerangError(f"{path} does not exist")
         self.config = load_config(self.path, trust_remote_code=trust_remote_code)

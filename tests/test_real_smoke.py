@@ -84,3 +84,15 @@ def test_conversion_matches_the_gguf_model(teacher):
     x = torch.tensor([[1, 504, 3575, 282, 4649, 314]])
     with torch.no_grad():
         assert torch.equal(gguf_model(x).logits, teacher(x).logits)
+
+
+def test_the_offline_alias_works_in_every_loader(real_teacher_dir, capsys):
+    """`smollm2-offline` names the converted teacher wherever a model spec is accepted."""
+    from boomerang.loading import expand_alias, resolve
+    from boomerang.stream import is_local_safetensors
+
+    assert expand_alias("smollm2-offline") == str(real_teacher_dir)
+    assert resolve("smollm2-offline") == (str(real_teacher_dir), None)
+    assert is_local_safetensors("smollm2-offline")
+    assert run(["info", "smollm2-offline"]) == 0
+    assert "30" in capsys.readouterr().out
