@@ -363,9 +363,7 @@ class Sweep:
             from .orders import default_texts
 
             calibration = (
-                self.calibration()[: max(default_texts(spec), 1)]
-                if spec == "similarity"
-                else self.calibration()
+                self.calibration()[: default_texts(spec)] if spec == "similarity" else self.calibration()
             )
         po = self.family.order(spec, calibration=calibration)
         self.partial.mkdir(parents=True, exist_ok=True)
