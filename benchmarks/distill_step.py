@@ -9,7 +9,8 @@ Both run on the SmolLM2-135M teacher and its every-other-layer student (16 of 30
 batch, sequence length, initial weights, AdamW settings and data (packed blocks, so neither pads), and with the
 loss configured identically (embedding output + M−1 layer outputs + final normed state aligned, as in the
 reference code). Each variant and repeat runs in its own subprocess so that peak RSS is clean; medians over
-repeats are reported. Levers (frozen embeddings, torch.compile, a teacher-output cache) are measured the same way.
+repeats are reported. Levers (the lean MLP, checkpointing, frozen embeddings, torch.compile, a teacher-output cache)
+are measured the same way.
 
     flock /work/heavy.lock python benchmarks/distill_step.py            # writes benchmarks/results/distill_step.json
     python benchmarks/distill_step.py --teacher DIR --data DIR --seq-len 16 --batch 2   # quick smoke run
@@ -36,8 +37,9 @@ VARIANTS = {
     "ours+teacher_cache": "ours with the teacher's outputs precomputed (upper bound of a teacher-output cache)",
     "ours+compile": "ours with torch.compile on every layer's forward (compile time excluded)",
     "ours+checkpointing": "ours with gradient checkpointing of the student's layers",
+    "ours-lean_mlp": "ours without the lean gated MLP (autograd keeps all four MLP activations)",
 }
-DEFAULT_VARIANTS = ["baseline", "ours", "ours+freeze_embeddings", "ours+teacher_cache"]
+DEFAULT_VARIANTS = ["baseline", "ours", "ours+checkpointing", "ours-lean_mlp"]
 
 
 def rss_mb() -> float:
@@ -69,6 +71,7 @@ def child(args: argparse.Namespace) -> dict:
         "freeze_embeddings": variant == "ours+freeze_embeddings",
         "compile": variant == "ours+compile",
         "gradient_checkpointing": variant == "ours+checkpointing",
+        "lean_mlp": variant != "ours-lean_mlp",
     }
     raw = {
         "name": "bench",
@@ -244,7 +247,7 @@ def main() -> None:
     if "ours" in summary:  # what each lever buys on top of our step
         ours = summary["ours"]
         for v in variants:
-            if v.startswith("ours+"):
+            if v.startswith(("ours+", "ours-")):
                 levers[v] = {
                     "throughput_x": round(summary[v]["tokens_per_s"] / ours["tokens_per_s"], 3),
                     "peak_rss_x": round(summary[v]["peak_rss_mb"] / ours["peak_rss_mb"], 3),

@@ -37,7 +37,7 @@ _EXPORTS = {
     "Family": "family",
     "export_family": "family",
     "StreamBuilder": "stream",
-    "stream_build": "stream",
+    "stream_build": "fastbuild",
     "init_student": "initialise",
     "save_student": "initialise",
     "load_recipe": "recipe",

@@ -3,16 +3,52 @@
 An adapter says where a model's layers live and which of its other tensors belong to the *embedding side*
 (taken from whichever model supplies the first layer) or the *head side* (taken from whichever model supplies
 the last layer). It also lists the per-layer config fields that must be subset when the depth changes.
-Adding a decoder architecture is one ``register(Arch(...))`` call.
+Adding a decoder architecture is one ``register(Arch(...))`` call. Configs may be transformers config objects or
+plain ``config.json`` dicts (the torch-free fast build reads those).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from .errors import BoomerangError
+
+LEAVES = ("weight", "bias")  # tensors of a module, in the order modules register them
+
+
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """A field of a config object or of a ``config.json`` dict."""
+    if isinstance(config, Mapping):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+class Saved(BaseModel):
+    """What ``save_pretrained`` writes for an architecture's model class: modules holding tensors, in state-dict
+    order, each with a ``weight`` and optionally a ``bias``.
+
+    ``before`` (the embedding side) starts with the token embedding and ``after`` (the head side) ends with the LM
+    head; a tied head shares the token embedding's weight and is not written. This lets ``boomerang.fastbuild``
+    write a member from the checkpoint files alone; a test checks it against transformers' own models.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model_class: str  # what AutoModelForCausalLM builds for the model_type, e.g. "LlamaForCausalLM"
+    before: tuple[str, ...]  # modules before the layers, e.g. ("model.embed_tokens",)
+    layer: tuple[str, ...]  # modules of one layer (relative to it); absent ones are skipped
+    after: tuple[str, ...]  # modules after the layers, e.g. ("model.norm", "lm_head")
+    # (saved, model) names of modules transformers renames when saving (a conversion mapping: GPT-NeoX's lm_head
+    # is saved as embed_out); with any, the state dict is written sorted by model name (``dot_natural_key``)
+    renamed: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def tied(self) -> tuple[str, str]:
+        """(LM head weight, token embedding weight): the names a tied head shares."""
+        return f"{self.after[-1]}.weight", f"{self.before[0]}.weight"
 
 
 class Arch(BaseModel):
@@ -32,6 +68,7 @@ class Arch(BaseModel):
     layer_fields: tuple[str, ...] = ()  # per-layer list fields of the config, subset with the layers
     window_layers_field: str | None = None  # "first K layers use full attention" count, recomputed
     encoder: bool = False  # masked-LM encoder (BERT family) rather than a causal LM
+    saved: Saved | None = None  # the saved layout, for building without transformers (None: always use it)
     # config fields that must agree between teacher and student for their layers to be interchangeable
     structural: tuple[str, ...] = (
         "hidden_size",
@@ -47,6 +84,17 @@ class Arch(BaseModel):
         "attention_bias",
         "mlp_bias",
     )
+
+    @model_validator(mode="after")
+    def _check_saved(self) -> Arch:
+        s = self.saved
+        if s is not None and not (
+            all(self.side(m) == "embed" for m in s.before) and all(self.side(m) == "head" for m in s.after)
+        ):
+            raise ValueError(
+                f"{self.model_type}: saved.before must be embedding-side and saved.after head-side"
+            )
+        return self
 
     def layer_prefix(self, i: int) -> str:
         return f"{self.layers}.{i}."
@@ -67,7 +115,17 @@ def register(arch: Arch) -> Arch:
     return arch
 
 
-def _llama_like(model_type: str, **kw: Any) -> Arch:
+_LLAMA_LAYER = (
+    *(f"self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")),
+    *(f"mlp.{m}" for m in ("gate_proj", "up_proj", "down_proj")),
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
+
+
+def _llama_like(model_type: str, model_class: str, **kw: Any) -> Arch:
     return register(
         Arch(
             model_type=model_type,
@@ -76,17 +134,28 @@ def _llama_like(model_type: str, **kw: Any) -> Arch:
             head=("model.norm", "lm_head"),
             shared=("model.rotary_emb",),
             final_norm="model.norm",
+            saved=Saved(
+                model_class=model_class,
+                before=("model.embed_tokens",),
+                layer=_LLAMA_LAYER,
+                after=("model.norm", "lm_head"),
+            ),
             **kw,
         )
     )
 
 
-_llama_like("llama")
-_llama_like("mistral")
-_llama_like("qwen2", layer_fields=("layer_types",), window_layers_field="max_window_layers")
-_llama_like("qwen3", layer_fields=("layer_types",), window_layers_field="max_window_layers")
+_llama_like("llama", "LlamaForCausalLM")
+_llama_like("mistral", "MistralForCausalLM")
+_llama_like(
+    "qwen2", "Qwen2ForCausalLM", layer_fields=("layer_types",), window_layers_field="max_window_layers"
+)
+_llama_like(
+    "qwen3", "Qwen3ForCausalLM", layer_fields=("layer_types",), window_layers_field="max_window_layers"
+)
 _llama_like(
     "gemma3_text",
+    "Gemma3ForCausalLM",
     layer_fields=("layer_types",),
     structural=(
         "hidden_size",
@@ -114,6 +183,20 @@ register(
         final_norm="gpt_neox.final_layer_norm",
         lm_head="embed_out",
         attention="attention",
+        saved=Saved(
+            model_class="GPTNeoXForCausalLM",
+            before=("gpt_neox.embed_in",),
+            layer=(
+                "input_layernorm",
+                "post_attention_layernorm",
+                "attention.query_key_value",
+                "attention.dense",
+                "mlp.dense_h_to_4h",
+                "mlp.dense_4h_to_h",
+            ),
+            after=("gpt_neox.final_layer_norm", "embed_out"),
+            renamed=(("embed_out", "lm_head"),),
+        ),
         structural=(
             "hidden_size",
             "vocab_size",
@@ -135,6 +218,12 @@ register(
         head=("transformer.ln_f", "lm_head"),
         final_norm="transformer.ln_f",
         attention="attn",
+        saved=Saved(
+            model_class="GPT2LMHeadModel",
+            before=("transformer.wte", "transformer.wpe"),
+            layer=("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"),
+            after=("transformer.ln_f", "lm_head"),
+        ),
         structural=(
             "n_embd",
             "vocab_size",
@@ -178,10 +267,10 @@ FOREIGN_STUDENTS = {("bert", "distilbert")}
 
 def get_arch(config: Any) -> Arch:
     """The adapter for a config (or a model_type string), or a clear error listing the supported ones."""
-    model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
+    model_type = config if isinstance(config, str) else config_value(config, "model_type")
     if model_type in ARCHS:
         arch = ARCHS[model_type]
-        if model_type == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        if model_type == "gpt2" and config_value(config, "scale_attn_by_inverse_layer_idx", False):
             raise BoomerangError(
                 "this GPT-2 config sets scale_attn_by_inverse_layer_idx=True, which makes each layer's "
                 "computation depend on its position; layers cannot be moved without changing them"
@@ -197,7 +286,26 @@ def get_arch(config: Any) -> Arch:
 def n_layers(config: Any) -> int:
     """Number of transformer layers of a config, whatever the field is called."""
     for field in ("num_hidden_layers", "n_layer", "n_layers"):
-        value = getattr(config, field, None)
+        value = config_value(config, field)
         if isinstance(value, int):
             return value
     raise BoomerangError(f"cannot tell how many layers a {type(config).__name__} has")
+
+
+def route(
+    name: str, arch: Arch, sources: Sequence[tuple[str, int]], embed_from: str, head_from: str
+) -> tuple[str, str]:
+    """Where output tensor ``name`` comes from: (model, tensor name in that model's canonical layout)."""
+    prefix = arch.layers + "."
+    if name.startswith(prefix):
+        idx, rest = name[len(prefix) :].split(".", 1)
+        who, src = sources[int(idx)]
+        return who, f"{prefix}{src}.{rest}"
+    side = arch.side(name)
+    if side == "embed":
+        return embed_from, name
+    if side == "head":
+        return head_from, name
+    if side == "shared":  # config-derived tables (rotary): identical in every compatible model
+        return "teacher", name
+    raise BoomerangError(f"the {arch.model_type} adapter does not say where tensor {name!r} comes from")

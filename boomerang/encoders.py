@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import BoomerangError
+
+if TYPE_CHECKING:
+    import torch
 
 _LAYER = {
     "attention.q_lin": "attention.self.query",
@@ -55,6 +56,8 @@ def bert_names(name: str) -> list[str]:
 
 def synthesized(bert_config: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Tensors BERT has and DistilBERT lacks, as functions of a reference tensor (for dtype and device)."""
+    import torch
+
     n_types, dim, n_pos = (
         bert_config.type_vocab_size,
         bert_config.hidden_size,

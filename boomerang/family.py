@@ -16,16 +16,18 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_dir, check_writable
+from .checkpoints import fmt_bytes, tokenizer_nbytes
 from .errors import BoomerangError
 from .layermap import LayerMap
 from .plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan
-from .stream import DEFAULT_SHARD_SIZE, fmt_bytes
+from .safetensors_files import DEFAULT_SHARD_SIZE
+
+if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded or built
+    import torch
+    from transformers import PreTrainedModel
 
 MANIFEST = "family.json"
 ORDER_FILE = "order.json"
@@ -59,16 +61,19 @@ class Family:
         self.sources: dict[str, str | None] = {}
         models = {}
         for role, spec in (("teacher", teacher), ("student", student)):
-            if isinstance(spec, PreTrainedModel):
-                models[role] = spec
-                self.sources[role] = getattr(spec, "name_or_path", None) or None
-            else:
+            if _is_path(spec):
                 models[role] = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
                 self.sources[role] = str(spec)
+            else:
+                models[role] = spec
+                self.sources[role] = getattr(spec, "name_or_path", None) or None
         self.teacher: PreTrainedModel = models["teacher"]
         self.student: PreTrainedModel = models["student"]
-        if tokenizer is None and not isinstance(teacher, PreTrainedModel):
+        # where the tokenizer's files are, if it was loaded from the teacher's checkpoint (exports copy them)
+        self.tokenizer_source: str | None = None
+        if tokenizer is None and _is_path(teacher):
             tokenizer = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
+            self.tokenizer_source = str(teacher)
         self.tokenizer = tokenizer
         self.layer_map: LayerMap = layer_map or student_layer_map(self.student)
         self.arch = check_pair(self.teacher, self.student, self.layer_map)
@@ -219,6 +224,11 @@ class Family:
         )
 
 
+def _is_path(spec: Any) -> bool:
+    """A model given as a checkpoint path or Hub id (rather than a loaded model)."""
+    return isinstance(spec, (str, os.PathLike))
+
+
 def check_sizes(sizes: Iterable[int] | None, m: int) -> list[int]:
     if sizes is None:
         return list(range(m + 1))
@@ -271,7 +281,7 @@ class _StreamWriter(_Writer):
         self.teacher_config, self.student_config = builder.teacher.config, builder.student.config
         self.layer_map, self.dtype = builder.layer_map, builder.dtype
         self.teacher, self.student = str(builder.teacher.path), str(builder.student.path)
-        self.tokenizer_bytes = _tokenizer_bytes(builder.teacher.path)
+        self.tokenizer_bytes = tokenizer_nbytes(builder.teacher.path)
 
     def write(self, plan: PatchPlan, directory: Path, progress: ExportProgress, nbytes: int) -> list[str]:
         self.builder.write(plan, directory, max_shard_size=self.max_shard_size, progress=progress.advance)
@@ -287,20 +297,17 @@ class _MemoryWriter(_Writer):
         self.layer_map, self.dtype = family.layer_map, family.teacher.dtype
         self.teacher, self.student = family.sources["teacher"], family.sources["student"]
         src = family.sources["teacher"]
-        self.tokenizer_bytes = _tokenizer_bytes(Path(src)) if src and Path(src).is_dir() else 0
+        self.tokenizer_bytes = tokenizer_nbytes(src) if src else 0
 
     def write(self, plan: PatchPlan, directory: Path, progress: ExportProgress, nbytes: int) -> list[str]:
+        from .loading import save_tokenizer
+
         model = self.family.member(plan=plan)
         model.save_pretrained(directory, max_shard_size=self.max_shard_size)
         if self.family.tokenizer is not None:
-            self.family.tokenizer.save_pretrained(directory)
+            save_tokenizer(directory, self.family.tokenizer_source, self.family.tokenizer)
         progress.advance(nbytes)
         return sorted(p.name for p in directory.iterdir())
-
-
-def _tokenizer_bytes(path: Path) -> int:
-    names = ("tokenizer", "vocab", "merges", "special_tokens", "chat_template", "spiece", "added_tokens")
-    return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name.startswith(names))
 
 
 def member_dir(k: int, plan: PatchPlan, m: int) -> str:
@@ -455,7 +462,7 @@ def export_family(
         raise BoomerangError(
             f"order {order!r} is computed from calibration texts: pass --data PATH (data=...)"
         )
-    on_disk = not isinstance(teacher, PreTrainedModel) and not isinstance(student, PreTrainedModel)
+    on_disk = _is_path(teacher) and _is_path(student)
     can = on_disk and is_local_safetensors(teacher) and is_local_safetensors(student)  # type: ignore[arg-type]
     if stream and not can:
         raise BoomerangError(

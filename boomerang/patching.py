@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .arch import FOREIGN_STUDENTS, Arch, get_arch, n_layers
+from .arch import FOREIGN_STUDENTS, Arch, get_arch, n_layers, route
 from .configs import check_compatible, derive_config
 from .encoders import to_bert_layout
 from .errors import BoomerangError
@@ -37,25 +37,6 @@ def canonical_tensors(model: PreTrainedModel, arch: Arch, teacher_config: Any) -
     if (arch.model_type, model.config.model_type) in FOREIGN_STUDENTS:
         return to_bert_layout(named_tensors(model), teacher_config)
     raise BoomerangError(f"cannot use a {model.config.model_type} model with a {arch.model_type} teacher")
-
-
-def route(
-    name: str, arch: Arch, sources: Sequence[tuple[str, int]], embed_from: str, head_from: str
-) -> tuple[str, str]:
-    """Where output tensor ``name`` comes from: (model, tensor name in that model's canonical layout)."""
-    prefix = arch.layers + "."
-    if name.startswith(prefix):
-        idx, rest = name[len(prefix) :].split(".", 1)
-        who, src = sources[int(idx)]
-        return who, f"{prefix}{src}.{rest}"
-    side = arch.side(name)
-    if side == "embed":
-        return embed_from, name
-    if side == "head":
-        return head_from, name
-    if side == "shared":  # config-derived tables (rotary): identical in every compatible model
-        return "teacher", name
-    raise BoomerangError(f"the {arch.model_type} adapter does not say where tensor {name!r} comes from")
 
 
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

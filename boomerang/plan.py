@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -115,6 +117,31 @@ def as_order(order: str | PatchOrder | Sequence[int], n_student: int) -> PatchOr
     if isinstance(order, str):
         return builtin_order(order, n_student)
     return PatchOrder.from_sequence("custom", order, n_student)
+
+
+def load_order(path: str | Path) -> PatchOrder:
+    """Read an order written by ``save_order`` (or found in a family's ``order.json``)."""
+    try:
+        return PatchOrder.from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, KeyError) as e:
+        raise BoomerangError(f"cannot read patch order from {path}: {e}") from None
+
+
+def save_order(order: PatchOrder, path: str | Path) -> None:
+    from .atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(order.to_json(), indent=2) + "\n")
+
+
+def static_order(order: str | PatchOrder | Sequence[int], layer_map: LayerMap) -> PatchOrder:
+    """An order that needs no data: a built-in name, a saved order's JSON file, a sequence or a PatchOrder.
+
+    Data-driven order names raise a clear error here; ``boomerang.orders.resolve_order`` computes them.
+    """
+    named = isinstance(order, str) and (order in BUILTIN_ORDERS or order in DATA_ORDERS)
+    if isinstance(order, str) and not named and (order.endswith(".json") or Path(order).is_file()):
+        return as_order(load_order(order), layer_map.n_student)
+    return as_order(order, layer_map.n_student)
 
 
 class PatchPlan(BaseModel):

@@ -109,6 +109,9 @@ class TrainSection(_Section):
     untie_head: bool = Field(
         False, description="give a tied student its own LM head (a copy of the embedding)"
     )
+    lean_mlp: bool = Field(
+        True, description="keep half of each gated MLP's activations, recompute the rest (exact; see lean.py)"
+    )
     compile: bool = Field(False, description="torch.compile the student")
     fused_loss: bool | None = Field(
         None, description="CE/KL from hidden states + head, chunked (default: auto)"

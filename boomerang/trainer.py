@@ -37,7 +37,9 @@ from torch import nn
 
 from .atomic import atomic_dir, atomic_write_text
 from .errors import BoomerangError
+from .hooks import layer_list
 from .layermap import LayerMap
+from .lean import lean_mlps
 from .losses import DistillLoss, LossConfig, ModelOutputs, head_mode_problem, model_outputs, token_counts
 from .recipe import Recipe
 
@@ -115,8 +117,6 @@ def _has(model: nn.Module, name: str) -> bool:
 
 def compile_layers(model: nn.Module) -> None:
     """``torch.compile`` each layer's forward; hooks (on the modules) stay outside the compiled code."""
-    from .hooks import layer_list
-
     for layer in layer_list(model):
         layer.forward = torch.compile(layer.forward, dynamic=False)  # type: ignore[method-assign]
 
@@ -399,6 +399,7 @@ class Distiller:
         )
         if tr.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._undo_lean = lean_mlps(layer_list(student)) if tr.lean_mlp else (lambda: None)
         student.config.use_cache = False
         student.train()
         self.student, self.teacher = student, teacher
@@ -936,6 +937,7 @@ class Distiller:
             model.config.boomerang = section
             if self.recipe.train.gradient_checkpointing:
                 model.gradient_checkpointing_disable()
+            self._undo_lean()
             model.config.use_cache = True
             dtype = self.save_dtype or torch.float32
             save_student(model.to(dtype), student_dir, tokenizer=self.tokenizer, force=True)

@@ -2,19 +2,24 @@
 
 import json
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny import DECODERS, ids, make_pair, save_pair
+from tiny import DECODERS, ids, make_pair, make_student, make_teacher, save_pair, tiny_config
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 import boomerang as B
 from boomerang.cli.app import run
+from boomerang.fastbuild import FastBuilder, NotFast, natural_key, open_builder
+from boomerang.loading import save_tokenizer
 from boomerang.stream import (
     OutTensor,
     StreamBuilder,
     TensorRef,
+    convert,
     read_header,
     stream_build,
     write_safetensors,
@@ -28,7 +33,7 @@ def memory_build(t_dir, s_dir, out, patched, lm, dtype=None, **save):
     teacher, student = B.load_model(t_dir, dtype=dtype), B.load_model(s_dir, dtype=dtype)
     model = B.patch(teacher, student, lm, patched)
     model.save_pretrained(out, **save)
-    B.load_tokenizer(t_dir).save_pretrained(out)
+    save_tokenizer(out, t_dir)
     return model
 
 
@@ -77,10 +82,19 @@ def test_sharded_inputs_and_outputs(saved):
                 (d / f.name).write_bytes(f.read_bytes())
     for patched in ([1, 2], [0, 1, 2, 3]):
         ref, out = tmp / f"ref{patched}", tmp / f"out{patched}"
+        memory_build(t_dir, s_dir, tmp / f"single{patched}", patched, lm)
         memory_build(t_dir, s_dir, ref, patched, lm, max_shard_size="16KB")
         stream_build(t_sh, s_sh, out, patched=patched, max_shard_size="16KB")
         assert len(list(out.glob("model-*.safetensors"))) > 1
         assert same_files(ref, out) == []
+        for fast in (
+            True,
+            False,
+        ):  # both builders, forced, read sharded inputs into single or sharded outputs
+            for shard in ("16KB", "50GB"):
+                forced = tmp / f"forced{patched}{fast}{shard}"
+                stream_build(t_sh, s_sh, forced, patched=patched, max_shard_size=shard, fast=fast)
+                assert same_files(ref if shard == "16KB" else out.parent / f"single{patched}", forced) == []
 
 
 @pytest.mark.parametrize("arch", DECODERS)
@@ -118,6 +132,8 @@ def test_gpt2_checkpoint_without_base_model_prefix(tmp_path):
         sd = load_file(d / "model.safetensors")
         save_file({k.removeprefix("transformer."): v for k, v in sd.items()}, d / "model.safetensors")
     assert "h.0.attn.c_attn.weight" in load_file(t_dir / "model.safetensors")
+    with pytest.raises(NotFast, match="not one that GPT2LMHeadModel saves"):
+        FastBuilder.create(t_dir, s_dir)
     for patched in ([0], [3], [1, 2]):  # [3]: student embedding, teacher head (the tied head is the wte)
         memory_build(t_dir, s_dir, tmp_path / f"ref{patched}", patched, lm)
         stream_build(t_dir, s_dir, tmp_path / f"out{patched}", patched=patched)
@@ -141,6 +157,8 @@ def test_bert_teacher_and_distilbert_student_stream(tmp_path):
     lm = B.LayerMap.preset("distilbert")
     distil = distil_from_bert(bert, lm)
     t_dir, s_dir = save_pair(tmp_path, bert, distil, lm)
+    with pytest.raises(NotFast, match="different model types"):
+        FastBuilder.create(t_dir, s_dir)
     x = ids()
     for patched in ([], [0], [5], [1, 2], list(range(6))):
         out = tmp_path / f"out{patched}"
@@ -161,6 +179,10 @@ def test_writer_matches_safetensors_save_file(tmp_path):
         "flag": torch.tensor([True, False]),
         "empty": torch.zeros(0, 4),
         "z": torch.randn(4, dtype=torch.float64),
+        # every other dtype, so that the layout order (by dtype, then name) is checked against safetensors
+        **{f"t_{d}": torch.ones(3, dtype=getattr(torch, d)) for d in ("uint8", "int8", "int16", "int32")},
+        **{f"t_{d}": torch.ones(3, dtype=getattr(torch, d)) for d in ("uint16", "uint32", "uint64")},
+        **{f"t_{d}": torch.ones(3).to(getattr(torch, d)) for d in ("float8_e4m3fn", "float8_e5m2")},
     }
     save_file(tensors, tmp_path / "ref.safetensors", metadata={"format": "pt"})
     refs = read_header(tmp_path / "ref.safetensors")
@@ -168,22 +190,26 @@ def test_writer_matches_safetensors_save_file(tmp_path):
     write_safetensors(tmp_path / "out.safetensors", out)
     assert (tmp_path / "out.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
     # converting on the fly equals converting in memory
-    conv = [OutTensor(n, refs[n], torch.float16) for n in ("b.weight", "a.weight", "z")]
-    write_safetensors(tmp_path / "conv.safetensors", conv)
+    conv = [OutTensor(n, refs[n], "F16") for n in ("b.weight", "a.weight", "z")]
+    write_safetensors(tmp_path / "conv.safetensors", conv, convert=convert)
     got = load_file(tmp_path / "conv.safetensors")
     for n in ("b.weight", "a.weight", "z"):
         assert torch.equal(got[n], tensors[n].to(torch.float16))
     # copies and conversions interleaved in one file
     mixed = {n: (t.to(torch.bfloat16) if t.is_floating_point() else t) for n, t in tensors.items()}
     save_file(mixed, tmp_path / "mixed-ref.safetensors", metadata={"format": "pt"})
-    out = [OutTensor(n, refs[n], mixed[n].dtype) for n in tensors]
-    write_safetensors(tmp_path / "mixed.safetensors", out)
+    out = [
+        OutTensor(n, refs[n], "BF16" if tensors[n].is_floating_point() else refs[n].dtype) for n in tensors
+    ]
+    write_safetensors(tmp_path / "mixed.safetensors", out, convert=convert)
     assert (tmp_path / "mixed.safetensors").read_bytes() == (tmp_path / "mixed-ref.safetensors").read_bytes()
+    with pytest.raises(B.BoomerangError, match="needs a conversion"):
+        write_safetensors(tmp_path / "no.safetensors", conv)
 
 
 def test_synthesized_tensors_are_written(tmp_path):
-    ref = TensorRef(dtype=torch.float32, shape=(2, 3), make=lambda: torch.zeros(2, 3))
-    write_safetensors(tmp_path / "s.safetensors", [OutTensor("t", ref, torch.bfloat16)])
+    ref = TensorRef(dtype="F32", shape=(2, 3), make=lambda: torch.zeros(2, 3))
+    write_safetensors(tmp_path / "s.safetensors", [OutTensor("t", ref, "BF16")], convert=convert)
     assert torch.equal(load_file(tmp_path / "s.safetensors")["t"], torch.zeros(2, 3, dtype=torch.bfloat16))
 
 
@@ -445,6 +471,20 @@ def test_real_smollm2_member_streams_identically(tmp_path, real_teacher_dir):
         memory_build(real_teacher_dir, s_dir, ref, patched, lm, dtype=dtype)
         stream_build(real_teacher_dir, s_dir, out, patched=patched, dtype=dtype)
         assert same_files(ref, out) == []
+        for fast in (False, True) if dtype is None else (False,):  # bfloat16 needs converting: not fast
+            forced = tmp_path / f"forced{dtype}{fast}"
+            stream_build(real_teacher_dir, s_dir, forced, patched=patched, dtype=dtype, fast=fast)
+            assert same_files(ref, forced) == []
+    with pytest.raises(NotFast, match="conversion"):
+        FastBuilder.create(real_teacher_dir, s_dir, dtype="bfloat16")
+    # the tokenizer (with its chat template) is the teacher's, byte for byte, and encodes identically
+    assert {p.name for p in real_teacher_dir.iterdir()} == {p.name for p in out.iterdir()}
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (real_teacher_dir / name).read_bytes() == (out / name).read_bytes()
+    a, b = B.load_tokenizer(real_teacher_dir), B.load_tokenizer(out)
+    chat = [{"role": "user", "content": "What is boomerang distillation? Say it in one line."}]
+    assert a.apply_chat_template(chat, tokenize=True) == b.apply_chat_template(chat, tokenize=True)
+    assert a("Hello, world! 123")["input_ids"] == b("Hello, world! 123")["input_ids"]
 
 
 def test_stream_build_checks_free_space(saved_llama, monkeypatch):
@@ -468,3 +508,170 @@ def test_cli_build_checks_free_space_before_streaming(saved_llama, monkeypatch, 
     assert run(args) == 2
     assert "not enough disk space: the model needs about" in capsys.readouterr().err
     assert not (tmp / "o").exists() and no_temp_left(tmp)
+
+
+# ---- the torch-free fast path (boomerang.fastbuild) ---------------------------------------------------------------
+
+
+def test_fast_path_writes_what_the_transformers_path_writes(saved):
+    tmp, t_dir, s_dir, _lm = saved
+    fast, slow = FastBuilder.create(t_dir, s_dir), StreamBuilder(t_dir, s_dir)
+    assert isinstance(open_builder(t_dir, s_dir), FastBuilder)
+    for patched in PLANS:
+        plan = slow.plan(patched=patched)
+        # the same tensors from the same sources, in the same (state-dict) order; the same parameter counts
+        assert fast.tensors(plan) == slow.tensors(plan)[0]
+        assert fast.nbytes(plan) == slow.nbytes(plan)
+        assert fast.params(plan) == slow.params(plan)  # slow: count_params of the member's meta model
+        for shard in ("50GB", "16KB"):
+            a, b = tmp / f"fast{patched}{shard}", tmp / f"slow{patched}{shard}"
+            stream_build(t_dir, s_dir, a, patched=patched, max_shard_size=shard, fast=True)
+            stream_build(t_dir, s_dir, b, patched=patched, max_shard_size=shard, fast=False)
+            assert same_files(a, b) == [], (patched, shard)  # weights, index, configs, tokenizer
+    assert no_temp_left(tmp)
+
+
+def test_fast_path_with_biases_and_a_saved_sharded_index(tmp_path):
+    teacher, student, lm = make_pair("llama", tie=False, attention_bias=True, mlp_bias=True)
+    t_dir, s_dir = save_pair(tmp_path, teacher, student, lm)
+    fast, slow = FastBuilder.create(t_dir, s_dir), StreamBuilder(t_dir, s_dir)
+    for k in range(lm.n_student + 1):
+        plan = slow.plan(k)
+        assert fast.tensors(plan) == slow.tensors(plan)[0]
+        a, b = tmp_path / f"fast{k}", tmp_path / f"slow{k}"
+        fast.check_space(plan, a)
+        for builder, d in ((fast, a), (slow, b)):
+            d.mkdir()
+            builder.write(plan, d, max_shard_size="8KB")
+        assert len(list(a.glob("model-*"))) > 2 and same_files(a, b) == []
+
+
+def test_natural_key_sorts_like_transformers():
+    from transformers.core_model_loading import dot_natural_key
+
+    names = [
+        "gpt_neox.layers.10.mlp.dense_4h_to_h.weight",
+        "gpt_neox.layers.2.attention.dense.bias",
+        "gpt_neox.layers.2.attention.dense.weight",
+        "embed_out.weight",
+        "lm_head.weight",
+        "gpt_neox.embed_in.weight",
+        "a.shard_11.x",
+        "a.shard_2.x",
+        "a.shard.x",
+        "gpt_neox.final_layer_norm.bias",
+    ]
+    assert sorted(names, key=natural_key) == sorted(names, key=dot_natural_key)
+
+
+def test_saved_layouts_name_transformers_classes():
+    from boomerang.arch import ARCHS
+    from boomerang.params import meta_model
+
+    for model_type, arch in ARCHS.items():
+        if arch.saved is None:
+            continue
+        assert type(meta_model(tiny_config(model_type))).__name__ == arch.saved.model_class
+
+
+def _add_tensors(directory, extra):
+    sd = load_file(directory / "model.safetensors")
+    save_file({**sd, **extra}, directory / "model.safetensors", metadata={"format": "pt"})
+
+
+def _stale_rotary_buffers(t_dir, s_dir):
+    for d in (t_dir, s_dir):
+        n = json.loads((d / "config.json").read_text())["num_hidden_layers"]
+        _add_tensors(d, {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.ones(4) for i in range(n)})
+
+
+def _old_transformers_config(t_dir, s_dir):
+    cfg = json.loads((t_dir / "config.json").read_text())
+    (t_dir / "config.json").write_text(json.dumps({**cfg, "transformers_version": "4.57.1"}, indent=2))
+
+
+def _tied_head_saved_anyway(t_dir, s_dir):
+    _add_tensors(
+        t_dir, {"lm_head.weight": load_file(t_dir / "model.safetensors")["model.embed_tokens.weight"]}
+    )
+
+
+def _student_layer_missing_a_tensor(t_dir, s_dir):
+    sd = load_file(s_dir / "model.safetensors")
+    del sd["model.layers.2.mlp.up_proj.weight"]
+    save_file(sd, s_dir / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "change, dtype, reason",
+    [
+        (None, "bfloat16", "needs a dtype conversion"),
+        (_stale_rotary_buffers, None, "rotary_emb.inv_freq' is not one that LlamaForCausalLM saves"),
+        (_old_transformers_config, None, "from transformers 4.57.1"),
+        (_tied_head_saved_anyway, None, "does not match tie_word_embeddings"),
+        (_student_layer_missing_a_tensor, None, "layers do not all hold the same tensors"),
+    ],
+    ids=["dtype", "stale-buffers", "old-config", "tied-head-saved", "missing-tensor"],
+)
+def test_fallback_to_the_transformers_path(tmp_path, change, dtype, reason):
+    teacher, student, lm = make_pair("llama", tie=True)
+    t_dir, s_dir = save_pair(tmp_path, teacher, student, lm)
+    if change is not None:
+        change(t_dir, s_dir)
+    with pytest.raises(NotFast, match=reason):
+        FastBuilder.create(t_dir, s_dir, dtype=dtype)
+    assert FastBuilder.open(t_dir, s_dir, dtype=dtype) is None
+    assert isinstance(open_builder(t_dir, s_dir, dtype=dtype), StreamBuilder)
+    # [2]: the student's broken layer is replaced by its teacher block
+    patched = [2] if change is _student_layer_missing_a_tensor else [1, 3]
+    memory_build(t_dir, s_dir, tmp_path / "ref", patched, lm, dtype=dtype)
+    stream_build(t_dir, s_dir, tmp_path / "out", patched=patched, dtype=dtype)
+    assert same_files(tmp_path / "ref", tmp_path / "out") == []
+
+
+def test_bert_teacher_is_not_fast(tmp_path):
+    bert = make_teacher("bert", n_layers=6)
+    lm = B.LayerMap.from_kept([0, 2, 4, 5], 6)
+    t_dir, s_dir = save_pair(tmp_path, bert, make_student(bert, lm), lm)
+    with pytest.raises(NotFast, match="no saved layout"):
+        FastBuilder.create(t_dir, s_dir)
+
+
+def test_output_tokenizer_is_the_teachers(saved_llama):
+    tmp, t_dir, s_dir, _lm = saved_llama
+    stream_build(t_dir, s_dir, tmp / "out", patched=[1], fast=True)
+    assert same_files(t_dir, tmp / "out") == [
+        "config.json",
+        "model.safetensors",
+    ]  # tokenizer + generation config
+    text = "w4 w17 </s> w95 nonsense <s> w5"
+    a, b = B.load_tokenizer(t_dir), B.load_tokenizer(tmp / "out")
+    assert a(text)["input_ids"] == b(text)["input_ids"] and a.decode(a(text)["input_ids"]) == b.decode(
+        b(text)["input_ids"]
+    )
+    assert (a.bos_token, a.eos_token, a.pad_token) == (b.bos_token, b.eos_token, b.pad_token)
+
+
+def test_cli_build_imports_neither_torch_nor_transformers(saved_llama, capsys):
+    tmp, t_dir, s_dir, _lm = saved_llama
+    args = ["build", "--teacher", str(t_dir), "--student", str(s_dir), "-k", "2"]
+    code = (
+        "import sys\n"
+        "import boomerang\n"
+        "from boomerang.cli.app import run\n"
+        f"assert run({[*args, '--out', str(tmp / 'cli')]!r}) == 0\n"
+        f"boomerang.stream_build({str(t_dir)!r}, {str(s_dir)!r}, {str(tmp / 'api')!r}, num_patched=2)\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    fast_line = " ".join(done.stdout.split())
+    assert run([*args, "--out", str(tmp / "mem"), "--no-stream"]) == 0
+    memory_line = " ".join(capsys.readouterr().out.split())
+    assert "(streamed)" in fast_line and "(built in memory)" in memory_line
+    # the summary's parameter counts (from tensor shapes) are count_params' numbers for the built model
+    assert (
+        fast_line.split("parameters")[0].split("]),")[1] == memory_line.split("parameters")[0].split("]),")[1]
+    )
+    assert same_files(tmp / "mem", tmp / "cli") == [] and same_files(tmp / "mem", tmp / "api") == []

@@ -62,11 +62,7 @@ def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_laye
     scfg = load_config(student, trust_remote_code=trust)
     check_compatible(tcfg, scfg)
     lm = resolve_layer_map(student, scfg, layers=student_layers, n_teacher=n_layers(tcfg))
-    if lm.n_teacher != n_layers(tcfg) or lm.n_student != n_layers(scfg):
-        raise BoomerangError(
-            f"the layer map ({lm.describe()}) does not fit a {n_layers(tcfg)}-layer teacher and "
-            f"{n_layers(scfg)}-layer student"
-        )
+    lm.check_fits(n_layers(tcfg), n_layers(scfg))
     t = load_model(teacher, dtype=dtype, trust_remote_code=trust)
     s = load_model(student, dtype=dtype, trust_remote_code=trust)
     return t, s, lm, load_tokenizer(teacher, trust_remote_code=trust)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -148,18 +148,15 @@ def build(
     """Write one intermediate model: the student with some layers replaced by their teacher blocks."""
     from ..arch import n_layers
     from ..atomic import atomic_dir
-    from ..configs import check_compatible
-    from ..loading import load_config, load_model, load_tokenizer, parse_dtype
-    from ..orders import resolve_order, save_order
-    from ..params import count_params, plan_params
-    from ..patching import build as build_model
-    from ..plan import BUILTIN_ORDERS, DATA_ORDERS, make_plan
-    from ..stream import StreamBuilder, StreamUnsupported, is_local_safetensors, parse_shard_size
+    from ..checkpoints import dtype_name, is_local_safetensors
+    from ..fastbuild import FastBuilder
+    from ..plan import BUILTIN_ORDERS, DATA_ORDERS, make_plan, save_order, static_order
+    from ..safetensors_files import parse_shard_size
 
     check_writable(out, force=force)
     if (num_patched is None) == (patch_layers is None):
         raise BoomerangError("give exactly one of --num-patched K or --patch-layers i,j,...")
-    parse_dtype(dtype)
+    dtype_name(dtype)
     parse_shard_size(max_shard_size)
     explicit = parse_ints(patch_layers, "--patch-layers")
     can_stream = is_local_safetensors(teacher) and is_local_safetensors(student)
@@ -168,17 +165,25 @@ def build(
             "--stream needs the teacher and the student as local checkpoint directories with safetensors "
             "weights; drop --stream to build in memory"
         )
-    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
-    scfg = load_config(student, trust_remote_code=trust_remote_code)
-    check_compatible(tcfg, scfg)
+    data_order = num_patched is not None and order in DATA_ORDERS
+    # canonical checkpoints stream without torch or transformers (the same bytes; see boomerang.fastbuild)
+    builder: Any = None
+    if stream is not False and can_stream and not data_order:
+        builder = FastBuilder.open(teacher, student, dtype=dtype)
+    if builder is not None:
+        tcfg, scfg = builder.teacher.config, builder.student.config
+    else:
+        from ..configs import check_compatible
+        from ..loading import load_config
+
+        tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+        scfg = load_config(student, trust_remote_code=trust_remote_code)
+        check_compatible(tcfg, scfg)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
-    if lm.n_teacher != n_layers(tcfg) or lm.n_student != n_layers(scfg):
-        raise BoomerangError(
-            f"the layer map ({lm.describe()}) does not fit a {n_layers(tcfg)}-layer teacher and "
-            f"{n_layers(scfg)}-layer student"
-        )
-    builder = None
-    if stream is not False and can_stream:
+    lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    if builder is None and stream is not False and can_stream:
+        from ..stream import StreamBuilder, StreamUnsupported
+
         try:
             builder = StreamBuilder(teacher, student, lm, dtype=dtype, trust_remote_code=trust_remote_code)
         except StreamUnsupported as e:
@@ -187,6 +192,8 @@ def build(
             console.print(f"[dim]building in memory: {e}[/]")
 
     def load_pair() -> tuple:
+        from ..loading import load_model
+
         t = load_model(teacher, dtype=dtype, trust_remote_code=trust_remote_code)
         s = load_model(student, dtype=dtype, trust_remote_code=trust_remote_code)
         return t, s
@@ -194,21 +201,21 @@ def build(
     models = None
     po = None
     if num_patched is not None:
-        if order in DATA_ORDERS:
+        if data_order:
             from ..data import calibration_ids
+            from ..loading import load_tokenizer
+            from ..orders import default_texts, resolve_order
 
             if data is None:
                 raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
             models = load_pair()
-            from ..orders import default_texts
-
             tok = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
             ids = calibration_ids(data, tok, n=default_texts(order))
             po = resolve_order(order, lm, teacher=models[0], student=models[1], calibration=ids)
             if builder is not None:
                 models = None  # streaming: the models were needed only for the search
         else:
-            po = resolve_order(order, lm)
+            po = static_order(order, lm)
     plan = make_plan(lm, num_patched=num_patched, order=po if po is not None else order, patched=explicit)
     save_po = po is not None and order not in BUILTIN_ORDERS
     if builder is not None:
@@ -220,13 +227,17 @@ def build(
             with progress_bars() as bars:
                 bars.start(1, builder.nbytes(plan))
                 builder.write(plan, tmp, max_shard_size=max_shard_size, progress=bars.advance)
-            c = plan_params(tcfg, scfg, plan)
+            c = builder.params(plan)
             how = "streamed"
         else:
+            from ..loading import save_tokenizer
+            from ..params import count_params
+            from ..patching import build as build_model
+
             t, s = models or load_pair()
             model = build_model(t, s, plan)
             model.save_pretrained(tmp, max_shard_size=max_shard_size)
-            load_tokenizer(teacher, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+            save_tokenizer(tmp, teacher, trust_remote_code=trust_remote_code)
             c = count_params(model)
             how = "built in memory"
         if save_po:
