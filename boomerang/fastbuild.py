@@ -44,7 +44,7 @@ from .checkpoints import (
 from .configs import check_compatible
 from .errors import BoomerangError
 from .layermap import LayerMap, read_layer_map
-from .params import ParamCount, config_tied, plan_config
+from .params import ParamCount, config_tied, plan_config, plan_tied
 from .plan import PatchOrder, PatchPlan, make_plan
 from .safetensors_files import (
     DEFAULT_SHARD_SIZE,
@@ -237,21 +237,14 @@ class FastBuilder(Builder):
         self._check_layouts()
 
     @classmethod
-    def open(
-        cls,
-        teacher: str | os.PathLike,
-        student: str | os.PathLike,
-        layer_map: LayerMap | None = None,
-        *,
-        dtype: Any = None,
-    ) -> FastBuilder | None:
-        """The fast builder for this pair, or None when only the transformers path can build it exactly.
+    def open(cls, *args: Any, **kwargs: Any) -> FastBuilder | None:
+        """``create``, but None when only the transformers path can build the pair exactly.
 
         Any error (unreadable files, incompatible models, a layer map that does not fit) also gives None, so that
         the transformers path reports it.
         """
         try:
-            return cls.create(teacher, student, layer_map, dtype=dtype)
+            return cls.create(*args, **kwargs)
         except BoomerangError:
             return None
 
@@ -302,9 +295,7 @@ class FastBuilder(Builder):
         plan.layer_map.check_fits(n_layers(self.teacher.config), n_layers(self.student.config))
 
     def _tied(self, plan: PatchPlan) -> bool:
-        """Whether the member ties its head to its embedding (as ``params.plan_config`` decides)."""
-        configs = {"teacher": self.teacher.config, "student": self.student.config}
-        return plan.embed_source == plan.head_source and config_tied(configs[plan.head_source])
+        return plan_tied(self.teacher.config, self.student.config, plan)
 
     def _view(self, who: str) -> dict[str, TensorRef]:
         """One model's tensors by name; a tied head is served by the embedding it shares."""

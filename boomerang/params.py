@@ -43,10 +43,16 @@ def config_tied(config: Any) -> bool:
     return bool(config_value(config, "tie_word_embeddings", False))
 
 
+def plan_tied(teacher_config: Any, student_config: Any, plan: PatchPlan) -> bool:
+    """Whether the member ties its head to its embedding: both from one model whose own head is tied."""
+    configs = {"teacher": teacher_config, "student": student_config}
+    return plan.embed_source == plan.head_source and config_tied(configs[plan.head_source])
+
+
 def plan_config(teacher_config: Any, student_config: Any, plan: PatchPlan, *, section: bool = True) -> Any:
     """The config of the model ``plan`` describes, from the two configs alone (``config.json`` dicts give a dict)."""
     configs = {"teacher": teacher_config, "student": student_config}
-    tie = plan.embed_source == plan.head_source and config_tied(configs[plan.head_source])
+    tie = plan_tied(teacher_config, student_config, plan)
     return derive_config(
         teacher_config, configs, plan.sources, tie=tie, section=plan.provenance() if section else None
     )
