@@ -38,6 +38,20 @@ def _register_all() -> None:
 _register_all()
 
 
+def _classes(name: str, *public: type) -> tuple[type[BaseException], ...]:
+    """``click``'s exception class ``name`` and typer's copy of it (typer >= 0.29 vendors click as
+    ``typer._click``, whose classes are not click's); found through typer's public exception classes."""
+    found = {getattr(click.exceptions, name)}
+    for cls in public:
+        found.update(c for c in cls.__mro__ if c.__name__ == name)
+    return tuple(found)
+
+
+_USAGE = _classes("ClickException", typer.BadParameter)  # usage errors: unknown command/option, missing value
+_EXIT = _classes("Exit", typer.Exit)
+_ABORT = _classes("Abort", typer.Abort)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (0 ok, 2 bad input, 130 interrupted)."""
     try:
@@ -46,12 +60,12 @@ def run(argv: list[str] | None = None) -> int:
     except BoomerangError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _EXIT as e:
+        return e.exit_code  # type: ignore[attr-defined]
+    except _USAGE as e:
+        e.show()  # type: ignore[attr-defined]  # click's usage text with its "did you mean" hint
+        return e.exit_code  # type: ignore[attr-defined]
+    except (*_ABORT, KeyboardInterrupt):
         err_console.print("[yellow]interrupted[/]: no partial output was left behind")
         return 130
 
