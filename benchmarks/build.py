@@ -12,7 +12,7 @@ same intermediate model (the reference's ``num_layers_to_patch=K`` from the end)
   (c) stream: ``boomerang build`` as users run it (streaming is its default for local safetensors checkpoints), run
       in-process by the child through ``boomerang.cli.app.run``, so its wall time includes every import it makes.
       No model is instantiated and, the checkpoints being canonical, neither torch nor transformers is imported
-      (``boomerang.fastbuild``).
+      (``boomerang.io.fastbuild``).
 
 A fourth child, ``startup``, only starts the interpreter and makes the imports of the torch path (torch,
 transformers' model classes and config loading, boomerang's in-memory and transformers-based streaming modules): the
@@ -51,8 +51,8 @@ FIXED = "startup"  # measured alongside: the import cost of the torch path
 
 def _plan(student_dir: str, k: int):
     """The members the reference builds for ``num_layers_to_patch=k`` from the end (torch-free)."""
-    from boomerang.layermap import read_layer_map
-    from boomerang.plan import make_plan, reference_patched
+    from boomerang.core.plan import make_plan, reference_patched
+    from boomerang.io.sidecar import read_layer_map
 
     lm = read_layer_map(student_dir)
     return make_plan(lm, patched=reference_patched(lm, k, False))
@@ -65,7 +65,7 @@ def run_reference(teacher: str, student: str, out: str, k: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from boomerang.layermap import read_layer_map
+    from boomerang.io.sidecar import read_layer_map
 
     lm = read_layer_map(student)
     plan = _plan(student, k)
@@ -98,7 +98,7 @@ def run_reference(teacher: str, student: str, out: str, k: int) -> None:
 
 def run_memory(teacher: str, student: str, out: str, k: int) -> None:
     import boomerang as B
-    from boomerang.loading import save_tokenizer
+    from boomerang.io.loading import save_tokenizer
 
     t, s = B.load_model(teacher), B.load_model(student)
     model = B.build(t, s, _plan(student, k))
@@ -120,8 +120,8 @@ def run_startup(teacher: str, student: str, out: str, k: int) -> None:
     """Interpreter start and the imports of the torch path (torch, transformers' model classes, tokenizers)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    import boomerang.patching
-    import boomerang.stream  # noqa: F401
+    import boomerang.core.patching
+    import boomerang.io.stream  # noqa: F401
 
     AutoModelForCausalLM.from_config  # noqa: B018 (resolve the lazy class)
     AutoConfig.from_pretrained(teacher)
@@ -170,8 +170,8 @@ def run_family(teacher: str, student: str, out: str, k: int) -> None:
     after = _rss_mb()
     ptrs = {p.data_ptr() for m in held for p in m.parameters()}
     source = {p.data_ptr() for p in [*t.parameters(), *s.parameters()]}
-    from boomerang.params import plan_config
-    from boomerang.stream import checkpoint_nbytes
+    from boomerang.core.params import plan_config
+    from boomerang.io.stream import checkpoint_nbytes
 
     copies = sum(
         checkpoint_nbytes(plan_config(t.config, s.config, fam.plan(size)), t.dtype) for size in fam.sizes
@@ -203,8 +203,8 @@ def make_models(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from boomerang.layermap import LayerMap, student_section
-    from boomerang.patching import assemble
+    from boomerang.core.layermap import LayerMap, student_section
+    from boomerang.core.patching import assemble
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from tiny import tiny_tokenizer  # a small word-level tokenizer; the benchmark measures weights only

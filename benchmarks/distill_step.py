@@ -2,7 +2,7 @@
 
 The straightforward step computes Eq. 1 the way the reference code does: full-vocabulary logits for student and
 teacher, ``KLDivLoss(batchmean)`` over all positions, ``output_hidden_states=True`` on both models and the
-cosine terms on the returned hidden states. Ours is ``boomerang.trainer.Distiller.train_step``: fused chunked
+cosine terms on the returned hidden states. Ours is ``boomerang.train.trainer.Distiller.train_step``: fused chunked
 CE/KL from the final hidden states (no full logits), hooks at exactly the aligned layers.
 
 Both run on the SmolLM2-135M teacher and its every-other-layer student (16 of 30 layers), with the same
@@ -58,8 +58,8 @@ def child(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from boomerang.recipe import parse_recipe
-    from boomerang.trainer import Distiller
+    from boomerang.train.recipe import parse_recipe
+    from boomerang.train.trainer import Distiller
 
     torch.set_num_threads(args.threads)
     variant = args.child

@@ -36,7 +36,7 @@ VALIDATION = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"
 def naive_greedy(teacher, student, lm, ids, batch_size):
     """KLPatch with full-model evaluations: the baseline the cached search is measured against."""
     import boomerang as B
-    from boomerang.orders import batches
+    from boomerang.analysis.orders import batches
 
     parts = batches(ids, batch_size)
     with torch.no_grad():
@@ -72,8 +72,8 @@ def naive_greedy(teacher, student, lm, ids, batch_size):
 
 def setup(tiny: bool, texts: int, length: int):
     import boomerang as B
+    from boomerang.core.layermap import student_section
     from boomerang.data import calibration_ids
-    from boomerang.layermap import student_section
 
     if tiny:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -112,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     import boomerang as B
-    from boomerang.orders import compute_order
+    from boomerang.analysis.orders import compute_order
 
     teacher, ids, n, student_of = setup(args.tiny, args.texts, args.length)
     lm = B.LayerMap.every(n)
@@ -177,7 +177,7 @@ def main() -> None:
         "counts": opt.info["evaluations"],
         "last_order_kl": None,
     }
-    from boomerang.orders import order_scores
+    from boomerang.analysis.orders import order_scores
 
     result["optimal"]["last_order_kl"] = order_scores(
         teacher, s_small, small, "last", ids, batch_size=args.batch_size

@@ -3,8 +3,8 @@
 The real SmolLM2-135M-Instruct teacher (30 layers) and its every-other-layer student (``LayerMap.every(30)``: 16
 layers, built with ``assemble`` and not distilled; distillation does not change the cost) form a family of 17
 members, K = 0..16. In one run, and on the same batch (a slice of the validation text, Pride and Prejudice), the
-whole family is scored the way ``boomerang sweep`` scores it (``boomerang.reuse.score`` over
-``boomerang.evaluation.batch_nll``):
+whole family is scored the way ``boomerang sweep`` scores it (``boomerang.evaluate.reuse.score`` over
+``boomerang.evaluate.perplexity.batch_nll``):
 
   * separately: every member runs its own forward pass;
   * shared:     each distinct prefix of layers runs once and later members start from its cached output.
@@ -59,7 +59,7 @@ def head_time(teacher, batch, repeats: int) -> dict[str, float]:
     """Median seconds of the LM head (+ log-softmax NLL) on the scored positions, and of one layer."""
     import torch.nn.functional as F
 
-    from boomerang.hooks import capture
+    from boomerang.core.hooks import capture
 
     with torch.no_grad():
         with capture(teacher, outputs=[-1], detach=True) as got:
@@ -86,10 +86,10 @@ def head_time(teacher, batch, repeats: int) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict:
     import boomerang as B
-    from boomerang.evaluation import EvalSpec, batch_nll, prepare
+    from boomerang.core.layermap import student_section
+    from boomerang.evaluate.perplexity import EvalSpec, batch_nll, prepare
+    from boomerang.evaluate.reuse import Scored, plan_key, schedule, score, work
     from boomerang.family import Family
-    from boomerang.layermap import student_section
-    from boomerang.reuse import Scored, plan_key, schedule, score, work
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from .layermap import LayerMap, read_layer_map
-from .loading import load_model, load_tokenizer
-from .patching import build
-from .plan import PatchPlan, reference_patched
+from .core.layermap import LayerMap
+from .core.patching import build
+from .core.plan import PatchPlan, reference_patched
+from .io.loading import load_model, load_tokenizer
+from .io.sidecar import read_layer_map
 
 
 def reference_plan(

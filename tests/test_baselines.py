@@ -8,7 +8,7 @@ from tiny import DECODERS, ids, make_teacher, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 import boomerang as B
-from boomerang.baselines import (
+from boomerang.analysis.baselines import (
     LACO_THRESHOLDS,
     Laco,
     block_influence,
@@ -21,8 +21,8 @@ from boomerang.baselines import (
     shortgpt,
 )
 from boomerang.cli.app import run
+from boomerang.core.hooks import layer_list
 from boomerang.errors import BoomerangError
-from boomerang.hooks import layer_list
 
 
 def _logits(model, x):
@@ -83,7 +83,7 @@ def test_naive_default_layers():
 
 
 def test_naive_follows_a_saved_order(tmp_path):
-    from boomerang.orders import save_order
+    from boomerang.io.order_files import save_order
 
     lm = B.LayerMap.every(8)  # kept [0, 2, 4, 6, 7]; blocks [0, 2) [2, 4) [4, 6) [6] [7]
     po = B.PatchOrder.from_sequence("custom", [1, 0, 2, 3, 4], 5)
@@ -483,7 +483,7 @@ def test_shortgpt_on_the_real_teacher(real_teacher_dir, corpora):
 def test_laco_keeps_one_working_model_and_never_deep_copies(monkeypatch):
     """LaCo holds at most one model besides the teacher: no deep copy, one model built per run, and the working
     model shares every teacher tensor except those of merged layers."""
-    import boomerang.baselines as bl
+    import boomerang.analysis.baselines as bl
 
     teacher = similar_layers("llama", 10)
     x = ids(4, 12)

@@ -6,7 +6,7 @@ from tiny import ids, make_student, make_teacher, perturb
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 import boomerang as B
-from boomerang.encoders import bert_names
+from boomerang.core.encoders import bert_names
 
 
 def distil_from_bert(bert, layer_map, seed=3):

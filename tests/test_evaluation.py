@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 import boomerang as B
 from boomerang.cli.app import run
-from boomerang.evaluation import (
+from boomerang.evaluate.perplexity import (
     Document,
     evaluate,
     load_documents,

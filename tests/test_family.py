@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import boomerang as B
 from boomerang.cli.app import run
 from boomerang.family import ExportProgress, export_family
-from boomerang.orders import load_order
+from boomerang.io.order_files import load_order
 
 
 def logits(model, x):

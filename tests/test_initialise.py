@@ -9,9 +9,10 @@ from tiny import ids, make_teacher, tiny_corpus, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from boomerang.cli.app import run
+from boomerang.core.layermap import LayerMap
 from boomerang.errors import BoomerangError
-from boomerang.initialise import block_similarities, init_student, save_student, similarity_layers
-from boomerang.layermap import LayerMap, read_layer_map
+from boomerang.io.sidecar import read_layer_map
+from boomerang.train.initialise import block_similarities, init_student, save_student, similarity_layers
 
 
 def _layer(model, i):
@@ -138,7 +139,7 @@ def test_similarity_init_on_a_teacher():
     assert info["strategy"] == "similarity" and info["calibration_shape"] == [4, 16]
     lm = LayerMap.from_config(student.config)
     assert lm.n_student == 3 and lm.kept[0] == 0
-    from boomerang.similarity import similarity_matrix
+    from boomerang.core.similarity import similarity_matrix
 
     sim = similarity_matrix(teacher, calib)
     assert lm.kept == tuple(similarity_layers(sim, 3))

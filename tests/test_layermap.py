@@ -3,7 +3,7 @@ import json
 import pytest
 
 from boomerang import BoomerangError, LayerMap, read_layer_map, write_sidecar
-from boomerang.layermap import PRESETS, student_section
+from boomerang.core.layermap import PRESETS, student_section
 
 
 def test_every_matches_paper_students():

@@ -1,4 +1,4 @@
-"""Memory-lean gated MLPs (boomerang.lean): same values and gradients as the plain modules, less saved memory."""
+"""Memory-lean gated MLPs (boomerang.train.lean): same values and gradients as the plain modules, less saved memory."""
 
 import copy
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from tiny import DECODERS, ids, make_teacher
 
-from boomerang.hooks import layer_list
-from boomerang.lean import is_gated_mlp, lean_mlps
+from boomerang.core.hooks import layer_list
+from boomerang.train.lean import is_gated_mlp, lean_mlps
 
 GATED = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
@@ -38,7 +38,7 @@ def test_lean_mlp_matches_autograd(arch):
 
 
 def test_lean_mlp_with_bias_and_under_checkpointing():
-    from boomerang.lean import _lean_forward
+    from boomerang.train.lean import _lean_forward
 
     mlp = torch.nn.Module()
     mlp.gate_proj, mlp.up_proj = torch.nn.Linear(8, 16), torch.nn.Linear(8, 16)

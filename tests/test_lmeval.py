@@ -11,7 +11,7 @@ from tiny import make_pair, make_teacher, save_pair, tiny_tokenizer
 
 import boomerang as B
 from boomerang.cli.app import run
-from boomerang.lmeval import (
+from boomerang.evaluate.lmeval import (
     cloze_examples,
     make_cloze_task,
     metric_label,

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from tiny import ids, make_pair
 
-from boomerang.layermap import LayerMap
-from boomerang.losses import (
+from boomerang.core.layermap import LayerMap
+from boomerang.train.losses import (
     DistillLoss,
     LossConfig,
     cosine_distance_sum,

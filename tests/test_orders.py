@@ -8,22 +8,21 @@ import torch
 from tiny import DECODERS, ids, make_pair, make_student, make_teacher, perturb, save_pair, tiny_tokenizer
 
 import boomerang as B
-from boomerang.cli.app import run
-from boomerang.errors import BoomerangError
-from boomerang.hooks import capture
-from boomerang.orders import (
+from boomerang.analysis.orders import (
     KL_TEXTS,
     PatchEvaluator,
     compute_order,
     exhaustive_search,
     greedy_from_table,
-    load_order,
     order_scores,
     resolve_order,
-    save_order,
     subsample,
 )
-from boomerang.spans import embedding_output, run_span
+from boomerang.cli.app import run
+from boomerang.core.hooks import capture
+from boomerang.core.spans import embedding_output, run_span
+from boomerang.errors import BoomerangError
+from boomerang.io.order_files import load_order, save_order
 
 
 def _logits(model, x):
@@ -299,7 +298,7 @@ def test_kl_searches_use_at_most_max_texts():
 
 def test_cli_order_default_calibration_sizes(tmp_path):
     """Defaults sized for a 2-core CPU: KL searches on 4 blocks, similarity on up to 32 (KL --score on 4)."""
-    from boomerang.orders import KL_TEXTS, SIMILARITY_TEXTS
+    from boomerang.analysis.orders import KL_TEXTS, SIMILARITY_TEXTS
 
     assert (KL_TEXTS, SIMILARITY_TEXTS) == (4, 32)
     teacher, student, _lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
@@ -318,7 +317,7 @@ def test_cli_order_default_calibration_sizes(tmp_path):
 def test_data_orders_in_build_family_and_sweep(tmp_path):
     """build, family and sweep compute a data-driven order from --data and write it to their output."""
     from boomerang.data import calibration_ids
-    from boomerang.sweep import EvalSpec, sweep
+    from boomerang.pipelines.sweep import EvalSpec, sweep
 
     teacher, student, lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
     perturb(student, 0.3, seed=2)

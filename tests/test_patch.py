@@ -6,7 +6,7 @@ from tiny import DECODERS, ids, make_pair, make_student, make_teacher, tiny_conf
 from transformers import AutoModelForCausalLM
 
 import boomerang as B
-from boomerang.plan import make_plan
+from boomerang.core.plan import make_plan
 
 
 def logits(model, x):

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 import boomerang as B
 from boomerang.cli.app import run
-from boomerang.loading import smollm2_gguf
+from boomerang.io.offline import smollm2_gguf
 
 pytestmark = pytest.mark.real
 
@@ -88,8 +88,8 @@ def test_conversion_matches_the_gguf_model(teacher):
 
 def test_the_offline_alias_works_in_every_loader(real_teacher_dir, capsys):
     """`smollm2-offline` names the converted teacher wherever a model spec is accepted."""
-    from boomerang.loading import expand_alias, resolve
-    from boomerang.stream import is_local_safetensors
+    from boomerang.io.checkpoints import is_local_safetensors
+    from boomerang.io.loading import expand_alias, resolve
 
     assert expand_alias("smollm2-offline") == str(real_teacher_dir)
     assert resolve("smollm2-offline") == (str(real_teacher_dir), None)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from boomerang.core.layermap import LayerMap
 from boomerang.errors import BoomerangError
-from boomerang.layermap import LayerMap
-from boomerang.recipe import OFFLINE_TEACHER, load_recipe, parse_recipe, resolve_model_spec
+from boomerang.train.recipe import OFFLINE_TEACHER, load_recipe, parse_recipe, resolve_model_spec
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 MINIMAL = {"teacher": "t", "data": {"train": "corpus/"}}
@@ -90,7 +90,7 @@ def test_files(tmp_path):
 
 def test_offline_teacher_alias():
     assert resolve_model_spec("some/dir") == "some/dir"
-    from boomerang.loading import DEFAULT_CACHE
+    from boomerang.io.loading import DEFAULT_CACHE
 
     if (DEFAULT_CACHE / "smollm2-135m-instruct" / "config.json").is_file():
         assert resolve_model_spec(OFFLINE_TEACHER) == str(DEFAULT_CACHE / "smollm2-135m-instruct")

@@ -13,17 +13,9 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 import boomerang as B
 from boomerang.cli.app import run
-from boomerang.fastbuild import FastBuilder, NotFast, natural_key, open_builder
-from boomerang.loading import save_tokenizer
-from boomerang.stream import (
-    OutTensor,
-    StreamBuilder,
-    TensorRef,
-    convert,
-    read_header,
-    stream_build,
-    write_safetensors,
-)
+from boomerang.io.fastbuild import FastBuilder, NotFast, natural_key, open_builder, stream_build
+from boomerang.io.loading import save_tokenizer
+from boomerang.io.stream import OutTensor, StreamBuilder, TensorRef, convert, read_header, write_safetensors
 
 PLANS = ([], [0], [3], [1, 2], [0, 1, 2, 3])
 
@@ -344,7 +336,7 @@ def test_cli_build_stream_bad_input(saved_llama, capsys):
 
 def test_cli_build_with_saved_order_writes_order_json(saved_llama):
     tmp, t_dir, s_dir, _lm = saved_llama
-    from boomerang.orders import load_order, save_order
+    from boomerang.io.order_files import load_order, save_order
 
     po = B.PatchOrder.from_sequence("mine", [1, 3, 0, 2], 4)
     save_order(po, tmp / "o.json")
@@ -409,8 +401,9 @@ def test_cli_data_driven_order_needs_data(saved_llama, capsys):
 
 def test_cli_data_driven_order_streams(saved_llama, tmp_path_factory):
     tmp, t_dir, s_dir, lm = saved_llama
+    from boomerang.analysis.orders import resolve_order
     from boomerang.data import calibration_ids
-    from boomerang.orders import load_order, resolve_order
+    from boomerang.io.order_files import load_order
 
     text = tmp_path_factory.mktemp("data") / "t.txt"
     text.write_text(" ".join(f"w{4 + (i * 7) % 90}" for i in range(1500)))
@@ -510,7 +503,7 @@ def test_cli_build_checks_free_space_before_streaming(saved_llama, monkeypatch, 
     assert not (tmp / "o").exists() and no_temp_left(tmp)
 
 
-# ---- the torch-free fast path (boomerang.fastbuild) ---------------------------------------------------------------
+# ---- the torch-free fast path (boomerang.io.fastbuild) ---------------------------------------------------------------
 
 
 def test_fast_path_writes_what_the_transformers_path_writes(saved):
@@ -565,8 +558,8 @@ def test_natural_key_sorts_like_transformers():
 
 
 def test_saved_layouts_name_transformers_classes():
-    from boomerang.arch import ARCHS
-    from boomerang.params import meta_model
+    from boomerang.core.arch import ARCHS
+    from boomerang.core.params import meta_model
 
     for model_type, arch in ARCHS.items():
         if arch.saved is None:

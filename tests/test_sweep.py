@@ -13,12 +13,12 @@ from tiny import DECODERS, make_pair, make_student, make_teacher, perturb, save_
 
 import boomerang as B
 from boomerang.cli.app import run
-from boomerang.evaluation import Document, batch_nll, causal_batches, mlm_batches
-from boomerang.hooks import layer_list
-from boomerang.patching import assemble
-from boomerang.plan import PatchPlan, as_order
-from boomerang.reuse import Scored, layers_key, plan_key, schedule, score, work
-from boomerang.sweep import EvalSpec, Sweep, TaskOptions, partial_dir, sweep
+from boomerang.core.hooks import layer_list
+from boomerang.core.patching import assemble
+from boomerang.core.plan import PatchPlan, as_order
+from boomerang.evaluate.perplexity import Document, batch_nll, causal_batches, mlm_batches
+from boomerang.evaluate.reuse import Scored, layers_key, plan_key, schedule, score, work
+from boomerang.pipelines.sweep import EvalSpec, Sweep, TaskOptions, partial_dir, sweep
 
 
 def family_models(teacher, student, lm, order, random_student=None):
@@ -184,7 +184,7 @@ def test_sweep_writes_complete_results(tmp_path):
         random_student=rnd, spec=SPEC, sizes=[0, 1, 3, 4], reuse=False,
     )  # fmt: skip
     assert [r["ppl"] for r in plain["rows"]] == [r["ppl"] for r in rows]
-    direct = B.evaluation.perplexity(
+    direct = B.perplexity(
         B.patch(teacher, student, lm, num_patched=3),
         text,
         tiny_tokenizer(),
@@ -260,9 +260,7 @@ def test_bert_family_sweep_uses_pseudo_perplexity(tmp_path):
         ("boomerang", 0, 6), ("boomerang", 2, 7), ("boomerang", 6, 12),
         ("naive", 0, 6), ("naive", 2, 7), ("naive", 6, 12),
     ]  # fmt: skip
-    k2 = B.evaluation.pseudo_perplexity(
-        B.patch(bert, distil, lm, num_patched=2), text, mlm_tokenizer(), context=14
-    )
+    k2 = B.pseudo_perplexity(B.patch(bert, distil, lm, num_patched=2), text, mlm_tokenizer(), context=14)
     assert result["rows"][1]["pppl"] == pytest.approx(k2.value, rel=1e-6)
 
 
@@ -334,7 +332,7 @@ def test_cli_sweep(tmp_path):
 
 
 def test_sweep_with_lm_eval_tasks_labels_them_and_resumes_without_rerunning(tmp_path, monkeypatch):
-    from boomerang.lmeval import LMEval, run_lm_eval
+    from boomerang.evaluate.lmeval import LMEval, run_lm_eval
 
     teacher, student, lm = make_pair("llama")
     text = corpus(tmp_path / "t.txt", paragraphs=10)

@@ -16,11 +16,12 @@ from tiny import tiny_corpus, tiny_recipe, tiny_run_setup
 from transformers import AutoModelForCausalLM
 
 from boomerang.cli.app import run
+from boomerang.core.layermap import LayerMap
 from boomerang.errors import BoomerangError
-from boomerang.initialise import init_student, save_student
-from boomerang.layermap import LayerMap, read_layer_map
-from boomerang.recipe import parse_recipe
-from boomerang.trainer import PAUSE_ENV, Distiller, distill, list_checkpoints, lr_factor
+from boomerang.io.sidecar import read_layer_map
+from boomerang.train.initialise import init_student, save_student
+from boomerang.train.recipe import parse_recipe
+from boomerang.train.trainer import PAUSE_ENV, Distiller, distill, list_checkpoints, lr_factor
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +102,7 @@ def test_checkpoints_keep_last_k_progress_summary_and_tensorboard(root, tmp_path
 
     from rich.console import Console
 
-    import boomerang.cli.common as common
+    import boomerang.ui as common
 
     err = Console(file=io.StringIO(), force_terminal=True, width=240, record=True)
     out_console = Console(file=io.StringIO(), width=240, record=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedTokenizerFast
 
-from boomerang.layermap import LayerMap, student_section
-from boomerang.patching import assemble
+from boomerang.core.layermap import LayerMap, student_section
+from boomerang.core.patching import assemble
 
 VOCAB = 96
 DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt_neox", "gpt2")
@@ -127,7 +127,7 @@ def save_pair(
     tmp_path: Path, teacher, student, layer_map: LayerMap | None = None, sidecar_only: bool = False
 ):
     """Save teacher and student (with tokenizers) under tmp_path; returns their directories."""
-    from boomerang.layermap import write_sidecar
+    from boomerang.io.sidecar import write_sidecar
 
     t_dir, s_dir = tmp_path / "teacher", tmp_path / "student"
     teacher.save_pretrained(t_dir)

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..atomic import check_writable
 from ..errors import BoomerangError
+from ..io.atomic import check_writable
 from .common import Dtype, Trust, console, err_console, parse_ints, resolve_layer_map
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
@@ -36,7 +36,7 @@ StudentLayers = Annotated[
 
 
 def _calibration(data: str | None, tokenizer: Any, n: int, length: int, seed: int, what: str) -> Any:
-    from ..data import calibration_ids
+    from ..data.blocks import calibration_ids
 
     if data is None:
         raise BoomerangError(
@@ -54,9 +54,9 @@ def _status(text: str) -> Iterator[Any]:
 
 
 def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_layers: str | None) -> tuple:
-    from ..arch import n_layers
-    from ..configs import check_compatible
-    from ..loading import load_config, load_model, load_tokenizer
+    from ..core.arch import n_layers
+    from ..core.configs import check_compatible
+    from ..io.loading import load_config, load_model, load_tokenizer
 
     tcfg = load_config(teacher, trust_remote_code=trust)
     scfg = load_config(student, trust_remote_code=trust)
@@ -117,10 +117,10 @@ def prune(
     used 5 short sentences). laco without -C/-T sweeps C in 3..6 and T from 0.95 down to 0.45 and keeps the
     largest result with at most --num-layers layers.
     """
-    from ..arch import n_layers
-    from ..baselines import METHODS, prune_to, save_pruned
-    from ..loading import load_config, load_model, load_tokenizer
-    from ..params import count_params
+    from ..analysis.baselines import METHODS, prune_to, save_pruned
+    from ..core.arch import n_layers
+    from ..core.params import count_params
+    from ..io.loading import load_config, load_model, load_tokenizer
 
     if method not in METHODS:
         raise BoomerangError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
@@ -208,8 +208,8 @@ def analyze(
     """Layer-similarity analysis: student x teacher and teacher x teacher matrices (JSON + heatmaps) and the
     last-layer similarity of every family member to the teacher per patch order. Calibrates on 8 blocks of
     256 tokens by default (cost grows linearly; see docs/analysis.md)."""
-    from ..analysis import analyze as run_analysis
-    from ..orders import ANALYSIS_TEXTS
+    from ..analysis.analyze import analyze as run_analysis
+    from ..analysis.orders import ANALYSIS_TEXTS
 
     check_writable(out, force=force)
     names = [o.strip() for o in orders.split(",") if o.strip()]
@@ -270,8 +270,9 @@ def order(
     linearly with --calibration-texts (see docs/analysis.md)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ..orders import KL_TEXTS, SIMILARITY_TEXTS, compute_order, save_order
-    from ..plan import DATA_ORDERS
+    from ..analysis.orders import KL_TEXTS, SIMILARITY_TEXTS, compute_order
+    from ..core.plan import DATA_ORDERS
+    from ..io.order_files import save_order
 
     if name not in DATA_ORDERS:
         raise BoomerangError(f"unknown --order {name!r}; use one of: {', '.join(DATA_ORDERS)}")

@@ -1,4 +1,5 @@
-"""Helpers shared by the command modules: consoles, list parsing, layer-map options."""
+"""Helpers shared by the command modules: consoles (from ``boomerang.ui``), list parsing, layer-map options,
+progress bars."""
 
 from __future__ import annotations
 
@@ -6,13 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from ..core.layermap import LayerMap
 from ..errors import BoomerangError
-from ..layermap import LayerMap, read_layer_map
-
-console = Console()
-err_console = Console(stderr=True)
+from ..io.sidecar import read_layer_map
+from ..ui import console, err_console  # noqa: F401 (the command modules import both consoles from here)
 
 # Options shared by several commands: one definition each.
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
@@ -77,3 +76,59 @@ def resolve_layer_map(
             "--layer-map distilbert|distilgpt2"
         )
     return lm
+
+
+def progress_bars() -> Any:
+    """A rich progress display over members and bytes, usable as an ``ExportProgress``."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from ..family import ExportProgress
+
+    class Bars(ExportProgress):
+        def __init__(self) -> None:
+            self.members = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+            )
+            self.bytes = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            from rich.console import Group
+            from rich.live import Live
+
+            self.live = Live(Group(self.members, self.bytes), console=console, transient=True)
+            self.m_task = self.b_task = None
+
+        def __enter__(self) -> Bars:
+            self.live.__enter__()
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.live.__exit__(*exc)
+
+        def start(self, members: int, nbytes: int) -> None:
+            self.m_task = self.members.add_task("members", total=members)
+            self.b_task = self.bytes.add_task("weights", total=nbytes)
+
+        def member(self, k: int, name: str) -> None:
+            self.members.update(self.m_task, description=f"member {name}")
+
+        def advance(self, nbytes: int) -> None:
+            self.bytes.advance(self.b_task, nbytes)
+
+        def done_member(self) -> None:
+            self.members.advance(self.m_task)
+
+    return Bars()

@@ -8,18 +8,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..atomic import check_writable
 from ..errors import BoomerangError
-from ..layermap import read_layer_map
+from ..io.atomic import check_writable
+from ..io.sidecar import read_layer_map
+from ..ui import fmt_count
 from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, parse_ints, resolve_layer_map
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
-
-
-def _fmt(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
 def info(
@@ -35,10 +32,10 @@ def info(
     trust_remote_code: Trust = False,
 ) -> None:
     """Architecture, layer count, and for a student its blocks and the parameters of every family size."""
-    from ..arch import get_arch, n_layers
-    from ..configs import check_compatible
-    from ..loading import load_config
-    from ..params import count_params, family_table, meta_model
+    from ..core.arch import get_arch, n_layers
+    from ..core.configs import check_compatible
+    from ..core.params import count_params, family_table, meta_model
+    from ..io.loading import load_config
 
     cfg = load_config(model, trust_remote_code=trust_remote_code)
     arch = get_arch(cfg)
@@ -55,7 +52,9 @@ def info(
     if getattr(cfg, "layer_types", None):
         kinds = sorted(set(cfg.layer_types))
         t.add_row("layer types", ", ".join(f"{k} x{cfg.layer_types.count(k)}" for k in kinds))
-    t.add_row("parameters", f"{_fmt(counts.trainable)} trainable, {_fmt(counts.inference)} at inference")
+    t.add_row(
+        "parameters", f"{fmt_count(counts.trainable)} trainable, {fmt_count(counts.inference)} at inference"
+    )
     section = getattr(cfg, "boomerang", None)
     if isinstance(section, dict) and section.get("role") == "intermediate":
         t.add_row(
@@ -103,8 +102,8 @@ def info(
             str(row["K"]),
             str(row["patched"]),
             str(row["layers"]),
-            _fmt(row["trainable"]),
-            _fmt(row["inference"]),
+            fmt_count(row["trainable"]),
+            fmt_count(row["inference"]),
         )
     console.print(ft)
 
@@ -146,12 +145,13 @@ def build(
     trust_remote_code: Trust = False,
 ) -> None:
     """Write one intermediate model: the student with some layers replaced by their teacher blocks."""
-    from ..arch import n_layers
-    from ..atomic import atomic_dir
-    from ..checkpoints import dtype_name, is_local_safetensors
-    from ..fastbuild import FastBuilder
-    from ..plan import BUILTIN_ORDERS, DATA_ORDERS, make_plan, save_order, static_order
-    from ..safetensors_files import parse_shard_size
+    from ..core.arch import n_layers
+    from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS, make_plan
+    from ..io.atomic import atomic_dir
+    from ..io.checkpoints import dtype_name, is_local_safetensors
+    from ..io.fastbuild import FastBuilder
+    from ..io.order_files import save_order, static_order
+    from ..io.safetensors_files import parse_shard_size
 
     check_writable(out, force=force)
     if (num_patched is None) == (patch_layers is None):
@@ -166,15 +166,15 @@ def build(
             "weights; drop --stream to build in memory"
         )
     data_order = num_patched is not None and order in DATA_ORDERS
-    # canonical checkpoints stream without torch or transformers (the same bytes; see boomerang.fastbuild)
+    # canonical checkpoints stream without torch or transformers (the same bytes; see boomerang.io.fastbuild)
     builder: Any = None
     if stream is not False and can_stream and not data_order:
         builder = FastBuilder.open(teacher, student, dtype=dtype)
     if builder is not None:
         tcfg, scfg = builder.teacher.config, builder.student.config
     else:
-        from ..configs import check_compatible
-        from ..loading import load_config
+        from ..core.configs import check_compatible
+        from ..io.loading import load_config
 
         tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
         scfg = load_config(student, trust_remote_code=trust_remote_code)
@@ -182,7 +182,7 @@ def build(
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
     if builder is None and stream is not False and can_stream:
-        from ..stream import StreamBuilder, StreamUnsupported
+        from ..io.stream import StreamBuilder, StreamUnsupported
 
         try:
             builder = StreamBuilder(teacher, student, lm, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -192,7 +192,7 @@ def build(
             console.print(f"[dim]building in memory: {e}[/]")
 
     def load_pair() -> tuple:
-        from ..loading import load_model
+        from ..io.loading import load_model
 
         t = load_model(teacher, dtype=dtype, trust_remote_code=trust_remote_code)
         s = load_model(student, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -202,9 +202,9 @@ def build(
     po = None
     if num_patched is not None:
         if data_order:
-            from ..data import calibration_ids
-            from ..loading import load_tokenizer
-            from ..orders import default_texts, resolve_order
+            from ..analysis.orders import default_texts, resolve_order
+            from ..data.blocks import calibration_ids
+            from ..io.loading import load_tokenizer
 
             if data is None:
                 raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
@@ -222,7 +222,7 @@ def build(
         builder.check_space(plan, out)
     with atomic_dir(out, force=force) as tmp:
         if builder is not None:
-            from .family import progress_bars
+            from .common import progress_bars
 
             with progress_bars() as bars:
                 bars.start(1, builder.nbytes(plan))
@@ -230,9 +230,9 @@ def build(
             c = builder.params(plan)
             how = "streamed"
         else:
-            from ..loading import save_tokenizer
-            from ..params import count_params
-            from ..patching import build as build_model
+            from ..core.params import count_params
+            from ..core.patching import build as build_model
+            from ..io.loading import save_tokenizer
 
             t, s = models or load_pair()
             model = build_model(t, s, plan)
@@ -244,7 +244,7 @@ def build(
             save_order(po, tmp / "order.json")
     console.print(
         f"[green]wrote[/] {out} ({how}): {plan.n_layers} layers (patched student layers {list(plan.patched)}), "
-        f"{_fmt(c.trainable)} trainable / {_fmt(c.inference)} inference parameters"
+        f"{fmt_count(c.trainable)} trainable / {fmt_count(c.inference)} inference parameters"
     )
 
 
@@ -259,7 +259,8 @@ def convert(
     force: Force = False,
 ) -> None:
     """Convert a GGUF model into a standard safetensors checkpoint (with its tokenizer)."""
-    from ..loading import convert_gguf, offline_teacher, smollm2_gguf
+    from ..io.loading import convert_gguf
+    from ..io.offline import offline_teacher, smollm2_gguf
 
     if smollm2:
         path = (

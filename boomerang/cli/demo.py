@@ -32,7 +32,7 @@ def demo(
     ] = None,
 ) -> None:
     """Distil SmolLM2-135M's every-other-layer student, sweep its family in several patch orders, report."""
-    from ..demo import run_demo
+    from ..pipelines.demo import run_demo
 
     text = run_demo(
         out,

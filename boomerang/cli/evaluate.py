@@ -73,13 +73,13 @@ def _limit(limit: float | None) -> int | float | None:
 
 
 def _spec(**kw: Any) -> Any:
-    from ..evaluation import EvalSpec
+    from ..evaluate.perplexity import EvalSpec
 
     return EvalSpec(**kw)
 
 
 def _lm_table(results: dict[str, dict[str, float]]) -> Table:
-    from ..lmeval import metric_label
+    from ..evaluate.lmeval import metric_label
 
     t = Table(title="lm-eval results (lm-evaluation-harness metrics; not boomerang's token perplexity)")
     for col in ("task", "metric", "value", "meaning"):
@@ -91,7 +91,8 @@ def _lm_table(results: dict[str, dict[str, float]]) -> Table:
 
 
 def _sweep_table(result: dict[str, Any]) -> Table:
-    from ..sweep import _fmt, _num, lm_eval_columns
+    from ..pipelines.sweep import lm_eval_columns
+    from ..ui import fmt_count, fmt_metric
 
     rows, metric = result["rows"], result["metric"]["name"]
     extra = lm_eval_columns(rows)
@@ -103,9 +104,9 @@ def _sweep_table(result: dict[str, Any]) -> Table:
             r["method"] + (f" ({r['role']})" if r.get("role") else ""),
             str(r["K"]),
             "" if r.get("layers") is None else str(r["layers"]),
-            _fmt(r["inference"]) if r.get("inference") else "",
-            _num(r.get(metric)),
-            *[_num(r.get(c)) for c in extra],
+            fmt_count(r["inference"]) if r.get("inference") else "",
+            fmt_metric(r.get(metric)),
+            *[fmt_metric(r.get(c)) for c in extra],
         )
     return t
 
@@ -142,8 +143,8 @@ def evaluate(
     trust_remote_code: Trust = False,
 ) -> None:
     """Perplexity of one model on an exact slice of text, and/or lm-eval tasks (offline-capable)."""
-    from ..evaluation import check_source
-    from ..loading import load_config
+    from ..evaluate.perplexity import check_source
+    from ..io.loading import load_config
 
     task_list = _tasks(tasks)
     if data is None and not task_list:
@@ -161,7 +162,7 @@ def evaluate(
     ).resolved(cfg)  # fmt: skip
     runner = None
     if task_list:
-        from ..lmeval import BUILTIN_TASKS, LMEval
+        from ..evaluate.lmeval import BUILTIN_TASKS, LMEval
 
         runner = LMEval(
             task_list,
@@ -172,7 +173,7 @@ def evaluate(
         )
         if any(t in BUILTIN_TASKS for t in runner.tasks) and (task_data or data) is None:
             raise BoomerangError("the built-in tasks are generated from text: give --data or --task-data")
-        from ..evaluation import is_encoder
+        from ..evaluate.perplexity import is_encoder
 
         if is_encoder(cfg):
             raise BoomerangError(
@@ -184,9 +185,9 @@ def evaluate(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..evaluation import evaluate as run_eval
-    from ..lmeval import prepare_builtin
-    from ..loading import load_model, load_tokenizer
+    from ..evaluate.lmeval import prepare_builtin
+    from ..evaluate.perplexity import evaluate as run_eval
+    from ..io.loading import load_model, load_tokenizer
 
     m = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     tok = load_tokenizer(tokenizer or model, trust_remote_code=trust_remote_code)
@@ -227,7 +228,7 @@ def evaluate(
         console.print(_lm_table(lm))
         report["lm_eval"] = lm
     if json_out is not None:
-        from ..atomic import atomic_write_text
+        from ..io.atomic import atomic_write_text
 
         atomic_write_text(json_out, json.dumps(report, indent=1) + "\n")
         console.print(f"[green]wrote[/] {json_out}")
@@ -294,9 +295,9 @@ def sweep(
     trust_remote_code: Trust = False,
 ) -> None:
     """Evaluate a whole family (and baselines) at every size; write results, a table and sweep.png."""
-    from ..arch import n_layers
-    from ..loading import load_config
-    from ..sweep import Sweep, TaskOptions, partial_dir
+    from ..core.arch import n_layers
+    from ..io.loading import load_config
+    from ..pipelines.sweep import Sweep, TaskOptions, partial_dir
     from .common import resolve_layer_map
 
     lm = None

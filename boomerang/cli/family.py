@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from ..atomic import check_writable
 from ..errors import BoomerangError
-from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, parse_ints, resolve_layer_map
+from ..io.atomic import check_writable
+from ..ui import fmt_count
+from .common import (
+    Dtype,
+    LayerMapPreset,
+    Layers,
+    OrderData,
+    Trust,
+    console,
+    parse_ints,
+    progress_bars,
+    resolve_layer_map,
+)
 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
 Stream = Annotated[
@@ -29,62 +40,6 @@ OrderOpt = Annotated[
         help="Patch order: last, first, a saved order (.json), or similarity / greedy-kl / optimal (need --data)."
     ),
 ]
-
-
-def progress_bars() -> Any:
-    """A rich progress display over members and bytes, usable as an ``ExportProgress``."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from ..family import ExportProgress
-
-    class Bars(ExportProgress):
-        def __init__(self) -> None:
-            self.members = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
-            )
-            self.bytes = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            )
-            from rich.console import Group
-            from rich.live import Live
-
-            self.live = Live(Group(self.members, self.bytes), console=console, transient=True)
-            self.m_task = self.b_task = None
-
-        def __enter__(self) -> Bars:
-            self.live.__enter__()
-            return self
-
-        def __exit__(self, *exc: Any) -> None:
-            self.live.__exit__(*exc)
-
-        def start(self, members: int, nbytes: int) -> None:
-            self.m_task = self.members.add_task("members", total=members)
-            self.b_task = self.bytes.add_task("weights", total=nbytes)
-
-        def member(self, k: int, name: str) -> None:
-            self.members.update(self.m_task, description=f"member {name}")
-
-        def advance(self, nbytes: int) -> None:
-            self.bytes.advance(self.b_task, nbytes)
-
-        def done_member(self) -> None:
-            self.members.advance(self.m_task)
-
-    return Bars()
 
 
 def family(
@@ -107,11 +62,11 @@ def family(
     """Write every member of a family (K = 0..M, or --sizes) with family.json, order.json and a README table."""
     from rich.table import Table
 
-    from ..arch import n_layers
+    from ..core.arch import n_layers
     from ..family import MANIFEST, export_family, fmt_bytes
-    from ..loading import load_config, parse_dtype
-    from ..stream import is_local_safetensors, parse_shard_size
-    from .core import _fmt
+    from ..io.checkpoints import is_local_safetensors
+    from ..io.loading import load_config, parse_dtype
+    from ..io.stream import parse_shard_size
 
     check_writable(out, force=force)
     parse_dtype(dtype)
@@ -153,8 +108,8 @@ def family(
             r["dir"],
             str(r["n_layers"]),
             str(r["patched_student_layers"]),
-            _fmt(r["params"]["trainable"]),
-            _fmt(r["params"]["inference"]),
+            fmt_count(r["params"]["trainable"]),
+            fmt_count(r["params"]["inference"]),
             fmt_bytes(r["weights_bytes"]),
         )
     console.print(t)

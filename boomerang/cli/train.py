@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..atomic import check_writable
 from ..errors import BoomerangError
+from ..io.atomic import check_writable
 from .common import Dtype, Trust, console, parse_ints
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
@@ -59,7 +59,7 @@ def init(
     check_writable(out, force=force)
     kept = parse_ints(layers, "--layers")
     strat = strategy or ("layers" if kept else "every")
-    from ..initialise import STRATEGIES
+    from ..train.initialise import STRATEGIES
 
     if strat not in STRATEGIES:
         raise BoomerangError(f"unknown --strategy {strat!r}; use one of: {', '.join(STRATEGIES)}")
@@ -74,13 +74,13 @@ def init(
 
     from transformers.utils import logging as hf_logging
 
-    from ..arch import n_layers
-    from ..data import calibration_ids
-    from ..initialise import init_student, save_student
-    from ..layermap import LayerMap
-    from ..loading import load_model, load_tokenizer
-    from ..params import count_params
-    from ..recipe import resolve_model_spec
+    from ..core.arch import n_layers
+    from ..core.layermap import LayerMap
+    from ..core.params import count_params
+    from ..data.blocks import calibration_ids
+    from ..io.loading import load_model, load_tokenizer
+    from ..train.initialise import init_student, save_student
+    from ..train.recipe import resolve_model_spec
 
     hf_logging.disable_progress_bar()
     teacher_path = resolve_model_spec(teacher)
@@ -166,7 +166,7 @@ def distill(
     ] = False,
 ) -> None:
     """Distil a student from its teacher (paper Eq. 1) as a recipe describes."""
-    from ..recipe import load_recipe
+    from ..train.recipe import load_recipe
 
     extra = list(overrides or [])
     for key, value in (
@@ -184,7 +184,7 @@ def distill(
     if dry_run:
         console.print(r.to_yaml(), highlight=False, markup=False)
         return
-    from ..trainer import distill as run_distill
+    from ..train.trainer import distill as run_distill
 
     run_distill(r, out=out, resume=resume, force=force)
 

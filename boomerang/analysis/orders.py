@@ -1,0 +1,509 @@
+"""Patch orders: the built-in ``last``/``first``, saved orders (JSON), and data-driven orders.
+
+``resolve_order`` is the one entry point used by ``build``, ``family``, ``sweep`` and the Python API.
+Data-driven orders are computed from calibration token ids ``[n, length]``:
+
+* ``similarity``: patch first the student layers whose output is least similar (mean per-token cosine) to the
+  output of their teacher block (teacher layer ``layer_map.target(i)``), each model run on its own.
+* ``greedy-kl`` (KLPatch): starting from the student, each step patches the one more student layer that gives
+  the lowest KL(teacher || model), averaged over calibration tokens.
+* ``optimal``: for every size, the subset with the lowest KL among all 2^M subsets (M <= 12 by default).
+
+The searches never run a whole model per candidate. ``PatchEvaluator`` caches the hidden states of the current
+model at every block boundary and re-runs only the blocks after the changed one (see ``boomerang.core.spans``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from ..core.layermap import LayerMap
+from ..core.plan import DATA_ORDERS, PatchOrder
+from ..errors import BoomerangError
+from ..io.order_files import static_order
+
+Progress = Callable[[int, int], None]  # (done, total)
+# Default cap on calibration blocks for KL-scored searches: every scored model runs the full-vocabulary LM head,
+# so a 16-layer greedy-kl search on a 135M teacher costs ~15 CPU-minutes per 1,024 tokens (docs/analysis.md).
+KL_TEXTS = 4
+SIMILARITY_TEXTS = 32  # default calibration blocks of the `similarity` order (one forward pass per model)
+ANALYSIS_TEXTS = 8  # default calibration blocks of `boomerang analyze`
+
+
+def default_texts(order: str) -> int:
+    """Default calibration blocks for computing the data-driven ``order``."""
+    return SIMILARITY_TEXTS if order == "similarity" else KL_TEXTS
+
+
+Criterion = Literal["kl", "cos"]
+
+
+def resolve_order(
+    order: str | PatchOrder | Sequence[int],
+    layer_map: LayerMap,
+    *,
+    teacher: Any = None,
+    student: Any = None,
+    calibration: Any = None,
+    **options: Any,
+) -> PatchOrder:
+    """A ``PatchOrder`` from a name, a JSON file path, a sequence of student layers, or a PatchOrder."""
+    if isinstance(order, str) and order in DATA_ORDERS:
+        return compute_order(order, teacher, student, layer_map, calibration, **options)
+    return static_order(order, layer_map)
+
+
+# ---- calibration helpers ------------------------------------------------------------------------------------
+
+
+def as_calibration(calibration: Any) -> torch.Tensor:
+    """Token ids ``[n, length]`` as a LongTensor, or a clear error."""
+    if isinstance(calibration, (list, tuple)):
+        try:
+            calibration = torch.tensor(calibration, dtype=torch.long)
+        except (TypeError, ValueError):
+            raise BoomerangError(
+                "calibration must be token ids of equal-length texts, e.g. boomerang.data.calibration_ids(...)"
+            ) from None
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.numel() == 0:
+        raise BoomerangError(
+            "calibration must be a [n_texts, length] tensor of token ids; build one with "
+            "boomerang.data.calibration_ids(source, tokenizer) (on the command line: --data PATH)"
+        )
+    if calibration.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
+        raise BoomerangError(f"calibration token ids must be integers, got {calibration.dtype}")
+    return calibration.long()
+
+
+def calibration_info(ids: torch.Tensor) -> dict[str, Any]:
+    """What a search was computed on: text count, length and a fingerprint of the token ids."""
+    digest = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
+    return {"texts": int(ids.shape[0]), "length": int(ids.shape[1]), "sha256": digest}
+
+
+def subsample(ids: torch.Tensor, max_texts: int | None) -> torch.Tensor:
+    """At most ``max_texts`` blocks, evenly spread over ``ids`` (all of them if None or fewer)."""
+    if max_texts is None or ids.shape[0] <= max_texts:
+        return ids
+    if max_texts < 1:
+        raise BoomerangError(f"max_texts must be at least 1 (or None for all), got {max_texts}")
+    pick = torch.linspace(0, ids.shape[0] - 1, max_texts).round().long().unique()
+    return ids[pick]
+
+
+def batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    if batch_size < 1:
+        raise BoomerangError(f"batch_size must be at least 1, got {batch_size}")
+    return [ids[i : i + batch_size] for i in range(0, ids.shape[0], batch_size)]
+
+
+# ---- evaluating patched models from cached block-boundary states -------------------------------------------
+
+
+class PatchEvaluator:
+    """Scores patched models of one teacher/student pair on calibration data, block by block.
+
+    A patched model is student layers and teacher blocks in order, the embedding of whichever supplies layer 0
+    and the final norm and head of whichever supplies the last layer. ``block(i, patched, states)`` runs one
+    position (teacher block ``layer_map.block(i)`` or student layer ``i``) on the states entering it, and
+    ``score(head, states)`` finishes the model. Hidden states are lists with one tensor per calibration batch.
+
+    ``criterion="kl"`` scores KL(teacher || model) per token, averaged over all calibration tokens (lower is
+    better); ``"cos"`` the mean per-token cosine between the model's and the teacher's final normed hidden states.
+    The teacher's log-probabilities are cached when they fit in ``cache_bytes``; otherwise its final hidden
+    states are, and the teacher head is re-applied per score. ``counts`` tallies the work done.
+    """
+
+    def __init__(
+        self,
+        teacher: Any,
+        student: Any,
+        layer_map: LayerMap,
+        calibration: Any,
+        *,
+        criterion: Criterion = "kl",
+        batch_size: int = 8,
+        cache_bytes: int = 2 << 30,
+    ) -> None:
+        from ..core.patching import check_pair
+
+        if criterion not in ("kl", "cos"):
+            raise BoomerangError(f"unknown criterion {criterion!r}; use kl or cos")
+        check_pair(teacher, student, layer_map)
+        self.models = {"teacher": teacher.eval(), "student": student.eval()}
+        self.layer_map = layer_map
+        self.criterion = criterion
+        self.ids = as_calibration(calibration)
+        self.batches = batches(self.ids, batch_size)
+        self.tokens = int(self.ids.numel())
+        self.counts = {"layers": 0, "blocks": 0, "heads": 0, "full_layers": 0}
+        self._embed: dict[str, list[torch.Tensor]] = {}
+        self._reference(cache_bytes)
+
+    # -- reference (the teacher's own outputs)
+    def _reference(self, cache_bytes: int) -> None:
+        from ..core.spans import run_span
+
+        teacher = self.models["teacher"]
+        vocab = int(teacher.config.vocab_size)
+        self._ref_logprobs: list[torch.Tensor] | None = None
+        self._ref_hidden: list[torch.Tensor] = []
+        with torch.no_grad():
+            for b in self.batches:
+                h = run_span(teacher, b, until="layers")
+                self._ref_hidden.append(h)
+        with torch.no_grad():
+            if self.criterion == "cos":
+                self._ref_normed = [
+                    torch.nn.functional.normalize(self._head_norm("teacher", b, h).float(), dim=-1)
+                    for b, h in zip(self.batches, self._ref_hidden, strict=True)
+                ]
+                self._ref_hidden = []
+            elif self.tokens * vocab * 4 <= cache_bytes:
+                self._ref_logprobs = [
+                    self._head_logprobs("teacher", b, h)
+                    for b, h in zip(self.batches, self._ref_hidden, strict=True)
+                ]
+                self._ref_hidden = []
+
+    def _head_logprobs(self, who: str, ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        from ..core.spans import run_span
+
+        model = self.models[who]
+        n = self._n(who)
+        logits = run_span(model, ids, start=n, hidden=h, until="logits")
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _head_norm(self, who: str, ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        from ..core.spans import run_span
+
+        return run_span(self.models[who], ids, start=self._n(who), hidden=h, until="norm")
+
+    def _n(self, who: str) -> int:
+        return self.layer_map.n_teacher if who == "teacher" else self.layer_map.n_student
+
+    # -- building blocks
+    @property
+    def n_student(self) -> int:
+        return self.layer_map.n_student
+
+    def embed(self, who: str) -> list[torch.Tensor]:
+        """The states entering layer 0 with the embedding of ``who`` (cached)."""
+        from ..core.spans import embedding_output
+
+        if who not in self._embed:
+            with torch.no_grad():
+                self._embed[who] = [embedding_output(self.models[who], b) for b in self.batches]
+        return self._embed[who]
+
+    def block(self, i: int, patched: bool, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run position ``i``: the teacher block of student layer ``i`` if ``patched``, else student layer ``i``."""
+        from ..core.spans import run_span
+
+        if patched:
+            blk = self.layer_map.block(i)
+            model, start, stop = self.models["teacher"], blk.start, blk.stop
+        else:
+            model, start, stop = self.models["student"], i, i + 1
+        self.counts["blocks"] += 1
+        self.counts["layers"] += stop - start
+        with torch.no_grad():
+            return [
+                run_span(model, b, start=start, stop=stop, hidden=h)
+                for b, h in zip(self.batches, states, strict=True)
+            ]
+
+    def depth(self, patched: set[int] | Sequence[int]) -> int:
+        """Number of layers of the model patching ``patched``."""
+        p = set(patched)
+        return sum(len(self.layer_map.block(i)) if i in p else 1 for i in range(self.n_student))
+
+    def score(self, head: str, states: list[torch.Tensor], *, depth: int | None = None) -> float:
+        """Finish the model with the final norm and head of ``head`` and compare it with the teacher.
+
+        ``depth`` (the model's layer count) is tallied in ``counts["full_layers"]``: what running it whole costs.
+        """
+        self.counts["heads"] += 1
+        self.counts["full_layers"] += depth or 0
+        total = 0.0
+        with torch.no_grad():
+            for k, (b, h) in enumerate(zip(self.batches, states, strict=True)):
+                if self.criterion == "kl":
+                    logq = self._head_logprobs(head, b, h)
+                    if self._ref_logprobs is not None:
+                        logp = self._ref_logprobs[k]
+                    else:
+                        logp = self._head_logprobs("teacher", b, self._ref_hidden[k])
+                    kl = torch.nn.functional.kl_div(logq, logp, log_target=True, reduction="sum")
+                    total += float(kl.double())
+                else:
+                    got = torch.nn.functional.normalize(self._head_norm(head, b, h).float(), dim=-1)
+                    total += float((got * self._ref_normed[k]).sum(-1).double().sum())
+        return total / self.tokens
+
+    # -- whole models
+    def sources(self, patched: set[int] | Sequence[int]) -> tuple[str, str]:
+        """(embedding source, head source) of the model patching ``patched``."""
+        p = set(patched)
+        return ("teacher" if 0 in p else "student"), ("teacher" if self.n_student - 1 in p else "student")
+
+    def states(self, patched: set[int] | Sequence[int]) -> list[list[torch.Tensor]]:
+        """The states at every block boundary 0..M of the model patching ``patched``."""
+        p = set(patched)
+        embed, _ = self.sources(p)
+        out = [self.embed(embed)]
+        for i in range(self.n_student):
+            out.append(self.block(i, i in p, out[-1]))
+        return out
+
+    def evaluate(self, patched: set[int] | Sequence[int]) -> float:
+        """The criterion for one patched set, computed from scratch."""
+        p = set(patched)
+        return self.score(self.sources(p)[1], self.states(p)[-1], depth=self.depth(p))
+
+
+# ---- searches -----------------------------------------------------------------------------------------------
+
+
+def _better(criterion: Criterion, a: float, b: float) -> bool:
+    return a < b if criterion == "kl" else a > b
+
+
+def nested_search(
+    ev: PatchEvaluator, *, sequence: Sequence[int] | None = None, progress: Progress | None = None
+) -> tuple[list[int], list[float]]:
+    """Grow the patched set one layer at a time, greedily by the criterion (or along a fixed ``sequence``).
+
+    Returns the sequence of added layers and the criterion at every size 0..M. The current model's states at
+    every block boundary are cached, so a candidate costs only the blocks from its position to the end plus
+    one head. Ties go to the lower layer index.
+    """
+    m = ev.n_student
+    patched: set[int] = set()
+    states = ev.states(patched)
+    values = [ev.score(ev.sources(patched)[1], states[-1], depth=ev.depth(patched))]
+    seq: list[int] = []
+    total = m if sequence is not None else m * (m + 1) // 2
+    done = 0
+    for step in range(m):
+        candidates = [sequence[step]] if sequence is not None else [i for i in range(m) if i not in patched]
+        best: tuple[float, int, list[list[torch.Tensor]]] | None = None
+        for i in candidates:
+            h = ev.embed("teacher") if i == 0 else states[i]
+            suffix = [ev.block(i, True, h)]
+            for j in range(i + 1, m):
+                suffix.append(ev.block(j, j in patched, suffix[-1]))
+            head = "teacher" if (i == m - 1 or m - 1 in patched) else "student"
+            value = ev.score(head, suffix[-1], depth=ev.depth(patched | {i}))
+            if best is None or _better(ev.criterion, value, best[0]):
+                best = (value, i, suffix)
+            done += 1
+            if progress:
+                progress(done, total)
+        assert best is not None
+        value, i, suffix = best
+        patched.add(i)
+        seq.append(i)
+        if i == 0:
+            states[0] = ev.embed("teacher")
+        states[i + 1 :] = suffix
+        values.append(value)
+    return seq, values
+
+
+def exhaustive_search(ev: PatchEvaluator, *, progress: Progress | None = None) -> list[float]:
+    """The criterion of every subset, indexed by bit mask (bit i set = student layer i patched).
+
+    A depth-first walk over positions 0..M-1 shares every prefix: 2^(M+1) - 2 block evaluations and 2^M heads.
+    """
+    m = ev.n_student
+    values = [math.nan] * (1 << m)
+    done = [0]
+
+    def walk(i: int, states: list[torch.Tensor] | None, mask: int) -> None:
+        if i == m:
+            head = "teacher" if mask >> (m - 1) & 1 else "student"
+            subset = [j for j in range(m) if mask >> j & 1]
+            values[mask] = ev.score(head, states, depth=ev.depth(subset))  # type: ignore[arg-type]
+            done[0] += 1
+            if progress:
+                progress(done[0], 1 << m)
+            return
+        for patched in (False, True):
+            h = (ev.embed("teacher" if patched else "student")) if i == 0 else states
+            walk(i + 1, ev.block(i, patched, h), mask | (int(patched) << i))  # type: ignore[arg-type]
+
+    walk(0, None, 0)
+    return values
+
+
+def _mask(subset: Sequence[int]) -> int:
+    return sum(1 << i for i in subset)
+
+
+def best_subsets(values: list[float], m: int, criterion: Criterion = "kl") -> list[tuple[int, ...]]:
+    """For each size, the best subset (ties to the lexicographically smallest set of layers)."""
+    best: list[tuple[int, ...] | None] = [None] * (m + 1)
+    score: list[float] = [math.nan] * (m + 1)
+    for mask, v in enumerate(values):
+        k = bin(mask).count("1")
+        subset = tuple(i for i in range(m) if mask >> i & 1)
+        if best[k] is None or _better(criterion, v, score[k]) or (v == score[k] and subset < best[k]):  # type: ignore[operator]
+            best[k], score[k] = subset, v
+    return [b for b in best if b is not None]
+
+
+def greedy_from_table(
+    values: list[float], m: int, criterion: Criterion = "kl"
+) -> tuple[list[int], list[float]]:
+    """The greedy sequence read off an exhaustive table (identical to ``nested_search``'s choices)."""
+    mask, seq, out = 0, [], [values[0]]
+    for _ in range(m):
+        best_i, best_v = -1, math.nan
+        for i in range(m):
+            if mask >> i & 1:
+                continue
+            v = values[mask | 1 << i]
+            if best_i < 0 or _better(criterion, v, best_v):
+                best_i, best_v = i, v
+        mask |= 1 << best_i
+        seq.append(best_i)
+        out.append(best_v)
+    return seq, out
+
+
+def layer_similarity(
+    teacher: Any, student: Any, layer_map: LayerMap, calibration: Any, *, batch_size: int = 8
+) -> list[float]:
+    """For each student layer i, mean per-token cosine between its output and teacher layer ``target(i)``'s."""
+    from ..core.similarity import similarity_matrix
+
+    ids = as_calibration(calibration)
+    s = similarity_matrix(student, ids, teacher, batch_size=batch_size, b_layers=layer_map.targets)
+    return [float(s[i, i]) for i in range(layer_map.n_student)]
+
+
+def similarity_order(sims: Sequence[float], layer_map: LayerMap, **info: Any) -> PatchOrder:
+    """The ``similarity`` order from each student layer's similarity to its block's output (lowest first)."""
+    m = layer_map.n_student
+    if len(sims) != m:
+        raise BoomerangError(f"need one similarity per student layer ({m}), got {len(sims)}")
+    seq = sorted(range(m), key=lambda i: (sims[i], i))
+    return PatchOrder.from_sequence(
+        "similarity",
+        seq,
+        m,
+        criterion="similarity",
+        layer_similarity=[float(v) for v in sims],
+        targets=layer_map.targets,
+        **info,
+    )
+
+
+def order_scores(
+    teacher: Any,
+    student: Any,
+    layer_map: LayerMap,
+    order: str | PatchOrder | Sequence[int],
+    calibration: Any,
+    *,
+    criterion: Criterion = "kl",
+    batch_size: int = 8,
+    evaluator: PatchEvaluator | None = None,
+) -> list[float]:
+    """The criterion of every family member K = 0..M under ``order`` (nested orders reuse cached prefixes)."""
+    po = resolve_order(order, layer_map)
+    ev = evaluator or PatchEvaluator(
+        teacher, student, layer_map, calibration, criterion=criterion, batch_size=batch_size
+    )
+    seq = po.sequence
+    if seq is not None:
+        return nested_search(ev, sequence=seq)[1]
+    return [ev.evaluate(s) for s in po.subsets]
+
+
+def compute_order(
+    name: str,
+    teacher: Any,
+    student: Any,
+    layer_map: LayerMap,
+    calibration: Any,
+    *,
+    batch_size: int = 8,
+    max_layers: int = 12,
+    max_texts: int | None = KL_TEXTS,
+    score: bool = False,
+    progress: Progress | None = None,
+    **options: Any,
+) -> PatchOrder:
+    """Compute a data-driven order on calibration token ids ``[n, length]``.
+
+    ``max_layers`` bounds ``optimal`` (2^M subsets). KL scoring (``greedy-kl``, ``optimal``, and ``similarity``
+    with ``score=True``) uses at most ``max_texts`` calibration blocks, evenly spread over the set (None: all):
+    every scored model runs the full-vocabulary head. ``info["calibration"]`` describes the blocks used.
+    """
+    if name not in DATA_ORDERS:
+        raise BoomerangError(f"unknown data-driven order {name!r}; use one of: {', '.join(DATA_ORDERS)}")
+    if teacher is None or student is None or calibration is None:
+        raise BoomerangError(f"order {name!r} needs the teacher, the student and calibration data (--data)")
+    if options:
+        raise BoomerangError(f"unknown option(s) for order {name!r}: {', '.join(sorted(options))}")
+    ids = as_calibration(calibration)
+    kl_ids = subsample(ids, max_texts)
+    m = layer_map.n_student
+    if name == "similarity":
+        from ..core.patching import check_pair
+
+        check_pair(teacher, student, layer_map)
+        sims = layer_similarity(teacher, student, layer_map, ids, batch_size=batch_size)
+        po = similarity_order(sims, layer_map, calibration=calibration_info(ids))
+        if score:
+            ev = PatchEvaluator(teacher, student, layer_map, kl_ids, batch_size=batch_size)
+            info = {**po.info, "kl": nested_search(ev, sequence=po.sequence)[1]}
+            info["kl_calibration"] = calibration_info(kl_ids)
+            po = PatchOrder(name=po.name, subsets=po.subsets, info=info)
+        return po
+
+    if name == "optimal" and m > max_layers:
+        raise BoomerangError(
+            f"order 'optimal' scores all 2^{m} subsets of a {m}-layer student, over the limit max_layers="
+            f"{max_layers}; raise max_layers (--max-layers) if you can afford about 2^{m + 1} block evaluations, "
+            "or use greedy-kl"
+        )
+    info: dict[str, Any] = {"calibration": calibration_info(kl_ids)}
+    ev = PatchEvaluator(teacher, student, layer_map, kl_ids, batch_size=batch_size)
+    if name == "greedy-kl":
+        seq, kl = nested_search(ev, progress=progress)
+        info.update(criterion="kl", kl=kl, evaluations=_evaluations(ev, ev.counts["heads"]))
+        return PatchOrder.from_sequence("greedy-kl", seq, m, **info)
+
+    values = exhaustive_search(ev, progress=progress)
+    subsets = best_subsets(values, m)
+    gseq, gkl = greedy_from_table(values, m)
+    kl = [values[_mask(s)] for s in subsets]
+    info.update(
+        criterion="kl",
+        kl=kl,
+        greedy_sequence=gseq,
+        greedy_kl=gkl,
+        greedy_gap=[g - o for g, o in zip(gkl, kl, strict=True)],
+        subsets_scored=1 << m,
+        evaluations=_evaluations(ev, ev.counts["heads"]),
+    )
+    return PatchOrder(name="optimal", subsets=subsets, info=info)
+
+
+def _evaluations(ev: PatchEvaluator, candidates: int) -> dict[str, int]:
+    """Work done, and what running every scored model whole would have cost (the teacher reference excluded)."""
+    return {
+        "models_scored": candidates,
+        "layer_evaluations": ev.counts["layers"],
+        "block_evaluations": ev.counts["blocks"],
+        "head_evaluations": ev.counts["heads"],
+        "full_model_layer_evaluations": ev.counts["full_layers"],
+    }

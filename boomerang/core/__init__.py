@@ -1,0 +1,1 @@
+"""Core: pure model plumbing (architecture adapters, layer maps, patch plans, configs, patching, hooks)."""

@@ -1,0 +1,88 @@
+"""Parameter accounting: trainable (unique tensors) and inference-time counts.
+
+With tied embeddings the vocabulary matrix is one trainable tensor but does two jobs at inference (input lookup
+and output projection); once the embedding and head come from different models it is two tensors. Following the
+paper's Table 1 and its evaluation code, ``inference`` counts a tied head a second time; ``trainable`` counts every
+distinct tensor once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .arch import config_value
+from .configs import derive_config
+from .layermap import LayerMap
+from .plan import PatchOrder, PatchPlan, as_order
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    inference: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def count_params(model: nn.Module) -> ParamCount:
+    """Counts for a built model (meta-device skeletons included)."""
+    unique = {id(p): p.numel() for p in model.parameters()}
+    trainable = sum(unique.values())
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and emb is not None and head.weight is emb.weight
+    return ParamCount(trainable, trainable + (head.weight.numel() if tied else 0))
+
+
+def config_tied(config: Any) -> bool:
+    return bool(config_value(config, "tie_word_embeddings", False))
+
+
+def plan_tied(teacher_config: Any, student_config: Any, plan: PatchPlan) -> bool:
+    """Whether the member ties its head to its embedding: both from one model whose own head is tied."""
+    configs = {"teacher": teacher_config, "student": student_config}
+    return plan.embed_source == plan.head_source and config_tied(configs[plan.head_source])
+
+
+def plan_config(teacher_config: Any, student_config: Any, plan: PatchPlan, *, section: bool = True) -> Any:
+    """The config of the model ``plan`` describes, from the two configs alone (``config.json`` dicts give a dict)."""
+    configs = {"teacher": teacher_config, "student": student_config}
+    tie = plan_tied(teacher_config, student_config, plan)
+    return derive_config(
+        teacher_config, configs, plan.sources, tie=tie, section=plan.provenance() if section else None
+    )
+
+
+def meta_model(config: Any, dtype: torch.dtype | None = None) -> nn.Module:
+    """A weightless (meta-device) model of ``config``, built the way ``from_pretrained`` builds it (in ``dtype``)."""
+    import copy
+
+    import torch
+
+    from .arch import model_class
+
+    cfg = copy.deepcopy(config)
+    with torch.device("meta"):
+        return model_class(cfg).from_config(cfg, dtype=dtype) if dtype else model_class(cfg).from_config(cfg)
+
+
+def plan_params(teacher_config: Any, student_config: Any, plan: PatchPlan) -> ParamCount:
+    return count_params(meta_model(plan_config(teacher_config, student_config, plan, section=False)))
+
+
+def family_table(
+    teacher_config: Any, student_config: Any, layer_map: LayerMap, order: str | PatchOrder = "last"
+) -> list[dict[str, Any]]:
+    """One row per size K = 0..M: patched student layers, depth and parameter counts."""
+    po = as_order(order, layer_map.n_student)
+    rows = []
+    for k in range(layer_map.n_student + 1):
+        plan = PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)
+        counts = plan_params(teacher_config, student_config, plan)
+        rows.append({"K": k, "patched": list(plan.patched), "layers": plan.n_layers, **counts.as_dict()})
+    return rows

@@ -1,0 +1,250 @@
+"""Patch plans: which student layers are replaced by their teacher blocks, and in which order sizes grow.
+
+``PatchPlan`` is the single description of one intermediate model. Everything that builds models (in-memory
+``patch``, the streaming writer, ``Family``) consumes it, so all of them agree on what "K patched layers" means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from ..errors import BoomerangError
+from .layermap import LayerMap
+
+Who = Literal["teacher", "student"]
+Source = tuple[Who, int]  # (model, layer index in that model)
+
+
+class PatchOrder(BaseModel):
+    """For every size K = 0..M, the set of student layers patched.
+
+    Orders built from a sequence (``last``, ``first``, ``similarity``, ``greedy-kl``) are nested: size K+1 adds
+    one layer to size K. Exhaustive (``optimal``) orders need not be nested, so subsets are stored per size.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    subsets: tuple[tuple[int, ...], ...]
+    info: dict[str, Any] = {}
+
+    @field_validator("subsets", mode="before")
+    @classmethod
+    def _norm(cls, v: Any) -> Any:
+        return tuple(tuple(sorted(int(x) for x in s)) for s in v)
+
+    @model_validator(mode="after")
+    def _check(self) -> PatchOrder:
+        m = len(self.subsets) - 1
+        for k, s in enumerate(self.subsets):
+            if len(s) != k or len(set(s)) != k or any(not 0 <= i < m for i in s):
+                raise ValueError(
+                    f"order {self.name!r}: size {k} must patch {k} distinct layers of 0..{m - 1}, got {s}"
+                )
+        return self
+
+    @property
+    def n_student(self) -> int:
+        return len(self.subsets) - 1
+
+    @classmethod
+    def from_sequence(cls, name: str, sequence: Sequence[int], n_student: int, **info: Any) -> PatchOrder:
+        seq = [int(i) for i in sequence]
+        if sorted(seq) != list(range(n_student)):
+            raise BoomerangError(
+                f"patch order {seq} must list every student layer 0..{n_student - 1} exactly once"
+            )
+        return cls(name=name, subsets=[seq[:k] for k in range(n_student + 1)], info={"sequence": seq, **info})
+
+    @property
+    def sequence(self) -> list[int] | None:
+        """The order in which layers are added, if the order is nested."""
+        seq: list[int] = []
+        for a, b in zip(self.subsets, self.subsets[1:], strict=False):
+            extra = set(b) - set(a)
+            if len(extra) != 1 or not set(a) <= set(b):
+                return None
+            seq.append(extra.pop())
+        return seq
+
+    def patched(self, k: int) -> tuple[int, ...]:
+        if not 0 <= k <= self.n_student:
+            raise BoomerangError(
+                f"num_patched={k} is out of range: the student has {self.n_student} layers (0..{self.n_student})"
+            )
+        return self.subsets[k]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "subsets": [list(s) for s in self.subsets], "info": self.info}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PatchOrder:
+        return cls(name=data["name"], subsets=data["subsets"], info=data.get("info", {}))
+
+
+BUILTIN_ORDERS = ("last", "first")
+DATA_ORDERS = ("similarity", "greedy-kl", "optimal")  # need calibration data: see boomerang.analysis.orders
+
+
+def builtin_order(name: str, n_student: int) -> PatchOrder:
+    """``last`` patches the last K student layers; ``first`` the first K."""
+    if name == "last":
+        return PatchOrder.from_sequence("last", range(n_student - 1, -1, -1), n_student)
+    if name == "first":
+        return PatchOrder.from_sequence("first", range(n_student), n_student)
+    if name in DATA_ORDERS:
+        raise BoomerangError(
+            f"order {name!r} is computed from calibration data; build it with boomerang.compute_order(...) "
+            "or pass --data on the command line"
+        )
+    raise BoomerangError(
+        f"unknown patch order {name!r}; known orders: {', '.join(BUILTIN_ORDERS + DATA_ORDERS)}"
+    )
+
+
+def as_order(order: str | PatchOrder | Sequence[int], n_student: int) -> PatchOrder:
+    if isinstance(order, PatchOrder):
+        if order.n_student != n_student:
+            raise BoomerangError(
+                f"order {order.name!r} is for {order.n_student} student layers, not {n_student}"
+            )
+        return order
+    if isinstance(order, str):
+        return builtin_order(order, n_student)
+    return PatchOrder.from_sequence("custom", order, n_student)
+
+
+class PatchPlan(BaseModel):
+    """One intermediate model: the student with the listed layers replaced by their teacher blocks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    layer_map: LayerMap
+    patched: tuple[int, ...]
+    order: str | None = None
+    # Reference-compatibility only: force the embedding's source (the reference's first-k patching always
+    # takes the teacher's embedding, even when no layer is patched).
+    embed_override: Who | None = None
+
+    @field_validator("patched", mode="before")
+    @classmethod
+    def _sorted(cls, v: Any) -> Any:
+        return tuple(sorted(int(x) for x in v))
+
+    @model_validator(mode="after")
+    def _check(self) -> PatchPlan:
+        m = self.layer_map.n_student
+        bad = [i for i in self.patched if not 0 <= i < m]
+        if bad:
+            raise ValueError(f"student layers {bad} do not exist: the student has layers 0..{m - 1}")
+        if len(set(self.patched)) != len(self.patched):
+            raise ValueError(f"patched layers {list(self.patched)} contain duplicates")
+        return self
+
+    @property
+    def num_patched(self) -> int:
+        return len(self.patched)
+
+    @property
+    def sources(self) -> list[Source]:
+        """For every layer of the result: the model and layer index it comes from."""
+        out: list[Source] = []
+        patched = set(self.patched)
+        for i in range(self.layer_map.n_student):
+            if i in patched:
+                out.extend(("teacher", j) for j in self.layer_map.block(i))
+            else:
+                out.append(("student", i))
+        return out
+
+    @property
+    def teacher_layers(self) -> list[int]:
+        """For every layer of the result, the teacher layer it is (or was initialised from)."""
+        return [j if who == "teacher" else self.layer_map.kept[j] for who, j in self.sources]
+
+    @property
+    def embed_source(self) -> Who:
+        if self.embed_override is not None:
+            return self.embed_override
+        return "teacher" if 0 in self.patched else "student"
+
+    @property
+    def head_source(self) -> Who:
+        return "teacher" if self.layer_map.n_student - 1 in self.patched else "student"
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sources)
+
+    def provenance(self) -> dict[str, Any]:
+        """The ``boomerang`` config section of a built model."""
+        d: dict[str, Any] = {
+            "role": "intermediate",
+            "layer_map": self.layer_map.to_json(),
+            "num_patched": self.num_patched,
+            "patched_student_layers": list(self.patched),
+            "order": self.order,
+            "layer_sources": [[who, j] for who, j in self.sources],
+            "teacher_layers": self.teacher_layers,
+            "embedding_from": self.embed_source,
+            "head_from": self.head_source,
+        }
+        if self.embed_override is not None:
+            d["embedding_override"] = self.embed_override
+        return d
+
+
+def make_plan(
+    layer_map: LayerMap,
+    *,
+    num_patched: int | None = None,
+    order: str | PatchOrder | Sequence[int] = "last",
+    patched: Iterable[int] | None = None,
+) -> PatchPlan:
+    """A plan from either an explicit set ``patched`` or a count ``num_patched`` under ``order``."""
+    m = layer_map.n_student
+    if (num_patched is None) == (patched is None):
+        raise BoomerangError(
+            "give exactly one of num_patched (with an order) or an explicit set of patched layers"
+        )
+    if patched is not None:
+        chosen = [int(i) for i in patched]
+        bad = [i for i in chosen if not 0 <= i < m]
+        if bad:
+            raise BoomerangError(f"student layers {bad} do not exist: the student has layers 0..{m - 1}")
+        if len(set(chosen)) != len(chosen):
+            raise BoomerangError(f"patched layers {chosen} contain duplicates")
+        return PatchPlan(layer_map=layer_map, patched=chosen, order=None)
+    assert num_patched is not None
+    if not 0 <= num_patched <= m:
+        raise BoomerangError(
+            f"num_patched={num_patched} is out of range: the student has {m} layers, so use 0..{m}"
+        )
+    po = as_order(order, m)
+    return PatchPlan(layer_map=layer_map, patched=po.patched(num_patched), order=po.name)
+
+
+# ---- the reference implementation's counting (dcml-lab/boomerang-distillation) -------------------------------
+
+
+def reference_patched(layer_map: LayerMap, k: int, patch_first: bool) -> list[int]:
+    """Student layers the reference ``build_intermediate_model`` replaces for ``num_layers_to_patch=k``.
+
+    The reference counts only student layers whose block holds two or more teacher layers. Patching from the
+    end, the trailing single-layer blocks are always taken from the teacher together with the multi-layer
+    blocks; patching from the start, the leading single-layer blocks before the k-th multi-layer block are.
+    When ``k`` exceeds the number of multi-layer blocks the reference returns the teacher: every layer.
+    """
+    kept, m = layer_map.kept, layer_map.n_student
+    if k < 0:
+        raise BoomerangError(f"num_layers_to_patch must be >= 0, got {k}")
+    if patch_first:
+        # student layers i < M-1 whose block [l_i, l_{i+1}) has 2+ layers (the last block is never counted)
+        multi = [i for i in range(m - 1) if kept[i + 1] - kept[i] > 1]
+        return list(range(m)) if k >= len(multi) else list(range(multi[k]))
+    # student layers j >= 1 whose preceding block has 2+ layers; patching keeps student layers [:j]
+    multi = [i + 1 for i in range(m - 1) if kept[i + 1] - kept[i] > 1]
+    return list(range(m)) if k + 1 > len(multi) else list(range(multi[-(k + 1)], m))

@@ -1,0 +1,41 @@
+"""Data: text sources (``corpora``) and tokenised blocks for calibration and training (``blocks``).
+
+The public names of both modules are re-exported here, lazily (``from boomerang.data import calibration_ids``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TEXT_SUFFIXES": "corpora",
+    "shared_corpora": "corpora",
+    "read_texts": "corpora",
+    "tokenize": "blocks",
+    "pack": "blocks",
+    "eos_id": "blocks",
+    "pad_id": "blocks",
+    "calibration_ids": "blocks",
+    "Batch": "blocks",
+    "Blocks": "blocks",
+    "docs_to_blocks": "blocks",
+    "default_cache_dir": "blocks",
+    "tokenized_docs": "blocks",
+    "ShuffledBlocks": "blocks",
+    "StreamingBlocks": "blocks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'boomerang.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, lm-eval tasks, scoring many models with shared prefixes, and the sweep plot."""

@@ -1,0 +1,218 @@
+"""Student initialisation (stage 1): copy a subset of the teacher's layers, or re-initialise them randomly.
+
+Strategies:
+
+- ``every`` (the paper's default): the first ``keep_first`` layers, every ``every``-th layer, the last ``keep_last``.
+- ``layers``: an explicit list of kept teacher layers.
+- ``random``: the ``every`` layer map (so the student can still be patched) with all weights re-initialised:
+  the paper's random-initialisation baseline.
+- ``similarity`` (appendix E.2): for a target size M, the kept layers that maximise the *minimum* over blocks of
+  the cosine similarity between the output of the block's first layer and the output of its last layer
+  (teacher self-similarity on calibration data). Ties are broken by the largest total similarity. Both are
+  solved exactly by dynamic programming over contiguous partitions of the teacher's layers; layer 0 is always
+  kept (it starts the first block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import PreTrainedModel
+
+from ..core.arch import n_layers
+from ..core.layermap import LayerMap, student_section
+from ..core.patching import assemble
+from ..errors import BoomerangError
+from ..io.sidecar import write_sidecar
+
+Strategy = Literal["every", "layers", "random", "similarity"]
+STRATEGIES: tuple[str, ...] = ("every", "layers", "random", "similarity")
+
+
+def block_similarities(sim: torch.Tensor, kept: Sequence[int]) -> list[float]:
+    """``sim[first, last]`` of every block of the partition that starts at ``kept``."""
+    n = sim.shape[0]
+    ends = [*kept[1:], n]
+    return [float(sim[a, b - 1]) for a, b in zip(kept, ends, strict=True)]
+
+
+def similarity_layers(sim: torch.Tensor, size: int) -> list[int]:
+    """The kept layers of a ``size``-layer student maximising (min block similarity, then total similarity).
+
+    ``sim`` is the teacher's ``[N, N]`` layer-output self-similarity; block ``[a, b)`` scores ``sim[a, b-1]``
+    (1 for a single layer). Exact: a bottleneck DP finds the best achievable minimum, then a second DP
+    maximises the total over partitions whose blocks all reach it.
+    """
+    n = sim.shape[0]
+    if not 1 <= size <= n:
+        raise BoomerangError(f"student size {size} is out of range for a {n}-layer teacher (1..{n})")
+    s = sim.double().clone()
+    s.fill_diagonal_(1.0)
+    bottleneck, _ = _partition(n, size, lambda i, j: float(s[i, j - 1]), min, float("inf"))
+    floor = bottleneck - 1e-9
+    _, kept = _partition(
+        n, size, lambda i, j: float(s[i, j - 1]) if s[i, j - 1] >= floor else _NEG, lambda a, b: a + b, 0.0
+    )
+    return kept
+
+
+_NEG = float("-inf")
+
+
+def _partition(n: int, size: int, score, combine, identity: float) -> tuple[float, list[int]]:
+    """Best split of layers [0, n) into ``size`` contiguous blocks; block [i, j) scores ``score(i, j)``."""
+    best = [[_NEG] * (n + 1) for _ in range(size + 1)]  # best[m][j]: layers [0, j) in m blocks
+    arg = [[-1] * (n + 1) for _ in range(size + 1)]  # start of the last of those blocks
+    best[0][0] = identity
+    for m in range(1, size + 1):
+        for j in range(m, n - (size - m) + 1):
+            for i in range(m - 1, j):
+                prev = best[m - 1][i]
+                v = score(i, j) if prev != _NEG else _NEG
+                if v == _NEG:
+                    continue
+                cand = combine(prev, v)
+                if cand > best[m][j]:
+                    best[m][j], arg[m][j] = cand, i
+    kept, j = [], n
+    for m in range(size, 0, -1):
+        j = arg[m][j]
+        kept.append(j)
+    return best[size][n], sorted(kept)
+
+
+def resolve_layer_map(
+    teacher_layers: int,
+    strategy: str = "every",
+    *,
+    every: int = 2,
+    keep_first: int = 1,
+    keep_last: int = 2,
+    layers: Sequence[int] | None = None,
+    size: int | None = None,
+    similarity: torch.Tensor | None = None,
+) -> LayerMap:
+    """The layer map a strategy gives for an N-layer teacher (``similarity`` needs the similarity matrix)."""
+    if strategy not in STRATEGIES:
+        raise BoomerangError(f"unknown init strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}")
+    if strategy == "layers":
+        if not layers:
+            raise BoomerangError("the 'layers' strategy needs the kept teacher layers, e.g. --layers 0,2,4,5")
+        return LayerMap.from_kept(layers, teacher_layers)
+    if layers:
+        raise BoomerangError(f"--layers only goes with the 'layers' strategy, not {strategy!r}")
+    if strategy == "similarity":
+        if size is None:
+            raise BoomerangError("the 'similarity' strategy needs the target student size (--size M)")
+        if similarity is None:
+            raise BoomerangError("the 'similarity' strategy needs the teacher's layer similarity matrix")
+        return LayerMap.from_kept(similarity_layers(similarity, size), teacher_layers)
+    return LayerMap.every(teacher_layers, every=every, keep_first=keep_first, keep_last=keep_last)
+
+
+def init_student(
+    teacher: PreTrainedModel,
+    layer_map: LayerMap | Sequence[int] | str | None = None,
+    *,
+    every: int = 2,
+    keep_first: int = 1,
+    keep_last: int = 2,
+    size: int | None = None,
+    calibration: torch.Tensor | None = None,
+    seed: int = 0,
+    teacher_name: str | None = None,
+    patch_order: str | None = None,
+) -> PreTrainedModel:
+    """A student initialised from ``teacher`` (which is left untouched; the student owns its tensors).
+
+    ``layer_map`` is a LayerMap, a list of kept teacher layers, or a strategy name (``every``, ``random``,
+    ``similarity``; default ``every``). ``similarity`` needs ``size`` and ``calibration`` token ids ``[n, len]``.
+    The student's config carries the layer map (``boomerang`` section) plus how it was made.
+    """
+    n = n_layers(teacher.config)
+    info: dict[str, Any] = {}
+    if isinstance(layer_map, LayerMap):
+        lm, strategy = layer_map, "layers"
+    elif layer_map is not None and not isinstance(layer_map, str):
+        lm, strategy = LayerMap.from_kept(list(layer_map), n), "layers"
+    else:
+        strategy = layer_map or "every"
+        sim = None
+        if strategy == "similarity":
+            if calibration is None:
+                raise BoomerangError(
+                    "the 'similarity' strategy needs calibration token ids (calibration=...)"
+                )
+            from ..core.similarity import similarity_matrix
+
+            sim = similarity_matrix(teacher, calibration)
+        lm = resolve_layer_map(
+            n, strategy, every=every, keep_first=keep_first, keep_last=keep_last, size=size, similarity=sim
+        )
+        if strategy in ("every", "random"):
+            info.update(every=every, keep_first=keep_first, keep_last=keep_last)
+        if sim is not None:
+            scores = block_similarities(sim.clone().fill_diagonal_(1.0), lm.kept)
+            info.update(
+                objective="max min block similarity",
+                min_block_similarity=round(min(scores), 6),
+                block_similarity=[round(x, 6) for x in scores],
+                calibration_shape=list(calibration.shape),  # type: ignore[union-attr]
+            )
+    if lm.n_teacher != n:
+        raise BoomerangError(
+            f"the layer map is for a {lm.n_teacher}-layer teacher, but the teacher has {n} layers"
+        )
+    extra: dict[str, Any] = {"init": {"strategy": strategy, **info}}
+    if strategy == "random":
+        extra["init"]["seed"] = seed
+    if patch_order is not None:
+        extra["patch_order"] = patch_order
+    section = student_section(lm, teacher=teacher_name, **extra)
+    student = assemble(
+        {"teacher": teacher},
+        [("teacher", j) for j in lm.kept],
+        "teacher",
+        "teacher",
+        section=section,
+        copy=True,
+    )
+    if strategy == "random":
+        student = _reinitialised(student, seed)
+    student.requires_grad_(True)  # trainable even when the teacher is frozen
+    student.train(teacher.training)
+    return student
+
+
+def _reinitialised(model: PreTrainedModel, seed: int) -> PreTrainedModel:
+    """A model of the same class and config with freshly initialised weights (global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model)(model.config)
+    fresh.to(dtype=model.dtype)
+    if getattr(model, "generation_config", None) is not None:
+        fresh.generation_config = model.generation_config
+    return fresh
+
+
+def save_student(
+    student: PreTrainedModel,
+    out: str | Path,
+    *,
+    tokenizer: Any = None,
+    force: bool = False,
+) -> Path:
+    """Write a student checkpoint atomically: safetensors, config (with its layer map), tokenizer, sidecar."""
+    from ..io.atomic import atomic_dir
+    from ..io.sidecar import student_layer_map
+
+    lm = student_layer_map(student)
+    with atomic_dir(out, force=force) as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_sidecar(tmp, lm)
+    return Path(out)

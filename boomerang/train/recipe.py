@@ -1,0 +1,303 @@
+"""Distillation recipes: a validated YAML file plus ``key=value`` overrides.
+
+Every section rejects unknown keys with a did-you-mean suggestion. Overrides use dotted keys
+(``train.steps=20``, ``loss.kl=0``); a bare key that names exactly one setting also works (``steps=20``).
+Values are parsed as YAML (``null``, ``true``, ``[0.9, 0.95]``). Relative paths are relative to the current
+directory; ``~`` and ``$VARS`` are expanded. The teacher ``smollm2-offline`` is the project's offline SmolLM2.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import BoomerangError
+from ..io.loading import OFFLINE_ALIAS as OFFLINE_TEACHER  # noqa: F401 (re-exported)
+from .losses import LossConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InitSection(_Section):
+    """How the student is initialised when ``student`` is not given (see ``boomerang.train.initialise``)."""
+
+    strategy: Literal["every", "layers", "random", "similarity"] = "every"
+    every: int = Field(2, ge=1)
+    keep_first: int = Field(1, ge=1)
+    keep_last: int = Field(2, ge=0)
+    layers: list[int] | None = None
+    size: int | None = Field(None, ge=1, description="student layers for the similarity strategy")
+    calibration: str | None = Field(
+        None, description="calibration texts for similarity (default: data.train)"
+    )
+    calibration_texts: int = Field(128, ge=1)
+    calibration_length: int = Field(256, ge=2)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> InitSection:
+        if self.strategy == "layers" and not self.layers:
+            raise ValueError("init.strategy 'layers' needs init.layers (the kept teacher layers)")
+        if self.layers and self.strategy != "layers":
+            raise ValueError(
+                f"init.layers is set but init.strategy is {self.strategy!r}; use strategy: layers"
+            )
+        return self
+
+
+class DataSection(_Section):
+    train: str = Field(description="training texts: file, folder, .jsonl, or hf:NAME[:CONFIG][@SPLIT]")
+    eval: str | None = Field(None, description="held-out texts for the validation loss")
+    heldout_docs: int = Field(0, ge=0, description="hold out the first N training documents for validation")
+    text_field: str = "text"
+    seq_len: int = Field(2048, ge=2)
+    packing: bool = Field(True, description="pack documents with EOS separators; false = pad/truncate each")
+    streaming: bool | None = Field(None, description="stream the source (default: only for hf: sources)")
+    shuffle_buffer: int = Field(10_000, ge=1, description="streaming shuffle buffer, in blocks")
+    skip_docs: int = Field(0, ge=0, description="skip the first N documents (after the held-out ones)")
+    add_bos: bool = False
+    cache_dir: str | None = Field(
+        None, description="token cache directory (default ~/.cache/boomerang/tokens)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSection:
+        if self.eval and self.heldout_docs:
+            raise ValueError("set either data.eval or data.heldout_docs, not both")
+        return self
+
+
+class OptimSection(_Section):
+    lr: float = Field(3e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.01, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of lr (cosine/linear)")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must be in [0, 1), got {list(v)}")
+        return v
+
+
+class TrainSection(_Section):
+    batch_size: int = Field(2048, ge=1, description="global batch, in sequences per optimizer step")
+    micro_batch_size: int = Field(2, ge=1, description="sequences per forward pass on each process")
+    steps: int | None = Field(500, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="stop after this many training tokens")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    freeze_embeddings: bool = False
+    freeze_head: bool = Field(
+        False, description="freeze the LM head (with tied embeddings: the shared matrix)"
+    )
+    freeze_final_norm: bool = False
+    untie_head: bool = Field(
+        False, description="give a tied student its own LM head (a copy of the embedding)"
+    )
+    lean_mlp: bool = Field(
+        True, description="keep half of each gated MLP's activations, recompute the rest (exact; see lean.py)"
+    )
+    compile: bool = Field(False, description="torch.compile the student")
+    fused_loss: bool | None = Field(
+        None, description="CE/KL from hidden states + head, chunked (default: auto)"
+    )
+    max_nonfinite: int = Field(10, ge=0, description="abort after this many skipped non-finite steps")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSection:
+        if self.steps is None and self.max_tokens is None:
+            raise ValueError("set train.steps or train.max_tokens")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size "
+                f"({self.micro_batch_size})"
+            )
+        return self
+
+
+class EvalSection(_Section):
+    every: int = Field(50, ge=0, description="validate every N steps (0: only at the end)")
+    blocks: int = Field(64, ge=0, description="validation blocks (0 disables validation)")
+    batch_size: int | None = Field(None, ge=1)
+    teacher: bool = Field(True, description="also measure the teacher once, for reference")
+
+
+class CheckpointSection(_Section):
+    every: int = Field(100, ge=0, description="checkpoint every N steps (0: never)")
+    keep: int = Field(3, ge=1, description="keep the last K checkpoints")
+
+
+class LogSection(_Section):
+    every: int = Field(1, ge=1)
+    tensorboard: bool | None = Field(None, description="default: on if tensorboard is installed")
+    progress: bool = True
+
+
+class Recipe(_Section):
+    """A complete distillation run."""
+
+    name: str | None = None
+    teacher: str
+    student: str | None = Field(None, description="an initialised student checkpoint; default: use init")
+    patch_order: Literal["last", "first"] = Field("last", description="recorded in the student's config")
+    init: InitSection = InitSection()
+    data: DataSection
+    loss: LossConfig = LossConfig()
+    optim: OptimSection = OptimSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    log: LogSection = LogSection()
+    out: str | None = None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- loading ------------------------------------------------------------------------------------------------
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, bool]:
+    """Every dotted setting name -> whether it is a section."""
+    out: dict[str, bool] = {}
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        is_section = isinstance(ann, type) and issubclass(ann, BaseModel)
+        out[prefix + name] = is_section
+        if is_section:
+            out.update(_fields(ann, prefix + name + "."))  # type: ignore[arg-type]
+    return out
+
+
+FIELDS = _fields(Recipe)
+LEAVES = [k for k, sec in FIELDS.items() if not sec]
+
+
+def _suggest(key: str) -> str:
+    """A did-you-mean hint for an unknown dotted key."""
+    tail = key.rpartition(".")[2]
+    close = [k for k in LEAVES if k.rsplit(".", 1)[-1] == tail]  # right name, wrong section
+    close = close or difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.6)
+    if not close:  # match the last component alone, preferring the same section
+        section, _, tail = key.rpartition(".")
+        names = difflib.get_close_matches(
+            tail, sorted({k.rsplit(".", 1)[-1] for k in LEAVES}), n=1, cutoff=0.6
+        )
+        if names:
+            cands = [k for k in LEAVES if k.rsplit(".", 1)[-1] == names[0]]
+            close = [k for k in cands if k.startswith(section + ".")] or cands
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _resolve_key(key: str) -> str:
+    if key in FIELDS:
+        return key
+    by_tail = [k for k in LEAVES if k.rsplit(".", 1)[-1] == key]
+    if "." not in key and len(by_tail) == 1:
+        return by_tail[0]
+    if len(by_tail) > 1:
+        raise BoomerangError(f"override {key!r} is ambiguous: write one of {', '.join(by_tail)}")
+    raise BoomerangError(f"unknown recipe key {key!r}{_suggest(key)}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of a raw recipe dict with ``key=value`` pairs (dotted keys, YAML values) set."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise BoomerangError(f"cannot read override {item!r}: write key=value, e.g. train.steps=20")
+        path = _resolve_key(key.strip())
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = path.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def _format_errors(e: ValidationError, where: str) -> BoomerangError:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key{_suggest(loc)}")
+        elif err["type"] == "missing":
+            lines.append(f"{loc}: required but missing")
+        else:
+            msg = str(err.get("ctx", {}).get("error") or err["msg"]).removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) or got is None or repr(got) in msg else f" (got {got!r})"
+            lines.append(f"{loc or 'recipe'}: {msg}{shown}")
+    return BoomerangError(f"invalid recipe {where}:\n  - " + "\n  - ".join(lines))
+
+
+def _expand(value: str | None) -> str | None:
+    if value is None or value.startswith("hf:"):
+        return value
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+def parse_recipe(data: dict[str, Any], overrides: list[str] | None = None, *, where: str = "") -> Recipe:
+    """Validate a raw recipe dict (after applying overrides)."""
+    if not isinstance(data, dict):
+        raise BoomerangError(f"recipe {where} must be a YAML mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise _format_errors(e, where or "(inline)") from None
+    recipe = recipe.model_copy(
+        update={
+            "teacher": _expand(recipe.teacher),
+            "student": _expand(recipe.student),
+            "out": _expand(recipe.out),
+        }
+    )
+    recipe.data.train = _expand(recipe.data.train)  # type: ignore[assignment]
+    recipe.data.eval = _expand(recipe.data.eval)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file; errors are BoomerangErrors naming the key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise BoomerangError(f"recipe {path} does not exist (see recipes/*.yaml for examples)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise BoomerangError(f"recipe {path} is not valid YAML: {e}") from None
+    recipe = parse_recipe(data, overrides, where=str(path))
+    if recipe.name is None:
+        recipe.name = path.stem
+    return recipe
+
+
+def resolve_model_spec(spec: str) -> str:
+    """A model spec, with ``smollm2-offline`` replaced by the converted offline teacher's directory."""
+    from ..io.loading import expand_alias
+
+    return expand_alias(spec)
