@@ -91,9 +91,16 @@ Convert = Callable[[OutTensor], Any]  # the tensor's bytes in its output dtype (
 # ---- reading -------------------------------------------------------------------------------------------------
 
 
+REPAIR_HINT = (
+    "the file is damaged or incomplete (an interrupted download or copy?): download it again, or save the "
+    "checkpoint again with model.save_pretrained(DIR)"
+)
+
+
 def _corrupt(path: Path, reason: str) -> BoomerangError:
     return BoomerangError(
-        f"cannot load the model in {path.parent}: {path.name} is not a valid safetensors file ({reason})"
+        f"cannot load the model in {path.parent}: {path.name} is not a valid safetensors file ({reason}); "
+        f"{REPAIR_HINT}"
     )
 
 
@@ -110,6 +117,8 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorRef]:
             if n > min(_MAX_HEADER, size - 8):
                 raise _corrupt(path, f"header length {n} does not fit a {size}-byte file")
             header = json.loads(f.read(n))
+    except BoomerangError:
+        raise
     except OSError as e:
         raise BoomerangError(f"cannot read {path}: {e}") from None
     except (ValueError, UnicodeDecodeError) as e:
@@ -142,14 +151,21 @@ def weight_files(path: Path) -> tuple[list[Path], dict[str, Any]]:
             index = json.loads((path / INDEX).read_text())
             files = sorted(set(index["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise BoomerangError(f"cannot load the model in {path}: unreadable {INDEX} ({e})") from None
+            raise BoomerangError(
+                f"cannot load the model in {path}: unreadable {INDEX} ({e}); {REPAIR_HINT}"
+            ) from None
         missing = [f for f in files if not (path / f).is_file()]
         if missing:
-            raise BoomerangError(f"cannot load the model in {path}: shard files {missing} are missing")
+            raise BoomerangError(
+                f"cannot load the model in {path}: shard files {missing} are missing; {REPAIR_HINT}"
+            )
         return [path / f for f in files], index.get("metadata") or {}
     if (path / WEIGHTS).is_file():
         return [path / WEIGHTS], {}
-    raise BoomerangError(f"{path} has no {WEIGHTS} or {INDEX}; streaming needs safetensors weights")
+    raise BoomerangError(
+        f"{path} has no safetensors weights ({WEIGHTS} or {INDEX}); save the checkpoint with "
+        "model.save_pretrained(DIR), or convert a .gguf file with `boomerang convert`"
+    )
 
 
 def read_tensors(path: Path) -> tuple[dict[str, TensorRef], dict[str, Any]]:
@@ -249,14 +265,26 @@ def write_safetensors(
         os.close(fd)
 
 
-def parse_shard_size(size: int | str) -> int:
-    """``"5GB"`` -> 5_000_000_000 (the units ``save_pretrained`` accepts), or a clear error."""
-    from huggingface_hub.serialization._base import parse_size_to_int
+# Units of a shard size, as huggingface_hub (and so ``save_pretrained``) reads them: decimal, case-insensitive.
+SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3}
 
-    try:
-        n = size if isinstance(size, int) else parse_size_to_int(str(size))
-    except ValueError:
-        n = 0
+
+def parse_shard_size(size: int | str) -> int:
+    """``"5GB"`` -> 5_000_000_000, read exactly as ``save_pretrained`` reads it, or a clear error.
+
+    huggingface_hub's own parser is private (``serialization._base``), so this is its rule restated: a number
+    (decimals allowed) and a unit of ``SIZE_UNITS``. ``tests/test_shards.py`` checks it against the public
+    ``split_state_dict_into_shards_factory``, which parses the same strings itself.
+    """
+    n = 0
+    if isinstance(size, int) and not isinstance(size, bool):
+        n = size
+    elif isinstance(size, str) and size.strip()[-2:].upper() in SIZE_UNITS:
+        text = size.strip()
+        try:
+            n = int(float(text[:-2].strip()) * SIZE_UNITS[text[-2:].upper()])
+        except (ValueError, OverflowError):  # not a number, nan, inf
+            n = 0
     if n <= 0:
         raise BoomerangError(f"bad --max-shard-size {size!r}: use a size such as 5GB, 500MB or 100KB")
     return n
@@ -272,7 +300,7 @@ def write_weights(
     convert: Convert | None = None,
 ) -> list[str]:
     """Shard ``tensors`` (in state-dict order) as ``save_pretrained`` does and write them; returns the file names."""
-    from huggingface_hub.serialization._base import split_state_dict_into_shards_factory
+    from huggingface_hub import split_state_dict_into_shards_factory
 
     by_name = {t.name: t for t in tensors}
     split = split_state_dict_into_shards_factory(
