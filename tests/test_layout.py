@@ -22,6 +22,7 @@ LAYERS = [
     ("boomerang.analysis",),  # data-driven orders, pruning baselines, similarity analysis
     ("boomerang.family", "boomerang.compat"),  # families of patched models, reference compatibility
     ("boomerang.pipelines",),  # sweep and demo
+    ("boomerang.serve",),  # serving a family over an OpenAI-compatible HTTP API
     ("boomerang.cli",),  # the command line
 ]
 

@@ -1,0 +1,186 @@
+"""``boomerang serve``: every member of a family from one process, over an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..errors import BoomerangError
+from ..ui import fmt_count
+from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, resolve_layer_map
+from .family import OrderOpt
+
+if TYPE_CHECKING:
+    from ..core.layermap import LayerMap
+    from ..serve.server import FamilyServer
+
+Host = Annotated[
+    str, typer.Option(help="Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
+]
+Port = Annotated[int, typer.Option(help="Port to listen on.")]
+MaxLatency = Annotated[
+    float | None,
+    typer.Option(
+        "--max-latency-ms",
+        help="Enable model `auto`: the largest member whose estimated latency under the current load fits this "
+        "budget (docs/serving.md).",
+    ),
+]
+ChatTemplate = Annotated[
+    Path | None,
+    typer.Option("--chat-template", help="A Jinja chat template file to use instead of the tokenizer's own."),
+]
+Threads = Annotated[
+    int | None, typer.Option("--threads", help="Torch threads for generation (default: torch's).")
+]
+Warm = Annotated[
+    bool, typer.Option("--warm/--no-warm", help="Build every member and run it once before serving.")
+]
+LogLevel = Annotated[
+    str, typer.Option("--log-level", help="uvicorn's log level: critical, error, warning, info, debug.")
+]
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def serve(
+    teacher: Annotated[str, typer.Option(help="Teacher checkpoint (directory, .gguf or Hub id).")],
+    student: Annotated[str, typer.Option(help="Distilled student checkpoint.")],
+    order: OrderOpt = "last",
+    data: OrderData = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    max_latency_ms: MaxLatency = None,
+    chat_template: ChatTemplate = None,
+    layers: Layers = None,
+    layer_map: LayerMapPreset = None,
+    dtype: Dtype = "auto",
+    threads: Threads = None,
+    warm: Warm = False,
+    log_level: LogLevel = "info",
+    trust_remote_code: Trust = False,
+) -> None:
+    """Serve every member of a family (teacher, student, k0..kM, max-params:N, auto) over the OpenAI API."""
+    from ..core.arch import n_layers
+    from ..core.configs import check_compatible
+    from ..core.plan import DATA_ORDERS
+    from ..io.loading import load_config, parse_dtype
+    from ..io.order_files import static_order
+
+    # everything is checked before a model is loaded
+    parse_dtype(dtype)
+    if max_latency_ms is not None and max_latency_ms <= 0:
+        raise BoomerangError(f"--max-latency-ms must be positive, got {max_latency_ms:g}")
+    if threads is not None and threads < 1:
+        raise BoomerangError(f"--threads must be at least 1, got {threads}")
+    if log_level.lower() not in _LOG_LEVELS:
+        raise BoomerangError(f"unknown --log-level {log_level!r}; use one of {', '.join(_LOG_LEVELS)}")
+    template = _read_template(chat_template)
+    if order in DATA_ORDERS:
+        if data is None:
+            raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
+        if not data.startswith("hf:"):
+            from ..data.corpora import read_texts
+
+            next(read_texts(data, limit=1), None)  # a missing or empty source fails here, clearly
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise BoomerangError(
+            f"boomerang serve needs the server packages ({e.name} is missing): "
+            "pip install 'boomerang-distill[serve]'"
+        ) from None
+    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+    scfg = load_config(student, trust_remote_code=trust_remote_code)
+    check_compatible(tcfg, scfg)
+    lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
+    lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    if order not in DATA_ORDERS:
+        static_order(order, lm)  # unknown names and unreadable order files fail here
+    from ..serve.server import bind
+
+    sock = bind(host, port)
+    try:
+        server = _load(teacher, student, lm, order, data, dtype, max_latency_ms, template, trust_remote_code)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        _show(server, host, sock.getsockname()[1])
+        if warm:
+            server.start()
+            with console.status("warming every member"):
+                server.engine.warm(list(range(server.members.m + 1)))
+        server.run(sock=sock, log_level=log_level.lower())
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, then passes the signal on
+        console.print("[green]stopped[/]")
+    finally:
+        sock.close()
+
+
+def _read_template(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BoomerangError(f"cannot read --chat-template {path}: {e.strerror}") from None
+
+
+def _load(
+    teacher: str,
+    student: str,
+    lm: LayerMap,
+    order: str,
+    data: str | None,
+    dtype: str,
+    max_latency_ms: float | None,
+    template: str | None,
+    trust_remote_code: bool,
+) -> FamilyServer:
+    from ..family import Family
+    from ..serve.server import FamilyServer
+
+    with console.status("loading the teacher and the student"):
+        family = Family(teacher, student, lm, dtype=dtype, trust_remote_code=trust_remote_code)
+    if family.tokenizer is None:
+        raise BoomerangError(
+            f"no tokenizer found for {teacher}: the teacher checkpoint needs its tokenizer files"
+        )
+    with console.status(f"resolving patch order {order}"):
+        po = family.order(order, data=data)
+    server = FamilyServer(family, order=po, max_latency_ms=max_latency_ms, chat_template=template)
+    if server.router is not None:
+        with console.status("measuring members for --max-latency-ms"):
+            server.start()
+    return server
+
+
+def _show(server: FamilyServer, host: str, port: int) -> None:
+    from rich.table import Table
+
+    members = server.members
+    t = Table(title=f"family ({members.order.name} order): {members.m + 1} members, one copy of the weights")
+    for col in ("model", "aliases", "layers", "patched student layers", "parameters"):
+        t.add_column(col, justify="right")
+    for k in range(members.m + 1):
+        row = members.rows[k]
+        t.add_row(
+            members.name(k),
+            ", ".join(members.aliases(k)),
+            str(row["layers"]),
+            str(row["patched"]),
+            fmt_count(members.params(k)),
+        )
+    console.print(t)
+    extra = "; also max-params:N" + (", auto" if server.router is not None else "")
+    console.print(
+        f"[green]serving[/] on http://{host}:{port}/v1 (models: teacher, student, k0..k{members.m}{extra})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)

@@ -1,0 +1,209 @@
+"""The HTTP-free core of a server: a family's members, the engine and the router, turning validated requests
+into engine jobs (``Service.prepare`` and ``Service.submit``) and answering the informational endpoints.
+
+Requests are validated and tokenized on the caller's thread (the server's event loop); the generation runs on
+the engine's thread (``boomerang.serve.engine``). ``boomerang.serve.server.FamilyServer`` puts it behind HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import BoomerangError
+from .engine import Engine, Job, Sink
+from .members import AUTO, MemberSet, UnknownMember
+from .protocol import APIError, ChatRequest, CompletionRequest
+from .router import Decision, Router
+from .sampling import Sampling
+from .text import NoChatTemplate, Tokens
+
+if TYPE_CHECKING:
+    from ..core.plan import PatchOrder
+    from ..family import Family
+
+Kind = Literal["completion", "chat"]
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+CHAT_MAX_TOKENS = 1024  # the chat default when the model's context length is unknown (else: the rest of it)
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready for the engine."""
+
+    kind: Kind
+    k: int
+    prompt: list[int]
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+    decision: Decision | None = None
+
+
+class Service:
+    """Every member of ``family`` (under ``order``), ready to take requests; see the module docstring.
+
+    ``max_latency_ms`` enables ``auto`` (``boomerang.serve.router``); ``chat_template`` (Jinja text) replaces
+    the tokenizer's own.
+    """
+
+    def __init__(
+        self,
+        family: Family,
+        *,
+        order: str | PatchOrder | None = None,
+        max_latency_ms: float | None = None,
+        chat_template: str | None = None,
+    ) -> None:
+        if max_latency_ms is not None and max_latency_ms <= 0:
+            raise BoomerangError(f"--max-latency-ms must be positive, got {max_latency_ms}")
+        self.family = family
+        self.members = MemberSet(family, family.order(order))
+        self.tokens = Tokens(family.tokenizer, chat_template)
+        self.tokens.add_eos(getattr(getattr(family.teacher, "generation_config", None), "eos_token_id", None))
+        self.vocab = int(family.teacher.config.vocab_size)
+        self.router: Router | None = None
+        self.engine = Engine(self.members, self.tokens)
+        if max_latency_ms is not None:
+            self.router = Router(self.members, max_latency_ms, self.engine.load)
+            self.engine.observer = self.router.observe
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def start(self, calibrate: bool = True) -> None:
+        """Start the engine thread (and measure a few members for the router, once)."""
+        if self.engine.running:
+            return
+        self.engine.start()
+        if calibrate and self.router is not None and not self.router.measured:
+            self.router.calibrate(self.engine)
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+    # ---- requests ------------------------------------------------------------------------------------------
+    def prepare(self, kind: Kind, request: CompletionRequest | ChatRequest) -> Prepared:
+        """Member, prompt ids and sampling of a validated request; ``APIError`` (4xx) for what cannot be served."""
+        name = request.model.strip().lower()
+        auto = name == AUTO and self.router is not None
+        k = -1 if auto else self._member(request.model)
+        if isinstance(request, ChatRequest):
+            prompt = self._chat_prompt(request)
+            limit = request.limit()
+        else:
+            prompt = self._completion_prompt(request)
+            limit = request.max_tokens if request.max_tokens is not None else COMPLETION_MAX_TOKENS
+        context = self.members.context
+        where = "messages" if kind == "chat" else "prompt"
+        if context is not None and len(prompt) >= context:
+            raise APIError(
+                400,
+                f"this model's maximum context length is {context} tokens, but the {where} alone has "
+                f"{len(prompt)} tokens: shorten it",
+                param=where,
+                code="context_length_exceeded",
+            )
+        if limit is None:
+            limit = context - len(prompt) if context is not None else CHAT_MAX_TOKENS
+        if context is not None and len(prompt) + limit > context:
+            raise APIError(
+                400,
+                f"this model's maximum context length is {context} tokens, but the request asks for "
+                f"{len(prompt) + limit} ({len(prompt)} in the {where} + {limit} max_tokens): lower max_tokens "
+                f"to at most {context - len(prompt)} or shorten the {where}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        sampling = Sampling(
+            max_tokens=limit,
+            temperature=1.0 if request.temperature is None else float(request.temperature),
+            top_p=1.0 if request.top_p is None else float(request.top_p),
+            seed=request.seed,
+            stop=request.stops(),
+            ignore_eos=request.ignore_eos,
+        )
+        decision = None
+        if auto:
+            assert self.router is not None
+            decision = self.router.choose(len(prompt), limit)
+            k = decision.k
+        stream = bool(request.stream)
+        usage = bool(stream and request.stream_options and request.stream_options.include_usage)
+        return Prepared(kind, k, prompt, sampling, stream, usage, decision)
+
+    def _member(self, model: str) -> int:
+        try:
+            return self.members.resolve(model)
+        except UnknownMember as e:
+            raise APIError(404, str(e), param="model", code="model_not_found") from None
+        except BoomerangError as e:
+            raise APIError(400, str(e), param="model") from None
+
+    def _completion_prompt(self, request: CompletionRequest) -> list[int]:
+        prompt = request.single_prompt()
+        if isinstance(prompt, str):
+            ids = self.tokens.encode(prompt)
+        else:
+            bad = [i for i in prompt if not 0 <= i < self.vocab]
+            if bad:
+                raise APIError(
+                    400,
+                    f"prompt: token ids {bad[:5]} are outside the vocabulary (0..{self.vocab - 1})",
+                    param="prompt",
+                )
+            ids = list(prompt)
+        if not ids:
+            if self.tokens.bos_id is None:
+                raise APIError(
+                    400, "prompt: the prompt is empty and the tokenizer has no BOS token", param="prompt"
+                )
+            ids = [int(self.tokens.bos_id)]
+        return ids
+
+    def _chat_prompt(self, request: ChatRequest) -> list[int]:
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        try:
+            return self.tokens.chat(messages)
+        except NoChatTemplate as e:
+            raise APIError(400, str(e), param="messages") from None
+        except Exception as e:  # the template itself refused the messages (e.g. roles out of order)
+            raise APIError(
+                400, f"messages: the chat template cannot render them: {e}", param="messages"
+            ) from None
+
+    def submit(self, prepared: Prepared, sink: Sink) -> Job:
+        if not self.engine.running:
+            raise APIError(503, "the server is not running (starting or shutting down)", type="server_error")
+        return self.engine.submit(Job(prepared.k, prepared.prompt, prepared.sampling, sink))
+
+    # ---- information ---------------------------------------------------------------------------------------
+    def model_list(self) -> list[dict[str, Any]]:
+        data = [self.members.describe(k) for k in range(self.members.m + 1)]
+        if self.router is not None:
+            data.append(
+                {
+                    "id": AUTO,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "boomerang",
+                    "routing": f"the largest member that answers within {self.router.budget * 1000:g} ms "
+                    "under the current load",
+                }
+            )
+        return data
+
+    def model_info(self, name: str) -> dict[str, Any]:
+        if self.router is not None and name.strip().lower() == AUTO:
+            return self.model_list()[-1]
+        return self.members.describe(self._member(name))
+
+    def health(self) -> dict[str, Any]:
+        built = [self.members.name(k) for k in range(self.members.m + 1) if self.members.built(k)]
+        return {
+            "status": "ok" if self.engine.running else "stopped",
+            "members": self.members.m + 1,
+            "built": built,
+            "in_flight": len(self.engine.load()),
+            "peak_in_flight": self.engine.peak_active,
+            "order": self.members.order.name,
+            "routing": self.router.snapshot() if self.router is not None else None,
+        }
