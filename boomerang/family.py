@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core.layermap import LayerMap
-from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan
+from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan, recorded_order
 from .errors import BoomerangError
 from .io.atomic import atomic_dir, check_writable
 from .io.checkpoints import fmt_bytes, tokenizer_nbytes
@@ -44,14 +44,14 @@ def patch(
     patched: Iterable[int] | PatchPlan | None = None,
     *,
     num_patched: int | None = None,
-    order: str | PatchOrder | Sequence[int] = "last",
+    order: str | PatchOrder | Sequence[int] | None = None,
     copy: bool = False,
 ) -> PreTrainedModel:
     """Replace student layers by their teacher blocks.
 
     Give either ``patched`` (any set of student layer indices) or ``num_patched=K`` with ``order`` ("last" or
-    "first", or a PatchOrder). K = 0 is the student and K = M the teacher. The result shares tensors with
-    ``teacher`` and ``student`` unless ``copy=True``.
+    "first", or a PatchOrder; default: the order the student's config records, else "last"). K = 0 is the
+    student and K = M the teacher. The result shares tensors with ``teacher`` and ``student`` unless ``copy=True``.
     """
     from .core.patching import build
     from .io.sidecar import student_layer_map
@@ -60,6 +60,7 @@ def patch(
         plan = patched
     else:
         layer_map = layer_map or student_layer_map(student)
+        order = recorded_order(student.config) if order is None else order
         plan = make_plan(layer_map, num_patched=num_patched, order=order, patched=patched)
     return build(teacher, student, plan, copy=copy)
 
@@ -68,7 +69,8 @@ class Family:
     """All sizes between a student and its teacher, sharing the two models' tensors.
 
     ``teacher`` and ``student`` are loaded models or checkpoint paths (loaded with ``dtype``). ``layer_map``
-    defaults to the one the student carries. ``order`` is the default patch order for ``member(K)``.
+    defaults to the one the student carries. ``order`` is the default patch order for ``member(K)``: by default
+    the order the student's config records (``init`` writes the recipe's ``patch_order``), else ``last``.
     """
 
     def __init__(
@@ -77,7 +79,7 @@ class Family:
         student: PreTrainedModel | str | os.PathLike,
         layer_map: LayerMap | None = None,
         *,
-        order: OrderSpec = "last",
+        order: OrderSpec | None = None,
         dtype: str | torch.dtype | None = None,
         tokenizer: Any = None,
         calibration: Any = None,
@@ -109,7 +111,7 @@ class Family:
         self.calibration = calibration
         self._orders: dict[Any, PatchOrder] = {}
         self._members: dict[tuple[Any, ...], PreTrainedModel] = {}
-        self.default_order = self.order(order)
+        self.default_order = self.order(recorded_order(self.student.config) if order is None else order)
 
     # ---- sizes and orders ----------------------------------------------------------------------------------
     @property
@@ -467,7 +469,7 @@ def export_family(
     out: str | os.PathLike,
     *,
     layer_map: LayerMap | None = None,
-    order: OrderSpec = "last",
+    order: OrderSpec | None = None,
     sizes: Iterable[int] | None = None,
     data: Any = None,
     calibration: Any = None,
@@ -482,6 +484,7 @@ def export_family(
 
     With two local safetensors checkpoints the members are streamed from disk (``stream=None`` decides; ``True``
     insists, ``False`` loads both models). Data-driven orders need ``data`` (a text source) or ``calibration`` ids.
+    ``order`` defaults to the order the student's config records, else ``last``.
     """
     from .io.checkpoints import is_local_safetensors
     from .io.stream import StreamBuilder, StreamUnsupported, parse_shard_size
@@ -531,12 +534,14 @@ def export_family(
 
 
 def _stream_order(
-    builder: Any, order: OrderSpec, data: Any, calibration: Any, trust_remote_code: bool
+    builder: Any, order: OrderSpec | None, data: Any, calibration: Any, trust_remote_code: bool
 ) -> PatchOrder:
     """Resolve an order for a streamed export; data-driven orders load both models just for the search."""
     from .analysis.orders import resolve_order
 
     lm = builder.layer_map
+    if order is None:
+        order = recorded_order(builder.student.config)
     if not (isinstance(order, str) and order in DATA_ORDERS):
         return resolve_order(order, lm)
     from .io.loading import load_model

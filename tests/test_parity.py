@@ -2,13 +2,19 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
+from tiny import ids, make_pair, save_pair, tiny_corpus, tiny_tokenizer
 from transformers import AutoTokenizer
 
 import boomerang as B
+from boomerang.cli.app import run
+from boomerang.core.plan import recorded_order
 from boomerang.data.blocks import docs_to_blocks, tokenize
-from boomerang.train.recipe import load_recipe, packaged_recipes
+from boomerang.io.order_files import load_order
+from boomerang.train.recipe import load_recipe
 
 # Whether each paper teacher's tokenizer puts a BOS first when called with its default special tokens, as the
 # reference code (dcml-lab/boomerang-distillation, train/train.py) calls it: Llama 3's tokenizer.json post-processor
@@ -19,13 +25,14 @@ DEFAULT_BOS = {
     "Qwen/Qwen3-8B-Base": False,
     "EleutherAI/pythia-2.8b": False,
 }
+RECIPES = Path(B.__file__).parent / "recipes"
 TEXTS = ["It is a truth universally acknowledged.", "  Leading spaces, digits 1234 and émigré.", "x"]
 
 # ---- BOS ------------------------------------------------------------------------------------------------------
 
 
 def test_paper_recipes_add_bos_as_the_reference_tokenises():
-    paper = [load_recipe(name) for name in packaged_recipes() if name != "smollm2-cpu"]
+    paper = [load_recipe(path) for path in sorted(RECIPES.glob("*.yaml")) if path.stem != "smollm2-cpu"]
     assert sorted(r.teacher for r in paper) == sorted(DEFAULT_BOS)
     for r in paper:
         assert r.data.add_bos is DEFAULT_BOS[r.teacher], r.name
@@ -57,7 +64,7 @@ def test_tokenisation_matches_the_reference_with_the_real_smollm2_tokenizer(real
     post-processor (then add_bos=true is what matches, and add_bos=false would not)."""
     tok = B.load_tokenizer(real_teacher_dir)
     reference = [tok(t)["input_ids"] for t in TEXTS]
-    assert load_recipe("smollm2-cpu").data.add_bos is False
+    assert load_recipe(RECIPES / "smollm2-cpu.yaml").data.add_bos is False
     assert list(tokenize(TEXTS, tok, add_bos=False)) == reference
     assert all(r[0] != tok.bos_token_id for r in reference)
 
@@ -73,3 +80,101 @@ def test_tokenisation_matches_the_reference_with_the_real_smollm2_tokenizer(real
     packed = docs_to_blocks(docs, 4, llama.eos_token_id).ids.reshape(-1).tolist()
     flat = [t for d in docs for t in [*d, llama.eos_token_id]][: len(packed)]
     assert packed == flat and flat.count(llama.bos_token_id) == len(TEXTS)
+
+
+# ---- the student's recorded patch order is the default ------------------------------------------------------
+
+
+def _first_student(tmp_path=None):
+    """A tiny pair whose student records ``patch_order: first`` (as ``init`` writes it for the Llama recipe)."""
+    teacher, student, lm = make_pair("llama", 6, kept=(0, 2, 4, 5))
+    student.config.boomerang = {**student.config.boomerang, "patch_order": "first"}
+    dirs = save_pair(tmp_path, teacher, student) if tmp_path is not None else (None, None)
+    return teacher, student, lm, *dirs
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model(x).logits
+
+
+def test_recorded_order_reads_the_student_config():
+    assert recorded_order({"boomerang": {"role": "student", "patch_order": "first"}}) == "first"
+    assert recorded_order({"boomerang": {"role": "student"}}) == "last"
+    assert recorded_order({"boomerang": {"patch_order": "sideways"}}) == "last"
+    assert recorded_order({}) == "last"
+    teacher, student, _lm, *_ = _first_student()
+    assert recorded_order(student.config) == "first" and recorded_order(teacher.config) == "last"
+
+
+def test_python_entry_points_default_to_the_students_order(tmp_path):
+    teacher, student, lm, t_dir, s_dir = _first_student(tmp_path)
+    x = ids()
+    first2 = B.patch(teacher, student, lm, [0, 1])
+    last2 = B.patch(teacher, student, lm, [2, 3])
+    # B.patch: recorded order by default, an explicit order wins
+    assert torch.equal(_logits(B.patch(teacher, student, num_patched=2), x), _logits(first2, x))
+    assert torch.equal(_logits(B.patch(teacher, student, num_patched=2, order="last"), x), _logits(last2, x))
+    # Family (in memory and from paths)
+    fam = B.Family(teacher, student)
+    assert fam.default_order.name == "first" and fam.plan(2).patched == (0, 1)
+    assert B.Family(teacher, student, order="last").plan(2).patched == (2, 3)
+    assert B.Family(t_dir, s_dir).default_order.name == "first"
+    # export_family, streamed and in memory
+    for stream in (True, False):
+        out = tmp_path / f"fam-{stream}"
+        B.export_family(t_dir, s_dir, out, sizes=[1, 2], stream=stream)
+        manifest = json.loads((out / "family.json").read_text())
+        assert manifest["order"]["name"] == "first"
+        assert [r["patched_student_layers"] for r in manifest["members"]] == [[0], [0, 1]]
+        B.export_family(t_dir, s_dir, tmp_path / f"last-{stream}", sizes=[1], stream=stream, order="last")
+        assert load_order(tmp_path / f"last-{stream}" / "order.json").name == "last"
+    # stream_build (fast and streaming builders)
+    for fast in (True, False):
+        out = tmp_path / f"built-{fast}"
+        B.stream_build(t_dir, s_dir, out, num_patched=2, fast=fast)
+        assert json.loads((out / "config.json").read_text())["boomerang"]["patched_student_layers"] == [0, 1]
+    B.stream_build(t_dir, s_dir, tmp_path / "built-last", num_patched=2, order="last")
+    assert json.loads((tmp_path / "built-last" / "config.json").read_text())["boomerang"]["order"] == "last"
+
+
+def test_sweep_defaults_to_the_students_order(tmp_path):
+    from boomerang.pipelines.sweep import EvalSpec, sweep
+
+    teacher, student, _lm, *_ = _first_student()
+    text = tiny_corpus(tmp_path / "text", n_docs=3, words=(60, 80))
+    spec = EvalSpec(context=24, stride=12, max_tokens=48, batch_size=2)
+    opts = dict(tokenizer=tiny_tokenizer(), spec=spec, sizes=[1, 2])
+    result = sweep(teacher, student, str(text), tmp_path / "s", **opts)
+    assert result["order"]["name"] == "first" and [r["patched"] for r in result["rows"]] == [[0], [0, 1]]
+    result = sweep(teacher, student, str(text), tmp_path / "s2", order="last", **opts)
+    assert result["order"]["name"] == "last" and [r["patched"] for r in result["rows"]] == [[3], [2, 3]]
+
+
+def test_cli_entry_points_default_to_the_students_order(tmp_path, capsys):
+    _teacher, _student, _lm, t_dir, s_dir = _first_student(tmp_path)
+    pair = ["--teacher", str(t_dir), "--student", str(s_dir)]
+
+    def patched(path):
+        return json.loads((path / "config.json").read_text())["boomerang"]["patched_student_layers"]
+
+    for stream in ("--stream", "--no-stream"):
+        assert run(["build", *pair, "-k", "2", stream, "--out", str(tmp_path / f"b{stream}")]) == 0
+        assert patched(tmp_path / f"b{stream}") == [0, 1]
+    assert run(["build", *pair, "-k", "2", "--order", "last", "--out", str(tmp_path / "bl")]) == 0
+    assert patched(tmp_path / "bl") == [2, 3]
+    assert run(["family", *pair, "--sizes", "1,2", "--out", str(tmp_path / "f")]) == 0
+    assert load_order(tmp_path / "f" / "order.json").name == "first"
+    assert run(["family", *pair, "--sizes", "1", "--order", "last", "--out", str(tmp_path / "fl")]) == 0
+    assert load_order(tmp_path / "fl" / "order.json").name == "last"
+    text = tiny_corpus(tmp_path / "text", n_docs=3, words=(60, 80))
+    sweep = ["sweep", *pair, "--data", str(text), "--sizes", "1,2", "--context", "24", "--max-tokens", "48"]
+    assert run([*sweep, "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "results.json").read_text())["order"]["name"] == "first"
+    assert run([*sweep, "--order", "last", "--out", str(tmp_path / "sl")]) == 0
+    assert json.loads((tmp_path / "sl" / "results.json").read_text())["order"]["name"] == "last"
+    capsys.readouterr()
+    assert run(["info", str(s_dir)]) == 0
+    assert "family (first order)" in capsys.readouterr().out
+    assert run(["info", str(s_dir), "--order", "last"]) == 0
+    assert "family (last order)" in capsys.readouterr().out

@@ -24,7 +24,10 @@ def info(
     teacher: Annotated[
         str | None, typer.Option(help="The teacher, for exact family parameter counts.")
     ] = None,
-    order: Annotated[str, typer.Option(help="Patch order for the family table: last or first.")] = "last",
+    order: Annotated[
+        str | None,
+        typer.Option(help="Patch order for the family table: last or first (default: the student's, else last)."),
+    ] = None,
     layers: Annotated[
         str | None, typer.Option(help="Layer map as kept teacher layers, e.g. 0,2,4,5.")
     ] = None,
@@ -35,9 +38,11 @@ def info(
     from ..core.arch import get_arch, n_layers
     from ..core.configs import check_compatible
     from ..core.params import count_params, family_table, meta_model
+    from ..core.plan import recorded_order
     from ..io.loading import load_config
 
     cfg = load_config(model, trust_remote_code=trust_remote_code)
+    order = recorded_order(cfg) if order is None else order  # the order the student records, else last
     arch = get_arch(cfg)
     skeleton = meta_model(cfg)
     counts = count_params(skeleton)
@@ -117,12 +122,12 @@ def build(
         typer.Option("--num-patched", "-k", help="Patch K student layers (K=0 student, K=M teacher)."),
     ] = None,
     order: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Which K layers: last, first, a saved order (.json), or similarity / greedy-kl / optimal "
-            "(need --data)."
+            "(need --data). Default: the order the student records (init writes it), else last."
         ),
-    ] = "last",
+    ] = None,
     patch_layers: Annotated[
         str | None, typer.Option("--patch-layers", help="Explicit student layers to patch, e.g. 3,5.")
     ] = None,
@@ -146,7 +151,7 @@ def build(
 ) -> None:
     """Write one intermediate model: the student with some layers replaced by their teacher blocks."""
     from ..core.arch import n_layers
-    from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS, make_plan
+    from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS, make_plan, recorded_order
     from ..io.atomic import atomic_dir
     from ..io.checkpoints import dtype_name, is_local_safetensors
     from ..io.fastbuild import FastBuilder
@@ -181,6 +186,7 @@ def build(
         check_compatible(tcfg, scfg)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    order = recorded_order(scfg) if order is None else order  # the order the student records, else last
     if builder is None and stream is not False and can_stream:
         from ..io.stream import StreamBuilder, StreamUnsupported
 

@@ -240,11 +240,12 @@ def sweep(
     data: Annotated[str, typer.Option(help="Evaluation text: file, folder, .jsonl or hf:NAME.")],
     out: Annotated[Path, typer.Option(help="Output directory (written when the sweep completes).")],
     order: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Patch order: last, first, a JSON order file or list ([3,2,1,0]), similarity, greedy-kl, optimal."
+            help="Patch order: last, first, a JSON order file or list ([3,2,1,0]), similarity, greedy-kl, optimal. "
+            "Default: the order the student records (init writes it), else last."
         ),
-    ] = "last",
+    ] = None,
     sizes: Annotated[
         str | None, typer.Option(help="Family sizes K to evaluate, e.g. 0,4,8 or 0-16 (default: all).")
     ] = None,

@@ -35,9 +35,10 @@ ShardSize = Annotated[
     str, typer.Option("--max-shard-size", help="Largest weight file per member, e.g. 5GB or 500MB.")
 ]
 OrderOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help="Patch order: last, first, a saved order (.json), or similarity / greedy-kl / optimal (need --data)."
+        help="Patch order: last, first, a saved order (.json), or similarity / greedy-kl / optimal (need --data). "
+        "Default: the order the student records (init writes it), else last."
     ),
 ]
 
@@ -46,7 +47,7 @@ def family(
     teacher: Annotated[str, typer.Option(help="Teacher checkpoint (directory, .gguf or Hub id).")],
     student: Annotated[str, typer.Option(help="Distilled student checkpoint.")],
     out: Annotated[Path, typer.Option(help="Output directory: one sub-directory per member (atomic).")],
-    order: OrderOpt = "last",
+    order: OrderOpt = None,
     data: OrderData = None,
     sizes: Annotated[
         str | None, typer.Option(help="Sizes K to write, e.g. 0,4,8 or 0-3 (default: all 0..M).")

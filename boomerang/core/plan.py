@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from ..errors import BoomerangError
-from .layermap import LayerMap
+from .layermap import CONFIG_KEY, LayerMap
 
 Who = Literal["teacher", "student"]
 Source = tuple[Who, int]  # (model, layer index in that model)
@@ -87,6 +87,18 @@ class PatchOrder(BaseModel):
 
 BUILTIN_ORDERS = ("last", "first")
 DATA_ORDERS = ("similarity", "greedy-kl", "optimal")  # need calibration data: see boomerang.analysis.orders
+
+
+DEFAULT_ORDER = "last"  # for students that record no patch order
+
+
+def recorded_order(config: Any) -> str:
+    """The patch order a student's config records (``boomerang.patch_order``, written by ``init`` from the
+    recipe's ``patch_order``), else ``last``: the default of ``build``, ``family``, ``sweep``, ``Family`` and
+    ``patch``. ``config`` is a model config or a ``config.json`` dict."""
+    section = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
+    order = section.get("patch_order") if isinstance(section, dict) else None
+    return order if order in BUILTIN_ORDERS else DEFAULT_ORDER
 
 
 def builtin_order(name: str, n_student: int) -> PatchOrder:

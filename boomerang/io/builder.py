@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..core.layermap import LayerMap
 from ..core.params import ParamCount
-from ..core.plan import PatchOrder, PatchPlan, make_plan
+from ..core.plan import DEFAULT_ORDER, PatchOrder, PatchPlan, make_plan, recorded_order
 from ..errors import BoomerangError
 from .checkpoints import check_free_space
 from .safetensors_files import DEFAULT_SHARD_SIZE, Convert, OutTensor, ProgressFn, write_weights
@@ -22,19 +23,23 @@ class Builder:
     """What both stream builders share: plans, sizes and the free-space check."""
 
     layer_map: LayerMap | None
+    student: Any  # the student checkpoint: its ``config`` (a model config or a config.json dict)
 
     def plan(
         self,
         num_patched: int | None = None,
         *,
-        order: str | PatchOrder | Sequence[int] = "last",
+        order: str | PatchOrder | Sequence[int] | None = None,
         patched: Iterable[int] | None = None,
     ) -> PatchPlan:
+        """A member's plan; ``order`` defaults to the order the student's config records, else ``last``."""
         if self.layer_map is None:
             raise BoomerangError(
                 "the student carries no layer map (no 'boomerang' config section and no student_config.json); "
                 "pass layer_map=LayerMap.from_kept([...]) or --layers"
             )
+        if order is None:
+            order = recorded_order(self.student.config) if patched is None else DEFAULT_ORDER
         return make_plan(self.layer_map, num_patched=num_patched, order=order, patched=patched)
 
     def nbytes(self, plan: PatchPlan) -> int:

@@ -354,7 +354,7 @@ def stream_build(
     plan: PatchPlan | None = None,
     *,
     num_patched: int | None = None,
-    order: str | PatchOrder | Sequence[int] = "last",
+    order: str | PatchOrder | Sequence[int] | None = None,
     patched: Iterable[int] | None = None,
     layer_map: LayerMap | None = None,
     dtype: Any = None,
@@ -366,7 +366,8 @@ def stream_build(
 ) -> Path:
     """Write one intermediate model from two local safetensors checkpoints without loading either model.
 
-    Give ``plan``, or ``num_patched`` with ``order``, or an explicit ``patched`` set. The output directory is
+    Give ``plan``, or ``num_patched`` with ``order`` (default: the order the student's config records, else
+    ``last``), or an explicit ``patched`` set. The output directory is
     written atomically and holds config, generation config, tokenizer and (sharded) safetensors weights.
     ``fast`` chooses the builder (see ``open_builder``); both write the same bytes.
     """

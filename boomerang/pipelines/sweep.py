@@ -146,7 +146,10 @@ class _Progress:
 
 
 class Sweep:
-    """One sweep: validated on construction (cheap), run by ``run()``."""
+    """One sweep: validated on construction (cheap), run by ``run()``.
+
+    ``order`` defaults to the patch order the student's config records, else ``last``.
+    """
 
     def __init__(
         self,
@@ -157,7 +160,7 @@ class Sweep:
         *,
         layer_map: Any = None,
         tokenizer: Any = None,
-        order: Any = "last",
+        order: Any = None,
         sizes: Sequence[int] | None = None,
         baselines: Sequence[str] = (),
         random_student: Any = None,
@@ -229,6 +232,10 @@ class Sweep:
 
         check_compatible(self.teacher_config, self.student_config)
         self.layer_map = layer_map or self._layer_map(student, self.student_config)
+        if order is None:  # the order the student records (init writes the recipe's patch_order), else last
+            from ..core.plan import recorded_order
+
+            order = self.order_spec = recorded_order(self.student_config)
         self._check_map(self.layer_map, self.student_config, "student")
         if random_student is not None:
             rcfg = self._config(random_student)
