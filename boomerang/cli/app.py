@@ -58,7 +58,9 @@ def run(argv: list[str] | None = None) -> int:
         result = app(args=argv, prog_name="boomerang", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except BoomerangError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages are plain text: "pkg[extra]" must survive
+
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except _EXIT as e:
         return e.exit_code  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
-"""Data: text sources (``corpora``) and tokenised blocks for calibration and training (``blocks``).
+"""Data: text sources (``corpora``), the texts that ship with the package (``builtin``) and tokenised blocks for
+calibration and training (``blocks``).
 
-The public names of both modules are re-exported here, lazily (``from boomerang.data import calibration_ids``).
+The public names of these modules are re-exported here, lazily (``from boomerang.data import calibration_ids``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ _EXPORTS = {
     "TEXT_SUFFIXES": "corpora",
     "shared_corpora": "corpora",
     "read_texts": "corpora",
+    "Corpus": "corpora",
+    "find_corpus": "corpora",
+    "DEFAULT_TRAIN": "corpora",
+    "DEFAULT_VALIDATION": "corpora",
+    "BuiltinText": "builtin",
+    "TEXTS": "builtin",
+    "builtin_text": "builtin",
     "tokenize": "blocks",
     "pack": "blocks",
     "eos_id": "blocks",

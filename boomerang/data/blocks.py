@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import BoomerangError
+from .builtin import builtin_text, is_builtin
 from .corpora import read_texts
 
 
@@ -167,11 +168,14 @@ def _fingerprint(source: str | Path | Sequence[str], tokenizer: Any, **options: 
     spec = str(source)
     if spec.startswith("hf:"):
         return None
-    path = Path(spec).expanduser().resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    if is_builtin(spec):  # packaged texts: keyed by their recorded content hashes
+        h.update(f"{spec}|{builtin_text(spec).digest()}\n".encode())
+    else:
+        path = Path(spec).expanduser().resolve()
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            st = f.stat()
+            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     tok_state = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     h.update(hashlib.sha256(tok_state.encode()).digest())

@@ -1,35 +1,97 @@
 """Text sources: finding the project's corpora and reading documents from files, folders, lists and datasets.
 
-A *source* is a local text file (one document), a folder (each ``*.txt``/``*.md`` file one document and each
-``*.jsonl`` line one document, in sorted path order), a ``.jsonl`` file (one document per line, text in
-``text_field``), a list of strings, or a Hugging Face dataset written ``hf:NAME[:CONFIG][@SPLIT]`` (streamed).
+A *source* is a local text file (one document; ``.gz`` files are decompressed), a folder (each ``*.txt``/``*.md``
+file one document and each ``*.jsonl`` line one document, in sorted path order), a ``.jsonl`` file (one document
+per line, text in ``text_field``), a list of strings, a Hugging Face dataset written ``hf:NAME[:CONFIG][@SPLIT]``
+(streamed; needs the ``hf`` extra), or a text that ships with the package, written ``builtin:NAME`` (see
+``boomerang.data.builtin``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BoomerangError
+from ..errors import BoomerangError, require
+from .builtin import builtin_text, is_builtin
 
 TEXT_SUFFIXES = (".txt", ".md")
+DEFAULT_TRAIN = "builtin:default-train"  # the packaged training corpus, used when no shared corpora are found
+DEFAULT_VALIDATION = "builtin:hamlet"  # validation for a single training source (hamlet: devils-dictionary)
 
 
 def shared_corpora() -> Path:
-    """The project's offline corpora (``train/``, ``validation/``): ``$BOOMERANG_DATA``, else ``../shared/data``
-    beside the repository, else ``/work/shared/data``."""
-    import os
+    """The project's offline corpora folder (holds ``train/`` and ``validation/``).
 
-    candidates = [os.environ.get("BOOMERANG_DATA"), Path(__file__).resolve().parents[3] / "shared" / "data"]
-    candidates.append("/work/shared/data")
-    for c in candidates:
-        if c and (Path(c) / "corpora" / "validation").is_dir():
-            return Path(c) / "corpora"
-    raise BoomerangError(
-        "cannot find the shared corpora (corpora/train, corpora/validation): set BOOMERANG_DATA to the data "
-        "folder that holds corpora/"
-    )
+    Looked up in ``$BOOMERANG_DATA/corpora``, else ``shared/data/corpora`` in the current directory or its parent,
+    else, from a source checkout, ``../shared/data/corpora`` beside the repository.
+    """
+    found = _find_shared()
+    if found is None:
+        raise BoomerangError(
+            "cannot find the shared corpora (corpora/train, corpora/validation): set BOOMERANG_DATA to the data "
+            f"folder that holds corpora/, or use a packaged text such as {DEFAULT_TRAIN}"
+        )
+    return found
+
+
+def _find_shared() -> Path | None:
+    env = os.environ.get("BOOMERANG_DATA")
+    if env:  # set explicitly: it must be right
+        found = Path(env).expanduser() / "corpora"
+        if not (found / "validation").is_dir():
+            raise BoomerangError(f"BOOMERANG_DATA={env} has no corpora/validation folder; fix or unset it")
+        return found
+    cwd = Path.cwd()
+    candidates = [cwd / "shared" / "data", cwd.parent / "shared" / "data"]
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():  # running from a checkout, not an installed wheel
+        candidates.append(root.parent / "shared" / "data")
+    return next((c / "corpora" for c in candidates if (c / "corpora" / "validation").is_dir()), None)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A training source and a validation source, each as ``read_texts`` accepts it."""
+
+    train: str
+    validation: str
+
+
+def find_corpus(data: str | Path | None = None) -> Corpus:
+    """The training and validation texts of a run (validated; nothing is read).
+
+    * ``None``: the shared corpora (``shared_corpora``) if found, else the packaged ``builtin:default-train``
+      validated on ``builtin:hamlet``;
+    * a folder holding ``train/`` and ``validation/``: those two;
+    * any other source (file, folder, ``.jsonl``, ``hf:``, ``builtin:``): trained on, validated on
+      ``builtin:hamlet`` (``builtin:devils-dictionary`` when training on hamlet).
+    """
+    if data is None:
+        found = _find_shared()
+        if found is None:
+            return Corpus(DEFAULT_TRAIN, DEFAULT_VALIDATION)
+        return Corpus(str(found / "train"), str(found / "validation"))
+    spec = str(data)
+    if is_builtin(spec):
+        builtin_text(spec)  # an unknown name lists the available ones
+    elif not spec.startswith("hf:"):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            list(_read(spec, "text"))  # the standard "does not exist" message
+        if (path / "train").is_dir() or (path / "validation").is_dir():
+            if not ((path / "train").is_dir() and (path / "validation").is_dir()):
+                raise BoomerangError(
+                    f"{path} has only one of train/ and validation/: add the other, or pass the training "
+                    f"folder itself (then validated on {DEFAULT_VALIDATION})"
+                )
+            return Corpus(str(path / "train"), str(path / "validation"))
+    validation = "builtin:devils-dictionary" if spec == DEFAULT_VALIDATION else DEFAULT_VALIDATION
+    return Corpus(spec, validation)
 
 
 def _hf_spec(spec: str) -> tuple[str, str | None, str]:
@@ -58,6 +120,9 @@ def _read(source: str | Path | Sequence[str], text_field: str) -> Iterator[str]:
     if spec.startswith("hf:"):
         yield from _read_hf(spec, text_field)
         return
+    if is_builtin(spec):
+        yield from (text for _, text in builtin_text(spec).documents())
+        return
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ".jsonl"))
@@ -70,14 +135,20 @@ def _read(source: str | Path | Sequence[str], text_field: str) -> Iterator[str]:
         yield from _read_file(path, text_field)
         return
     raise BoomerangError(
-        f"data source {spec!r} does not exist; pass a text file, a folder, a .jsonl file, or hf:NAME[:CONFIG][@SPLIT] "
-        "for a Hugging Face dataset"
+        f"data source {spec!r} does not exist; pass a text file, a folder, a .jsonl file, hf:NAME[:CONFIG][@SPLIT] "
+        "for a Hugging Face dataset, or builtin:NAME for a packaged text (e.g. builtin:default-train)"
     )
 
 
+def _open(path: Path, errors: str = "strict"):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors=errors)
+    return path.open(encoding="utf-8", errors=errors)
+
+
 def _read_file(path: Path, text_field: str) -> Iterator[str]:
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
+    if path.name.removesuffix(".gz").endswith(".jsonl"):
+        with _open(path) as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -91,14 +162,18 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
                     )
                 yield str(row[text_field])
     else:
-        yield path.read_text(encoding="utf-8", errors="replace")
+        try:
+            with _open(path, errors="replace") as f:
+                text = f.read()
+        except (OSError, EOFError) as e:  # unreadable, or a damaged .gz file
+            raise BoomerangError(f"cannot read {path}: {e}") from None
+        yield text
 
 
 def _read_hf(spec: str, text_field: str) -> Iterator[str]:
     name, config, split = _hf_spec(spec)
+    datasets = require("datasets", "hf", "reading Hugging Face datasets (hf:NAME)")
     try:
-        import datasets
-
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:
         raise BoomerangError(

@@ -12,6 +12,13 @@
   - ``boomerang_wordppl``: lm-eval's rolling log-likelihood over passages of the text (like its ``wikitext``
     task). Metrics: ``word_perplexity`` (per whitespace-separated word), ``byte_perplexity``, ``bits_per_byte``.
 
+Named suites expand in any task list (``PRESETS``): the paper's ``paper-classification`` (10 tasks),
+``paper-perplexity`` (``wikitext``), ``paper-generation`` (``gsm8k_cot``, ``ifeval``, ``hendrycks_math``) and
+``paper`` (all 14), as the reference code (dcml-lab/boomerang-distillation, ``evaluate/evaluate.py``) lists them.
+Before lm-eval runs, the model's ``generation_config.max_new_tokens``, ``temperature`` and ``top_p`` are set to None
+(and restored afterwards), as the reference does: otherwise a checkpoint's own generation defaults override
+lm-eval's (transformers lets ``max_new_tokens`` take precedence over lm-eval's ``max_length``).
+
 lm-eval's word perplexity is *not* boomerang's token perplexity (``boomerang.evaluate.perplexity``): it divides the same
 kind of log-likelihood by words instead of tokens and uses lm-eval's own windows. Results keep the two apart and
 label them (``metric_label``).
@@ -30,11 +37,27 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import BoomerangError
+from ..errors import BoomerangError, require
 
 CLOZE = "boomerang_cloze"
 WORDPPL = "boomerang_wordppl"
 BUILTIN_TASKS = (CLOZE, WORDPPL)
+
+# The paper's task suites, as the reference code lists them (evaluate/evaluate.py: DEFAULT_CLASSIFICATION_TASKS,
+# DEFAULT_PERPLEXITY_TASKS, DEFAULT_GENERATIVE_TASKS; its README's full suite is the three in this order).
+PAPER_CLASSIFICATION = (
+    "arc_easy", "arc_challenge", "boolq", "hellaswag", "openbookqa", "piqa", "winogrande", "race", "mmlu", "rte",
+)  # fmt: skip
+PAPER_PERPLEXITY = ("wikitext",)
+PAPER_GENERATION = ("gsm8k_cot", "ifeval", "hendrycks_math")
+PRESETS: dict[str, tuple[str, ...]] = {
+    "paper-classification": PAPER_CLASSIFICATION,
+    "paper-perplexity": PAPER_PERPLEXITY,
+    "paper-generation": PAPER_GENERATION,
+    "paper": PAPER_CLASSIFICATION + PAPER_PERPLEXITY + PAPER_GENERATION,
+}
+# Generation defaults a checkpoint may carry that would override lm-eval's own settings (cleared as the reference does)
+GENERATION_RESETS = ("max_new_tokens", "temperature", "top_p")
 
 METRIC_LABELS = {
     "word_perplexity": "lm-eval word perplexity (exp of NLL per whitespace-separated word)",
@@ -251,6 +274,17 @@ def make_wordppl_task(
 # ---- task names: validation before any heavy work ---------------------------------------------------------
 
 
+def expand_presets(tasks: Sequence[str]) -> list[str]:
+    """The task list with every preset name (``PRESETS``) replaced by its tasks; each task kept once, in order."""
+    out: list[str] = []
+    for task in tasks:
+        task = task.strip()
+        for name in PRESETS.get(task, (task,)):
+            if name and name not in out:
+                out.append(name)
+    return out
+
+
 class _AnyTagLoader:
     """A YAML loader that accepts lm-eval's ``!function`` tags (as plain strings)."""
 
@@ -349,9 +383,10 @@ def resolve_tasks(
     """Validate a task list: ``(names, include paths, needs lm-eval's own tasks)``.
 
     A task is a built-in (``boomerang_cloze``, ``boomerang_wordppl``: generated later by ``prepare_builtin``), a
-    YAML file path, a task in an ``include_path`` folder, or one of lm-eval's own tasks. Unknown names raise a
-    ``BoomerangError`` with close matches.
+    preset (``PRESETS``, expanded here), a YAML file path, a task in an ``include_path`` folder, or one of
+    lm-eval's own tasks. Unknown names raise a ``BoomerangError`` with close matches.
     """
+    require("lm_eval", "eval", "running lm-eval tasks (--tasks)")
     paths = []
     for p in include_path:
         path = Path(p).expanduser()
@@ -360,10 +395,7 @@ def resolve_tasks(
         paths.append(path.resolve())
     names: list[str] = []
     pending: list[str] = []
-    for task in tasks:
-        task = task.strip()
-        if not task:
-            continue
+    for task in expand_presets(tasks):
         if task in BUILTIN_TASKS:
             names.append(task)
         elif task.endswith((".yaml", ".yml")):
@@ -391,14 +423,16 @@ def resolve_tasks(
         unknown = [t for t in unknown if t not in known]
         if unknown:
             hints = {
-                t: difflib.get_close_matches(t, sorted(known | set(BUILTIN_TASKS)), n=3) for t in unknown
+                t: difflib.get_close_matches(t, sorted(known | set(BUILTIN_TASKS) | set(PRESETS)), n=3)
+                for t in unknown
             }
             detail = "; ".join(
                 f"{t!r}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items()
             )
             raise BoomerangError(
-                f"unknown lm-eval task {detail}. Use a built-in task ({', '.join(BUILTIN_TASKS)}), a task YAML "
-                "file, a folder of them with --include-path, or an lm-eval task name (Hub datasets need network)"
+                f"unknown lm-eval task {detail}. Use a built-in task ({', '.join(BUILTIN_TASKS)}), a preset "
+                f"({', '.join(PRESETS)}), a task YAML file, a folder of them with --include-path, or an lm-eval "
+                "task name (Hub datasets need network)"
             )
     return names, paths, needs_defaults
 
@@ -440,6 +474,24 @@ def _keep_tensors(model: Any) -> Iterator[None]:
         for name, t in named_tensors(model).items():
             if name in before and t is not before[name]:
                 _set_tensor(model, name, before[name])
+
+
+@contextlib.contextmanager
+def lm_eval_generation(model: Any) -> Iterator[None]:
+    """Clear ``GENERATION_RESETS`` in the model's generation config for the block (the reference sets them to None
+    before lm-eval), then restore them: lm-eval's ``max_gen_toks`` and greedy decoding apply, not the checkpoint's."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        yield
+        return
+    saved = {k: getattr(config, k, None) for k in GENERATION_RESETS}
+    try:
+        for k in GENERATION_RESETS:
+            setattr(config, k, None)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(config, k, v)
 
 
 class LMEval:
@@ -502,7 +554,7 @@ class LMEval:
                     batch_size=self.batch_size,
                     device=str(model.device),
                 )
-            with _keep_tensors(model):
+            with _keep_tensors(model), lm_eval_generation(model):
                 out = simple_evaluate(
                     model=lm,
                     tasks=list(self.tasks),

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import TEXT_SUFFIXES, read_texts
 from ..errors import BoomerangError
 
@@ -74,6 +75,9 @@ def named_texts(
     if spec.startswith("hf:"):
         yield from emit((f"{spec}#{i}", t) for i, t in enumerate(read_texts(spec, text_field=text_field)))
         return
+    if is_builtin(spec):
+        yield from emit(builtin_text(spec).documents())
+        return
     path = Path(spec).expanduser()
 
     def file_docs(f: Path, name: str) -> Iterator[tuple[str, str]]:
@@ -100,6 +104,9 @@ def named_texts(
 def check_source(source: Source) -> None:
     """Fail fast (before loading models) if a local data source is missing or empty."""
     if isinstance(source, (list, tuple)) or str(source).startswith("hf:"):
+        return
+    if is_builtin(source):
+        builtin_text(source)  # an unknown name lists the available ones
         return
     path = Path(str(source)).expanduser()
     if not path.exists():
