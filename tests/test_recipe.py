@@ -9,7 +9,7 @@ from boomerang.core.layermap import LayerMap
 from boomerang.errors import BoomerangError
 from boomerang.train.recipe import OFFLINE_TEACHER, load_recipe, parse_recipe, resolve_model_spec
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "boomerang" / "recipes"  # shipped in the package
 MINIMAL = {"teacher": "t", "data": {"train": "corpus/"}}
 
 
@@ -140,3 +140,24 @@ def test_shipped_recipes_pass_the_cli_dry_run(name, capsys):
     assert run(["distill", str(RECIPES / f"{name}.yaml"), "--dry-run"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["name"] == name and parse_recipe(printed) == load_recipe(RECIPES / f"{name}.yaml")
+
+
+def test_packaged_recipes_load_by_name(tmp_path, monkeypatch, capsys):
+    from boomerang.cli.app import run
+    from boomerang.train.recipe import packaged_recipes
+
+    assert packaged_recipes() == sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    monkeypatch.chdir(tmp_path)  # names work from any directory
+    by_name = load_recipe("smollm2-cpu", ["steps=3"])
+    assert by_name == load_recipe(RECIPES / "smollm2-cpu.yaml", ["steps=3"]) and by_name.name == "smollm2-cpu"
+    assert load_recipe("qwen3-8b.yaml").name == "qwen3-8b"
+    with pytest.raises(BoomerangError) as e:
+        load_recipe("smollm2-cpo")
+    assert "did you mean 'smollm2-cpu'?" in str(e.value)
+    assert all(name in str(e.value) for name in packaged_recipes())
+    (tmp_path / "smollm2-cpu").write_text(yaml.safe_dump({**MINIMAL, "name": "local"}))
+    assert load_recipe("smollm2-cpu").name == "local"  # an existing file wins over a packaged name
+    assert run(["distill", "pythia-2.8b", "--dry-run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "pythia-2.8b"
+    assert run(["distill", "nope-recipe", "--dry-run"]) == 2
+    assert "packaged recipe: llama-3.2-3b" in " ".join(capsys.readouterr().err.split())

@@ -134,7 +134,12 @@ def init(
 
 
 def distill(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+    recipe: Annotated[
+        Path,
+        typer.Argument(
+            help="Recipe: a YAML file, or a packaged recipe by name (smollm2-cpu, qwen3-8b, ...)."
+        ),
+    ],
     overrides: Annotated[
         list[str] | None,
         typer.Argument(

@@ -3,7 +3,9 @@
 Every section rejects unknown keys with a did-you-mean suggestion. Overrides use dotted keys
 (``train.steps=20``, ``loss.kl=0``); a bare key that names exactly one setting also works (``steps=20``).
 Values are parsed as YAML (``null``, ``true``, ``[0.9, 0.95]``). Relative paths are relative to the current
-directory; ``~`` and ``$VARS`` are expanded. The teacher ``smollm2-offline`` is the project's offline SmolLM2.
+directory; ``~`` and ``$VARS`` are expanded. A recipe is a YAML file or the name of one that ships with the package
+(``boomerang/recipes/``: ``smollm2-cpu``, the paper's ``qwen3-8b``, ...). The teacher ``smollm2-offline`` is the
+project's offline SmolLM2.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,18 +284,41 @@ def parse_recipe(data: dict[str, Any], overrides: list[str] | None = None, *, wh
     return recipe
 
 
+def packaged_recipes() -> list[str]:
+    """The names of the recipes that ship with the package (``boomerang/recipes/NAME.yaml``)."""
+    folder = files("boomerang").joinpath("recipes")
+    return sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
+
+
+def _recipe_text(spec: str | Path) -> tuple[str, str, str]:
+    """``(text, where, stem)`` of a recipe file, or of a packaged recipe named ``NAME`` (or ``NAME.yaml``)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.read_text(), str(path), path.stem
+    name = str(spec).removesuffix(".yaml")
+    names = packaged_recipes()
+    if name in names:
+        return files("boomerang").joinpath("recipes", f"{name}.yaml").read_text(), f"{name} (packaged)", name
+    close = difflib.get_close_matches(path.stem, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise BoomerangError(
+        f"recipe {spec} does not exist{hint}; pass a recipe YAML file or a packaged recipe: {', '.join(names)}"
+    )
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file; errors are BoomerangErrors naming the key and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise BoomerangError(f"recipe {path} does not exist (see recipes/*.yaml for examples)")
+    """Read, override and validate a recipe: a YAML file, or the name of a packaged recipe (``smollm2-cpu``).
+
+    Errors are BoomerangErrors naming the key and the fix.
+    """
+    text, where, stem = _recipe_text(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise BoomerangError(f"recipe {path} is not valid YAML: {e}") from None
-    recipe = parse_recipe(data, overrides, where=str(path))
+        raise BoomerangError(f"recipe {where} is not valid YAML: {e}") from None
+    recipe = parse_recipe(data, overrides, where=where)
     if recipe.name is None:
-        recipe.name = path.stem
+        recipe.name = stem
     return recipe
 
 
