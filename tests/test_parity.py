@@ -178,3 +178,106 @@ def test_cli_entry_points_default_to_the_students_order(tmp_path, capsys):
     assert "family (first order)" in capsys.readouterr().out
     assert run(["info", str(s_dir), "--order", "last"]) == 0
     assert "family (last order)" in capsys.readouterr().out
+
+
+# ---- lm-eval: generation defaults and the paper's task suites ------------------------------------------------
+
+GEN_TOKS = 6
+
+
+def _generate_task(folder):
+    """A local generate_until task whose metric is the number of generated words (a word-level tokenizer: one
+    word per token), so the metric shows how many tokens lm-eval actually let the model generate."""
+    folder.mkdir()
+    rows = [{"prompt": f"w{4 + i} w{20 + i} w{40 + i}"} for i in range(3)]
+    (folder / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "utils.py").write_text(
+        "def process_results(doc, results):\n    return {'words': len(results[0].split())}\n"
+    )
+    (folder / "gen.yaml").write_text(
+        f"""task: boomerang_test_generate
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {folder / "gen.jsonl"}
+output_type: generate_until
+test_split: test
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: ""
+generation_kwargs:
+  until: ["ZZZ"]
+  max_gen_toks: {GEN_TOKS}
+  do_sample: false
+process_results: !function utils.process_results
+metric_list:
+  - metric: words
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+    )
+    return folder / "gen.yaml"
+
+
+def _chatty_model():
+    """A tiny model carrying generation defaults like an instruct checkpoint's (short max_new_tokens, sampling
+    temperature and top_p). Special tokens are suppressed, so every generated token is a word and greedy generation
+    runs to whatever length limit applies."""
+    from tiny import make_teacher
+
+    model = make_teacher("llama", 2)
+    model.generation_config.suppress_tokens = [0, 1, 2, 3]  # pad, BOS, EOS, unk
+    model.generation_config.max_new_tokens = 2
+    model.generation_config.temperature = 0.7
+    model.generation_config.top_p = 0.9
+    return model
+
+
+def test_generate_until_uses_lm_evals_length_not_the_checkpoints(tmp_path):
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from boomerang.evaluate.lmeval import run_lm_eval
+
+    task = _generate_task(tmp_path / "tasks")
+    model, tok = _chatty_model(), tiny_tokenizer()
+    # lm-eval alone, on the checkpoint's defaults: transformers lets max_new_tokens=2 win over lm-eval's length
+    plain = simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tok, batch_size=2, device="cpu"),
+        tasks=["boomerang_test_generate"],
+        task_manager=TaskManager(include_path=[str(task.parent)], include_defaults=False),
+        bootstrap_iters=0,
+    )
+    assert plain["results"]["boomerang_test_generate"]["words,none"] == 2
+    # ours clears them for the run, as the reference does, so lm-eval's max_gen_toks applies ...
+    got = run_lm_eval(model, tok, [str(task)], batch_size=2)
+    assert got["boomerang_test_generate"]["words"] == GEN_TOKS
+    # ... and leaves the model's generation config as it was
+    cfg = model.generation_config
+    assert (cfg.max_new_tokens, cfg.temperature, cfg.top_p) == (2, 0.7, 0.9)
+
+
+def test_paper_task_presets_expand_offline(tmp_path):
+    from boomerang.evaluate.lmeval import PRESETS, expand_presets, resolve_tasks
+
+    classification = [
+        "arc_easy", "arc_challenge", "boolq", "hellaswag", "openbookqa", "piqa", "winogrande", "race", "mmlu", "rte",
+    ]  # fmt: skip
+    generation = ["gsm8k_cot", "ifeval", "hendrycks_math"]
+    assert expand_presets(["paper-classification"]) == classification
+    assert expand_presets(["paper-perplexity"]) == ["wikitext"]
+    assert expand_presets(["paper-generation"]) == generation
+    assert expand_presets(["paper"]) == [*classification, "wikitext", *generation]
+    assert set(PRESETS) == {"paper", "paper-classification", "paper-perplexity", "paper-generation"}
+    # mixed with other names, each task once, in order
+    assert expand_presets(["boomerang_cloze", "paper-generation", "ifeval", " wikitext "]) == [
+        "boomerang_cloze", *generation, "wikitext",
+    ]  # fmt: skip
+    # validation knows every expanded name from lm-eval's installed task files (no network, no dataset download)
+    names, paths, needs_defaults = resolve_tasks(["paper", "boomerang_wordppl"])
+    assert names == [*classification, "wikitext", *generation, "boomerang_wordppl"]
+    assert needs_defaults and paths == []
+    with pytest.raises(B.BoomerangError, match="paper-classification"):
+        resolve_tasks(["paper-clasification"])  # a typo is answered with the preset's name

@@ -45,7 +45,8 @@ Tasks = Annotated[
     str | None,
     typer.Option(
         help="lm-eval tasks, comma-separated: boomerang_cloze, boomerang_wordppl (built from local text), task "
-        "YAML files, tasks in --include-path folders, or lm-eval task names."
+        "YAML files, tasks in --include-path folders, lm-eval task names, or the paper's suites paper-classification, "
+        "paper-perplexity, paper-generation, paper (all)."
     ),
 ]
 IncludePath = Annotated[
