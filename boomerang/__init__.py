@@ -53,6 +53,7 @@ _EXPORTS = {
     "load_order": "io.order_files",
     "save_order": "io.order_files",
     "run_demo": "pipelines.demo",
+    "FamilyServer": "serve.server",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

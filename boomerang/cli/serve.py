@@ -48,7 +48,7 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 def serve(
     teacher: Annotated[str, typer.Option(help="Teacher checkpoint (directory, .gguf or Hub id).")],
     student: Annotated[str, typer.Option(help="Distilled student checkpoint.")],
-    order: OrderOpt = "last",
+    order: OrderOpt = None,
     data: OrderData = None,
     host: Host = "127.0.0.1",
     port: Port = 8000,
@@ -65,7 +65,7 @@ def serve(
     """Serve every member of a family (teacher, student, k0..kM, max-params:N, auto) over the OpenAI API."""
     from ..core.arch import n_layers
     from ..core.configs import check_compatible
-    from ..core.plan import DATA_ORDERS
+    from ..core.plan import DATA_ORDERS, recorded_order
     from ..io.loading import load_config, parse_dtype
     from ..io.order_files import static_order
 
@@ -98,6 +98,7 @@ def serve(
     check_compatible(tcfg, scfg)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    order = recorded_order(scfg) if order is None else order  # the order the student records, else last
     if order not in DATA_ORDERS:
         static_order(order, lm)  # unknown names and unreadable order files fail here
     from ..serve.server import bind
