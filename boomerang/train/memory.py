@@ -535,3 +535,55 @@ def plan_recipe(recipe: Recipe, gpus: int, capacity: float | None = None) -> Rec
         student = replace(student, tied=False)
     run = recipe_run(recipe, student.layers)
     return RecipePlan(teacher, student, run, plans(teacher, student, run, gpus, capacity))
+
+
+# ---- what to tell the user -------------------------------------------------------------------------------------
+
+PREFERENCE = (
+    "ddp",
+    "fsdp",
+    "ddp+ac",
+    "fsdp+ac",
+)  # fastest first: sharding costs communication, checkpointing compute
+
+
+def recipe_strategy(recipe: Recipe) -> str:
+    """The strategy a recipe runs with on several GPUs (``train.strategy`` and ``train.gradient_checkpointing``)."""
+    fsdp = getattr(recipe.train, "strategy", "ddp") == "fsdp"
+    return ("fsdp" if fsdp else "ddp") + ("+ac" if recipe.train.gradient_checkpointing else "")
+
+
+def strategy_verdict(recipe: Recipe, plans: list[Plan]) -> list[str]:
+    """Whether the recipe's own strategy fits, and what to use if not."""
+    by = {p.strategy: p for p in plans}
+    own = recipe_strategy(recipe)
+    name = STRATEGY_NAMES[own]
+    lines = []
+    if by[own].fits:
+        lines.append(f"the recipe as written ({name}) fits: about {by[own].total / GiB:.1f} GiB per GPU")
+    else:
+        lines.append(
+            f"the recipe as written ({name}) does not fit: about {by[own].total / GiB:.1f} GiB per GPU"
+        )
+    fitting = [s for s in PREFERENCE if by[s].fits]
+    if fitting and fitting[0] != own:
+        best = fitting[0]
+        how = []
+        if best.startswith("fsdp") != own.startswith("fsdp"):
+            how.append(f"train.strategy={'fsdp' if best.startswith('fsdp') else 'ddp'}")
+        if best.endswith("+ac") != own.endswith("+ac"):
+            how.append(f"train.gradient_checkpointing={str(best.endswith('+ac')).lower()}")
+        verb = "fits too and is faster" if by[own].fits else "fits"
+        lines.append(
+            f"{STRATEGY_NAMES[best]} {verb} ({by[best].total / GiB:.1f} GiB): override {' '.join(how)}"
+        )
+    if not fitting:
+        lines.append(
+            "no strategy fits: lower train.micro_batch_size (activations scale with it), use more or larger GPUs, "
+            "or freeze the embeddings (train.freeze_embeddings=true)"
+        )
+    lines.append(
+        "(estimates: activations are counted tensor by tensor as autograd keeps them; see docs/training.md for the "
+        "measured error)"
+    )
+    return lines
