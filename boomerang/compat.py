@@ -19,7 +19,7 @@ import torch
 from .core.layermap import LayerMap
 from .core.patching import build
 from .core.plan import PatchPlan, reference_patched
-from .io.loading import load_model, load_tokenizer
+from .io.loading import load_pair, load_tokenizer
 from .io.sidecar import read_layer_map
 
 
@@ -53,8 +53,7 @@ def build_intermediate_model(
     if getattr(tokenizer, "eos_token", None) and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    teacher = load_model(teacher_name_or_path, dtype=dtype)
-    student = load_model(student_name_or_path, dtype=dtype)
+    teacher, student = load_pair(teacher_name_or_path, student_name_or_path, dtype=dtype)
     layer_map = read_layer_map(student_name_or_path, student.config)
     if layer_map is None:
         from .errors import BoomerangError

@@ -86,11 +86,19 @@ class Family:
         trust_remote_code: bool = False,
     ) -> None:
         from .core.patching import check_pair
-        from .io.loading import load_model, load_tokenizer
+        from .io.loading import load_config, load_model, load_tokenizer, pair_dtype
         from .io.sidecar import student_layer_map
 
         self.sources: dict[str, str | None] = {}
         models = {}
+        if _is_path(teacher) and _is_path(
+            student
+        ):  # one common dtype (a bf16 student beside an fp32 teacher)
+            dtype = pair_dtype(
+                load_config(teacher, trust_remote_code=trust_remote_code),
+                load_config(student, trust_remote_code=trust_remote_code),
+                dtype,
+            )
         for role, spec in (("teacher", teacher), ("student", student)):
             if _is_path(spec):
                 models[role] = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -282,13 +282,14 @@ def test_missing_tensor_is_named(saved_llama):
     stream_build(t_dir, s_dir, tmp / "ok", patched=[3])  # a plan that does not need that layer still works
 
 
-def test_mixed_dtypes_need_an_explicit_dtype(tmp_path):
+def test_mixed_dtypes_default_to_the_wider_one(tmp_path):
     teacher, student, lm = make_pair("llama")
     t_dir, s_dir = save_pair(tmp_path, teacher.to(torch.bfloat16), student, lm)
-    with pytest.raises(B.BoomerangError, match=r"teacher is torch\.bfloat16 but student is torch\.float32"):
-        StreamBuilder(t_dir, s_dir)
-    stream_build(t_dir, s_dir, tmp_path / "out", patched=[1], dtype="float32")
+    assert StreamBuilder(t_dir, s_dir).dtype == torch.float32  # bf16 teacher, fp32 student: fp32
+    stream_build(t_dir, s_dir, tmp_path / "out", patched=[1])
     assert {t.dtype for t in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.float32}
+    stream_build(t_dir, s_dir, tmp_path / "bf16", patched=[1], dtype="bfloat16")  # an explicit dtype wins
+    assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
 
 
 def test_builder_writes_every_member_and_counts_bytes(saved_llama):

@@ -187,8 +187,9 @@ def tiny_recipe(root: Path, **sections) -> dict:
             "seq_len": 16,
             "cache_dir": str(root / "cache"),
         },
-        "train": {"batch_size": 8, "micro_batch_size": 2, "steps": 6, "threads": 1},
-        "optim": {"lr": 3e-3},
+        "train": {"batch_size": 8, "micro_batch_size": 2, "steps": 6, "threads": 1, "precision": "fp32"},
+        # no warm-up: with HF's schedule a warm-up step has lr 0, and these runs are a few steps long
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.0},
         "eval": {"every": 0, "blocks": 4},
         "checkpoint": {"every": 0},
         "log": {"progress": False, "tensorboard": False},

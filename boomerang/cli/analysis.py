@@ -56,15 +56,14 @@ def _status(text: str) -> Iterator[Any]:
 def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_layers: str | None) -> tuple:
     from ..core.arch import n_layers
     from ..core.configs import check_compatible
-    from ..io.loading import load_config, load_model, load_tokenizer
+    from ..io.loading import load_config, load_pair, load_tokenizer
 
     tcfg = load_config(teacher, trust_remote_code=trust)
     scfg = load_config(student, trust_remote_code=trust)
     check_compatible(tcfg, scfg)
     lm = resolve_layer_map(student, scfg, layers=student_layers, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
-    t = load_model(teacher, dtype=dtype, trust_remote_code=trust)
-    s = load_model(student, dtype=dtype, trust_remote_code=trust)
+    t, s = load_pair(teacher, student, dtype=dtype, trust_remote_code=trust)
     return t, s, lm, load_tokenizer(teacher, trust_remote_code=trust)
 
 

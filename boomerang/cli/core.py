@@ -26,7 +26,9 @@ def info(
     ] = None,
     order: Annotated[
         str | None,
-        typer.Option(help="Patch order for the family table: last or first (default: the student's, else last)."),
+        typer.Option(
+            help="Patch order for the family table: last or first (default: the student's, else last)."
+        ),
     ] = None,
     layers: Annotated[
         str | None, typer.Option(help="Layer map as kept teacher layers, e.g. 0,2,4,5.")
@@ -198,10 +200,9 @@ def build(
             console.print(f"[dim]building in memory: {e}[/]")
 
     def load_pair() -> tuple:
-        from ..io.loading import load_model
+        from ..io.loading import load_pair
 
-        t = load_model(teacher, dtype=dtype, trust_remote_code=trust_remote_code)
-        s = load_model(student, dtype=dtype, trust_remote_code=trust_remote_code)
+        t, s = load_pair(teacher, student, dtype=dtype, trust_remote_code=trust_remote_code)
         return t, s
 
     models = None

@@ -93,6 +93,16 @@ def dtype_name(dtype: Any) -> str | None:
         raise BoomerangError(f"unknown dtype {dtype!r}; use one of: auto, {', '.join(DTYPE_NAMES)}") from None
 
 
+def common_dtype_name(teacher: str, student: str) -> str:
+    """The one dtype to write or load a teacher/student pair in when none is asked for: theirs when they agree,
+    else the wider (float32 over bfloat16/float16; bfloat16 and float16 meet at float32)."""
+    if teacher == student:
+        return teacher
+    width = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+    wt, ws = width.get(teacher, 4), width.get(student, 4)
+    return teacher if wt > ws else student if ws > wt else "float32"
+
+
 # ---- tokenizer files ---------------------------------------------------------------------------------------
 
 

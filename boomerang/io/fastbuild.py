@@ -39,6 +39,7 @@ from .checkpoints import (
     CONFIG,
     DTYPE_NAMES,
     GENERATION_CONFIG,
+    common_dtype_name,
     copy_tokenizer,
     dtype_name,
     expand_alias,
@@ -311,9 +312,7 @@ def _stored_dtype(teacher: RawCheckpoint, student: RawCheckpoint, dtype: Any) ->
     wanted = dtype_name(dtype)
     td, sd = teacher.config["dtype"], student.config["dtype"]
     if wanted is None:
-        if td != sd:
-            raise NotFast(f"teacher is {td} but student is {sd}")
-        wanted = td
+        wanted = common_dtype_name(td, sd)  # mixed: the student's tensors need converting (not fast)
     st = _ST_NAME.get(wanted)
     for ckpt in (teacher, student):
         if st is None or any(ref.dtype != st for ref in ckpt.entries.values()):

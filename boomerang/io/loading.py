@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from ..core.arch import model_class
 from ..errors import BoomerangError
-from .checkpoints import DTYPE_NAMES, copy_tokenizer, dtype_name, expand_alias
+from .checkpoints import DTYPE_NAMES, common_dtype_name, copy_tokenizer, dtype_name, expand_alias
 from .offline import (  # noqa: F401 (re-exported: the alias and cache are torch-free)
     DEFAULT_CACHE,
     OFFLINE_ALIAS,
@@ -115,6 +115,47 @@ def load_model(
         raise _hub_error(str(spec), e) from None
     model.eval()
     return model
+
+
+def stored_dtype(config: Any) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in, from its config (fp32 when the config names none)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return parse_dtype(str(value).removeprefix("torch.")) or torch.float32
+
+
+def pair_dtype(
+    teacher_config: Any, student_config: Any, dtype: str | torch.dtype | None = None
+) -> torch.dtype | None:
+    """The one dtype to load a teacher and its student in.
+
+    An explicit ``dtype`` wins. With None or ``"auto"`` each keeps its stored dtype when the two agree (None), and
+    otherwise both take the wider one (fp32 over bf16/fp16; bf16 and fp16 meet at fp32), so that e.g. a student
+    distilled and saved in bf16 works beside its fp32 teacher without losing the teacher's precision.
+    """
+    explicit = parse_dtype(dtype)
+    if explicit is not None:
+        return explicit
+    a, b = dtype_name(stored_dtype(teacher_config)), dtype_name(stored_dtype(student_config))
+    return None if a == b else getattr(torch, common_dtype_name(a or "float32", b or "float32"))
+
+
+def load_pair(
+    teacher: str | os.PathLike,
+    student: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """Teacher and student, loaded in one dtype (``pair_dtype``)."""
+    common = pair_dtype(
+        load_config(teacher, trust_remote_code=trust_remote_code),
+        load_config(student, trust_remote_code=trust_remote_code),
+        dtype,
+    )
+    return (
+        load_model(teacher, dtype=common, trust_remote_code=trust_remote_code),
+        load_model(student, dtype=common, trust_remote_code=trust_remote_code),
+    )
 
 
 def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:

@@ -36,6 +36,8 @@ from .atomic import check_writable  # noqa: F401 (re-exported)
 from .builder import Builder
 from .checkpoints import (  # noqa: F401 (re-exported)
     check_free_space,
+    common_dtype_name,
+    dtype_name,
     expand_alias,
     fmt_bytes,
     is_local_safetensors,
@@ -269,13 +271,13 @@ class StreamBuilder(Builder):
         layer_map.check_fits(n_layers(tcfg), n_layers(scfg))
         self.layer_map: LayerMap = layer_map
         wanted = parse_dtype(dtype)
-        if wanted is None:
+        if (
+            wanted is None
+        ):  # theirs, or for a mixed pair the wider of the two (e.g. a bf16 student, fp32 teacher)
             td, sd = self.teacher.dtype, self.student.dtype
-            if td != sd:
-                raise BoomerangError(
-                    f"teacher is {td} but student is {sd}; pass a dtype (--dtype) to write both in one"
-                )
-            wanted = td
+            wanted = getattr(
+                torch, common_dtype_name(dtype_name(td) or "float32", dtype_name(sd) or "float32")
+            )
         self.dtype: torch.dtype = wanted
         self._views: dict[str, dict[str, TensorRef]] | None = None
         self._tokenizer: Any = None

@@ -316,6 +316,15 @@ class Sweep:
         from ..family import Family
         from ..io.loading import load_tokenizer
 
+        if isinstance(self.teacher_spec, (str, Path)) and isinstance(self.student_spec, (str, Path)):
+            from ..io.loading import load_config, pair_dtype
+
+            tr = self.trust_remote_code
+            self.dtype = pair_dtype(
+                load_config(self.teacher_spec, trust_remote_code=tr),
+                load_config(self.student_spec, trust_remote_code=tr),
+                self.dtype,
+            )  # one common dtype (a bf16 student beside an fp32 teacher)
         self.teacher = self._model(self.teacher_spec)
         self.student = self._model(self.student_spec)
         if self.tokenizer is None:

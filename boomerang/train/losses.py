@@ -158,8 +158,22 @@ def _ranges(n: int, chunk: int):
     return ((s, min(s + chunk, n)) for s in range(0, n, chunk))
 
 
+ROWS = 8  # rows of a chunk whose fp32 softmax work is done at once: [ROWS, vocab] buffers stay in cache
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The matmul dtype for ``t``'s device: autocast's if it is on there, else ``t``'s own."""
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
+
+
 class _HeadLoss(torch.autograd.Function):
-    """CE + KL from final hidden states and LM heads, chunked; gradients are computed in the forward pass."""
+    """CE + KL from final hidden states and LM heads, chunked; gradients are computed in the forward pass.
+
+    Per chunk of ``chunk`` tokens the logits are one matmul in the compute dtype (bf16 under autocast); the
+    softmax work runs in fp32 on ``ROWS`` rows at a time, so its buffers stay in cache, and writes the gradient
+    with respect to the logits back into the logits buffer, which then feeds the two gradient matmuls.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -176,24 +190,44 @@ class _HeadLoss(torch.autograd.Function):
         chunk: int,
         need_h: bool,
         need_w: bool,
+        cdt: torch.dtype,
     ):
-        grad_h = torch.zeros_like(h_s) if need_h else None
+        grad_h = torch.empty_like(h_s) if need_h else None
         grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_w else None
         ce_sum = h_s.new_zeros((), dtype=torch.float64)
         kl_sum = h_s.new_zeros((), dtype=torch.float64)
         want = need_h or need_w
-        for a, b in _ranges(h_s.shape[0], chunk):
-            z = (h_s[a:b] @ w_s.T).float()
-            zt = (h_t[a:b] @ w_t.T) if h_t is not None else None  # type: ignore[union-attr]
-            c, k, g = _chunk_terms(z, zt, labels[a:b], real[a:b], ce_scale, kl_scale, tau, want, True)
-            ce_sum += c
-            kl_sum += k
-            if g is not None:
-                g = g.to(w_s.dtype)
-                if grad_h is not None:
-                    grad_h[a:b] = g @ w_s
-                if grad_w is not None:
-                    grad_w.addmm_(g.T.float(), h_s[a:b].float())
+        with torch.autocast(h_s.device.type, enabled=False):
+            hc, wc = h_s.to(cdt), w_s.to(cdt)
+            for a, b in _ranges(h_s.shape[0], chunk):
+                z = hc[a:b] @ wc.T
+                zt = (h_t[a:b] @ w_t.T) if h_t is not None else None  # type: ignore[union-attr]
+                own_zt = zt is not None and zt.dtype == torch.float32
+                for r, s in _ranges(b - a, ROWS):
+                    rows = z[r:s]
+                    zr = rows if rows.dtype == torch.float32 else rows.float()
+                    zt_r = zt[r:s] if zt is not None else None
+                    c, k, g = _chunk_terms(
+                        zr,
+                        zt_r,
+                        labels[a + r : a + s],
+                        real[a + r : a + s],
+                        ce_scale,
+                        kl_scale,
+                        tau,
+                        want,
+                        own_zt,
+                    )
+                    ce_sum += c
+                    kl_sum += k
+                    if g is not None and g.data_ptr() != rows.data_ptr():
+                        rows.copy_(g)  # z now holds d(loss)/d(logits) for these rows
+                if want:
+                    if grad_h is not None:
+                        grad_h[a:b] = z @ wc
+                    if grad_w is not None:
+                        grad_w += z.T @ hc[a:b]
+                del z, zt
         loss = (ce_sum * ce_scale + kl_sum * kl_scale).to(torch.float32)
         ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
         ctx.has = (grad_h is not None, grad_w is not None)
@@ -212,7 +246,7 @@ class _HeadLoss(torch.autograd.Function):
         if ctx.has[1]:
             gw = saved.pop(0)
             grad_w = (gw if one else gw * grad_loss).to(ctx.w_dtype)
-        return grad_h, grad_w, None, None, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None, None, None, None, None
 
 
 class _LogitsLoss(torch.autograd.Function):
@@ -274,7 +308,10 @@ def head_ce_kl(
     else:
         h_t = w_t = None
     need_h, need_w = h_s.requires_grad, w_s.requires_grad
-    return _HeadLoss.apply(h_s, w_s, h_t, w_t, labels, real, ce_scale, kl_scale, tau, chunk, need_h, need_w)  # type: ignore[return-value]
+    cdt = compute_dtype(h_s)
+    return _HeadLoss.apply(  # type: ignore[return-value]
+        h_s, w_s, h_t, w_t, labels, real, ce_scale, kl_scale, tau, chunk, need_h, need_w, cdt
+    )  # type: ignore[return-value]
 
 
 def logits_ce_kl(

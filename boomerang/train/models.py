@@ -1,0 +1,206 @@
+"""The two models of a run: the frozen teacher, the trainable student, and the forward passes the loss needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.hooks import layer_list
+from ..core.layermap import LayerMap
+from ..errors import BoomerangError
+from .lean import lean_mlps
+from .losses import DistillLoss, ModelOutputs, head_mode_problem, model_outputs
+from .recipe import Recipe
+
+
+class LossForward(nn.Module):
+    """A model's forward pass as one module, so that DDP/FSDP wrappers see every call."""
+
+    def __init__(self, model: nn.Module, keys: list[str], mode: str):
+        super().__init__()
+        self.model, self.keys, self.mode = model, keys, mode
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutputs:
+        return model_outputs(self.model, input_ids, attention_mask, self.keys, mode=self.mode)  # type: ignore[arg-type]
+
+
+def untie_head(model: nn.Module) -> bool:
+    """Give a tied model its own LM head (a copy of the embedding). Returns False if it was not tied."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()  # type: ignore[operator]
+    if out is None or inp is None or out.weight is not inp.weight:
+        return False
+    out.weight = nn.Parameter(inp.weight.detach().clone(), requires_grad=inp.weight.requires_grad)
+    model.config.tie_word_embeddings = False  # type: ignore[union-attr]
+    return True
+
+
+def freeze(model: nn.Module, *, embeddings: bool, head: bool, final_norm: bool) -> list[str]:
+    """Freeze parts of the student; returns what was frozen (tied matrices are frozen by either flag)."""
+    from ..core.arch import get_arch
+
+    arch = get_arch(model.config)
+    frozen = []
+    targets: list[tuple[str, nn.Module | None]] = []
+    if embeddings:
+        targets += [("embeddings", model.get_input_embeddings())]  # type: ignore[operator]
+        targets += [("embeddings", model.get_submodule(m)) for m in arch.embed if _has(model, m)]
+    if head:
+        targets.append(("LM head", model.get_output_embeddings()))  # type: ignore[operator]
+    if final_norm and arch.final_norm:
+        targets.append(("final norm", model.get_submodule(arch.final_norm)))
+    for what, module in targets:
+        if module is None:
+            continue
+        for p in module.parameters():
+            p.requires_grad_(False)
+        if what not in frozen:
+            frozen.append(what)
+    return frozen
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def compile_layers(model: nn.Module) -> None:
+    """``torch.compile`` each layer's forward; hooks (on the modules) stay outside the compiled code."""
+    for layer in layer_list(model):
+        layer.forward = torch.compile(layer.forward, dynamic=False)  # type: ignore[method-assign]
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on biases and norm weights (as HF Trainer does)."""
+    decay, no_decay, seen = [], [], set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+@dataclass
+class RunModels:
+    """Teacher, student and what the loss needs from them."""
+
+    teacher: nn.Module
+    student: nn.Module
+    tokenizer: Any
+    teacher_path: str
+    layer_map: LayerMap
+    loss_fn: DistillLoss
+    mode: str  # "head" (fused CE/KL from hidden states) or "logits"
+    frozen: list[str]
+    undo_lean: Callable[[], None]
+    save_dtype: torch.dtype  # the teacher checkpoint's stored dtype: the student is saved in it
+    s_fwd: LossForward
+    t_fwd: LossForward | None
+
+
+def prepare_models(recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[str], None]) -> RunModels:
+    """Load the teacher (bf16 under bf16 precision), load or initialise the student (fp32), apply the recipe's
+    freezing / untying / checkpointing / lean-MLP switches and choose the loss path."""
+    from ..core.arch import get_arch, n_layers
+    from ..core.configs import check_compatible
+    from ..io.loading import load_config, load_model, load_tokenizer, stored_dtype
+    from ..io.sidecar import student_layer_map
+    from .recipe import resolve_model_spec
+
+    r = recipe
+    teacher_path = resolve_model_spec(r.teacher)
+    save_dtype = stored_dtype(load_config(teacher_path))
+    teacher = load_model(teacher_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if get_arch(teacher.config).encoder:
+        raise BoomerangError(
+            f"distillation here trains causal LMs; {teacher.config.model_type} is a masked-LM encoder"
+        )
+    tokenizer = load_tokenizer(teacher_path)
+    teacher.eval().requires_grad_(False)
+    if r.student:
+        student = load_model(resolve_model_spec(r.student), dtype=torch.float32)
+        check_compatible(teacher.config, student.config)
+        lm = student_layer_map(student)
+        if lm.n_teacher != n_layers(teacher.config) or lm.n_student != n_layers(student.config):
+            raise BoomerangError(
+                f"the student's layer map ({lm.describe()}) does not fit this teacher/student"
+            )
+    else:
+        student = init_from_recipe(recipe, teacher, tokenizer)
+        lm = student_layer_map(student)
+    student = student.float().requires_grad_(True)
+    tr = r.train
+    if tr.untie_head and not untie_head(student):
+        note("train.untie_head: the student's head is already untied")
+    frozen = freeze(
+        student, embeddings=tr.freeze_embeddings, head=tr.freeze_head, final_norm=tr.freeze_final_norm
+    )
+    if tr.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    undo_lean = lean_mlps(layer_list(student)) if tr.lean_mlp else (lambda: None)
+    student.config.use_cache = False
+    student.train()
+    loss_fn = DistillLoss(r.loss, lm)
+    problem = head_mode_problem(student) or head_mode_problem(teacher)
+    if fsdp:
+        problem = problem or "FSDP shards the LM head"
+    if tr.fused_loss and problem:
+        raise BoomerangError(f"train.fused_loss is on, but {problem}; set train.fused_loss: false")
+    mode = "logits" if (problem or tr.fused_loss is False) else "head"
+    s_fwd = LossForward(student, loss_fn.keys(0), mode)
+    t_fwd = LossForward(teacher, loss_fn.keys(1), mode) if loss_fn.needs_teacher else None
+    return RunModels(
+        teacher,
+        student,
+        tokenizer,
+        teacher_path,
+        lm,
+        loss_fn,
+        mode,
+        frozen,
+        undo_lean,
+        save_dtype,
+        s_fwd,
+        t_fwd,
+    )
+
+
+def init_from_recipe(recipe: Recipe, teacher: nn.Module, tokenizer: Any) -> nn.Module:
+    """The student the recipe's ``init`` section describes."""
+    from ..data import calibration_ids
+    from .initialise import init_student
+
+    r, ini = recipe, recipe.init
+    calib = None
+    spec: Any = ini.layers if ini.strategy == "layers" else ini.strategy
+    if ini.strategy == "similarity":
+        calib = calibration_ids(
+            ini.calibration or r.data.train,
+            tokenizer,
+            n=ini.calibration_texts,
+            length=ini.calibration_length,
+            seed=ini.seed,
+            text_field=r.data.text_field,
+        )
+    return init_student(
+        teacher,  # type: ignore[arg-type]
+        spec,
+        every=ini.every,
+        keep_first=ini.keep_first,
+        keep_last=ini.keep_last,
+        size=ini.size,
+        calibration=calib,
+        seed=ini.seed,
+        teacher_name=r.teacher,
+        patch_order=r.patch_order,
+    )

@@ -1,0 +1,109 @@
+"""The data of a run: training blocks in a seeded, resumable order, validation blocks, and the run's length."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import BoomerangError
+from .recipe import Recipe
+
+
+@dataclass
+class RunData:
+    train_data: Any  # ShuffledBlocks or StreamingBlocks: .take(n), .position, .seek(p)
+    eval_blocks: Any  # Blocks or None
+    eval_slice: dict[str, Any] | None  # exactly which validation tokens, for the report
+    description: str
+    total_steps: int
+    tokens_per_step: float
+
+
+def prepare_data(recipe: Recipe, tokenizer: Any, acc: Any) -> RunData:
+    """Tokenise (or stream) the training data, pick the validation blocks and size the run."""
+    from ..data.blocks import (
+        Blocks,
+        ShuffledBlocks,
+        StreamingBlocks,
+        docs_to_blocks,
+        eos_id,
+        pack,
+        pad_id,
+        tokenize,
+        tokenized_docs,
+    )
+    from ..data.corpora import read_texts
+
+    d, tok = recipe.data, tokenizer
+    eos, pad = eos_id(tok), pad_id(tok)
+    streaming = d.streaming if d.streaming is not None else d.train.startswith("hf:")
+    opts = dict(text_field=d.text_field, add_bos=d.add_bos)
+    eval_docs: list[list[int]] = []
+    if streaming:
+        train_data: Any = StreamingBlocks(
+            d.train,
+            tok,
+            d.seq_len,
+            seed=recipe.train.seed,
+            buffer=d.shuffle_buffer,
+            skip_docs=d.heldout_docs + d.skip_docs,
+            packing=d.packing,
+            **opts,
+        )
+        if d.heldout_docs:
+            eval_docs = list(
+                tokenize(read_texts(d.train, text_field=d.text_field, limit=d.heldout_docs), tok)
+            )
+        data_desc = f"{d.train} (streamed, shuffle buffer {d.shuffle_buffer} blocks)"
+    else:
+        with acc.main_process_first():
+            docs = tokenized_docs(d.train, tok, cache_dir=d.cache_dir, **opts)
+        eval_docs = docs[: d.heldout_docs]
+        train_docs = docs[d.heldout_docs + d.skip_docs :]
+        blocks = docs_to_blocks(train_docs, d.seq_len, eos, packing=d.packing, pad=pad)
+        train_data = ShuffledBlocks(blocks, seed=recipe.train.seed)
+        data_desc = (
+            f"{d.train}: {len(train_docs)} documents, {len(blocks)} blocks, {blocks.n_tokens:,} tokens"
+        )
+    n_eval = recipe.eval.blocks
+    eval_blocks: Blocks | None = None
+    eval_slice: dict[str, Any] | None = None
+    if n_eval and (d.eval or eval_docs):
+        if d.eval and (d.eval.startswith("hf:") or streaming):
+            rows = []
+            for b in pack(tokenize(read_texts(d.eval, text_field=d.text_field), tok), d.seq_len, eos):
+                rows.append(b)
+                if len(rows) >= n_eval:
+                    break
+            eval_blocks = Blocks(torch.tensor(rows, dtype=torch.int32).view(-1, d.seq_len))
+        else:
+            if d.eval:
+                with acc.main_process_first():
+                    eval_docs = tokenized_docs(d.eval, tok, cache_dir=d.cache_dir, **opts)
+            eval_blocks = docs_to_blocks(eval_docs, d.seq_len, eos, packing=d.packing, pad=pad).head(n_eval)
+        if len(eval_blocks) == 0:
+            raise BoomerangError(f"the validation data has fewer than seq_len={d.seq_len} tokens")
+        src = d.eval or f"the first {d.heldout_docs} documents of {d.train}"
+        how = "packed" if d.packing else "one padded document each"
+        eval_slice = {
+            "source": src,
+            "from": "start",
+            "blocks": len(eval_blocks),
+            "seq_len": d.seq_len,
+            "tokens": eval_blocks.n_tokens,
+            "layout": how,
+        }
+    # the length of the run
+    tr = recipe.train
+    if isinstance(train_data, ShuffledBlocks):
+        tokens_per_block = train_data.blocks.n_tokens / len(train_data.blocks)
+    else:
+        tokens_per_block = d.seq_len
+    tokens_per_step = tokens_per_block * tr.batch_size
+    limits = [tr.steps] if tr.steps else []
+    if tr.max_tokens:
+        limits.append(max(1, math.ceil(tr.max_tokens / tokens_per_step)))
+    return RunData(train_data, eval_blocks, eval_slice, data_desc, min(limits), tokens_per_step)
