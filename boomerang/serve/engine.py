@@ -188,25 +188,31 @@ class Engine:
             self._finish(job, None)
             return
         try:
-            token = self._forward(job)
-        except Exception as e:  # one failing request must not take the others down
+            event = self._advance(job)
+        except Exception as e:  # one failing request must not take the others (or the thread) down
             log.exception("generation failed for job %d", job.id)
             self._finish(job, ("error", f"generation failed: {type(e).__name__}: {e}"))
             return
+        if event is not None:
+            self._finish(job, event)
+
+    def _advance(self, job: Job) -> Event | None:
+        """One step of ``job`` and its text; the final event once it is done."""
+        token = self._forward(job)
         s = job.sampling
         job.tokens.append(token)
         assert job.stream is not None
         if token in self.tokens.eos_ids and not s.ignore_eos:
             self._emit(job, job.stream.flush())
-            self._finish(job, ("done", "stop", job.usage()))
-            return
+            return ("done", "stop", job.usage())
         delta, stopped = job.stream.add(token)
         self._emit(job, delta)
         if stopped:
-            self._finish(job, ("done", "stop", job.usage()))
-        elif len(job.tokens) >= s.max_tokens:
+            return ("done", "stop", job.usage())
+        if len(job.tokens) >= s.max_tokens:
             self._emit(job, job.stream.flush())
-            self._finish(job, ("done", "length", job.usage()))
+            return ("done", "length", job.usage())
+        return None
 
     def _emit(self, job: Job, delta: str) -> None:
         if delta:
