@@ -91,9 +91,7 @@ class Family:
 
         self.sources: dict[str, str | None] = {}
         models = {}
-        if _is_path(teacher) and _is_path(
-            student
-        ):  # one common dtype (a bf16 student beside an fp32 teacher)
+        if _is_path(teacher) and _is_path(student):  # one common dtype (a bf16 student beside an fp32 teacher)
             dtype = pair_dtype(
                 load_config(teacher, trust_remote_code=trust_remote_code),
                 load_config(student, trust_remote_code=trust_remote_code),
@@ -294,6 +292,9 @@ class ExportProgress:
 
     def done_member(self) -> None: ...
 
+    def resumed(self, k: int, name: str) -> None:
+        """Member ``k`` was already written completely by an interrupted run of the same export."""
+
 
 class _Writer:
     """One way of writing members: streamed from disk, or saved from memory."""
@@ -362,7 +363,10 @@ def _export(
     *,
     force: bool,
     progress: ExportProgress | None,
+    resume: Any = None,
 ) -> Path:
+    """Write the members; with ``resume`` (a key naming the sources and settings), members that a killed run of
+    the same export completed are kept, so the export continues member by member."""
     from .core.params import plan_config, plan_params
     from .io.order_files import save_order
     from .io.stream import check_free_space, checkpoint_nbytes
@@ -384,12 +388,20 @@ def _export(
     )
     rows = []
     progress.start(len(plans), sum(weights.values()))
-    with atomic_dir(out, force=force) as tmp:
+    if resume is not None:
+        resume = {**resume, "order": order.to_json(), "sizes": sizes, "writer": writer.mode}
+    with atomic_dir(out, force=force, resume=resume) as tmp:
         for k, plan in plans.items():
             name = member_dir(k, plan, m)
             progress.member(k, name)
-            (tmp / name).mkdir()
-            files = writer.write(plan, tmp / name, progress, weights[k])
+            # a member's directory exists only once complete: one there was finished by an interrupted run
+            if (tmp / name).is_dir():
+                progress.resumed(k, name)
+                progress.advance(weights[k])
+                files = sorted(p.name for p in (tmp / name).iterdir())
+            else:
+                with atomic_dir(tmp / name) as member:
+                    files = writer.write(plan, member, progress, weights[k])
             counts = plan_params(writer.teacher_config, writer.student_config, plan)
             rows.append(
                 {
@@ -524,8 +536,15 @@ def export_family(
         else:
             po = _stream_order(builder, order, data, calibration, trust_remote_code)
             sizes_ = check_sizes(sizes, builder.layer_map.n_student)
+            key = _resume_key(teacher, student, builder.layer_map, builder.dtype, max_shard_size)
             return _export(
-                _StreamWriter(builder, max_shard_size), out, po, sizes_, force=force, progress=progress
+                _StreamWriter(builder, max_shard_size),
+                out,
+                po,
+                sizes_,
+                force=force,
+                progress=progress,
+                resume=key,
             )
     fam = Family(
         teacher,
@@ -536,9 +555,37 @@ def export_family(
         trust_remote_code=trust_remote_code,
     )
     po = fam.order(order, data=data)
-    return fam.export(
-        out, order=po, sizes=sizes, max_shard_size=max_shard_size, force=force, progress=progress
-    )
+    if not on_disk:
+        return fam.export(
+            out, order=po, sizes=sizes, max_shard_size=max_shard_size, force=force, progress=progress
+        )
+    key = _resume_key(teacher, student, fam.layer_map, fam.teacher.dtype, max_shard_size)  # type: ignore[arg-type]
+    writer = _MemoryWriter(fam, max_shard_size)
+    chosen = check_sizes(sizes, fam.n_student)
+    return _export(writer, out, po, chosen, force=force, progress=progress, resume=key)
+
+
+def _resume_key(
+    teacher: str | os.PathLike, student: str | os.PathLike, layer_map: LayerMap, dtype: Any, shard: Any
+) -> dict[str, Any]:
+    """What an export from checkpoint paths depends on: the files of both (names, sizes, times) and settings."""
+    from .io.checkpoints import expand_alias
+
+    def files(spec: str | os.PathLike) -> Any:
+        path = Path(expand_alias(spec)).expanduser()
+        if not path.is_dir():
+            return str(spec)
+        stats = [(f.name, f.stat()) for f in sorted(path.iterdir()) if f.is_file()]
+        return {"path": str(path.resolve()), "files": [[n, st.st_size, st.st_mtime_ns] for n, st in stats]}
+
+    return {
+        "teacher": files(teacher),
+        "student": files(student),
+        "layer_map": layer_map.to_json(),
+        "dtype": str(dtype),
+        "max_shard_size": str(shard),
+        "version": _version(),
+    }
 
 
 def _stream_order(

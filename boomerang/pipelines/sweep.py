@@ -687,7 +687,7 @@ class Sweep:
 
         rows = result["rows"]
         metric = result["metric"]["name"]
-        with atomic_dir(self.out, force=True) as tmp:
+        with atomic_dir(self.out, force=self.force) as tmp:  # never over an output another process wrote
             (tmp / "results.json").write_text(json.dumps(_clean(result), indent=1, default=str) + "\n")
             (tmp / "results.csv").write_text(to_csv(rows))
             (tmp / "results.md").write_text(to_markdown(result))
