@@ -221,7 +221,7 @@ def test_cli_init_bad_input(teacher_dir, tmp_path, capsys):
         (["--out", str(out), "--strategy", "similarity"], "needs calibration texts"),
         (["--out", str(out), "--size", "3"], "only apply to --strategy similarity"),
         (["--out", str(out), "--patch-order", "middle"], "--patch-order must be"),
-        (["--out", str(out), "--every", "0"], "need every >= 1"),
+        (["--out", str(out), "--every", "0"], "--every must be at least 1"),
     ]
     for args, msg in cases:
         assert run(base + args) == 2, args

@@ -64,11 +64,15 @@ def test_reference_sidecar_errors():
         LayerMap.from_reference({"copied_teacher_layers": [0, 2], "pruned_teacher_layers": [3]})
 
 
-def test_config_section_wins_over_sidecar(tmp_path):
+def test_config_section_and_sidecar_must_agree(tmp_path):
+    """Issue 13: a student_config.json contradicting the config's boomerang section is refused, not ignored."""
     lm = LayerMap.from_kept([0, 2, 4, 5], 6)
     (tmp_path / "config.json").write_text(json.dumps({"boomerang": student_section(lm)}))
-    write_sidecar(tmp_path, LayerMap.from_kept([0, 3], 6))
+    write_sidecar(tmp_path, lm)
     assert read_layer_map(tmp_path) == lm
+    write_sidecar(tmp_path, LayerMap.from_kept([0, 3], 6))
+    with pytest.raises(BoomerangError, match="two layer maps that disagree"):
+        read_layer_map(tmp_path)
     assert read_layer_map(tmp_path / "nowhere", allow_hub=False) is None
 
 

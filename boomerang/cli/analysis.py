@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..errors import BoomerangError
-from ..io.atomic import check_writable
+from . import validate
 from .common import Dtype, Trust, console, err_console, parse_ints, resolve_layer_map
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
@@ -61,10 +61,36 @@ def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_laye
     tcfg = load_config(teacher, trust_remote_code=trust)
     scfg = load_config(student, trust_remote_code=trust)
     check_compatible(tcfg, scfg)
-    lm = resolve_layer_map(student, scfg, layers=student_layers, n_teacher=n_layers(tcfg))
+    lm = resolve_layer_map(
+        student, scfg, layers=student_layers, n_teacher=n_layers(tcfg), option="--student-layers"
+    )
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
     t, s = load_pair(teacher, student, dtype=dtype, trust_remote_code=trust)
     return t, s, lm, load_tokenizer(teacher, trust_remote_code=trust)
+
+
+def _check_pair(
+    teacher: str, student: str, trust: bool, student_layers: str | None, orders: Sequence[str] = ()
+) -> int:
+    """The pair's configs and layer map (and the orders' fit), checked before any weights load; returns M."""
+    from ..core.arch import n_layers
+    from ..core.configs import check_compatible
+    from ..core.plan import DATA_ORDERS
+    from ..io.loading import load_config
+    from ..io.order_files import static_order
+
+    tcfg = load_config(teacher, trust_remote_code=trust)
+    scfg = load_config(student, trust_remote_code=trust)
+    check_compatible(tcfg, scfg)
+    validate.tokenizer_source(teacher, "--teacher")
+    lm = resolve_layer_map(
+        student, scfg, layers=student_layers, n_teacher=n_layers(tcfg), option="--student-layers"
+    )
+    lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    for o in orders:
+        if o not in DATA_ORDERS:
+            static_order(o, lm)
+    return lm.n_student
 
 
 def prune(
@@ -116,14 +142,14 @@ def prune(
     used 5 short sentences). laco without -C/-T sweeps C in 3..6 and T from 0.95 down to 0.45 and keeps the
     largest result with at most --num-layers layers.
     """
-    from ..analysis.baselines import METHODS, prune_to, save_pruned
+    from ..analysis.baselines import METHODS, naive_layers, prune_to, save_pruned
     from ..core.arch import n_layers
     from ..core.params import count_params
     from ..io.loading import load_config, load_model, load_tokenizer
 
     if method not in METHODS:
         raise BoomerangError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
-    check_writable(out, force=force)
+    validate.output_dir(out, force)
     keep = parse_ints(layers, "--layers")
     if method != "naive" and (keep is not None or student is not None):
         raise BoomerangError("--layers and --student apply to --method naive only")
@@ -131,14 +157,53 @@ def prune(
         raise BoomerangError("give --num-layers N or --layers i,j,... for the naive baseline")
     if method == "shortgpt" and num_layers is None:
         raise BoomerangError("shortgpt needs --num-layers")
+    if keep is not None and student is not None:
+        raise BoomerangError("give --layers or --student, not both (--student picks the layers)")
+    validate.positive(num_layers=num_layers, calibration_texts=calibration_texts, batch_size=batch_size)
+    validate.positive(interval=interval)
+    validate.at_least(2, calibration_length=calibration_length, merge_layers=merge_layers)
+    validate.at_least(0, lowest=lowest, highest=highest)
+    validate.real("threshold", threshold, -1.0, 1.0)
+    validate.seed(seed)
+    validate.only_with(
+        method == "laco",
+        "to --method laco",
+        merge_layers=merge_layers is not None,
+        threshold=threshold is not None,
+        lowest=lowest != 0,
+        highest=highest is not None,
+        interval=interval != 1,
+    )
+    validate.only_with(method == "shortgpt", "to --method shortgpt", recompute=recompute)
+    validate.only_with(
+        method != "naive",
+        "to shortgpt and laco (naive needs no calibration text)",
+        data=data is not None,
+        calibration_texts=calibration_texts is not None,
+        calibration_length=calibration_length is not None,
+    )
+    validate.only_with(student is not None, "with --student", student_layers=student_layers is not None)
+    if method != "naive" and data is None:
+        raise BoomerangError(
+            f"{method} needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
+        )
+    validate.text_source(data)
+    validate.tokenizer_source(teacher, "--teacher")
+    validate.order_option(order, data=False)
     tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+    n = n_layers(tcfg)
+    validate.in_range("num_layers", num_layers, 1, n, f"the teacher has {n} layers")
+    validate.in_range("lowest", lowest, 0, n - 1, f"the teacher has layers 0..{n - 1}")
+    validate.in_range("highest", highest, lowest, n - 1, f"--lowest is {lowest} and the top layer {n - 1}")
     params: dict[str, Any] = {}
     if method == "naive" and student is not None and keep is None:
         scfg = load_config(student, trust_remote_code=trust_remote_code)
         params["layer_map"] = resolve_layer_map(
-            student, scfg, layers=student_layers, n_teacher=n_layers(tcfg)
+            student, scfg, layers=student_layers, n_teacher=n, option="--student-layers"
         )
         params["order"] = order
+    if method == "naive":  # pure arithmetic on the configs: every naive error shows before the teacher loads
+        naive_layers(n, num_layers, layers=keep, **params)
     if method == "shortgpt":
         params.update(recompute=recompute, batch_size=batch_size)
     if method == "laco":
@@ -189,7 +254,7 @@ def analyze(
         str,
         typer.Option(
             help="Patch orders for the member curve, comma-separated: last, first, similarity, greedy-kl, "
-            "optimal or order JSON files."
+            "shortest-path, optimal or order JSON files."
         ),
     ] = "last,first",
     kl: Annotated[
@@ -210,10 +275,19 @@ def analyze(
     from ..analysis.analyze import analyze as run_analysis
     from ..analysis.orders import ANALYSIS_TEXTS
 
-    check_writable(out, force=force)
-    names = [o.strip() for o in orders.split(",") if o.strip()]
-    if not names:
-        raise BoomerangError("--orders is empty; give e.g. last,first")
+    validate.output_dir(out, force)
+    names = validate.names(orders, "--orders")
+    for name in names:
+        validate.order_option(name, "--orders")
+    validate.positive(calibration_texts=calibration_texts, batch_size=batch_size)
+    validate.at_least(2, calibration_length=calibration_length)
+    validate.seed(seed)
+    if data is None:
+        raise BoomerangError(
+            "analyze needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
+        )
+    validate.text_source(data)
+    _check_pair(teacher, student, trust_remote_code, student_layers, names)
     t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
     ids = _calibration(
         data, tok, calibration_texts or ANALYSIS_TEXTS, calibration_length or 256, seed, "analyze"
@@ -246,7 +320,9 @@ def order(
     teacher: Teacher,
     student: Annotated[str, typer.Option(help="Distilled student checkpoint.")],
     out: Annotated[Path, typer.Option(help="Output order JSON (use with build/sweep --order FILE).")],
-    name: Annotated[str, typer.Option("--order", help="similarity, greedy-kl or optimal.")] = "greedy-kl",
+    name: Annotated[
+        str, typer.Option("--order", help="similarity, greedy-kl, shortest-path or optimal.")
+    ] = "greedy-kl",
     data: Data = None,
     max_layers: Annotated[
         int, typer.Option("--max-layers", help="optimal: refuse students with more layers (2^M subsets).")
@@ -265,8 +341,8 @@ def order(
     trust_remote_code: Trust = False,
 ) -> None:
     """Compute a data-driven patch order and save it as JSON. Calibrates on 4 blocks of 256 tokens by default
-    (similarity: 32); every model greedy-kl/optimal scores runs the full-vocabulary LM head, so their cost grows
-    linearly with --calibration-texts (see docs/analysis.md)."""
+    (similarity: 32); every model greedy-kl/shortest-path/optimal scores runs the full-vocabulary LM head, so their
+    cost grows linearly with --calibration-texts (see docs/analysis.md)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from ..analysis.orders import KL_TEXTS, SIMILARITY_TEXTS, compute_order
@@ -275,16 +351,23 @@ def order(
 
     if name not in DATA_ORDERS:
         raise BoomerangError(f"unknown --order {name!r}; use one of: {', '.join(DATA_ORDERS)}")
-    if out.exists() and not force:
-        raise BoomerangError(f"{out} already exists; pass --force to overwrite it")
-    if out.exists() and out.is_dir():
-        raise BoomerangError(f"{out} is a directory; give a file name such as order.json")
-    t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
-    if name == "optimal" and lm.n_student > max_layers:
+    validate.output_file(out, force)
+    validate.positive(max_layers=max_layers, calibration_texts=calibration_texts, batch_size=batch_size)
+    validate.at_least(2, calibration_length=calibration_length)
+    validate.seed(seed)
+    validate.only_with(name == "similarity", "to --order similarity", score=score)
+    if data is None:
         raise BoomerangError(
-            f"--order optimal scores all 2^{lm.n_student} subsets; the student has {lm.n_student} layers, over "
-            f"--max-layers {max_layers}. Raise --max-layers or use greedy-kl"
+            f"--order {name} needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
         )
+    validate.text_source(data)
+    m = _check_pair(teacher, student, trust_remote_code, student_layers)
+    if name == "optimal" and m > max_layers:
+        raise BoomerangError(
+            f"--order optimal scores all 2^{m} subsets; the student has {m} layers, over "
+            f"--max-layers {max_layers}. Raise --max-layers or use greedy-kl or shortest-path"
+        )
+    t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
     ids = _calibration(
         data,
         tok,
@@ -318,7 +401,7 @@ def order(
             score=score,
             progress=progress,
         )
-    save_order(po, out)
+    save_order(po, out, force=force)
     table = Table(title=f"order {name}")
     table.add_column("K", justify="right")
     table.add_column("patched student layers")

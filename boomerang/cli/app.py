@@ -10,6 +10,7 @@ import click
 import typer
 
 from ..errors import BoomerangError
+from ..io.atomic import ENVIRONMENT_ERRNOS, write_error
 from .common import err_console
 
 app = typer.Typer(
@@ -67,6 +68,11 @@ def run(argv: list[str] | None = None) -> int:
     except _USAGE as e:
         e.show()  # type: ignore[attr-defined]  # click's usage text with its "did you mean" hint
         return e.exit_code  # type: ignore[attr-defined]
+    except OSError as e:  # the environment, not a bug: a full disk, a file-size limit, a read-only path
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        err_console.print(f"[bold red]error:[/] {write_error(e.filename or 'the output', e)}", highlight=False)
+        return 2
     except (*_ABORT, KeyboardInterrupt):
         err_console.print("[yellow]interrupted[/]: no partial output was left behind")
         return 130

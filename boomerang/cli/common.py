@@ -10,8 +10,9 @@ import typer
 
 from ..core.layermap import LayerMap
 from ..errors import BoomerangError
-from ..io.sidecar import read_layer_map
+from ..io.sidecar import config_layer_map, read_layer_map
 from ..ui import console, err_console  # noqa: F401 (the command modules import both consoles from here)
+from .validate import parse_ints
 
 # Options shared by several commands: one definition each.
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
@@ -28,27 +29,6 @@ OrderData = Annotated[
 ]
 
 
-def parse_ints(text: str | None, what: str = "list") -> list[int] | None:
-    """``"0,2,4"`` or ``"0-3,7"`` -> ``[0, 2, 4]`` / ``[0, 1, 2, 3, 7]``."""
-    if text is None:
-        return None
-    out: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise BoomerangError(
-                f"cannot read {what} {text!r}: use comma-separated integers such as 0,2,4 or 0-3"
-            ) from None
-    return out
-
-
 def resolve_layer_map(
     student: str | Path | None,
     student_config: Any,
@@ -56,26 +36,42 @@ def resolve_layer_map(
     layers: str | None = None,
     preset: str | None = None,
     n_teacher: int | None = None,
+    option: str = "--layers",
 ) -> LayerMap:
-    """The layer map from --layers / --layer-map, else from the student's config or sidecar file."""
-    if layers and preset:
-        raise BoomerangError("give either --layers or --layer-map, not both")
-    if preset:
-        return LayerMap.preset(preset)
-    if layers:
-        return LayerMap.from_kept(parse_ints(layers, "--layers") or [], n_teacher)
-    lm = (
-        read_layer_map(student, student_config)
+    """The layer map from --layers / --layer-map, else from the student's config or sidecar file.
+
+    --layers and --layer-map are for students that carry no map: one that contradicts the student's own map is
+    refused (it would write a wrongly mapped model); one that repeats it is accepted.
+    """
+    if layers is not None and preset:
+        raise BoomerangError(f"give either {option} or --layer-map, not both")
+    own = (
+        read_layer_map(student, student_config, allow_hub=False)
         if student is not None
-        else LayerMap.from_config(student_config)
+        else config_layer_map(student_config, "the student's config")
     )
-    if lm is None:
+    given = None
+    if preset:
+        given, option = LayerMap.preset(preset), "--layer-map"
+    elif layers is not None:
+        given = LayerMap.from_kept(parse_ints(layers, option) or [], n_teacher)
+    if given is not None:
+        if own is not None and own != given:
+            raise BoomerangError(
+                f"{option} gives kept teacher layers {list(given.kept)} of {given.n_teacher}, but the student "
+                f"{student or ''} carries its own layer map: {list(own.kept)} of {own.n_teacher}. Drop {option} "
+                "(it is only for students without a layer map), or fix the student's config"
+            )
+        return given
+    if own is None and student is not None and not Path(student).is_dir():
+        own = read_layer_map(student, student_config)  # a Hub student's sidecar file
+    if own is None:
         raise BoomerangError(
             f"cannot find the layer map of student {student}: it has no 'boomerang' config section and no "
-            "student_config.json. Pass --layers 0,2,... (the teacher layers it was initialised from) or "
+            f"student_config.json. Pass {option} 0,2,... (the teacher layers it was initialised from) or "
             "--layer-map distilbert|distilgpt2"
         )
-    return lm
+    return own
 
 
 def progress_bars() -> Any:
@@ -130,5 +126,8 @@ def progress_bars() -> Any:
 
         def done_member(self) -> None:
             self.members.advance(self.m_task)
+
+        def resumed(self, k: int, name: str) -> None:
+            console.print(f"[dim]member {name}: kept, written completely by an interrupted run[/]")
 
     return Bars()

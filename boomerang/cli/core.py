@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from ..errors import BoomerangError
-from ..io.atomic import check_writable
 from ..io.sidecar import read_layer_map
 from ..ui import fmt_count
+from . import validate
 from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, parse_ints, resolve_layer_map
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
@@ -41,10 +41,17 @@ def info(
     from ..core.configs import check_compatible
     from ..core.params import count_params, family_table, meta_model
     from ..core.plan import recorded_order
-    from ..io.loading import load_config
+    from ..io.loading import load_config, resolve
+    from ..io.order_files import static_order
+    from ..io.safetensors_files import read_tensors
 
+    validate.model_source(model, "MODEL")
+    validate.order_option(order, data=False)
     cfg = load_config(model, trust_remote_code=trust_remote_code)
     order = recorded_order(cfg) if order is None else order  # the order the student records, else last
+    where, gguf = resolve(model)
+    if gguf is None and Path(where).is_dir():
+        read_tensors(Path(where))  # damaged or truncated weights fail here, not later in another command
     arch = get_arch(cfg)
     skeleton = meta_model(cfg)
     counts = count_params(skeleton)
@@ -69,7 +76,7 @@ def info(
         )
     console.print(t)
 
-    if layers or layer_map:
+    if layers is not None or layer_map:
         lm = resolve_layer_map(model, cfg, layers=layers, preset=layer_map)
     else:
         lm = read_layer_map(model, cfg)
@@ -104,7 +111,7 @@ def info(
     ft = Table(title=f"family ({order} order){'' if exact else ' — pass --teacher for exact counts'}")
     for col in ("K", "patched student layers", "layers", "trainable", "inference"):
         ft.add_column(col, justify="right")
-    for row in family_table(tcfg, cfg, lm, order):
+    for row in family_table(tcfg, cfg, lm, static_order(order, lm)):
         ft.add_row(
             str(row["K"]),
             str(row["patched"]),
@@ -160,12 +167,22 @@ def build(
     from ..io.order_files import save_order, static_order
     from ..io.safetensors_files import parse_shard_size
 
-    check_writable(out, force=force)
+    validate.output_dir(out, force)
     if (num_patched is None) == (patch_layers is None):
         raise BoomerangError("give exactly one of --num-patched K or --patch-layers i,j,...")
+    validate.at_least(0, num_patched=num_patched)
     dtype_name(dtype)
     parse_shard_size(max_shard_size)
     explicit = parse_ints(patch_layers, "--patch-layers")
+    validate.order_option(order)
+    if data is not None and order not in DATA_ORDERS:
+        raise BoomerangError(
+            f"--data is read only by the data-driven orders ({', '.join(DATA_ORDERS)}); drop --data, or choose "
+            "one of them with --order"
+        )
+    validate.text_source(data)
+    validate.model_source(teacher, "--teacher")
+    validate.model_source(student, "--student")
     can_stream = is_local_safetensors(teacher) and is_local_safetensors(student)
     if stream and not can_stream:
         raise BoomerangError(
@@ -189,6 +206,14 @@ def build(
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
     order = recorded_order(scfg) if order is None else order  # the order the student records, else last
+    m = lm.n_student
+    validate.in_range(
+        "num_patched", num_patched, 0, m, f"the student has {m} layers (K=0 student, K={m} teacher)"
+    )
+    if explicit is not None:
+        make_plan(lm, patched=explicit)  # the listed layers exist?
+    if not data_order:
+        static_order(order, lm)  # an order file or list fits this student?
     if builder is None and stream is not False and can_stream:
         from ..io.stream import StreamBuilder, StreamUnsupported
 
@@ -266,9 +291,20 @@ def convert(
     force: Force = False,
 ) -> None:
     """Convert a GGUF model into a standard safetensors checkpoint (with its tokenizer)."""
-    from ..io.loading import convert_gguf
+    from ..io.loading import convert_gguf, load_config
     from ..io.offline import offline_teacher, smollm2_gguf
 
+    if out is not None:
+        validate.output_dir(out, force)
+    if smollm2 and source is not None:
+        raise BoomerangError("give SOURCE or --smollm2, not both")
+    if source is not None:
+        validate.model_source(source, "SOURCE")
+        if not source.endswith(".gguf"):
+            raise BoomerangError(
+                f"convert reads .gguf files; {source} is not one (a checkpoint directory needs no conversion)"
+            )
+        load_config(source)  # a damaged file fails here, before anything is written
     if smollm2:
         path = (
             offline_teacher() if out is None else convert_gguf(smollm2_gguf(), out, dtype=dtype, force=force)

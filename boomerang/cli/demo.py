@@ -18,7 +18,10 @@ def demo(
         int, typer.Option(help="Distillation tokens (about 60 tokens/s on 2 CPU cores).")
     ] = 100_000,
     orders: Annotated[
-        str, typer.Option(help="Patch orders to sweep: last, first, similarity, greedy-kl, optimal.")
+        str,
+        typer.Option(
+            help="Patch orders to sweep: last, first, similarity, greedy-kl, shortest-path, optimal."
+        ),
     ] = "last,first,greedy-kl",
     baselines: Annotated[
         str, typer.Option(help="Baselines beside the first order (naive, shortgpt, laco).")
@@ -50,15 +53,17 @@ def demo(
     """Distil a teacher's every-other-layer student (default SmolLM2-135M), sweep its family in several patch
     orders, report."""
     from ..pipelines.demo import run_demo
+    from .validate import names, positive
 
+    positive(tokens=tokens, eval_tokens=eval_tokens)
     text = run_demo(
         out,
         recipe=recipe,
         data=data,
         teacher=teacher,
         tokens=tokens,
-        orders=[o.strip() for o in orders.split(",") if o.strip()],
-        baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+        orders=names(orders, "--orders"),
+        baselines=names(baselines, "--baselines") if baselines.strip() else [],
         eval_tokens=eval_tokens,
         overrides=overrides or (),
     )

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import BoomerangError
+from . import validate
 from .common import Dtype, LayerMapPreset, Layers, Trust, console, err_console, parse_ints
 
 # Heavy modules (torch, transformers, lm-eval) are imported inside the commands so that `boomerang --help` is instant.
@@ -45,8 +46,8 @@ Tasks = Annotated[
     str | None,
     typer.Option(
         help="lm-eval tasks, comma-separated: boomerang_cloze, boomerang_wordppl (built from local text), task "
-        "YAML files, tasks in --include-path folders, lm-eval task names, or the paper's suites paper-classification, "
-        "paper-perplexity, paper-generation, paper (all)."
+        "YAML files, tasks in --include-path folders, lm-eval task names, or the paper's suites "
+        "paper-classification, paper-perplexity, paper-generation, paper (all)."
     ),
 ]
 IncludePath = Annotated[
@@ -66,7 +67,15 @@ ClozeWords = Annotated[
 
 
 def _tasks(tasks: str | None) -> list[str]:
-    return [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
+    return validate.names(tasks, "--tasks") if tasks is not None else []
+
+
+def _check_numbers(**options: Any) -> None:
+    """The integer options eval and sweep share (``None`` = the default)."""
+    validate.at_least(2, context=options.pop("context"))
+    validate.at_least(0, offset=options.pop("offset"), num_fewshot=options.pop("num_fewshot"))
+    validate.fraction_or_count("limit", options.pop("limit"))
+    validate.positive(**options)
 
 
 def _limit(limit: float | None) -> int | float | None:
@@ -150,12 +159,23 @@ def evaluate(
     task_list = _tasks(tasks)
     if data is None and not task_list:
         raise BoomerangError("give --data for perplexity and/or --tasks for lm-eval")
-    if json_out is not None and json_out.exists() and not force:
-        raise BoomerangError(f"{json_out} already exists; pass --force to overwrite it")
+    _check_numbers(
+        context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
+        batch_size=batch_size, limit=limit, num_fewshot=num_fewshot, lm_eval_batch_size=lm_eval_batch_size,
+        cloze_n=cloze_n, cloze_words=cloze_words,
+    )  # fmt: skip
+    if json_out is not None:
+        validate.output_file(json_out, force)
+    validate.text_source(data)
+    validate.text_source(task_data, "--task-data")
     if data is not None:
         check_source(data)
     if task_data is not None:
         check_source(task_data)
+    validate.model_source(model, "MODEL")
+    validate.tokenizer_source(tokenizer or model, "--tokenizer" if tokenizer else "MODEL")
+    if tokenizer is not None:
+        validate.model_source(tokenizer, "--tokenizer")
     cfg = load_config(model, trust_remote_code=trust_remote_code)
     spec = _spec(
         metric=metric, context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
@@ -231,7 +251,7 @@ def evaluate(
     if json_out is not None:
         from ..io.atomic import atomic_write_text
 
-        atomic_write_text(json_out, json.dumps(report, indent=1) + "\n")
+        atomic_write_text(json_out, json.dumps(report, indent=1) + "\n", force=force)
         console.print(f"[green]wrote[/] {json_out}")
 
 
@@ -299,11 +319,23 @@ def sweep(
     """Evaluate a whole family (and baselines) at every size; write results, a table and sweep.png."""
     from ..core.arch import n_layers
     from ..io.loading import load_config
-    from ..pipelines.sweep import Sweep, TaskOptions, partial_dir
+    from ..pipelines.sweep import BASELINES, Sweep, TaskOptions, partial_dir
     from .common import resolve_layer_map
 
     lm = None
-    if layers or layer_map:
+    validate.output_dir(out, force)
+    _check_numbers(
+        context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
+        batch_size=batch_size, limit=limit, num_fewshot=num_fewshot, lm_eval_batch_size=lm_eval_batch_size,
+        cloze_n=cloze_n, cloze_words=cloze_words, calibration_samples=calibration_samples,
+    )  # fmt: skip
+    validate.order_option(order)
+    chosen = parse_ints(sizes, "--sizes")
+    methods = validate.names(baselines, "--baselines", BASELINES) if baselines is not None else []
+    for source, option in ((data, "--data"), (calibration, "--calibration"), (task_data, "--task-data")):
+        validate.text_source(source, option)
+    validate.tokenizer_source(teacher, "--teacher")
+    if layers is not None or layer_map:
         lm = resolve_layer_map(
             student,
             load_config(student),
@@ -318,8 +350,8 @@ def sweep(
         out,
         layer_map=lm,
         order=order,
-        sizes=parse_ints(sizes, "--sizes"),
-        baselines=[b for b in (baselines or "").split(",") if b.strip()],
+        sizes=chosen,
+        baselines=methods,
         random_student=random_student,
         spec=_spec(
             metric=metric,

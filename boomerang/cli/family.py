@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ..errors import BoomerangError
-from ..io.atomic import check_writable
 from ..ui import fmt_count
+from . import validate
 from .common import (
     Dtype,
     LayerMapPreset,
@@ -64,14 +64,23 @@ def family(
     from rich.table import Table
 
     from ..core.arch import n_layers
-    from ..family import MANIFEST, export_family, fmt_bytes
+    from ..core.plan import DATA_ORDERS, recorded_order
+    from ..family import MANIFEST, check_sizes, export_family, fmt_bytes
     from ..io.checkpoints import is_local_safetensors
     from ..io.loading import load_config, parse_dtype
+    from ..io.order_files import static_order
     from ..io.stream import parse_shard_size
 
-    check_writable(out, force=force)
+    validate.output_dir(out, force)
     parse_dtype(dtype)
     parse_shard_size(max_shard_size)
+    validate.order_option(order)
+    if data is not None and order not in DATA_ORDERS:
+        raise BoomerangError(
+            f"--data is read only by the data-driven orders ({', '.join(DATA_ORDERS)}); drop --data, or choose "
+            "one of them with --order"
+        )
+    validate.text_source(data)
     if stream and not (is_local_safetensors(teacher) and is_local_safetensors(student)):
         raise BoomerangError(
             "--stream needs the teacher and the student as local checkpoint directories with safetensors "
@@ -81,6 +90,11 @@ def family(
     tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
     scfg = load_config(student, trust_remote_code=trust_remote_code)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
+    lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    order = recorded_order(scfg) if order is None else order  # the order the student records, else last
+    check_sizes(chosen, lm.n_student)
+    if order not in DATA_ORDERS:
+        static_order(order, lm)  # an order file or list fits this student?
     with progress_bars() as bars:
         path = export_family(
             teacher,

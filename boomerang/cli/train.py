@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import BoomerangError
-from ..io.atomic import check_writable
+from . import validate
 from .common import Dtype, Trust, console, parse_ints
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
@@ -56,7 +56,7 @@ def init(
     trust_remote_code: Trust = False,
 ) -> None:
     """Initialise a student from a teacher's layers and write it as a checkpoint carrying its layer map."""
-    check_writable(out, force=force)
+    validate.output_dir(out, force)
     kept = parse_ints(layers, "--layers")
     strat = strategy or ("layers" if kept else "every")
     from ..train.initialise import STRATEGIES
@@ -71,6 +71,13 @@ def init(
         raise BoomerangError("--size and --data only apply to --strategy similarity")
     if patch_order is not None and patch_order not in ("last", "first"):
         raise BoomerangError(f"--patch-order must be last or first, not {patch_order!r}")
+    validate.positive(every=every, keep_first=keep_first, size=size, calibration_texts=calibration_texts)
+    validate.at_least(0, keep_last=keep_last)
+    validate.at_least(2, calibration_length=calibration_length)
+    validate.seed(seed)
+    validate.text_source(data)
+    validate.tokenizer_source(teacher, "--teacher")
+    _check_student_shape(teacher, strat, kept, every, keep_first, keep_last, size, trust_remote_code)
 
     from transformers.utils import logging as hf_logging
 
@@ -133,6 +140,36 @@ def init(
     )
 
 
+def _check_student_shape(
+    teacher: str,
+    strategy: str,
+    kept: list[int] | None,
+    every: int,
+    keep_first: int,
+    keep_last: int,
+    size: int | None,
+    trust_remote_code: bool,
+) -> None:
+    """Refuse, from the teacher's config alone, a student that cannot be made or would be the whole teacher."""
+    from ..core.layermap import LayerMap
+    from ..train.recipe import resolve_model_spec
+
+    n = validate.teacher_layers(resolve_model_spec(teacher), trust_remote_code)
+    why = f"the teacher has {n} layers"
+    validate.in_range("keep_first", keep_first, 1, n, why)
+    validate.in_range("keep_last", keep_last, 0, n, why)
+    if strategy == "similarity":
+        validate.in_range("size", size, 1, n - 1, f"{why} and a student keeps fewer")
+        return
+    lm = LayerMap.from_kept(kept, n) if kept else LayerMap.every(n, every, keep_first, keep_last)
+    if lm.n_student >= n:
+        how = "--layers" if kept else f"--every {every} --keep-first {keep_first} --keep-last {keep_last}"
+        raise BoomerangError(
+            f"{how} keeps all {n} teacher layers, so the student would be the teacher; keep fewer layers "
+            "(e.g. --every 2 --keep-first 1 --keep-last 2, the paper's default)"
+        )
+
+
 def distill(
     recipe: Annotated[
         Path,
@@ -169,6 +206,13 @@ def distill(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate the recipe, print it resolved, and exit.")
     ] = False,
+    gpus: Annotated[
+        int | None,
+        typer.Option(help="With --dry-run: plan per-GPU memory on N GPUs (DDP, FSDP, checkpointing); no weights."),
+    ] = None,
+    gpu_memory: Annotated[
+        str, typer.Option("--gpu-memory", help="With --gpus: memory of one GPU, e.g. 80GB, 79.6GiB.")
+    ] = "80GB",
 ) -> None:
     """Distil a student from its teacher (paper Eq. 1) as a recipe describes."""
     from ..train.recipe import load_recipe
@@ -183,15 +227,67 @@ def distill(
     ):
         if value is not None:
             extra.append(f"{key}={value}")
-    r = load_recipe(recipe, extra)
     if resume and force:
         raise BoomerangError("give --resume or --force, not both")
+    validate.positive(steps=steps, max_tokens=max_tokens)
+    validate.seed(seed)
+    validate.recipe_file(recipe)
+    validate.positive(gpus=gpus)
+    if gpus is not None and not dry_run:
+        raise BoomerangError("--gpus plans memory without training: add --dry-run")
+    capacity = None
+    if gpus is not None:
+        from ..train.memory import parse_memory
+
+        capacity = parse_memory(gpu_memory)
+    r = load_recipe(recipe, extra)
     if dry_run:
+        if gpus is not None:
+            from ..train.memory import plan_recipe
+
+            _print_memory_plan(r, plan_recipe(r, gpus, capacity))
+            return
         console.print(r.to_yaml(), highlight=False, markup=False)
         return
+    # the trainer's own rule for the run directory; its place must be writable, dead runs' temporaries go
+    validate.run_dir(Path(out or r.out or Path("runs") / (r.name or "distill")))
     from ..train.trainer import distill as run_distill
 
     run_distill(r, out=out, resume=resume, force=force)
+
+
+def _print_memory_plan(recipe: object, rp: object) -> None:
+    """The per-GPU memory table of ``boomerang distill --dry-run --gpus N``."""
+    from ..train.memory import COMPONENTS, STRATEGY_NAMES, GiB, strategy_verdict
+
+    plans = rp.plans  # type: ignore[attr-defined]
+    t, s, run = rp.teacher, rp.student, rp.run  # type: ignore[attr-defined]
+    gib = lambda b: f"{b / GiB:.2f}"  # noqa: E731
+    cap = plans[0].capacity
+    console.print(
+        f"memory plan for {recipe.name} on {plans[0].gpus} GPU(s) of {cap / 1e9:.1f} GB ({cap / GiB:.1f} GiB; "  # type: ignore[attr-defined]
+        f"{plans[0].usable / GiB:.1f} GiB usable after a reserve for the CUDA context and fragmentation)",
+        highlight=False,
+    )
+    guessed = " (unknown model type: read as a Llama-like decoder)" if t.guessed else ""
+    console.print(
+        f"teacher {recipe.teacher}: {t.model_type}{guessed}, {t.layers} layers, {t.params / 1e9:.2f}B parameters; "  # type: ignore[attr-defined]
+        f"student {s.layers} layers, {s.params / 1e9:.2f}B; {'bf16' if run.bf16 else 'fp32'}; micro-batch "
+        f"{run.micro_batch} × {run.seq_len} tokens; loss chunks of {run.chunk_tokens} tokens; "
+        f"{run.n_pairs} aligned states",
+        highlight=False,
+    )
+    table = Table(title="per-GPU memory (GiB)")
+    table.add_column("component")
+    for p in plans:
+        table.add_column(STRATEGY_NAMES[p.strategy], justify="right")
+    for name, _ in COMPONENTS:
+        table.add_row(name, *[gib(p.components[name]) for p in plans])
+    table.add_row("total", *[gib(p.total) for p in plans], style="bold")
+    table.add_row("fits", *["yes" if p.fits else "[red]no[/]" for p in plans])
+    console.print(table)
+    for line in strategy_verdict(recipe, plans):
+        console.print(line, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

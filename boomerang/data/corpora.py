@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import BoomerangError, require
 from .builtin import builtin_text, is_builtin
+from .textfiles import check_text_file
 
 TEXT_SUFFIXES = (".txt", ".md")
 DEFAULT_TRAIN = "builtin:default-train"  # the packaged training corpus, used when no shared corpora are found
@@ -147,6 +148,7 @@ def _open(path: Path, errors: str = "strict"):
 
 
 def _read_file(path: Path, text_field: str) -> Iterator[str]:
+    check_text_file(path)  # model weights or an archive are refused, not scored as text
     if path.name.removesuffix(".gz").endswith(".jsonl"):
         with _open(path) as f:
             for n, line in enumerate(f, 1):

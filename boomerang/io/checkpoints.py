@@ -67,10 +67,17 @@ def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file, or a clear error."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise BoomerangError(f"cannot read {path}: {e}") from None
+    except OSError as e:
+        raise BoomerangError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BoomerangError(
+            f"{path} is not valid JSON ({e}); the checkpoint is damaged: restore the file from its source, or save "
+            "the checkpoint again with model.save_pretrained(DIR)"
+        ) from None
     if not isinstance(data, dict):
-        raise BoomerangError(f"{path} does not hold a JSON object")
+        raise BoomerangError(
+            f"{path} does not hold a JSON object; restore the file from its source, or save the checkpoint again"
+        )
     return data
 
 

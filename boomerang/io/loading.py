@@ -6,7 +6,9 @@ unless ``trust_remote_code=True`` is passed explicitly.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,15 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from ..core.arch import model_class
 from ..errors import BoomerangError
-from .checkpoints import DTYPE_NAMES, common_dtype_name, copy_tokenizer, dtype_name, expand_alias
+from .checkpoints import (
+    DTYPE_NAMES,
+    common_dtype_name,
+    copy_tokenizer,
+    dtype_name,
+    expand_alias,
+    read_json,
+    tokenizer_files,
+)
 from .offline import (  # noqa: F401 (re-exported: the alias and cache are torch-free)
     DEFAULT_CACHE,
     OFFLINE_ALIAS,
@@ -23,6 +33,7 @@ from .offline import (  # noqa: F401 (re-exported: the alias and cache are torch
     offline_dir,
     strip_quantization,
 )
+from .safetensors_files import REPAIR_HINT, read_tensors
 
 DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_NAMES.items()}
 
@@ -44,8 +55,60 @@ def _hub_error(spec: str, err: Exception) -> BoomerangError:
     )
 
 
+_HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+_FILE_SUFFIXES = (".gguf", ".json", ".safetensors", ".bin", ".pt", ".yaml", ".yml", ".txt", ".jsonl")
+
+
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith(".gguf") or os.sep == "\\"
+    """A spec that can only be meant as a local path: it starts like one, cannot be a Hub id, names a file, or its
+    first component is a local directory (``runs/studnet`` when ``runs/`` exists)."""
+    return (
+        spec.startswith((".", "/", "~"))
+        or os.sep == "\\"
+        or not _HUB_ID.match(spec)
+        or spec.endswith(_FILE_SUFFIXES)
+        or ("/" in spec and Path(spec.split("/", 1)[0]).is_dir())
+    )
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub may not be contacted (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _in_hub_cache(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # an invalid repo id
+        return False
+
+
+def _no_such_local(spec: str, offline: bool) -> BoomerangError:
+    """ "No such local directory", with the closest names beside it, at once (no Hub retries)."""
+    path = Path(spec).expanduser()
+    parent = path.parent
+    hint = ""
+    if parent.is_dir():
+        names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+        close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+        if close:
+            hint = f" (did you mean {' or '.join(str(parent / c) for c in close)}?)"
+    else:
+        hint = f" ({parent} does not exist either)"
+    hub = (
+        "; it is not in the local Hub cache either, and the Hub is offline (HF_HUB_OFFLINE=1)"
+        if offline and _HUB_ID.match(spec)
+        else ""
+    )
+    return BoomerangError(
+        f"no such local directory: {spec} does not exist{hint}{hub}. Pass an existing checkpoint directory, a .gguf "
+        "file or a Hugging Face Hub id (organisation/name)"
+    )
 
 
 def resolve(spec: str | os.PathLike) -> tuple[str, str | None]:
@@ -71,21 +134,48 @@ def resolve(spec: str | os.PathLike) -> tuple[str, str | None]:
         raise BoomerangError(
             f"{spec} is a file but not a .gguf file; pass a checkpoint directory, a .gguf file or a Hub id"
         )
-    if _looks_like_path(spec):
-        raise BoomerangError(f"{spec} does not exist")
+    offline = hub_offline()
+    if _looks_like_path(spec) or (offline and not _in_hub_cache(spec)):
+        raise _no_such_local(spec, offline)
     return spec, None
 
 
 def load_config(spec: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
     where, gguf = resolve(spec)
+    if not gguf and Path(where).is_dir():
+        read_json(Path(where) / "config.json")  # a clear message for a damaged config.json
     try:
         cfg = AutoConfig.from_pretrained(where, gguf_file=gguf, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # transformers raises many types on damaged files
+        if gguf:
+            raise gguf_error(spec, e) from None
         if Path(where).is_dir():
-            raise BoomerangError(f"cannot read the config of {spec}: {e}") from None
+            raise BoomerangError(f"cannot read the config of {spec}: {_first_line(e)}") from None
         raise _hub_error(str(spec), e) from None
     strip_quantization(cfg)
+    if not trust_remote_code:
+        drop_remote_code(cfg)
     return cfg
+
+
+def drop_remote_code(cfg: Any) -> None:
+    """Forget a config's ``auto_map``: without --trust-remote-code the model is transformers' own class, so every
+    checkpoint written from it is a standard one, and must not point at code it does not ship."""
+    if "auto_map" in cfg.__dict__:
+        del cfg.auto_map
+
+
+def gguf_error(spec: str | os.PathLike, e: BaseException) -> BoomerangError:
+    """A GGUF file that transformers cannot parse (truncated, damaged, or an unsupported architecture)."""
+    return BoomerangError(
+        f"cannot read the GGUF file {spec}: {_first_line(e)}. The file is damaged, incomplete or not a supported "
+        "GGUF model: download it again, or pass a checkpoint directory instead"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def load_model(
@@ -102,16 +192,24 @@ def load_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
+    if not gguf and Path(where).is_dir():
+        read_tensors(
+            Path(where)
+        )  # damaged or truncated weights: a clear message before transformers reads them
     try:
         if gguf:
             model = load_gguf(where, gguf, auto, kwargs)
         else:
-            model = auto.from_pretrained(where, use_safetensors=True, **kwargs)
+            model = auto.from_pretrained(where, config=config, use_safetensors=True, **kwargs)
     except BoomerangError:
         raise
     except Exception as e:  # corrupt files, missing shards, offline Hub
+        if gguf:
+            raise gguf_error(spec, e) from None
         if Path(where).is_dir():
-            raise BoomerangError(f"cannot load the model in {spec}: {e}") from None
+            raise BoomerangError(
+                f"cannot load the model in {spec}: {_first_line(e)}; {REPAIR_HINT}"
+            ) from None
         raise _hub_error(str(spec), e) from None
     model.eval()
     return model
@@ -160,11 +258,22 @@ def load_pair(
 
 def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
     where, gguf = resolve(spec)
+    if not gguf and Path(where).is_dir() and not tokenizer_files(where):
+        raise BoomerangError(
+            f"{spec} has no tokenizer (no tokenizer.json, tokenizer_config.json or vocabulary files). Copy the "
+            "tokenizer files of the model it was made from into it (or save one with tokenizer.save_pretrained), "
+            "or pass --tokenizer DIR where the command has it"
+        )
     try:
         return AutoTokenizer.from_pretrained(where, gguf_file=gguf, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:
+        if gguf:
+            raise gguf_error(spec, e) from None
         if Path(where).is_dir():
-            raise BoomerangError(f"cannot load a tokenizer from {spec}: {e}") from None
+            raise BoomerangError(
+                f"cannot load the tokenizer of {spec}: {_first_line(e)}. Its tokenizer files are damaged or "
+                "incomplete: copy them again from the model it was made from"
+            ) from None
         raise _hub_error(str(spec), e) from None
 
 

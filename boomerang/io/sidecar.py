@@ -21,27 +21,66 @@ def read_layer_map(student: str | Path, config: Any = None, *, allow_hub: bool =
     """Find a student's layer map: the ``boomerang`` config section, else the reference sidecar file.
 
     ``student`` is a local directory or a Hub id; ``config`` is its (already loaded) config, if at hand.
-    Returns None when neither source exists.
+    Returns None when neither source exists; a local student whose two sources disagree is refused.
     """
-    if config is not None:
-        lm = LayerMap.from_config(config)
-        if lm is not None:
-            return lm
     path = Path(student)
+    lm = config_layer_map(config, f"the config of {student}") if config is not None else None
     if path.is_dir():
         cfg_file = path / "config.json"
-        if config is None and cfg_file.is_file():
-            lm = LayerMap.from_config(json.loads(cfg_file.read_text()))
-            if lm is not None:
-                return lm
+        if lm is None and cfg_file.is_file():
+            lm = config_layer_map(_read_json(cfg_file, "a config.json"), str(cfg_file))
         side = path / SIDECAR
-        return LayerMap.from_reference(json.loads(side.read_text())) if side.is_file() else None
-    if not allow_hub:
-        return None
+        other = sidecar_layer_map(side) if side.is_file() else None
+        if lm is not None and other is not None and lm != other:
+            raise BoomerangError(
+                f"{student} carries two layer maps that disagree: the 'boomerang' section of its config.json keeps "
+                f"teacher layers {list(lm.kept)} of {lm.n_teacher}, but {SIDECAR} keeps {list(other.kept)} of "
+                f"{other.n_teacher}. Delete (or correct) the wrong one; boomerang writes both from one map"
+            )
+        return lm or other
+    if lm is not None or not allow_hub:
+        return lm
     from .loading import hub_file
 
     side_path = hub_file(str(student), SIDECAR, required=False)
-    return LayerMap.from_reference(json.loads(Path(side_path).read_text())) if side_path else None
+    return sidecar_layer_map(Path(side_path)) if side_path else None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise BoomerangError(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BoomerangError(
+            f"{path} is not valid JSON ({e}); it should be {what}. Fix the file, or restore it from the checkpoint's "
+            "source"
+        ) from None
+
+
+def sidecar_layer_map(path: Path) -> LayerMap:
+    """The layer map in a reference ``student_config.json``, or a clear error."""
+    what = f'a {SIDECAR} such as {{"copied_teacher_layers": [0, 2, 4], "pruned_teacher_layers": [1, 3]}}'
+    data = _read_json(path, what)
+    if not isinstance(data, dict):
+        raise BoomerangError(f"{path} holds a JSON {type(data).__name__}; it should be {what}")
+    try:
+        return LayerMap.from_reference(data)
+    except BoomerangError as e:
+        raise BoomerangError(f"{path}: {e}. It should be {what}") from None
+
+
+def config_layer_map(config: Any, where: str) -> LayerMap | None:
+    """The student layer map in a config's ``boomerang`` section (None if it has none), or a clear error."""
+    try:
+        return LayerMap.from_config(config)
+    except BoomerangError as e:
+        raise BoomerangError(f"{where}: its 'boomerang' section has an invalid layer map ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise BoomerangError(
+            f'{where}: the \'boomerang\' section\'s layer_map must be {{"n_teacher": N, "kept": [0, ...]}}; '
+            "fix it, or remove the section and pass --layers"
+        ) from None
 
 
 def write_sidecar(directory: str | Path, layer_map: LayerMap) -> None:
@@ -51,7 +90,7 @@ def write_sidecar(directory: str | Path, layer_map: LayerMap) -> None:
 
 def student_layer_map(student: PreTrainedModel) -> LayerMap:
     """The layer map stored in a student's config, or a clear error."""
-    lm = LayerMap.from_config(student.config)
+    lm = config_layer_map(student.config, "the student's config")
     if lm is None:
         path = getattr(student.config, "_name_or_path", "") or getattr(student, "name_or_path", "")
         lm = read_layer_map(path, allow_hub=False) if path else None

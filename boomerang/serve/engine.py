@@ -52,8 +52,6 @@ class Job:
     tokens: list[int] = field(default_factory=list)
     stream: TextStream | None = None
     generator: torch.Generator | None = None
-    submitted: float = field(default_factory=time.perf_counter)
-    first_token: float | None = None
 
     def cancel(self) -> None:
         """Stop generating (the client went away); the engine drops the job at its next turn."""
@@ -187,12 +185,19 @@ class Engine:
         if job.cancelled:
             self._finish(job, None)
             return
+        prefill = job.cache is None
+        t0 = time.perf_counter()
         try:
             event = self._advance(job)
         except Exception as e:  # one failing request must not take the others (or the thread) down
             log.exception("generation failed for job %d", job.id)
             self._finish(job, ("error", f"generation failed: {type(e).__name__}: {e}"))
             return
+        if (
+            self.observer is not None
+        ):  # the whole step: forward pass, sampling, detokenizing, sending the text
+            n = len(job.prompt) if prefill else 1
+            self.observer(job.k, "prefill" if prefill else "decode", n, time.perf_counter() - t0)
         if event is not None:
             self._finish(job, event)
 
@@ -232,14 +237,8 @@ class Engine:
             inputs = torch.tensor([job.prompt], dtype=torch.long)
         else:
             inputs = torch.tensor([[job.tokens[-1]]], dtype=torch.long)
-        t0 = time.perf_counter()
         with torch.inference_mode():
             out = model(input_ids=inputs.to(model.device), past_key_values=job.cache, use_cache=True)
             token = next_token(out.logits[0, -1], job.sampling, job.generator)
-        seconds = time.perf_counter() - t0
         job.cache = out.past_key_values
-        if prefill:
-            job.first_token = time.perf_counter()
-        if self.observer is not None:
-            self.observer(job.k, "prefill" if prefill else "decode", inputs.shape[1], seconds)
         return token

@@ -8,7 +8,7 @@ with a prompt of P tokens, ``max_tokens`` = N and jobs in flight on members J:
     latency(K) = P * prefill(K) + others + (N - 1) * (decode(K) + others),   others = sum of decode(j) over J
 
 ``decode(K)`` (seconds per token) and ``prefill(K)`` (seconds per prompt token) are running averages of the
-engine's own measured steps. A member not measured yet is estimated by a least-squares line in parameter count
+engine's own measured steps (forward pass, sampling, detokenizing and handing over the text). A member not measured yet is estimated by a least-squares line in parameter count
 through the members that were (``calibrate`` measures the student, a middle member and the teacher at start).
 The estimate is conservative: it assumes every job in flight keeps running for the whole request and that the
 request generates all N tokens. If no member fits, the smallest one is used (the request is served, late).
