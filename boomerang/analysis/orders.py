@@ -8,6 +8,13 @@ Data-driven orders are computed from calibration token ids ``[n, length]``:
 * ``greedy-kl`` (KLPatch): starting from the student, each step patches the one more student layer that gives
   the lowest KL(teacher || model), averaged over calibration tokens.
 * ``optimal``: for every size, the subset with the lowest KL among all 2^M subsets (M <= 12 by default).
+* ``shortest-path``: for every size, the best subset under a surrogate of the KL with only adjacent interactions,
+  found as shortest paths in an acyclic graph (polynomial: O(M) scored models, O(M^2) graph edges); see
+  ``shortest_path_search``. Like ``optimal``, its subsets need not be nested.
+
+``greedy-kl`` and the shortest-path view of layer choice follow *Understanding Layer Patching in Model Size
+Interpolation* (arXiv 2607.08170), which proves the optimal-subset problem is a shortest-path problem in an acyclic
+graph and introduces KLPatch. Only its abstract was available here: the surrogate and its graph are our own.
 
 The searches never run a whole model per candidate. ``PatchEvaluator`` caches the hidden states of the current
 model at every block boundary and re-runs only the blocks after the changed one (see ``boomerang.core.spans``).
@@ -18,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -377,6 +385,166 @@ def greedy_from_table(
     return seq, out
 
 
+# ---- shortest paths: per-size subsets in polynomial time ------------------------------------------------------
+
+
+Anchor = Literal["student", "teacher"]
+
+
+@dataclass(frozen=True)
+class ChainSurrogate:
+    """The criterion around an anchor model, keeping only interactions between adjacent positions.
+
+    With x_j = 1 when position j is patched and z_j = x_j around the student (z_j = 1 - x_j around the teacher),
+    ``f(x) ~ base + sum_j u[j] z_j + sum_{j>=1} w[j] z_{j-1} z_j``. The terms are measured exactly: ``base`` is the
+    anchor, ``u[j]`` what flipping position j alone changes, ``w[j]`` what flipping j-1 and j together changes
+    beyond the two single flips. So the surrogate is exact for the anchor, every single flip and every adjacent pair
+    of flips, and for all subsets when the criterion has no interaction between non-adjacent positions.
+    """
+
+    anchor: Anchor
+    base: float
+    u: tuple[float, ...]
+    w: tuple[float, ...]  # w[0] is 0: position 0 has no left neighbour
+
+    @classmethod
+    def measure(cls, anchor: Anchor, m: int, score: Callable[[frozenset[int]], float]) -> ChainSurrogate:
+        """Measure the terms with 2M scored models: the anchor, M single flips and M-1 adjacent pairs."""
+        full = frozenset(range(m))
+
+        def flipped(*js: int) -> frozenset[int]:
+            return frozenset(js) if anchor == "student" else full - set(js)
+
+        base = score(flipped())
+        single = [score(flipped(j)) for j in range(m)]
+        u = tuple(v - base for v in single)
+        w = (0.0, *(score(flipped(j - 1, j)) - single[j - 1] - single[j] + base for j in range(1, m)))
+        return cls(anchor=anchor, base=base, u=u, w=w)
+
+    def z(self, patched: int) -> int:
+        return patched if self.anchor == "student" else 1 - patched
+
+    def value(self, subset: Sequence[int]) -> float:
+        """The surrogate's value for one patched set."""
+        x = [0] * len(self.u)
+        for i in subset:
+            x[i] = 1
+        z = [self.z(v) for v in x]
+        return (
+            self.base
+            + sum(u * zj for u, zj in zip(self.u, z, strict=True))
+            + sum(self.w[j] * z[j - 1] * z[j] for j in range(1, len(z)))
+        )
+
+    def shortest_paths(self) -> tuple[list[tuple[int, ...]], list[float], int]:
+        """For every size K = 0..M, the patched set minimising the surrogate, and its value.
+
+        The graph is acyclic: a node is (position j, K patched among positions < j, choice at j-1), and an edge
+        chooses student layer j or teacher block j at cost ``u[j] z_j + w[j] z_{j-1} z_j``. A path from the source
+        to (M, K, .) is a patched set of size K and its length is the surrogate minus ``base``, so one pass of
+        dynamic programming over the 2(M+1) nodes per position gives the shortest path to every K at once:
+        4M(M+1) edge relaxations at most (returned). Ties go to the lexicographically smallest set.
+        """
+        m = len(self.u)
+        # node (k, previous choice) -> (length, patched positions so far)
+        best: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {(0, -1): (0.0, ())}
+        relaxations = 0
+        for j in range(m):
+            nxt: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
+            for (k, prev), (length, chosen) in best.items():
+                for c in (0, 1):
+                    cost = self.u[j] * self.z(c)
+                    if prev >= 0:
+                        cost += self.w[j] * self.z(prev) * self.z(c)
+                    cand = (length + cost, (*chosen, j) if c else chosen)
+                    relaxations += 1
+                    key = (k + c, c)
+                    if key not in nxt or cand < nxt[key]:
+                        nxt[key] = cand
+            best = nxt
+        subsets, values = [], []
+        for k in range(m + 1):
+            length, chosen = min(v for (kk, _c), v in best.items() if kk == k)
+            subsets.append(chosen)
+            values.append(self.base + length)
+        return subsets, values, relaxations
+
+
+def shortest_path_search(
+    score: Callable[[frozenset[int]], float], m: int, *, progress: Progress | None = None
+) -> tuple[list[tuple[int, ...]], list[float], dict[str, Any]]:
+    """Per-size patched sets from two chain surrogates of the criterion (lower is better), verified exactly.
+
+    The surrogate is measured around the student and around the teacher (``ChainSurrogate``: 2M scored models
+    each; the one around the student is exact for small K, the one around the teacher for large K). Each gives
+    every size's best set by shortest paths; both candidates of each size are scored exactly and the better one is
+    kept. ``score`` is the exact criterion of a patched set; it is called at most once per set, at most 6M - 6
+    times in all (M >= 3). Returns the sets, their exact scores and what was measured.
+    """
+    total = 4 * m + max(0, 2 * (m - 3))
+    memo: dict[frozenset[int], float] = {}
+
+    def exact(subset: frozenset[int]) -> float:
+        if subset not in memo:
+            memo[subset] = float(score(subset))
+            if progress:
+                progress(len(memo), max(total, len(memo)))
+        return memo[subset]
+
+    surrogates = [ChainSurrogate.measure(anchor, m, exact) for anchor in ("student", "teacher")]
+    paths = [sg.shortest_paths() for sg in surrogates]
+    subsets: list[tuple[int, ...]] = []
+    values: list[float] = []
+    chosen_by: list[str] = []
+    candidates: list[dict[str, Any]] = []
+    for k in range(m + 1):
+        options = {sg.anchor: path[0][k] for sg, path in zip(surrogates, paths, strict=True)}
+        scored = sorted((exact(frozenset(sub)), sub, anchor) for anchor, sub in options.items())
+        value, subset, anchor = scored[0]
+        subsets.append(subset)
+        values.append(value)
+        same = len({sub for _v, sub, _a in scored}) == 1
+        chosen_by.append("both" if same else anchor)
+        candidates.append({a: {"subset": list(sub), "kl": v} for v, sub, a in scored})
+    if progress:
+        progress(len(memo), len(memo))
+    info = {
+        "surrogates": {
+            sg.anchor: {"base": sg.base, "u": list(sg.u), "w": list(sg.w), "predicted": path[1]}
+            for sg, path in zip(surrogates, paths, strict=True)
+        },
+        "candidates": candidates,
+        "chosen_by": chosen_by,
+        "models_scored": len(memo),
+        "dp_relaxations": sum(path[2] for path in paths),
+    }
+    return subsets, values, info
+
+
+class _SubsetScorer:
+    """The exact criterion of any patched set, starting from the student's or the teacher's cached states.
+
+    A set agrees with the student on positions before its first patched one, and with the teacher before its first
+    unpatched one; it is run from the later of the two, on that anchor's cached boundary states.
+    """
+
+    def __init__(self, ev: PatchEvaluator) -> None:
+        self.ev = ev
+        m = ev.n_student
+        self.anchor_states = {"student": ev.states(()), "teacher": ev.states(range(m))}
+
+    def __call__(self, subset: frozenset[int]) -> float:
+        ev, m = self.ev, self.ev.n_student
+        first_patched = min(subset, default=m)
+        first_unpatched = min(set(range(m)) - subset, default=m)
+        anchor = "student" if first_patched > first_unpatched else "teacher"
+        start = max(first_patched, first_unpatched)
+        h = self.anchor_states[anchor][start]
+        for i in range(start, m):
+            h = ev.block(i, i in subset, h)
+        return ev.score(ev.sources(subset)[1], h, depth=ev.depth(subset))
+
+
 def layer_similarity(
     teacher: Any, student: Any, layer_map: LayerMap, calibration: Any, *, batch_size: int = 8
 ) -> list[float]:
@@ -481,6 +649,10 @@ def compute_order(
         seq, kl = nested_search(ev, progress=progress)
         info.update(criterion="kl", kl=kl, evaluations=_evaluations(ev, ev.counts["heads"]))
         return PatchOrder.from_sequence("greedy-kl", seq, m, **info)
+    if name == "shortest-path":
+        subsets, kl, found = shortest_path_search(_SubsetScorer(ev), m, progress=progress)
+        info.update(criterion="kl", kl=kl, **found, evaluations=_evaluations(ev, ev.counts["heads"]))
+        return PatchOrder(name="shortest-path", subsets=subsets, info=info)
 
     values = exhaustive_search(ev, progress=progress)
     subsets = best_subsets(values, m)

@@ -133,8 +133,8 @@ def build(
     order: Annotated[
         str | None,
         typer.Option(
-            help="Which K layers: last, first, a saved order (.json), or similarity / greedy-kl / optimal "
-            "(need --data). Default: the order the student records (init writes it), else last."
+            help="Which K layers: last, first, a saved order (.json), or similarity / greedy-kl / shortest-path / "
+            "optimal (need --data). Default: the order the student records (init writes it), else last."
         ),
     ] = None,
     patch_layers: Annotated[

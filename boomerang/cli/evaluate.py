@@ -263,7 +263,8 @@ def sweep(
     order: Annotated[
         str | None,
         typer.Option(
-            help="Patch order: last, first, a JSON order file or list ([3,2,1,0]), similarity, greedy-kl, optimal. "
+            help="Patch order: last, first, a JSON order file or list ([3,2,1,0]), similarity, greedy-kl, "
+            "shortest-path, optimal. "
             "Default: the order the student records (init writes it), else last."
         ),
     ] = None,

@@ -37,8 +37,8 @@ ShardSize = Annotated[
 OrderOpt = Annotated[
     str | None,
     typer.Option(
-        help="Patch order: last, first, a saved order (.json), or similarity / greedy-kl / optimal (need --data). "
-        "Default: the order the student records (init writes it), else last."
+        help="Patch order: last, first, a saved order (.json), or similarity / greedy-kl / shortest-path / "
+        "optimal (need --data). Default: the order the student records (init writes it), else last."
     ),
 ]
 

@@ -22,7 +22,8 @@ class PatchOrder(BaseModel):
     """For every size K = 0..M, the set of student layers patched.
 
     Orders built from a sequence (``last``, ``first``, ``similarity``, ``greedy-kl``) are nested: size K+1 adds
-    one layer to size K. Exhaustive (``optimal``) orders need not be nested, so subsets are stored per size.
+    one layer to size K. Per-size searches (``optimal``, ``shortest-path``) need not be nested, so subsets are
+    stored per size.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -86,7 +87,8 @@ class PatchOrder(BaseModel):
 
 
 BUILTIN_ORDERS = ("last", "first")
-DATA_ORDERS = ("similarity", "greedy-kl", "optimal")  # need calibration data: see boomerang.analysis.orders
+# need calibration data: see boomerang.analysis.orders
+DATA_ORDERS = ("similarity", "greedy-kl", "shortest-path", "optimal")
 
 
 DEFAULT_ORDER = "last"  # for students that record no patch order
