@@ -54,9 +54,9 @@ def members(
 ) -> dict[str, dict[str, Any]]:
     """Per order: patched sets, depths, and the final-hidden-state cosine (and KL) of every member vs the teacher.
 
-    Orders are names (``last``, ``first``, ``similarity``, ``greedy-kl``, ``optimal``), saved order files, or
-    ``PatchOrder`` objects; data-driven ones are computed on ``calibration``. Each row keeps the order itself
-    (``PatchOrder.to_json()``) under ``"order"``.
+    Orders are names (``last``, ``first``, ``similarity``, ``greedy-kl``, ``shortest-path``, ``optimal``), saved
+    order files, or ``PatchOrder`` objects; data-driven ones are computed on ``calibration``. Each row keeps the
+    order itself (``PatchOrder.to_json()``) under ``"order"``.
     """
     ids = as_calibration(calibration)
     cos_ev = PatchEvaluator(teacher, student, layer_map, ids, criterion="cos", batch_size=batch_size)
