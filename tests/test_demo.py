@@ -11,41 +11,108 @@ from boomerang.cli.app import run
 
 
 @pytest.mark.real
-@pytest.mark.heavy  # ~6 min on 2 idle cores (one distillation step, two 17-member sweeps)
+@pytest.mark.heavy  # ~15 min on 2 idle cores (three one-step students, every sweep on three texts)
 def test_demo_pipeline_runs_and_resumes(real_teacher_dir, corpora, tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--tokens", "4096", "--eval-tokens", "300", "--orders", "last,first"]
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--tokens",
+        "4096",
+        "--eval-tokens",
+        "300",
+        "--calibration-samples",
+        "4",
+    ]
     assert run([*args, "train.micro_batch_size=4", "eval.blocks=2"]) == 0
     summary = json.loads((out / "distill" / "summary.json").read_text())
     assert summary["steps"] == 1 and summary["tokens"] == 4096
-    for order in ("last", "first"):
-        res = json.loads((out / f"sweep-{order}" / "results.json").read_text())
-        boom = [r for r in res["rows"] if r["method"] == "boomerang"]
-        assert sorted(r["K"] for r in boom) == list(range(17))
-        assert all(r["ppl"] > 1 for r in boom)
-    naive = json.loads((out / "sweep-last" / "results.json").read_text())["rows"]
-    assert any(r["method"] == "naive" for r in naive)
-    report = (out / "report.md").read_text()
-    assert "| 16 |" in report and "last order" in report and "first order" in report
-    for png in ("family.png", "training.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["claims"]) == {"validation", "hamlet", "devils-dictionary"}
+    for text, claims in res["claims"].items():
+        assert [c["key"] for c in claims] == list("abcde")
+        assert all(c["verdict"] in ("PASS", "FAIL") for c in claims), (text, claims)
     # a rerun finds every stage done and only rewrites the report
-    mtime = (out / "sweep-last" / "results.json").stat().st_mtime
+    done = out / "sweeps" / "hamlet" / "main-greedy-kl" / "results.json"
+    mtime = done.stat().st_mtime
     assert run(args) == 0
-    assert (out / "sweep-last" / "results.json").stat().st_mtime == mtime
+    assert done.stat().st_mtime == mtime
 
 
-def test_demo_on_tiny_models_with_teacher_and_data(tmp_path):
+def _tiny_demo(tmp_path, *extra):
     teacher, data = tiny_demo_setup(tmp_path)
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--teacher", str(teacher), "--data", str(data), *TINY_DEMO_ARGS]
-    assert run([*args, *TINY_DEMO_OVERRIDES, f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--teacher",
+        str(teacher),
+        "--data",
+        str(data),
+        *TINY_DEMO_ARGS,
+        *extra,
+    ]
+    return teacher, data, out, [*args, *TINY_DEMO_OVERRIDES, f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
+    teacher, data, out, argv = _tiny_demo(tmp_path, "--export", str(tmp_path / "evidence"))
+    assert run(argv) == 0
     recipe = (out / "distill" / "recipe.yaml").read_text()
     assert f"teacher: {teacher}" in recipe and f"train: {data / 'train'}" in recipe
-    res = json.loads((out / "sweep-last" / "results.json").read_text())
-    assert sorted(r["K"] for r in res["rows"] if r["method"] == "boomerang") == [0, 1, 2, 3, 4]
-    assert res["slice"][0]["name"].startswith("doc")  # the validation/ folder, not a default text
-    assert (out / "report.md").read_text().startswith(f"# boomerang demo: {teacher}")
+    # three students on one budget: the main one, a random-init one with its layer map, one without the cosine term
+    sums = {
+        n: json.loads((out / d / "summary.json").read_text())
+        for n, d in [("main", "distill"), ("random", "distill-random"), ("nocos", "distill-nocos")]
+    }
+    assert len({s["tokens"] for s in sums.values()}) == 1
+    main_cfg = json.loads((out / "distill" / "student" / "config.json").read_text())["boomerang"]
+    rnd_cfg = json.loads((out / "distill-random" / "student" / "config.json").read_text())["boomerang"]
+    assert rnd_cfg["layer_map"] == main_cfg["layer_map"] and rnd_cfg["init"]["random_weights"]
+    assert "cos: 0.0" in (out / "distill-nocos" / "recipe.yaml").read_text()
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["claims"]) == {"validation", "hamlet", "devils-dictionary"}
+    for text, claims in res["claims"].items():
+        assert [c["key"] for c in claims] == list("abcde")
+        verdicts = {c["key"]: c["verdict"] for c in claims}
+        assert (
+            verdicts["a"] in ("PASS", "FAIL")
+            and verdicts["d"] in ("PASS", "FAIL")
+            and verdicts["e"] in ("PASS", "FAIL")
+        ), (text, claims)
+        curves = res["curves"][text]
+        assert {"main (last)", "naive", "shortgpt", "laco", "random init (last)", "no cosine (last)"} <= set(
+            curves
+        )
+        assert sorted(r["K"] for r in curves["main (last)"]) == [0, 1, 2, 3, 4]
+    assert res["slices"]["hamlet"][0]["name"] == "builtin:hamlet"
+    assert res["slices"]["validation"][0]["name"].startswith("doc")  # the validation/ folder
+    report = (out / "report.md").read_text()
+    assert report.startswith(f"# boomerang demo: {teacher}") and "## Claims" in report
+    for name in ("family-validation.png", "family-hamlet.png", "training.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evidence = tmp_path / "evidence"
+    assert (evidence / "report.md").read_text() == report
+    assert not list(evidence.rglob("*.safetensors"))  # no weights
+    assert (evidence / "distill-nocos" / "recipe.yaml").is_file()
+    # a rerun redoes nothing but the report
+    stamp = (out / "sweeps" / "hamlet" / "main-last" / "results.json").stat().st_mtime
+    assert run([*argv[:-1], "--force", argv[-1]]) == 0
+    assert (out / "sweeps" / "hamlet" / "main-last" / "results.json").stat().st_mtime == stamp
+
+
+def test_demo_ablations_and_texts_are_optional(tmp_path):
+    _, _, out, argv = _tiny_demo(
+        tmp_path, "--ablations", "", "--texts", "builtin:hamlet", "--baselines", "naive"
+    )
+    assert run(argv) == 0
+    assert not (out / "distill-random").exists() and not (out / "distill-nocos").exists()
+    claims = {
+        c["key"]: c["verdict"] for c in json.loads((out / "results.json").read_text())["claims"]["hamlet"]
+    }
+    assert claims["c"] == claims["d"] == claims["e"] == "n/a" and claims["b"] in ("PASS", "FAIL")
 
 
 def test_demo_without_the_offline_teacher_names_both_ways(tmp_path, monkeypatch, capsys):

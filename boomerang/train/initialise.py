@@ -125,12 +125,15 @@ def init_student(
     seed: int = 0,
     teacher_name: str | None = None,
     patch_order: str | None = None,
+    reinitialise: bool = False,
 ) -> PreTrainedModel:
     """A student initialised from ``teacher`` (which is left untouched; the student owns its tensors).
 
     ``layer_map`` is a LayerMap, a list of kept teacher layers, or a strategy name (``every``, ``random``,
     ``similarity``; default ``every``). ``similarity`` needs ``size`` and ``calibration`` token ids ``[n, len]``.
-    The student's config carries the layer map (``boomerang`` section) plus how it was made.
+    ``reinitialise`` gives any layer map random weights (``random`` is the ``every`` map with them): the
+    random-init baseline for a student of the same shape. The student's config carries the layer map
+    (``boomerang`` section) plus how it was made.
     """
     n = n_layers(teacher.config)
     info: dict[str, Any] = {}
@@ -166,9 +169,10 @@ def init_student(
         raise BoomerangError(
             f"the layer map is for a {lm.n_teacher}-layer teacher, but the teacher has {n} layers"
         )
+    reinitialise = reinitialise or strategy == "random"
     extra: dict[str, Any] = {"init": {"strategy": strategy, **info}}
-    if strategy == "random":
-        extra["init"]["seed"] = seed
+    if reinitialise:  # "random" says so by its name; any other map records it
+        extra["init"].update({} if strategy == "random" else {"random_weights": True}, seed=seed)
     if patch_order is not None:
         extra["patch_order"] = patch_order
     section = student_section(lm, teacher=teacher_name, **extra)
@@ -180,7 +184,7 @@ def init_student(
         section=section,
         copy=True,
     )
-    if strategy == "random":
+    if reinitialise:
         student = _reinitialised(student, seed)
     student.requires_grad_(True)  # trainable even when the teacher is frozen
     student.train(teacher.training)

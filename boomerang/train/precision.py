@@ -51,6 +51,27 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
+def machine() -> dict[str, object]:
+    """What a run's numbers were measured on: CPU model, cores, native-bf16 flags, torch version."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        import platform
+
+        model = platform.processor()
+    return {
+        "cpu": model or "unknown",
+        "cores": os.cpu_count(),
+        "native_bf16": native_bf16(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def native_bf16(flags: set[str] | None = None) -> list[str]:
     """The native-bf16 flags this CPU has (AMX or AVX512-BF16), in order of preference."""
     flags = cpu_flags() if flags is None else flags
