@@ -13,6 +13,8 @@ repeats are reported. Levers (the lean MLP, checkpointing, frozen embeddings, to
 are measured the same way.
 
     flock /work/heavy.lock python benchmarks/distill_step.py            # writes benchmarks/results/distill_step.json
+    python benchmarks/distill_step.py --precisions fp32,bf16 --variants baseline,ours --steps 5 \
+        --out benchmarks/results/distill_step-bf16.json     # fp32 vs bf16: speed, % of matmul peak, loss drift
     python benchmarks/distill_step.py --teacher DIR --data DIR --seq-len 16 --batch 2   # quick smoke run
 """
 
@@ -51,6 +53,48 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def step_flops(s_cfg, t_cfg, batch: int, seq: int, n_student: int) -> float:
+    """Matmul FLOPs of one step: student forward + backward (3×) and teacher forward (1×), each 2 FLOPs per
+    multiply-add over its linear layers, LM head and attention scores/values (causal: half of L² is skipped by
+    nobody here, so full L² is counted, as the kernels compute it)."""
+
+    def per_token_forward(cfg, layers: int) -> float:
+        d, inter = cfg.hidden_size, cfg.intermediate_size
+        heads, kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+        hd = getattr(cfg, "head_dim", None) or d // heads
+        attn_proj = d * heads * hd * 2 + d * kv * hd * 2  # q, o and k, v
+        mlp = 3 * d * inter
+        scores = 2 * seq * heads * hd  # q·k and p·v per token
+        return 2 * (layers * (attn_proj + mlp + scores) + d * cfg.vocab_size)
+
+    tokens = batch * seq
+    return tokens * (
+        3 * per_token_forward(s_cfg, n_student) + per_token_forward(t_cfg, t_cfg.num_hidden_layers)
+    )
+
+
+def matmul_peak(threads: int) -> dict[str, float]:
+    """GFLOP/s of the best of a few step-shaped matmuls, fp32 and bf16, medians of 5 (this machine, now)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    shapes = [(1024, 576, 1536), (1024, 1536, 576), (512, 576, 49152), (2048, 576, 576)]
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        best = 0.0
+        for m, k, n in shapes:
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            a @ b
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                a @ b
+                ts.append(time.perf_counter() - t0)
+            best = max(best, 2 * m * k * n / statistics.median(ts) / 1e9)
+        out[name] = round(best, 1)
+    return out
+
+
 # ---- child: one variant, one process ------------------------------------------------------------------------
 
 
@@ -62,8 +106,9 @@ def child(args: argparse.Namespace) -> dict:
     from boomerang.train.trainer import Distiller
 
     torch.set_num_threads(args.threads)
-    variant = args.child
+    variant, _, precision = args.child.partition("@")
     train = {
+        "precision": precision or "fp32",
         "batch_size": args.batch,
         "micro_batch_size": args.batch,
         "steps": 1000,
@@ -82,6 +127,7 @@ def child(args: argparse.Namespace) -> dict:
         "eval": {"blocks": 0},
         "checkpoint": {"every": 0},
         "log": {"progress": False, "tensorboard": False},
+        "optim": {"warmup_ratio": 0.0},  # every step trains (HF's warm-up starts at lr 0)
     }
     with tempfile.TemporaryDirectory() as tmp:
         d = Distiller(parse_recipe(raw), out=Path(tmp) / "run")
@@ -106,16 +152,23 @@ def child(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         first = step()
         first_s = time.perf_counter() - t0
+        losses = [first["loss"]]
         for _ in range(args.warmup - 1):
-            step()
+            losses.append(step()["loss"])
         times = []
         for _ in range(args.steps):
             t0 = time.perf_counter()
-            step()
+            losses.append(step()["loss"])
             times.append(time.perf_counter() - t0)
+        flops = step_flops(
+            d.student.config, d.teacher.config, args.batch, args.seq_len, d.layer_map.n_student
+        )
     tokens = args.batch * args.seq_len
     return {
-        "variant": variant,
+        "variant": args.child,
+        "precision": d.precision,
+        "flops_per_step": flops,
+        "losses": losses,
         "tokens_per_step": tokens,
         "step_s": times,
         "tokens_per_s": tokens / statistics.median(times),
@@ -139,9 +192,10 @@ def _baseline_step(d, F, torch):
     def step():
         batch = d.train_data.take(d.recipe.train.batch_size)
         ids = batch.input_ids
-        s = student(input_ids=ids, output_hidden_states=True, use_cache=False)
-        with torch.no_grad():
-            t = teacher(input_ids=ids, output_hidden_states=True, use_cache=False)
+        with d.acc.autocast():  # bf16 runs: the same autocast as ours
+            s = student(input_ids=ids, output_hidden_states=True, use_cache=False)
+            with torch.no_grad():
+                t = teacher(input_ids=ids, output_hidden_states=True, use_cache=False)
         v = s.logits.shape[-1]
         ce = F.cross_entropy(s.logits[:, :-1].reshape(-1, v), ids[:, 1:].reshape(-1))
         kl = F.kl_div(
@@ -180,6 +234,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--precisions", default="fp32", help="fp32, bf16 or both (fp32,bf16): each variant runs in each"
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "distill_step.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -191,6 +248,11 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if precisions != ["fp32"]:  # variant@precision
+        variants = [f"{v}@{p}" for p in precisions for v in variants]
+    peak = matmul_peak(args.threads)
+    print(f"matmul peak on {args.threads} threads: {peak} GFLOP/s", flush=True)
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     common = [
         "--teacher", args.teacher, "--data", args.data, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
@@ -219,8 +281,14 @@ def main() -> None:
 
     summary = {}
     for v in variants:
+        prec = runs[v][0].get("precision", "fp32")
+        step_s = statistics.median(t for x in runs[v] for t in x["step_s"])
+        achieved = runs[v][0]["flops_per_step"] / step_s / 1e9
         summary[v] = {
-            "what": VARIANTS[v],
+            "what": VARIANTS[v.partition("@")[0]] + (f" ({prec})" if "@" in v else ""),
+            "precision": prec,
+            "gflops": round(achieved, 1),
+            "fraction_of_matmul_peak": round(achieved / peak[prec], 3),
             "tokens_per_s": round(med(v, "tokens_per_s"), 2),
             "peak_rss_mb": round(med(v, "peak_rss_mb"), 1),
             "setup_rss_mb": round(med(v, "setup_rss_mb"), 1),
@@ -231,18 +299,18 @@ def main() -> None:
             "first_loss": runs[v][0]["first_loss"],
         }
     ratios = {}
-    if "baseline" in summary:
-        base = summary["baseline"]
-        for v in variants:
-            if v == "baseline":
-                continue
-            s = summary[v]
-            ratios[v] = {
-                "throughput_x": round(s["tokens_per_s"] / base["tokens_per_s"], 3),
-                "peak_rss_x": round(s["peak_rss_mb"] / base["peak_rss_mb"], 3),
-                "step_peak_x": round(s["step_peak_mb"] / max(base["step_peak_mb"], 1e-9), 3),
-                "loss_abs_diff": abs(s["first_loss"]["loss"] - base["first_loss"]["loss"]),
-            }
+    for v in variants:
+        name, _, prec = v.partition("@")
+        base_key = "baseline" + (f"@{prec}" if prec else "")
+        if name == "baseline" or base_key not in summary:
+            continue
+        base, s = summary[base_key], summary[v]
+        ratios[v] = {
+            "throughput_x": round(s["tokens_per_s"] / base["tokens_per_s"], 3),
+            "peak_rss_x": round(s["peak_rss_mb"] / base["peak_rss_mb"], 3),
+            "step_peak_x": round(s["step_peak_mb"] / max(base["step_peak_mb"], 1e-9), 3),
+            "loss_abs_diff": abs(s["first_loss"]["loss"] - base["first_loss"]["loss"]),
+        }
     levers = {}
     if "ours" in summary:  # what each lever buys on top of our step
         ours = summary["ours"]
@@ -252,10 +320,32 @@ def main() -> None:
                     "throughput_x": round(summary[v]["tokens_per_s"] / ours["tokens_per_s"], 3),
                     "peak_rss_x": round(summary[v]["peak_rss_mb"] / ours["peak_rss_mb"], 3),
                 }
+    across = {}  # each variant in bf16 against itself in fp32: speed and the loss after every step
+    for v in variants:
+        name, _, prec = v.partition("@")
+        if prec and prec != "fp32" and f"{name}@fp32" in summary:
+            a, b = runs[f"{name}@fp32"][0]["losses"], runs[v][0]["losses"]
+            rel = [abs(y - x) / abs(x) for x, y in zip(a, b, strict=True)]
+            across[v] = {
+                "throughput_x": round(
+                    summary[v]["tokens_per_s"] / summary[f"{name}@fp32"]["tokens_per_s"], 3
+                ),
+                "peak_rss_x": round(summary[v]["peak_rss_mb"] / summary[f"{name}@fp32"]["peak_rss_mb"], 3),
+                "steps": len(a),
+                "loss_rel_diff_last": round(rel[-1], 5),
+                "loss_rel_diff_max": round(max(rel), 5),
+            }
+    if "baseline@fp32" in summary:
+        across["vs plain fp32 step"] = {
+            v: round(summary[v]["tokens_per_s"] / summary["baseline@fp32"]["tokens_per_s"], 3)
+            for v in variants
+        }
     result = {
         "benchmark": "distill_step",
+        "matmul_peak_gflops": peak,
+        "bf16_vs_fp32": across,
         "config": {k: getattr(args, k) for k in ("teacher", "data", "batch", "seq_len", "chunk", "steps", "warmup",
-                                                  "repeats", "threads")},
+                                                  "repeats", "threads", "precisions")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "summary": summary,
         "ratios_vs_baseline": ratios,
@@ -268,7 +358,17 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"summary": summary, "ratios_vs_baseline": ratios, "levers_vs_ours": levers}, indent=2))
+    print(
+        json.dumps(
+            {
+                "summary": summary,
+                "ratios_vs_baseline": ratios,
+                "levers_vs_ours": levers,
+                "bf16_vs_fp32": across,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 
