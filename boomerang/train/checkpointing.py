@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io.atomic import atomic_dir, atomic_write_text
+from ..io.atomic import atomic_dir
 
 STATE = "state.json"
 
@@ -156,8 +156,11 @@ class Checkpointer:
     def save(
         self, model: torch.nn.Module, wrapped: Any, optimizer: Any, scheduler: Any, state: RunState
     ) -> None:
-        """Write ``step-N`` for ``state.step`` (``wrapped`` is the prepared module FSDP saves through)."""
+        """Write ``step-N`` for ``state.step``. Under FSDP every process gathers its shards onto rank 0, which
+        writes the same files as an unsharded run."""
         from safetensors.torch import save_file, save_model
+
+        from . import sharding
 
         acc, step = self.acc, state.step
         states = [rng_state()]
@@ -166,14 +169,17 @@ class Checkpointer:
 
             states = gather_object([rng_state()])
         path = self.out / "checkpoints" / f"step-{step:07d}"
-        if self.fsdp:
-            acc.save_state(str(path))  # FSDP: accelerate's sharded format
-            if self.main:
-                atomic_write_text(path / STATE, json.dumps(state.to_json(self.world), indent=1))
-        elif self.main:
+        if self.fsdp:  # collectives: every process takes part
+            full_model = sharding.full_model_state(model)
+            full_opt = sharding.full_optimizer_state(model, optimizer)
+        if self.main:
             with atomic_dir(path, force=True) as tmp:
-                save_model(model, str(tmp / "model.safetensors"))
-                tensors, meta = _optimizer_to_files(optimizer.optimizer.state_dict())
+                if self.fsdp:
+                    save_file(full_model, str(tmp / "model.safetensors"))
+                    tensors, meta = _optimizer_to_files(full_opt)
+                else:
+                    save_model(model, str(tmp / "model.safetensors"))
+                    tensors, meta = _optimizer_to_files(optimizer.optimizer.state_dict())
                 save_file(tensors, str(tmp / "optimizer.safetensors"))
                 (tmp / "optimizer.json").write_text(json.dumps(meta))
                 (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
@@ -189,25 +195,31 @@ class Checkpointer:
     def load(
         self, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: RunState
     ) -> None:
-        """Restore everything saved by ``save`` into the given objects (RNG only for the same world size)."""
+        """Restore everything saved by ``save`` into the given objects (RNG only for the same world size).
+        Under FSDP rank 0 reads the files and every process receives its shards."""
         from safetensors.torch import load_file, load_model
 
+        from . import sharding
+
         meta = json.loads((path / STATE).read_text())
-        if self.fsdp:
-            self.acc.load_state(str(path))
+        opt_files = (path / "optimizer.safetensors", path / "optimizer.json")
+        if self.fsdp:  # collectives: every process takes part
+            full_model = load_file(str(path / "model.safetensors")) if self.main else {}
+            sharding.load_full_model_state(model, full_model)
+            full_opt = (
+                _optimizer_from_files(load_file(str(opt_files[0])), json.loads(opt_files[1].read_text()))
+                if self.main
+                else {}
+            )
+            sharding.load_full_optimizer_state(model, optimizer, full_opt)
         else:
             load_model(model, str(path / "model.safetensors"), strict=True)
-            opt = _optimizer_from_files(
-                load_file(str(path / "optimizer.safetensors")),
-                json.loads((path / "optimizer.json").read_text()),
-            )
+            opt = _optimizer_from_files(load_file(str(opt_files[0])), json.loads(opt_files[1].read_text()))
             optimizer.optimizer.load_state_dict(opt)
-            scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
-            rng = _rng_from_files(
-                load_file(str(path / "rng.safetensors")),
-                json.loads((path / "rng.json").read_text()),
-                self.rank,
-            )
-            if rng is not None and meta.get("world_size", 1) == self.world:
-                set_rng_state(rng)
+        scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+        rng = _rng_from_files(
+            load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text()), self.rank
+        )
+        if rng is not None and meta.get("world_size", 1) == self.world:
+            set_rng_state(rng)
         state.update(meta)

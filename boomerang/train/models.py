@@ -151,9 +151,8 @@ def prepare_models(recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[st
     student.config.use_cache = False
     student.train()
     loss_fn = DistillLoss(r.loss, lm)
+    # (under FSDP too: boomerang.train.sharding keeps the head gathered for the fused loss)
     problem = head_mode_problem(student) or head_mode_problem(teacher)
-    if fsdp:
-        problem = problem or "FSDP shards the LM head"
     if tr.fused_loss and problem:
         raise BoomerangError(f"train.fused_loss is on, but {problem}; set train.fused_loss: false")
     mode = "logits" if (problem or tr.fused_loss is False) else "head"

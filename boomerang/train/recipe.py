@@ -104,6 +104,11 @@ class TrainSection(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
     gradient_checkpointing: bool = False
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="several processes: ddp replicates both models; fsdp shards both (FSDP2); auto is fsdp under "
+        "accelerate launch with an FSDP config, else ddp",
+    )
     freeze_embeddings: bool = False
     freeze_head: bool = Field(
         False, description="freeze the LM head (with tied embeddings: the shared matrix)"

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import BoomerangError
 from ..io.atomic import atomic_write_text
+from . import sharding
 from .checkpointing import STATE, Checkpointer, RunState, list_checkpoints
 from .losses import DistillLoss, LossConfig, ModelOutputs, token_counts
 from .models import LossForward, compile_layers, optimizer_groups, prepare_models
@@ -50,7 +51,16 @@ from .schedule import make_scheduler, warmup_steps
 __all__ = ["PAUSE_ENV", "STATE", "Distiller", "distill", "list_checkpoints"]
 
 PAUSE_ENV = "BOOMERANG_TEST_PAUSE_AFTER_STEP"  # tests: stop (and wait to be killed) after this step
-RESUME_FREE = {"out", "checkpoint", "log", "eval", "train.max_nonfinite", "train.threads", "name"}
+RESUME_FREE = {
+    "out",
+    "checkpoint",
+    "log",
+    "eval",
+    "train.max_nonfinite",
+    "train.threads",
+    "train.strategy",
+    "name",
+}
 
 
 class Distiller:
@@ -107,7 +117,9 @@ class Distiller:
         self.main = acc.is_main_process
         self.world = acc.num_processes
         self.rank = acc.process_index
-        self.fsdp = acc.distributed_type == DistributedType.FSDP
+        self.fsdp = sharding.wanted(
+            r.train.strategy, acc.distributed_type == DistributedType.FSDP, self.world
+        )
         per_step = r.train.micro_batch_size * self.world
         if r.train.batch_size % per_step:
             raise BoomerangError(
@@ -184,7 +196,13 @@ class Distiller:
             )
 
     def _setup_training(self) -> None:
-        o = self.recipe.optim
+        o, acc = self.recipe.optim, self.acc
+        self.shards: dict[str, Any] | None = None
+        if self.fsdp:  # shard first: the optimizer must hold the shards
+            self.s_mod, self.t_mod = sharding.shard_models(
+                self.s_fwd, self.t_fwd, bf16=self.precision == "bf16", device=acc.device
+            )
+            self.shards = sharding.shard_counts({"teacher": self.teacher, "student": self.student})
         groups = optimizer_groups(self.student, o.weight_decay)
         if not any(g["params"] for g in groups):
             raise BoomerangError("every student parameter is frozen; nothing to train")
@@ -197,14 +215,15 @@ class Distiller:
         sched = make_scheduler(
             opt, o.schedule, warmup=self.warmup, total=self.total_steps, min_lr_ratio=o.min_lr_ratio
         )
-        acc = self.acc
-        self.s_mod, self.optimizer = acc.prepare(self.s_fwd, opt)
         self.scheduler = (
             sched  # stepped once per optimizer step by us (accelerate's wrapper steps per process)
         )
-        self.t_mod = None
-        if self.t_fwd is not None:  # frozen: sharded under FSDP, otherwise simply placed (never DDP-wrapped)
-            self.t_mod = acc.prepare_model(self.t_fwd) if self.fsdp else self.t_fwd.to(acc.device)
+        if self.fsdp:
+            self.optimizer = opt
+        else:
+            self.s_mod, self.optimizer = acc.prepare(self.s_fwd, opt)
+            # the frozen teacher is simply placed (no gradients: never DDP-wrapped)
+            self.t_mod = self.t_fwd.to(acc.device) if self.t_fwd is not None else None
         if self.recipe.train.compile:
             compile_layers(self.student)
             compile_layers(self.teacher)
@@ -221,14 +240,10 @@ class Distiller:
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        self.checkpointer.save(
-            self.acc.unwrap_model(self.s_mod).model, self.s_mod, self.optimizer, self.scheduler, self.state
-        )
+        self.checkpointer.save(self.student, self.s_mod, self.optimizer, self.scheduler, self.state)
 
     def _load_checkpoint(self, path: Path) -> None:
-        self.checkpointer.load(
-            path, self.acc.unwrap_model(self.s_mod).model, self.optimizer, self.scheduler, self.state
-        )
+        self.checkpointer.load(path, self.student, self.optimizer, self.scheduler, self.state)
         self.train_data.seek(self.state.data_position)
 
     # -- steps ------------------------------------------------------------------------------------------------------
@@ -243,6 +258,11 @@ class Distiller:
             return None
         with torch.no_grad(), self.acc.autocast():
             return self.t_mod(ids, mask)
+
+    def _release_teacher(self) -> None:
+        """FSDP: reshard the teacher's head, gathered by its forward for the loss."""
+        if self.fsdp and self.t_mod is not None:
+            sharding.release(self.teacher)
 
     def _reduce(self, sums: dict[str, float]) -> dict[str, float]:
         keys = sorted(sums)
@@ -261,7 +281,8 @@ class Distiller:
         micro = list(self._micro_batches(batch))
         for a, mb in enumerate(micro):
             last = a == len(micro) - 1
-            with contextlib.nullcontext() if last else acc.no_sync(self.s_mod):
+            # FSDP reduce-scatters every micro-batch, so accumulated gradients stay sharded
+            with contextlib.nullcontext() if last or self.fsdp else acc.no_sync(self.s_mod):
                 mask = mb.attention_mask
                 t_out = self._teacher(mb.input_ids, mask)
                 s_out = self.s_mod(mb.input_ids, mask)
@@ -269,6 +290,7 @@ class Distiller:
                     out = self.loss_fn(
                         s_out, t_out, mb.input_ids, mask, n_ce=n_ce, n_tok=n_tok, scale=self.world
                     )
+                self._release_teacher()
                 acc.backward(out.loss)
             for k, v in out.sums.items():
                 sums[k] += v
@@ -279,7 +301,10 @@ class Distiller:
         grad_norm = float("nan")
         ok = all(math.isfinite(v) for v in terms.values())
         if ok:
-            grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
+            if self.fsdp:
+                grad_norm = sharding.clip_grad_norm_(self.params, max_norm)
+            else:
+                grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
             ok = math.isfinite(grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         if ok:
@@ -327,15 +352,19 @@ class Distiller:
                     with self.acc.autocast():
                         o = t_mod(b.input_ids, b.attention_mask)  # type: ignore[misc]
                         lo = ce_only(o, None, b.input_ids, b.attention_mask, n_ce=n_ce, n_tok=n_tok)
+                    self._release_teacher()
                 else:
                     t_out = self._teacher(b.input_ids, b.attention_mask)
                     s_out = student(b.input_ids, b.attention_mask)
                     with self.acc.autocast():
                         lo = self.loss_fn(s_out, t_out, b.input_ids, b.attention_mask, n_ce=n_ce, n_tok=n_tok)
+                    self._release_teacher()
                 for k, v in lo.sums.items():
                     sums[k] += v
         finally:
             student.train(was_training)
+            if self.fsdp:  # no backward follows to reshard the student's head
+                sharding.release(self.student)
         sums = self._reduce(sums)
         terms = self.loss_fn.summarise(sums) if model is None else {"ce": sums["ce"] / max(sums["n_ce"], 1)}
         terms["ppl"] = math.exp(min(terms["ce"], 50.0))
@@ -450,6 +479,13 @@ class Distiller:
             f"{r.optim.schedule}, warm-up {self.warmup}",
             f"output    {self.out}",
         ]
+        if self.shards:
+            t, st = self.shards["teacher"], self.shards["student"]
+            lines.append(
+                f"sharding  FSDP2 over {self.world} processes: rank 0 holds {t['per_rank'][0] / 1e6:.2f}M of the "
+                f"teacher's {t['total'] / 1e6:.2f}M parameters, {st['per_rank'][0] / 1e6:.2f}M of the student's "
+                f"{st['total'] / 1e6:.2f}M"
+            )
         if self.resume_from is not None:
             lines.append(f"resumed   from {self.resume_from} (step {self.state.step})")
         print_lines(lines)
@@ -461,12 +497,10 @@ class Distiller:
         acc.wait_for_everyone()
         student_dir = self.out / "student"
         if self.fsdp:
-            state_dict = acc.get_state_dict(self.s_mod)
+            state_dict = sharding.full_model_state(self.student)  # collective; rank 0 gets it
         summary: dict[str, Any] = {}
         if self.main:
-            model = acc.unwrap_model(self.s_mod).model
-            if self.fsdp:
-                model.load_state_dict({k.removeprefix("model."): v for k, v in state_dict.items()})
+            model = sharding.plain_copy(self.student, state_dict) if self.fsdp else self.student
             section = dict(model.config.boomerang or {})
             section["distill"] = {
                 "recipe": self.recipe.name,
@@ -499,6 +533,7 @@ class Distiller:
                 "val_teacher": s.teacher_eval,
                 "val_slice": self.eval_slice,
                 "world_size": self.world,
+                "sharding": {"strategy": "fsdp", "parameters": self.shards} if self.shards else None,
                 "precision": f"{self.precision} ({self.precision_choice.reason})",
             }
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
