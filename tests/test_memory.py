@@ -129,8 +129,10 @@ def test_small_llama_by_hand():
     assert c["activations"] == 8 * (2 * 224 + 36) + 2 * 8 * 16
     # 3 teacher states of 8 tokens × 4 fp32 + one layer's working set 8 × (3·8 + 4·4) × 4
     assert c["teacher outputs"] == 3 * 8 * 4 * 4 + 8 * (3 * 8 + 4 * 4) * 4
-    # head gradient 10·4 fp32 + hidden gradient 8·4 fp32 + 4 fp32 buffers of 4 tokens × 10
-    assert c["loss buffers"] == 10 * 4 * 4 + 8 * 4 * 4 + 4 * 10 * 4 * 4
+    # head gradient 10·4 fp32 + hidden gradient 8·4 fp32 + 4.25 fp32 buffers of 4 tokens × 10 (2 chunks, KL on)
+    assert c["loss buffers"] == 10 * 4 * 4 + 8 * 4 * 4 + 4.25 * 4 * 10 * 4
+    one_chunk = M.plan(t, s, M.RunShape(**{**run.__dict__, "chunk_tokens": 8}), 1, "ddp").components
+    assert one_chunk["loss buffers"] == 10 * 4 * 4 + 8 * 4 * 4 + 2.5 * 8 * 10 * 4
     assert p.total == sum(c.values())
     # checkpointing keeps each layer's input (4 fp32) and recomputes one layer
     ac = M.plan(t, s, run, 1, "ddp+ac").components["activations"]
@@ -146,7 +148,7 @@ def test_sharding_divides_what_fsdp_shards():
     one, eight = M.plan(t, s, run, 1, "fsdp").components, M.plan(t, s, run, 8, "fsdp").components
     for key in ("teacher weights", "student weights", "optimizer"):
         assert eight[key] == pytest.approx(one[key] / 8)
-    work = max(s.layer_params, s.root_params) * 6  # one unsharded bf16 gradient + its fp32 reduce input
+    work = max(s.layer_params, s.head_unit_params, s.embed_params) * 6  # one unit's bf16 gradient + fp32 copy
     assert eight["gradients"] - work == pytest.approx((one["gradients"] - work) / 8)
     for key in ("activations", "teacher outputs", "loss buffers", "working copies"):
         assert eight[key] == one[key]
@@ -260,3 +262,65 @@ def test_config_errors_are_clear(tmp_path):
         M.read_config("nobody/no-such-model")
     with pytest.raises(BoomerangError, match="GGUF"):
         M.read_config(str(tmp_path / "model.gguf"))
+
+
+# ---- the CLI: boomerang distill RECIPE --dry-run --gpus N [--gpu-memory SIZE] ---------------------------------
+
+
+def _recipe(tmp_path, **train):
+    import yaml
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(
+        json.dumps({**SMALL, "model_type": "mystery_lm", "num_hidden_layers": 8})
+    )
+    recipe = tmp_path / "r.yaml"
+    raw = {"name": "plan", "teacher": str(teacher), "data": {"train": str(tmp_path)}, "train": train}
+    recipe.write_text(yaml.safe_dump(raw))
+    return recipe
+
+
+def _cli(capsys, argv):
+    from boomerang.cli.app import run
+
+    code = run(argv)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    return code, out.out, out.err
+
+
+def test_cli_prints_the_plan_from_a_config_alone(tmp_path, capsys):
+    recipe = _recipe(tmp_path, micro_batch_size=1, gradient_checkpointing=True)
+    code, out, err = _cli(
+        capsys, ["distill", str(recipe), "--dry-run", "--gpus", "4", "--gpu-memory", "24GiB"]
+    )
+    assert code == 0, err
+    assert "on 4 GPU(s)" in out and "unknown model type" in out
+    for column in ("DDP", "FSDP", "checkpointing"):
+        assert column in out
+    assert "total" in out and "fits" in out
+    assert "the recipe as written (DDP + checkpointing) fits" in out
+
+
+def test_cli_says_when_nothing_fits(tmp_path, capsys):
+    recipe = _recipe(tmp_path, micro_batch_size=1)
+    code, out, _ = _cli(capsys, ["distill", str(recipe), "--dry-run", "--gpus", "1", "--gpu-memory", "1GiB"])
+    assert code == 0
+    assert "does not fit" in out and "no strategy fits" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dry-run", "--gpus", "0"], "--gpus must be at least 1"),
+        (["--dry-run", "--gpus", "-3"], "--gpus must be at least 1"),
+        (["--dry-run", "--gpus", "2", "--gpu-memory", "lots"], "cannot read the memory size"),
+        (["--dry-run", "--gpus", "2", "--gpu-memory", "0.2GB"], "less than 1 GiB"),
+        (["--gpus", "2"], "add --dry-run"),
+    ],
+)
+def test_cli_bad_gpu_options_exit_2(tmp_path, capsys, args, message):
+    code, out, err = _cli(capsys, ["distill", str(_recipe(tmp_path)), *args])
+    assert code == 2
+    assert message in err and not out

@@ -194,6 +194,11 @@ class ModelShape:
         return self.embed_params + self.layers * self.layer_params + self.final_norm_params + self.head_params
 
     @property
+    def head_unit_params(self) -> int:
+        """Parameters of the FSDP unit holding the head: final norm and head (+ the embedding it is tied to)."""
+        return self.final_norm_params + (self.embed_params if self.tied else self.head_params)
+
+    @property
     def root_params(self) -> int:
         """Parameters outside the decoder layers (embeddings, final norm, head)."""
         return self.embed_params + self.final_norm_params + self.head_params
@@ -292,6 +297,7 @@ class Plan:
     components: dict[str, float]
     notes: list[str] = field(default_factory=list)
     capacity: float | None = None
+    parts: dict[str, float] = field(default_factory=dict)  # sub-parts of some components, for checks
 
     @property
     def total(self) -> float:
@@ -351,11 +357,12 @@ def plan(teacher: ModelShape, student: ModelShape, run: RunShape, gpus: int, str
     # bf16 working copies
     if not run.bf16:
         copies = 0.0
-    elif fsdp:
-        layer = 2 * student.layer_params * 2  # the gathered layer and the next one (prefetch)
-        copies = layer + student.root_params * 2  # the root group stays gathered from forward to backward
-        if run.needs_teacher:
-            copies += 2 * teacher.layer_params * 2 + (teacher.embed_params + teacher.head_params) * 2
+    elif fsdp:  # boomerang.train.sharding's units: 2 layers gathered at a time (one prefetched) ...
+        copies = (
+            2 * student.layer_params * 2 + student.head_unit_params * 2
+        )  # ... + the head, forward to backward
+        if run.needs_teacher:  # the teacher's head is gathered from its forward until the loss is computed
+            copies += 2 * teacher.layer_params * 2 + teacher.head_unit_params * 2
     else:
         layers = (
             1 if ac else student.layers
@@ -370,20 +377,21 @@ def plan(teacher: ModelShape, student: ModelShape, run: RunShape, gpus: int, str
         grads += trainable * 4  # DDP's bucket buffers (gradient_as_bucket_view=False)
         notes.append("DDP keeps a second copy of the gradients in its communication buckets")
     if fsdp:
-        grads += max(student.layer_params, student.root_params) * (2 + 4)  # bf16 grad + fp32 reduce input
+        unit = max(student.layer_params, student.head_unit_params, student.embed_params)
+        grads += unit * (2 + 4)  # one unit's unsharded bf16 gradient + its fp32 reduce-scatter input
     c["gradients"] = grads
     c["optimizer"] = trainable * 8 / n
     # activations of one micro-batch
+    per_layer = T * student.layer_activations(mode, lean_mlp=run.lean_mlp, masked=run.masked)
     if ac:
-        acts = student.layers * T * d * (2 if mode == "bf16" else 4)  # each layer's input
-        acts += T * student.layer_activations(
-            mode, lean_mlp=run.lean_mlp, masked=run.masked
-        )  # one recomputed
+        saved = student.layers * T * d * (2 if mode == "bf16" else 4)  # each layer's input
+        recompute = per_layer  # one layer's activations, recomputed in the backward pass
     else:
-        acts = student.layers * T * student.layer_activations(mode, lean_mlp=run.lean_mlp, masked=run.masked)
-    acts += T * student.final_activations(mode)
-    if run.n_pairs:  # cosine terms: fp32 normalised copies (+ fp32 copies of non-fp32 inputs)
-        acts += run.n_pairs * T * d * (4 + (4 if tb != 4 else 0) + (4 if mode == "bf16" else 0))
+        saved, recompute = student.layers * per_layer, 0.0
+    saved += T * student.final_activations(mode)
+    # cosine terms: fp32 normalised copies (+ fp32 copies of non-fp32 inputs)
+    cosine = run.n_pairs * T * d * (4 + (4 if tb != 4 else 0) + (4 if mode == "bf16" else 0))
+    acts = saved + recompute + cosine
     c["activations"] = acts
     if run.needs_teacher:
         states = (run.teacher_states + 1) * T * teacher.hidden * tb  # captured states + final hidden
@@ -393,17 +401,22 @@ def plan(teacher: ModelShape, student: ModelShape, run: RunShape, gpus: int, str
     # the loss
     C = min(run.chunk_tokens, T)
     kl = run.kl and run.needs_teacher
+    # fp32 [chunk × vocab] buffers live at once (measured with torch.profiler): a chunk's logits, the teacher's,
+    # its probabilities and a log-sum-exp temporary; with several chunks the previous chunk's overlap the next's
+    buffers = (2.25 + 2 * kl) if T > C else (1.25 + 1.25 * kl)
     if run.fused_loss:
-        saved = T * d * 4 + (
+        kept = T * d * 4 + (
             V * d * 4 if run.trainable_head else 0
-        )  # grad of h and of the head, kept to backward
-        chunk = C * V * (4 * (3 + kl) + (2 * (1 + kl) if run.bf16 else 0))
+        )  # grads of h and of the head, kept to backward
+        chunk = C * V * (4 * buffers + (2 * (1 + kl) if run.bf16 else 0))
     else:  # full logits of both models, plus their gradient
-        saved = T * V * (4 + (4 if run.bf16 else 0)) + (T * V * tb if kl else 0)
-        chunk = C * V * 4 * (3 + kl)
+        kept = T * V * (4 + (4 if run.bf16 else 0)) + (T * V * tb if kl else 0)
+        chunk = C * V * 4 * buffers
         notes.append("train.fused_loss is off: full [tokens × vocab] logits are kept")
-    c["loss buffers"] = saved + chunk
-    return Plan(strategy, gpus, c, notes, capacity)
+    c["loss buffers"] = kept + chunk
+    parts = {"activations.saved": saved, "activations.recompute": recompute, "activations.cosine": cosine,
+             "loss.kept": kept, "loss.chunks": chunk}  # fmt: skip
+    return Plan(strategy, gpus, c, notes, capacity, parts)
 
 
 def plans(teacher: ModelShape, student: ModelShape, run: RunShape, gpus: int,
