@@ -104,7 +104,7 @@ class Result:
     @property
     def explained(self) -> bool:
         """Exit 2 came with a message (ours, or click's usage text)."""
-        return self.code == 2 and ("error:" in self.err or "Usage:" in self.err)
+        return self.code == 2 and ("error:" in self.err.lower() or "Usage:" in self.err + self.out)
 
 
 def invoke(argv: list[str]) -> Result:

@@ -229,6 +229,7 @@ def distill(
             extra.append(f"{key}={value}")
     if resume and force:
         raise BoomerangError("give --resume or --force, not both")
+    _check_once(extra)
     validate.positive(steps=steps, max_tokens=max_tokens)
     validate.seed(seed)
     validate.recipe_file(recipe)
@@ -241,6 +242,8 @@ def distill(
 
         capacity = parse_memory(gpu_memory)
     r = load_recipe(recipe, extra)
+    # the trainer's own rule for the run directory; its place must be writable, dead runs' temporaries go
+    validate.run_dir(Path(out or r.out or Path("runs") / (r.name or "distill")))
     if dry_run:
         if gpus is not None:
             from ..train.memory import plan_recipe
@@ -249,11 +252,30 @@ def distill(
             return
         console.print(r.to_yaml(), highlight=False, markup=False)
         return
-    # the trainer's own rule for the run directory; its place must be writable, dead runs' temporaries go
-    validate.run_dir(Path(out or r.out or Path("runs") / (r.name or "distill")))
     from ..train.trainer import distill as run_distill
 
     run_distill(r, out=out, resume=resume, force=force)
+
+
+def _check_once(overrides: list[str]) -> None:
+    """Refuse a recipe key set twice (``steps=0 --steps 1``, ``kl=1 loss.kl=0``): the last would win in silence."""
+    from ..train.recipe import FIELDS, LEAVES
+
+    def resolved(key: str) -> str:
+        if key in FIELDS:
+            return key
+        tails = [k for k in LEAVES if k.rsplit(".", 1)[-1] == key]
+        return tails[0] if "." not in key and len(tails) == 1 else key
+
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key = resolved(item.partition("=")[0].strip())
+        if key in seen:
+            raise BoomerangError(
+                f"recipe key {key} is set twice ({seen[key]!r} and {item!r}; options such as --steps set keys too); "
+                "give it once"
+            )
+        seen[key] = item
 
 
 def _print_memory_plan(recipe: object, rp: object) -> None:

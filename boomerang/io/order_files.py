@@ -38,7 +38,7 @@ def order_from_json(data: Any, where: str) -> PatchOrder:
         raise BoomerangError(f"{where} is not a patch order; {ORDER_HELP}")
     try:
         return PatchOrder.from_json({"name": "custom", **data})
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise BoomerangError(
             f"{where} is not a valid patch order ({_first_error(e)}); {ORDER_HELP}"
         ) from None

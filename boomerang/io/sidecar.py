@@ -68,6 +68,8 @@ def sidecar_layer_map(path: Path) -> LayerMap:
         return LayerMap.from_reference(data)
     except BoomerangError as e:
         raise BoomerangError(f"{path}: {e}. It should be {what}") from None
+    except (OverflowError, TypeError, ValueError):  # e.g. Infinity, or lists of lists
+        raise BoomerangError(f"{path} holds layer numbers that are not integers; it should be {what}") from None
 
 
 def config_layer_map(config: Any, where: str) -> LayerMap | None:
@@ -76,7 +78,7 @@ def config_layer_map(config: Any, where: str) -> LayerMap | None:
         return LayerMap.from_config(config)
     except BoomerangError as e:
         raise BoomerangError(f"{where}: its 'boomerang' section has an invalid layer map ({e})") from None
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         raise BoomerangError(
             f'{where}: the \'boomerang\' section\'s layer_map must be {{"n_teacher": N, "kept": [0, ...]}}; '
             "fix it, or remove the section and pass --layers"
