@@ -445,6 +445,21 @@ def test_streaming_and_heldout_split(root, tmp_path):
     assert summary["steps"] == 3 and summary["val_student"]["tokens"] > 0
 
 
+@pytest.mark.parametrize("data", [{"eval": None, "heldout_docs": 3}, {}], ids=["heldout", "eval-source"])
+def test_validation_blocks_get_bos_like_training_blocks(root, tmp_path, data):
+    """add_bos applies to validation text as to training text, streamed or not."""
+    for streaming in (True, False):
+        r = parse_recipe(
+            tiny_recipe(root, data={"streaming": streaming, "add_bos": True, "shuffle_buffer": 16, **data})
+        )
+        d = Distiller(r, out=tmp_path / f"run-{streaming}")
+        d.setup()
+        bos = d.tokenizer.bos_token_id
+        assert bos is not None
+        assert int((d.eval_blocks.ids == bos).sum()) >= 1, streaming
+        assert int((d.train_data.take(64).input_ids == bos).sum()) >= 1, streaming
+
+
 def test_cli_distill_flags_and_bad_input(root, tmp_path, capsys):
     import yaml
 

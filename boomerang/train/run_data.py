@@ -55,7 +55,9 @@ def prepare_data(recipe: Recipe, tokenizer: Any, acc: Any) -> RunData:
         )
         if d.heldout_docs:
             eval_docs = list(
-                tokenize(read_texts(d.train, text_field=d.text_field, limit=d.heldout_docs), tok)
+                tokenize(
+                    read_texts(d.train, text_field=d.text_field, limit=d.heldout_docs), tok, add_bos=d.add_bos
+                )
             )
         data_desc = f"{d.train} (streamed, shuffle buffer {d.shuffle_buffer} blocks)"
     else:
@@ -74,7 +76,9 @@ def prepare_data(recipe: Recipe, tokenizer: Any, acc: Any) -> RunData:
     if n_eval and (d.eval or eval_docs):
         if d.eval and (d.eval.startswith("hf:") or streaming):
             rows = []
-            for b in pack(tokenize(read_texts(d.eval, text_field=d.text_field), tok), d.seq_len, eos):
+            for b in pack(
+                tokenize(read_texts(d.eval, text_field=d.text_field), tok, add_bos=d.add_bos), d.seq_len, eos
+            ):
                 rows.append(b)
                 if len(rows) >= n_eval:
                     break
