@@ -222,6 +222,17 @@ def _training_plot(runs: dict[str, Path], path: Path) -> bool:
     return True
 
 
+def _dtype_line(results: dict[str, Any]) -> str:
+    dtype, check = results.get("eval_dtype", "float32"), results.get("eval_dtype_check")
+    line = f"Every model is evaluated in {dtype}."
+    if check:
+        line += (
+            f" Check: the teacher's perplexity on `{check['text']}` is {check['float32']:.3f} in float32 and "
+            f"{check[dtype]:.3f} in {dtype} ({100 * check['relative_difference']:.2f}% apart)."
+        )
+    return line
+
+
 def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any]) -> str:
     """Write ``report.md``, ``results.json``, ``family-TEXT.png``, ``training.png`` and ``command.txt``."""
     from ..io.atomic import atomic_write_text
@@ -250,6 +261,8 @@ def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any])
         f"Machine: {mach['cpu']}, {mach['cores']} cores, native bf16: {', '.join(mach['native_bf16']) or 'none'}; "  # type: ignore[arg-type]
         f"torch {mach['torch']}. Wall time of this run: {demo.timings.get('total (this run)', 0) / 60:.1f} min "
         "(stages done by an earlier run are not counted; see `results.json` for every stage).",
+        "",
+        _dtype_line(results),
         "",
         "## Students",
         "",
