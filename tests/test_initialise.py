@@ -232,3 +232,93 @@ def test_cli_init_bad_input(teacher_dir, tmp_path, capsys):
     assert run([*base, "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert run([*base, "--out", str(out), "--force"]) == 0
+
+
+# ---- shortgpt: the layers ShortGPT keeps, optionally with a cap on block length ---------------------------------
+
+
+def _shortgpt_brute_force(bi, size, max_block):
+    n = len(bi)
+    best = None
+    for rest in itertools.combinations(range(1, n), size - 1):
+        kept = [0, *rest]
+        ends = [*kept[1:], n]
+        if max_block is not None and any(b - a > max_block for a, b in zip(kept, ends, strict=True)):
+            continue
+        cost = sum(bi[j] for j in range(1, n) if j not in rest)
+        if best is None or cost < best[0] - 1e-12:
+            best = (cost, kept)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shortgpt_selection_is_exact(seed):
+    from boomerang.train.initialise import block_influence_from_similarity, shortgpt_layers
+
+    g = torch.Generator().manual_seed(seed)
+    n = 9
+    sim = torch.rand(n, n, generator=g)
+    sim = (sim + sim.T) / 2
+    bi = block_influence_from_similarity(sim)
+    assert bi[3] == pytest.approx(1 - float(sim[2, 3]))
+    for size, cap in [(3, None), (4, None), (5, 2), (4, 3), (3, 3)]:
+        kept = shortgpt_layers(sim, size, cap)
+        cost, _ = _shortgpt_brute_force(bi, size, cap)
+        assert sum(bi[j] for j in range(1, n) if j not in kept) == pytest.approx(cost)
+        if cap is None:  # unconstrained: the size-1 layers with the largest BI (besides layer 0)
+            top = sorted(range(1, n), key=lambda j: -bi[j])[: size - 1]
+            assert kept == [0, *sorted(top)]
+        else:
+            ends = [*kept[1:], n]
+            assert max(b - a for a, b in zip(kept, ends, strict=True)) <= cap
+    with pytest.raises(BoomerangError, match="cannot cover"):
+        shortgpt_layers(sim, 3, 2)
+
+
+def test_shortgpt_init_matches_the_shortgpt_baseline():
+    """The init keeps exactly the layers the ShortGPT pruning baseline keeps (its BI measured with hooks)."""
+    from boomerang.analysis.baselines import shortgpt
+
+    teacher = make_teacher("llama", 8)
+    calib = ids(4, 16, seed=3)
+    student = init_student(teacher, "shortgpt", size=5, calibration=calib)
+    info = student.config.boomerang["init"]
+    assert info["strategy"] == "shortgpt" and info["max_block"] is None
+    assert list(LayerMap.from_config(student.config).kept) == shortgpt(teacher, 5, calib).kept
+    capped = init_student(teacher, "shortgpt", size=5, calibration=calib, max_block=2)
+    kept = list(LayerMap.from_config(capped.config).kept)
+    assert max(b - a for a, b in zip(kept, [*kept[1:], 8], strict=True)) <= 2
+    with pytest.raises(BoomerangError, match="max_block only goes with"):
+        init_student(teacher, "similarity", size=3, calibration=calib, max_block=2)
+
+
+def test_cli_and_recipe_shortgpt_init(teacher_dir, tmp_path, capsys):
+    from boomerang.train.recipe import parse_recipe
+
+    corpus = tiny_corpus(tmp_path / "calib", 6)
+    out = tmp_path / "sg"
+    args = ["init", "--teacher", str(teacher_dir), "--out", str(out), "--strategy", "shortgpt", "--size", "3"]
+    args += [
+        "--max-block",
+        "2",
+        "--data",
+        str(corpus),
+        "--calibration-texts",
+        "4",
+        "--calibration-length",
+        "16",
+    ]
+    assert run(args) == 0
+    kept = list(read_layer_map(out).kept)
+    assert len(kept) == 3 and max(b - a for a, b in zip(kept, [*kept[1:], 6], strict=True)) <= 2
+    bad = ["init", "--teacher", str(teacher_dir), "--out", str(tmp_path / "x"), "--max-block", "2"]
+    assert run(bad) == 2 and "--max-block only applies" in capsys.readouterr().err
+    base = {"name": "r", "teacher": "t", "data": {"train": "x"}}
+    with pytest.raises(Exception, match=r"needs init\.size"):
+        parse_recipe({**base, "init": {"strategy": "shortgpt"}})
+    with pytest.raises(Exception, match="max_block only applies"):
+        parse_recipe({**base, "init": {"strategy": "every", "max_block": 2}})
+    assert (
+        parse_recipe({**base, "init": {"strategy": "shortgpt", "size": 16, "max_block": 3}}).init.max_block
+        == 3
+    )

@@ -23,7 +23,9 @@ def init(
     strategy: Annotated[
         str | None,
         typer.Option(
-            help="every (default), layers, random (the paper's random-init baseline) or similarity."
+            help="every (default), layers, random (the paper's random-init baseline), similarity, or "
+            "shortgpt (the layers ShortGPT keeps; --max-block caps how many teacher layers one student layer "
+            "stands for)."
         ),
     ] = None,
     every: Annotated[int, typer.Option(help="Keep every n-th teacher layer (every/random).")] = 2,
@@ -34,14 +36,20 @@ def init(
         typer.Option(help="Explicit kept teacher layers, e.g. 0,2,4,5 (implies --strategy layers)."),
     ] = None,
     size: Annotated[
-        int | None, typer.Option(help="Student layers for --strategy similarity (default: as many as every).")
+        int | None,
+        typer.Option(help="Student layers for --strategy similarity/shortgpt (default: as many as every)."),
+    ] = None,
+    max_block: Annotated[
+        int | None, typer.Option("--max-block", help="shortgpt: the longest teacher block per student layer.")
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option(help="Calibration texts for --strategy similarity: file, folder, .jsonl or hf:NAME."),
+        typer.Option(
+            help="Calibration texts for --strategy similarity/shortgpt: file, folder, .jsonl or hf:NAME."
+        ),
     ] = None,
     calibration_texts: Annotated[
-        int, typer.Option("--calibration-texts", help="Calibration blocks for similarity.")
+        int, typer.Option("--calibration-texts", help="Calibration blocks for similarity/shortgpt.")
     ] = 128,
     calibration_length: Annotated[
         int, typer.Option("--calibration-length", help="Tokens per calibration block.")
@@ -65,13 +73,22 @@ def init(
         raise BoomerangError(f"unknown --strategy {strat!r}; use one of: {', '.join(STRATEGIES)}")
     if kept and strat != "layers":
         raise BoomerangError(f"--layers cannot be combined with --strategy {strat}")
-    if strat == "similarity" and data is None:
-        raise BoomerangError("--strategy similarity needs calibration texts: pass --data PATH")
-    if strat != "similarity" and (size is not None or data is not None):
-        raise BoomerangError("--size and --data only apply to --strategy similarity")
+    measured = strat in ("similarity", "shortgpt")
+    if measured and data is None:
+        raise BoomerangError(f"--strategy {strat} needs calibration texts: pass --data PATH")
+    if not measured and (size is not None or data is not None):
+        raise BoomerangError("--size and --data only apply to --strategy similarity or shortgpt")
+    if max_block is not None and strat != "shortgpt":
+        raise BoomerangError("--max-block only applies to --strategy shortgpt")
     if patch_order is not None and patch_order not in ("last", "first"):
         raise BoomerangError(f"--patch-order must be last or first, not {patch_order!r}")
-    validate.positive(every=every, keep_first=keep_first, size=size, calibration_texts=calibration_texts)
+    validate.positive(
+        every=every,
+        keep_first=keep_first,
+        size=size,
+        calibration_texts=calibration_texts,
+        max_block=max_block,
+    )
     validate.at_least(0, keep_last=keep_last)
     validate.at_least(2, calibration_length=calibration_length)
     validate.seed(seed)
@@ -95,7 +112,7 @@ def init(
     tok = load_tokenizer(teacher_path, trust_remote_code=trust_remote_code)
     n = n_layers(t.config)
     calib = None
-    if strat == "similarity":
+    if measured:
         if size is None:
             size = LayerMap.every(n, every=every, keep_first=keep_first, keep_last=keep_last).n_student
         calib = calibration_ids(data, tok, n=calibration_texts, length=calibration_length, seed=seed)
@@ -112,6 +129,7 @@ def init(
         seed=seed,
         teacher_name=teacher,
         patch_order=patch_order,
+        max_block=max_block,
     )
     save_student(student, out, tokenizer=tok, force=force)
     lm = LayerMap.from_config(student.config)
@@ -158,7 +176,7 @@ def _check_student_shape(
     why = f"the teacher has {n} layers"
     validate.in_range("keep_first", keep_first, 1, n, why)
     validate.in_range("keep_last", keep_last, 0, n, why)
-    if strategy == "similarity":
+    if strategy in ("similarity", "shortgpt"):
         validate.in_range("size", size, 1, n - 1, f"{why} and a student keeps fewer")
         return
     lm = LayerMap.from_kept(kept, n) if kept else LayerMap.every(n, every, keep_first, keep_last)
@@ -208,7 +226,9 @@ def distill(
     ] = False,
     gpus: Annotated[
         int | None,
-        typer.Option(help="With --dry-run: plan per-GPU memory on N GPUs (DDP, FSDP, checkpointing); no weights."),
+        typer.Option(
+            help="With --dry-run: plan per-GPU memory on N GPUs (DDP, FSDP, checkpointing); no weights."
+        ),
     ] = None,
     gpu_memory: Annotated[
         str, typer.Option("--gpu-memory", help="With --gpus: memory of one GPU, e.g. 80GB, 79.6GiB.")

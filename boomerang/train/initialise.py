@@ -6,6 +6,10 @@ Strategies:
 - ``layers``: an explicit list of kept teacher layers.
 - ``random``: the ``every`` layer map (so the student can still be patched) with all weights re-initialised:
   the paper's random-initialisation baseline.
+- ``shortgpt`` (the init the paper leaves to future work, §3.5): the layers ShortGPT keeps at size M, i.e. the
+  M−1 layers besides layer 0 with the largest block influence BI_i = 1 − cos(input of layer i, output of layer i)
+  on calibration data; equivalently the partition minimising the summed BI of the dropped layers. ``max_block``
+  caps the block length (the same DP under that constraint), trading ShortGPT's long blocks for a finer family.
 - ``similarity`` (appendix E.2): for a target size M, the kept layers that maximise the *minimum* over blocks of
   the cosine similarity between the output of the block's first layer and the output of its last layer
   (teacher self-similarity on calibration data). Ties are broken by the largest total similarity. Both are
@@ -28,8 +32,9 @@ from ..core.patching import assemble
 from ..errors import BoomerangError
 from ..io.sidecar import write_sidecar
 
-Strategy = Literal["every", "layers", "random", "similarity"]
-STRATEGIES: tuple[str, ...] = ("every", "layers", "random", "similarity")
+Strategy = Literal["every", "layers", "random", "similarity", "shortgpt"]
+STRATEGIES: tuple[str, ...] = ("every", "layers", "random", "similarity", "shortgpt")
+MEASURED = ("similarity", "shortgpt")  # strategies that measure the teacher on calibration data
 
 
 def block_similarities(sim: torch.Tensor, kept: Sequence[int]) -> list[float]:
@@ -60,6 +65,37 @@ def similarity_layers(sim: torch.Tensor, size: int) -> list[int]:
 
 
 _NEG = float("-inf")
+
+
+def block_influence_from_similarity(sim: torch.Tensor) -> list[float]:
+    """ShortGPT's BI_i = 1 − cos(input of layer i, output of layer i) for i ≥ 1, from the teacher's layer-output
+    self-similarity (the input of layer i is the output of layer i−1); BI_0 is not defined here (nan)."""
+    return [float("nan")] + [1.0 - float(sim[i - 1, i]) for i in range(1, sim.shape[0])]
+
+
+def shortgpt_layers(sim: torch.Tensor, size: int, max_block: int | None = None) -> list[int]:
+    """Kept layers minimising the summed block influence of the dropped layers (layer 0 always kept): ShortGPT's
+    choice at ``size`` layers, or with ``max_block`` the best choice whose blocks are at most that long."""
+    n = sim.shape[0]
+    if not 1 <= size <= n:
+        raise BoomerangError(f"student size {size} is out of range for a {n}-layer teacher (1..{n})")
+    if max_block is not None and max_block * size < n:
+        raise BoomerangError(
+            f"{size} blocks of at most {max_block} layers cannot cover {n} teacher layers; raise max_block to "
+            f"{-(-n // size)} or more, or the size"
+        )
+    bi = block_influence_from_similarity(sim.double())
+    prefix = [0.0]
+    for v in bi[1:]:
+        prefix.append(prefix[-1] + v)
+
+    def score(i: int, j: int) -> float:  # block [i, j): layer i kept, i+1..j-1 dropped
+        if max_block is not None and j - i > max_block:
+            return _NEG
+        return -(prefix[j - 1] - prefix[i])
+
+    _, kept = _partition(n, size, score, lambda a, b: a + b, 0.0)
+    return kept
 
 
 def _partition(n: int, size: int, score, combine, identity: float) -> tuple[float, list[int]]:
@@ -94,21 +130,26 @@ def resolve_layer_map(
     layers: Sequence[int] | None = None,
     size: int | None = None,
     similarity: torch.Tensor | None = None,
+    max_block: int | None = None,
 ) -> LayerMap:
     """The layer map a strategy gives for an N-layer teacher (``similarity`` needs the similarity matrix)."""
     if strategy not in STRATEGIES:
         raise BoomerangError(f"unknown init strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}")
+    if max_block is not None and strategy != "shortgpt":
+        raise BoomerangError(f"max_block only goes with the 'shortgpt' strategy, not {strategy!r}")
     if strategy == "layers":
         if not layers:
             raise BoomerangError("the 'layers' strategy needs the kept teacher layers, e.g. --layers 0,2,4,5")
         return LayerMap.from_kept(layers, teacher_layers)
     if layers:
         raise BoomerangError(f"--layers only goes with the 'layers' strategy, not {strategy!r}")
-    if strategy == "similarity":
+    if strategy in MEASURED:
         if size is None:
-            raise BoomerangError("the 'similarity' strategy needs the target student size (--size M)")
+            raise BoomerangError(f"the {strategy!r} strategy needs the target student size (--size M)")
         if similarity is None:
-            raise BoomerangError("the 'similarity' strategy needs the teacher's layer similarity matrix")
+            raise BoomerangError(f"the {strategy!r} strategy needs the teacher's layer similarity matrix")
+        if strategy == "shortgpt":
+            return LayerMap.from_kept(shortgpt_layers(similarity, size, max_block), teacher_layers)
         return LayerMap.from_kept(similarity_layers(similarity, size), teacher_layers)
     return LayerMap.every(teacher_layers, every=every, keep_first=keep_first, keep_last=keep_last)
 
@@ -126,6 +167,7 @@ def init_student(
     teacher_name: str | None = None,
     patch_order: str | None = None,
     reinitialise: bool = False,
+    max_block: int | None = None,
 ) -> PreTrainedModel:
     """A student initialised from ``teacher`` (which is left untouched; the student owns its tensors).
 
@@ -144,20 +186,37 @@ def init_student(
     else:
         strategy = layer_map or "every"
         sim = None
-        if strategy == "similarity":
+        if strategy in MEASURED:
             if calibration is None:
                 raise BoomerangError(
-                    "the 'similarity' strategy needs calibration token ids (calibration=...)"
+                    f"the {strategy!r} strategy needs calibration token ids (calibration=...)"
                 )
             from ..core.similarity import similarity_matrix
 
             sim = similarity_matrix(teacher, calibration)
         lm = resolve_layer_map(
-            n, strategy, every=every, keep_first=keep_first, keep_last=keep_last, size=size, similarity=sim
+            n,
+            strategy,
+            every=every,
+            keep_first=keep_first,
+            keep_last=keep_last,
+            size=size,
+            similarity=sim,
+            max_block=max_block,
         )
         if strategy in ("every", "random"):
             info.update(every=every, keep_first=keep_first, keep_last=keep_last)
-        if sim is not None:
+        if sim is not None and strategy == "shortgpt":
+            bi = block_influence_from_similarity(sim)
+            dropped = [j for j in range(n) if j not in set(lm.kept)]
+            info.update(
+                objective="min summed block influence of the dropped layers",
+                max_block=max_block,
+                dropped_block_influence=round(sum(bi[j] for j in dropped), 6),
+                block_influence=[None] + [round(v, 6) for v in bi[1:]],
+                calibration_shape=list(calibration.shape),  # type: ignore[union-attr]
+            )
+        elif sim is not None:
             scores = block_similarities(sim.clone().fill_diagonal_(1.0), lm.kept)
             info.update(
                 objective="max min block similarity",

@@ -182,7 +182,7 @@ def init_from_recipe(recipe: Recipe, teacher: nn.Module, tokenizer: Any) -> nn.M
     r, ini = recipe, recipe.init
     calib = None
     spec: Any = ini.layers if ini.strategy == "layers" else ini.strategy
-    if ini.strategy == "similarity":
+    if ini.strategy in ("similarity", "shortgpt"):
         calib = calibration_ids(
             ini.calibration or r.data.train,
             tokenizer,
@@ -202,4 +202,5 @@ def init_from_recipe(recipe: Recipe, teacher: nn.Module, tokenizer: Any) -> nn.M
         seed=ini.seed,
         teacher_name=r.teacher,
         patch_order=r.patch_order,
+        max_block=ini.max_block,
     )

@@ -32,14 +32,19 @@ class _Section(BaseModel):
 class InitSection(_Section):
     """How the student is initialised when ``student`` is not given (see ``boomerang.train.initialise``)."""
 
-    strategy: Literal["every", "layers", "random", "similarity"] = "every"
+    strategy: Literal["every", "layers", "random", "similarity", "shortgpt"] = "every"
     every: int = Field(2, ge=1)
     keep_first: int = Field(1, ge=1)
     keep_last: int = Field(2, ge=0)
     layers: list[int] | None = None
-    size: int | None = Field(None, ge=1, description="student layers for the similarity strategy")
+    size: int | None = Field(
+        None, ge=1, description="student layers for the similarity and shortgpt strategies"
+    )
+    max_block: int | None = Field(
+        None, ge=1, description="shortgpt: the longest teacher block one student layer may stand for"
+    )
     calibration: str | None = Field(
-        None, description="calibration texts for similarity (default: data.train)"
+        None, description="calibration texts for similarity and shortgpt (default: data.train)"
     )
     calibration_texts: int = Field(128, ge=1)
     calibration_length: int = Field(256, ge=2)
@@ -49,6 +54,10 @@ class InitSection(_Section):
     def _check(self) -> InitSection:
         if self.strategy == "layers" and not self.layers:
             raise ValueError("init.strategy 'layers' needs init.layers (the kept teacher layers)")
+        if self.strategy in ("similarity", "shortgpt") and self.size is None:
+            raise ValueError(f"init.strategy {self.strategy!r} needs init.size (the student's layer count)")
+        if self.max_block is not None and self.strategy != "shortgpt":
+            raise ValueError(f"init.max_block only applies to strategy shortgpt, not {self.strategy!r}")
         if self.layers and self.strategy != "layers":
             raise ValueError(
                 f"init.layers is set but init.strategy is {self.strategy!r}; use strategy: layers"
