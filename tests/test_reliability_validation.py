@@ -291,6 +291,11 @@ REFUSED = {
         "is not a valid patch order",
     ),
     "truncated weights": (["info", "{BAD}/truncated"], "download it again, or save the checkpoint again"),
+    "text-field on plain text": (
+        ["eval", "{T}", "--data", "{D}", "--text-field", "body"],
+        "drop --text-field",
+    ),
+    "recipe key twice": (["distill", "{R}", "steps=0", "--steps", "1", "--dry-run"], "is set twice"),
     "binary data": (
         ["eval", "{T}", "--data", "{T}/model.safetensors"],
         "is not a text file",

@@ -168,6 +168,7 @@ def evaluate(
         validate.output_file(json_out, force)
     validate.text_source(data)
     validate.text_source(task_data, "--task-data")
+    validate.text_field(data, text_field)
     if data is not None:
         check_source(data)
     if task_data is not None:
@@ -323,7 +324,6 @@ def sweep(
     from ..pipelines.sweep import BASELINES, Sweep, TaskOptions, partial_dir
     from .common import resolve_layer_map
 
-    lm = None
     validate.output_dir(out, force)
     _check_numbers(
         context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
@@ -335,7 +335,9 @@ def sweep(
     methods = validate.names(baselines, "--baselines", BASELINES) if baselines is not None else []
     for source, option in ((data, "--data"), (calibration, "--calibration"), (task_data, "--task-data")):
         validate.text_source(source, option)
+    validate.text_field(data, text_field)
     validate.tokenizer_source(teacher, "--teacher")
+    lm = None
     if layers is not None or layer_map:
         lm = resolve_layer_map(
             student,

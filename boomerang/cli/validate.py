@@ -194,6 +194,21 @@ def text_source(source: str | None, option: str = "--data") -> None:
         check_text_source(source, option)
 
 
+def text_field(source: str | None, field: str) -> None:
+    """``--text-field`` is read from .jsonl files and hf: datasets only: a changed one over plain text is refused."""
+    if source is None or field == "text" or str(source).startswith("hf:"):
+        return
+    path = Path(source).expanduser()
+    from ..data.textfiles import text_files
+
+    files = text_files(path) if path.is_dir() else [path]
+    if not any(f.name.endswith((".jsonl", ".jsonl.gz")) for f in files):
+        raise BoomerangError(
+            f"--text-field {field!r} is read from .jsonl files and hf: datasets only, and {source} holds plain text; "
+            "drop --text-field"
+        )
+
+
 def model_source(spec: str, option: str) -> None:
     """A model option: a local path must exist (at once, without trying the Hub), a .gguf file must be one."""
     from ..io.checkpoints import OFFLINE_ALIAS
