@@ -83,3 +83,9 @@ def test_check_all_gives_five_claims():
     out = C.check_all(rows("boomerang", [50, 40, 30]))
     assert [c.key for c in out] == ["a", "b", "c", "d", "e"]
     assert [c.verdict for c in out] == ["PASS", "n/a", "n/a", "n/a", "n/a"]
+
+
+def test_wiggles_under_the_tolerance_are_not_inversions():
+    c = C.check_monotone(rows("boomerang", [90, 50, 37.0, 37.2, 37.1, 37.3]))  # +0.5% steps near the teacher
+    assert c.passed and c.numbers["inversions"] == [] and c.numbers["wiggles"] == 2 and "under 1%" in c.detail
+    assert not C.check_monotone(rows("boomerang", [90, 50, 37.0, 38.0, 37.1, 38.5])).passed  # +2.7%, +3.8%

@@ -4,7 +4,9 @@ Each check takes rows as a sweep writes them (``method``, ``K``, ``inference`` p
 ``Claim``. Lower metric values are better (perplexity). Definitions:
 
 - **(a) monotone**: along the family (K = 0..M, parameters non-decreasing) the metric falls, with at most
-  ``MAX_INVERSIONS`` inversions (a member worse than the member with one layer fewer patched).
+  ``MAX_INVERSIONS`` inversions. An inversion is a member at least ``TOLERANCE`` (1%) worse than the member with
+  one layer fewer patched; smaller wiggles (e.g. between equally sized members that swap a single student layer for
+  its teacher layer near the teacher's value) are counted and reported apart.
 - **(b) naive**: every intermediate member (0 < K < M) is below naive layer dropping with the same teacher layers.
 - **(c) pruning**: every member below the teacher (K < M) is below ShortGPT and LaCo at the same parameter count;
   the pruned models' log-metric is interpolated linearly in parameters between their sizes.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_INVERSIONS = 1
+TOLERANCE = 0.01  # relative: a member less than 1% worse than the one before it is a wiggle, not an inversion
 RANDOM_FAR = 2.0
 
 Row = dict[str, Any]
@@ -71,9 +74,9 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
-def inversions(values: Sequence[float]) -> list[int]:
-    """Indices i where ``values[i + 1] > values[i]`` (a member worse than the one before it)."""
-    return [i for i in range(len(values) - 1) if values[i + 1] > values[i]]
+def inversions(values: Sequence[float], tolerance: float = 0.0) -> list[int]:
+    """Indices i where ``values[i + 1] > values[i] · (1 + tolerance)`` (a member worse than the one before it)."""
+    return [i for i in range(len(values) - 1) if values[i + 1] > values[i] * (1 + tolerance)]
 
 
 def excess_variation(values: Sequence[float]) -> float:
@@ -102,11 +105,18 @@ def check_monotone(rows: Sequence[Row], metric: str = "ppl", label: str = "") ->
     if len(fam) < 3:
         return Claim("a", TITLES["a"], None, "fewer than three members were evaluated")
     vals = [r[metric] for r in fam]
-    inv = inversions(vals)
+    inv = inversions(vals, TOLERANCE)
+    wiggles = len(inversions(vals)) - len(inv)
     where = ", ".join(f"K={fam[i]['K']}→{fam[i + 1]['K']} ({vals[i]:.1f}→{vals[i + 1]:.1f})" for i in inv)
     detail = f"{label}{len(inv)} inversion(s) over {len(fam)} members" + (f": {where}" if inv else "")
+    if wiggles:
+        detail += f" (+{wiggles} under {TOLERANCE:.0%})"
     detail += f"; {vals[0]:.1f} (K={fam[0]['K']}) → {vals[-1]:.1f} (K={fam[-1]['K']})"
-    numbers = {"inversions": [fam[i + 1]["K"] for i in inv], "excess_tv": excess_variation(vals)}
+    numbers = {
+        "inversions": [fam[i + 1]["K"] for i in inv],
+        "wiggles": wiggles,
+        "excess_tv": excess_variation(vals),
+    }
     return Claim("a", TITLES["a"], len(inv) <= MAX_INVERSIONS, detail, numbers)
 
 
@@ -206,7 +216,7 @@ def check_cosine(rows: Sequence[Row], nocos_rows: Sequence[Row], metric: str = "
     if len(fam) < 3 or len(nocos) < 3:
         return Claim("e", TITLES["e"], None, "the no-cosine student's family was not evaluated")
     a, b = [r[metric] for r in fam], [r[metric] for r in nocos]
-    ia, ib = len(inversions(a)), len(inversions(b))
+    ia, ib = len(inversions(a, TOLERANCE)), len(inversions(b, TOLERANCE))
     ta, tb = excess_variation(a), excess_variation(b)
     passed = ib > ia or (ib == ia and tb > ta)
     detail = (
