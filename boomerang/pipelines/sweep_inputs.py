@@ -1,0 +1,164 @@
+"""A sweep's inputs: checked before any weights load (baselines, configs, layer maps, lm-eval tasks, the order's
+name), then loaded when it runs (the models in one common dtype, the tokenizer and the families)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BoomerangError
+
+BASELINES = ("naive", "shortgpt", "laco", "random-student")
+PRUNED = ("shortgpt", "laco")  # built by boomerang.analysis.baselines.prune_to
+
+
+@dataclass
+class TaskOptions:
+    """lm-eval settings for a sweep or an eval (``tasks`` empty: no lm-eval)."""
+
+    tasks: Sequence[str] = ()
+    include_path: Sequence[str | Path] = ()
+    data: Any = None  # text for the built-in tasks (default: the evaluation data)
+    batch_size: int = 8
+    limit: int | float | None = None
+    num_fewshot: int | None = None
+    builtin: dict[str, Any] = field(default_factory=dict)  # options of make_cloze_task / make_wordppl_task
+
+
+def check_baselines(baselines: Sequence[str], random_student: Any) -> list[str]:
+    """The requested baselines, known and once each (``random-student`` is added when its student is given)."""
+    names = [b.strip() for b in baselines if b.strip()]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise BoomerangError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+    chosen = list(dict.fromkeys(names))
+    if "random-student" in chosen and random_student is None:
+        raise BoomerangError(
+            "the random-student baseline needs the random-init student: --random-student PATH"
+        )
+    if random_student is not None and "random-student" not in chosen:
+        chosen.append("random-student")
+    if any(b in PRUNED for b in chosen):
+        try:
+            from ..analysis.baselines import prune_to  # noqa: F401
+        except ImportError:
+            raise BoomerangError(
+                f"the {', '.join(b for b in chosen if b in PRUNED)} baseline(s) need "
+                "boomerang.analysis.baselines.prune_to, which is not available in this installation"
+            ) from None
+    return chosen
+
+
+def model_config(spec: Any, *, trust_remote_code: bool) -> Any:
+    """The config of a checkpoint path or of an in-memory model (no weights are loaded)."""
+    from ..io.loading import load_config
+
+    if isinstance(spec, (str, Path)):
+        return load_config(spec, trust_remote_code=trust_remote_code)
+    if not hasattr(spec, "config"):
+        raise BoomerangError(f"expected a model or a checkpoint path, got {type(spec).__name__}")
+    return spec.config
+
+
+def student_layer_map(spec: Any, config: Any) -> Any:
+    """The layer map the student carries (its config section or ``student_config.json``)."""
+    from ..core.layermap import LayerMap
+    from ..io.sidecar import read_layer_map
+
+    lm = read_layer_map(spec, config, allow_hub=False) if isinstance(spec, (str, Path)) else None
+    lm = lm or LayerMap.from_config(config)
+    if lm is None:
+        raise BoomerangError(
+            "the student carries no layer map (no 'boomerang' config section or student_config.json); pass "
+            "--layers 0,2,... or --layer-map distilbert|distilgpt2 (layer_map=... in Python)"
+        )
+    return lm
+
+
+def check_layer_map(lm: Any, teacher_config: Any, config: Any, what: str) -> None:
+    """The layer map fits the teacher and this student (``what`` names the student in the message)."""
+    from ..core.arch import n_layers
+
+    nt, ns = n_layers(teacher_config), n_layers(config)
+    if lm.n_teacher != nt or lm.n_student != ns:
+        raise BoomerangError(
+            f"the layer map ({lm.describe()}) does not fit this pair: the teacher has {nt} layers and the "
+            f"{what} has {ns}"
+        )
+
+
+def lm_eval_tasks(tasks: TaskOptions, teacher_config: Any) -> tuple[list[str], Any, Any]:
+    """lm-eval's task names, include paths and the tasks needing defaults (nothing without tasks)."""
+    if not tasks.tasks:
+        return [], (), None
+    from ..evaluate.lmeval import resolve_tasks
+    from ..evaluate.perplexity import is_encoder
+
+    if is_encoder(teacher_config):
+        raise BoomerangError("lm-eval tasks need causal LMs; a BERT family is scored by pseudo-perplexity")
+    names, paths, defaults = resolve_tasks(tasks.tasks, tasks.include_path)
+    return names, paths, defaults
+
+
+def check_order_name(order: Any) -> None:
+    """A string order is a built-in or data-driven order, a JSON order file, or a JSON list of layers."""
+    if not isinstance(order, str):
+        return
+    from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS
+
+    if order not in BUILTIN_ORDERS + DATA_ORDERS and not Path(order).is_file() and not order.startswith("["):
+        raise BoomerangError(
+            f"unknown patch order {order!r}: use {', '.join(BUILTIN_ORDERS + DATA_ORDERS)}, a JSON order "
+            "file, or a JSON list of student layers such as [3,2,1,0]"
+        )
+
+
+@dataclass
+class SweepModels:
+    """The loaded models: teacher, student, tokenizer, the family and (for that baseline) the random family."""
+
+    teacher: Any
+    student: Any
+    tokenizer: Any
+    family: Any
+    random: Any  # the random-init student's Family, or None
+    dtype: Any
+
+
+def load_models(
+    teacher: Any,
+    student: Any,
+    random_student: Any,
+    layer_map: Any,
+    *,
+    tokenizer: Any,
+    dtype: Any,
+    trust_remote_code: bool,
+) -> SweepModels:
+    """Load (or take) the models in one common dtype, the tokenizer, and build the families."""
+    from ..family import Family
+    from ..io.loading import load_config, load_model, load_tokenizer, pair_dtype
+
+    tr = trust_remote_code
+    if isinstance(teacher, (str, Path)) and isinstance(student, (str, Path)):
+        dtype = pair_dtype(
+            load_config(teacher, trust_remote_code=tr), load_config(student, trust_remote_code=tr), dtype
+        )  # one common dtype (a bf16 student beside an fp32 teacher)
+
+    def model(spec: Any) -> Any:
+        if isinstance(spec, (str, Path)):
+            return load_model(spec, dtype=dtype, trust_remote_code=tr)
+        return spec.eval()
+
+    t, s = model(teacher), model(student)
+    if tokenizer is None:
+        if not isinstance(teacher, (str, Path)):
+            raise BoomerangError("pass tokenizer=... for in-memory models")
+        tokenizer = load_tokenizer(teacher, trust_remote_code=tr)
+    elif isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer, trust_remote_code=tr)
+    family = Family(t, s, layer_map, tokenizer=tokenizer)
+    random = None if random_student is None else Family(t, model(random_student), layer_map)
+    return SweepModels(t, s, tokenizer, family, random, dtype)
