@@ -1,4 +1,5 @@
-"""What a run reports: ``metrics.jsonl`` (+ TensorBoard), the progress bar, the plan and the summary table."""
+"""What a run reports: ``metrics.jsonl`` (+ TensorBoard), the progress bar, the plan, validations and the summary
+table."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import Any
 
 from ..errors import BoomerangError
 from ..io.atomic import atomic_write_text
+from .models import RunModels
+from .recipe import Recipe
+from .run_data import RunData
 
 
 class MetricsLog:
@@ -77,6 +81,64 @@ def progress_bar(*, enabled: bool) -> Any:
         console=err_console,
         disable=not enabled,
     )
+
+
+def plan_lines(
+    recipe: Recipe,
+    models: RunModels,
+    data: RunData,
+    *,
+    trainable: int,
+    world: int,
+    accum: int,
+    precision: str,
+    warmup: int,
+    out: Path,
+    shards: dict[str, Any] | None,
+    resumed: tuple[Path, int] | None,
+) -> list[str]:
+    """The run's plan, printed before the first step: models, loss, data, schedule, output (and sharding, resume)."""
+    from ..core.params import count_params
+
+    r, m, lm = recipe, models, models.layer_map
+    c = count_params(m.student)
+    lines = [
+        f"teacher   {m.teacher_path} ({lm.n_teacher} layers)",
+        f"student   {lm.n_student} layers, kept {list(lm.kept)}; {trainable / 1e6:.1f}M of "
+        f"{c.trainable / 1e6:.1f}M parameters trained"
+        + (f"; frozen: {', '.join(m.frozen)}" if m.frozen else ""),
+        f"loss      ce {r.loss.ce} + kl {r.loss.kl} (τ={r.loss.temperature}) + cos {m.loss_fn.cos_weight:.4g} × "
+        f"{len(m.loss_fn.pairs)} pairs; {'fused head' if m.mode == 'head' else 'full logits'}, "
+        f"chunks of {r.loss.chunk_tokens} tokens",
+        f"data      {data.description}; seq_len {r.data.seq_len}"
+        + (
+            f"; validation: the first {len(data.eval_blocks)} blocks ({data.eval_blocks.n_tokens:,} tokens) "
+            f"of {data.eval_slice['source']}"  # type: ignore[index]
+            if data.eval_blocks is not None
+            else ""
+        ),
+        f"schedule  {data.total_steps} steps × {r.train.batch_size} sequences (≈{data.tokens_per_step:,.0f} "
+        f"tokens/step, {data.total_steps * data.tokens_per_step / 1e6:.2f}M total); {world} process(es) × "
+        f"{r.train.micro_batch_size} × {accum} accumulation; {precision}; lr {r.optim.lr} "
+        f"{r.optim.schedule}, warm-up {warmup}",
+        f"output    {out}",
+    ]
+    if shards:
+        t, st = shards["teacher"], shards["student"]
+        lines.append(
+            f"sharding  FSDP2 over {world} processes: rank 0 holds {t['per_rank'][0] / 1e6:.2f}M of the "
+            f"teacher's {t['total'] / 1e6:.2f}M parameters, {st['per_rank'][0] / 1e6:.2f}M of the student's "
+            f"{st['total'] / 1e6:.2f}M"
+        )
+    if resumed is not None:
+        lines.append(f"resumed   from {resumed[0]} (step {resumed[1]})")
+    return lines
+
+
+def validation_line(step: int, student: dict[str, float], teacher: dict[str, float] | None) -> str:
+    """One validation's report: the student's loss and perplexity (and the teacher's perplexity)."""
+    ref = f" (teacher {teacher['ppl']:.2f})" if teacher else ""
+    return f"step {step}: validation loss {student['loss']:.4f}, ppl {student['ppl']:.2f}{ref}"
 
 
 def print_lines(lines: list[str]) -> None:

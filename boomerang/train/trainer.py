@@ -6,8 +6,9 @@ consumes ``train.batch_size`` blocks in a seeded order; each process takes its s
 loss is normalised by the token counts of the whole global batch, so any split into processes and gradient
 accumulation steps gives the same update.
 
-The parts live beside it: ``precision`` (fp32 or bf16), ``models`` (teacher, student, loss forwards),
-``run_data`` (blocks and the run's length), ``schedule`` (the LR schedule), ``checkpointing`` and ``reporting``.
+The parts live beside it: ``run_dir`` (fresh, resumed or refused), ``precision`` (fp32 or bf16), ``models``
+(teacher, student, loss forwards), ``run_data`` (blocks and the run's length), ``schedule`` (the LR schedule),
+``validation``, ``checkpointing``, ``reporting`` and ``finish`` (the final student and the summary).
 
 Run directory layout::
 
@@ -22,7 +23,6 @@ Run directory layout::
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -32,35 +32,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..errors import BoomerangError
-from ..io.atomic import atomic_write_text
 from . import sharding
 from .checkpointing import STATE, Checkpointer, RunState, list_checkpoints
-from .losses import DistillLoss, LossConfig, ModelOutputs, token_counts
-from .models import LossForward, compile_layers, optimizer_groups, prepare_models
+from .finish import run_summary, save_final_student, write_summary
+from .losses import ModelOutputs, token_counts
+from .models import compile_layers, optimizer_groups, prepare_models
 from .precision import choose_precision
 from .recipe import Recipe
-from .reporting import MetricsLog, print_lines, print_summary, progress_bar
+from .reporting import MetricsLog, plan_lines, print_lines, print_summary, progress_bar, validation_line
 from .run_data import prepare_data
+from .run_dir import check_resumable, resume_point
 from .schedule import make_scheduler, warmup_steps
+from .validation import Validator, reduce_sums
 
 __all__ = ["PAUSE_ENV", "STATE", "Distiller", "distill", "list_checkpoints"]
 
 PAUSE_ENV = "BOOMERANG_TEST_PAUSE_AFTER_STEP"  # tests: stop (and wait to be killed) after this step
-RESUME_FREE = {
-    "out",
-    "checkpoint",
-    "log",
-    "eval",
-    "train.max_nonfinite",
-    "train.threads",
-    "train.strategy",
-    "name",
-}
 
 
 class Distiller:
@@ -74,30 +65,6 @@ class Distiller:
         self.resume, self.force = resume, force
 
     # -- setup --------------------------------------------------------------------------------------------------
-    def _prepare_out(self) -> Path | None:
-        """Check OUT; returns the checkpoint to resume from, if any (main process decides, others follow)."""
-        out = self.out
-        is_run = (out / "recipe.yaml").is_file()
-        if out.exists() and not out.is_dir():
-            raise BoomerangError(f"{out} exists and is not a directory")
-        if self.resume:
-            ckpts = list_checkpoints(out)
-            if ckpts:
-                return ckpts[-1]
-            if out.exists() and any(out.iterdir()) and not is_run:
-                raise BoomerangError(f"{out} is not a boomerang run directory; nothing to resume there")
-            return None
-        if out.exists() and any(out.iterdir()):
-            if not self.force:
-                raise BoomerangError(
-                    f"{out} already exists; pass --resume to continue that run or --force to start over"
-                )
-            if not is_run:
-                raise BoomerangError(
-                    f"{out} exists and is not a boomerang run directory (no recipe.yaml); refusing to delete it"
-                )
-        return None
-
     def setup(self) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
@@ -131,7 +98,7 @@ class Distiller:
         decision: tuple[str | None, str | None] = (None, None)  # (checkpoint to resume, error)
         if self.main:  # the main process decides; every process raises the same error, none waits forever
             try:
-                ckpt = self._prepare_out()
+                ckpt = resume_point(self.out, resume=self.resume, force=self.force)
                 decision = (str(ckpt) if ckpt else None, None)
             except BoomerangError as e:
                 decision = (None, str(e))
@@ -140,7 +107,7 @@ class Distiller:
             raise BoomerangError(error)
         self.resume_from = Path(resume_from) if resume_from else None
         if self.resume and self.resume_from is not None:
-            self._check_resumable()
+            check_resumable(self.out, self.recipe)
         if self.main and not self.resume and self.out.exists() and self.force:
             shutil.rmtree(self.out)
         acc.wait_for_everyone()
@@ -156,7 +123,7 @@ class Distiller:
             m.mode,
         )
         self.frozen, self.s_fwd, self.t_fwd = m.frozen, m.s_fwd, m.t_fwd
-        data = prepare_data(r, self.tokenizer, acc)
+        self.data = data = prepare_data(r, self.tokenizer, acc)
         self.train_data, self.eval_blocks, self.eval_slice = (
             data.train_data,
             data.eval_blocks,
@@ -177,23 +144,6 @@ class Distiller:
         box = [value]
         broadcast_object_list(box, from_process=0)
         return box[0]
-
-    def _check_resumable(self) -> None:
-        import yaml
-
-        saved_file = self.out / "recipe.yaml"
-        if not saved_file.is_file():
-            return
-        saved = yaml.safe_load(saved_file.read_text())
-        now = self.recipe.model_dump(mode="json")
-        diffs = [
-            k for k in _diff(saved, now) if not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)
-        ]
-        if diffs:
-            raise BoomerangError(
-                f"cannot resume {self.out}: the recipe differs from the one it was started with in "
-                f"{', '.join(diffs)}. Use the same settings, or start a new run (--force or another --out)."
-            )
 
     def _setup_training(self) -> None:
         o, acc = self.recipe.optim, self.acc
@@ -264,14 +214,6 @@ class Distiller:
         if self.fsdp and self.t_mod is not None:
             sharding.release(self.teacher)
 
-    def _reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        keys = sorted(sums)
-        if self.world == 1:
-            return sums
-        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.acc.device)
-        t = self.acc.reduce(t, reduction="sum")
-        return dict(zip(keys, t.tolist(), strict=True))
-
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over one global batch; returns its record."""
         acc, r = self.acc, self.recipe
@@ -295,7 +237,7 @@ class Distiller:
             for k, v in out.sums.items():
                 sums[k] += v
             del s_out, t_out, out
-        sums = self._reduce(sums)
+        sums = reduce_sums(self.acc, sums)
         terms = self.loss_fn.summarise(sums)
         max_norm = r.optim.max_grad_norm or float("inf")
         grad_norm = float("nan")
@@ -325,51 +267,24 @@ class Distiller:
             rec["skipped"] = True
         return rec
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
         """Loss terms and perplexity on the validation blocks (the student, or ``model`` alone for CE)."""
         assert self.eval_blocks is not None
-        blocks = self.eval_blocks
-        bs = self.recipe.eval.batch_size or self.recipe.train.micro_batch_size
-        # FSDP forwards are collective: every process must run the same number of them
-        usable = len(blocks) - len(blocks) % self.world if self.fsdp else len(blocks)
-        mine = list(range(self.rank, usable, self.world))
-        t_mod = self.t_mod
-        if model is not None and t_mod is None:
-            t_mod = LossForward(model.to(self.acc.device), [], self.mode)
-        sums = {"ce": 0.0, "kl": 0.0, "cos": 0.0, "n_ce": 0.0, "n_tok": 0.0}
-        student = self.s_mod if self.fsdp else self.acc.unwrap_model(self.s_mod)  # no DDP buffer syncs
-        ce_only = DistillLoss(
-            LossConfig(kl=0, cos=0, chunk_tokens=self.recipe.loss.chunk_tokens), self.layer_map
-        )
-        was_training = student.training
-        student.eval()
-        try:
-            for i in range(0, len(mine), bs):
-                b = blocks.batch(mine[i : i + bs]).to(self.acc.device)
-                n_ce, n_tok = token_counts(b.input_ids, b.attention_mask)
-                if model is not None:  # CE of the teacher alone
-                    with self.acc.autocast():
-                        o = t_mod(b.input_ids, b.attention_mask)  # type: ignore[misc]
-                        lo = ce_only(o, None, b.input_ids, b.attention_mask, n_ce=n_ce, n_tok=n_tok)
-                    self._release_teacher()
-                else:
-                    t_out = self._teacher(b.input_ids, b.attention_mask)
-                    s_out = student(b.input_ids, b.attention_mask)
-                    with self.acc.autocast():
-                        lo = self.loss_fn(s_out, t_out, b.input_ids, b.attention_mask, n_ce=n_ce, n_tok=n_tok)
-                    self._release_teacher()
-                for k, v in lo.sums.items():
-                    sums[k] += v
-        finally:
-            student.train(was_training)
-            if self.fsdp:  # no backward follows to reshard the student's head
-                sharding.release(self.student)
-        sums = self._reduce(sums)
-        terms = self.loss_fn.summarise(sums) if model is None else {"ce": sums["ce"] / max(sums["n_ce"], 1)}
-        terms["ppl"] = math.exp(min(terms["ce"], 50.0))
-        terms["tokens"] = sums["n_tok"]
-        return terms
+        r = self.recipe
+        return Validator(
+            self.eval_blocks,
+            batch_size=r.eval.batch_size or r.train.micro_batch_size,
+            acc=self.acc,
+            fsdp=self.fsdp,
+            teacher=self.teacher,
+            student=self.student,
+            t_mod=self.t_mod,
+            s_mod=self.s_mod,
+            loss_fn=self.loss_fn,
+            layer_map=self.layer_map,
+            mode=self.mode,
+            chunk_tokens=r.loss.chunk_tokens,
+        )(model)
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -433,11 +348,7 @@ class Distiller:
         s.last_eval = self.evaluate()
         self.log.write({"step": s.step, "kind": "eval", "model": "student", **s.last_eval})
         if self.main:
-            t = s.teacher_eval
-            ref = f" (teacher {t['ppl']:.2f})" if t else ""
-            msg = (
-                f"step {s.step}: validation loss {s.last_eval['loss']:.4f}, ppl {s.last_eval['ppl']:.2f}{ref}"
-            )
+            msg = validation_line(s.step, s.last_eval, s.teacher_eval)
             if progress is not None:
                 progress.console.print(msg, highlight=False)
             else:
@@ -451,105 +362,55 @@ class Distiller:
             time.sleep(1)
 
     def _print_plan(self) -> None:
-        if not self.main:
-            return
-        from ..core.params import count_params
-
-        r, lm = self.recipe, self.layer_map
-        c = count_params(self.student)
-        trainable = sum(p.numel() for p in self.params)
-        lines = [
-            f"teacher   {self.teacher_path} ({lm.n_teacher} layers)",
-            f"student   {lm.n_student} layers, kept {list(lm.kept)}; {trainable / 1e6:.1f}M of "
-            f"{c.trainable / 1e6:.1f}M parameters trained"
-            + (f"; frozen: {', '.join(self.frozen)}" if self.frozen else ""),
-            f"loss      ce {r.loss.ce} + kl {r.loss.kl} (τ={r.loss.temperature}) + cos {self.loss_fn.cos_weight:.4g} × "
-            f"{len(self.loss_fn.pairs)} pairs; {'fused head' if self.mode == 'head' else 'full logits'}, "
-            f"chunks of {r.loss.chunk_tokens} tokens",
-            f"data      {self.data_desc}; seq_len {r.data.seq_len}"
-            + (
-                f"; validation: the first {len(self.eval_blocks)} blocks ({self.eval_blocks.n_tokens:,} tokens) "
-                f"of {self.eval_slice['source']}"  # type: ignore[index]
-                if self.eval_blocks is not None
-                else ""
-            ),
-            f"schedule  {self.total_steps} steps × {r.train.batch_size} sequences (≈{self.tokens_per_step:,.0f} "
-            f"tokens/step, {self.total_steps * self.tokens_per_step / 1e6:.2f}M total); {self.world} process(es) × "
-            f"{r.train.micro_batch_size} × {self.accum} accumulation; {self.precision}; lr {r.optim.lr} "
-            f"{r.optim.schedule}, warm-up {self.warmup}",
-            f"output    {self.out}",
-        ]
-        if self.shards:
-            t, st = self.shards["teacher"], self.shards["student"]
-            lines.append(
-                f"sharding  FSDP2 over {self.world} processes: rank 0 holds {t['per_rank'][0] / 1e6:.2f}M of the "
-                f"teacher's {t['total'] / 1e6:.2f}M parameters, {st['per_rank'][0] / 1e6:.2f}M of the student's "
-                f"{st['total'] / 1e6:.2f}M"
+        if self.main:
+            resumed = (self.resume_from, self.state.step) if self.resume_from is not None else None
+            lines = plan_lines(
+                self.recipe,
+                self.models,
+                self.data,
+                trainable=sum(p.numel() for p in self.params),
+                world=self.world,
+                accum=self.accum,
+                precision=self.precision,
+                warmup=self.warmup,
+                out=self.out,
+                shards=self.shards,
+                resumed=resumed,
             )
-        if self.resume_from is not None:
-            lines.append(f"resumed   from {self.resume_from} (step {self.state.step})")
-        print_lines(lines)
+            print_lines(lines)
 
     def _finish(self) -> dict[str, Any]:
-        from .initialise import save_student
-
-        acc, s = self.acc, self.state
+        """Save the final student and the summary (on the main process); returns the summary."""
+        acc = self.acc
         acc.wait_for_everyone()
-        student_dir = self.out / "student"
-        if self.fsdp:
-            state_dict = sharding.full_model_state(self.student)  # collective; rank 0 gets it
+        # FSDP: gathering the full weights is collective (rank 0 gets them)
+        state_dict = sharding.full_model_state(self.student) if self.fsdp else None
         summary: dict[str, Any] = {}
         if self.main:
             model = sharding.plain_copy(self.student, state_dict) if self.fsdp else self.student
-            section = dict(model.config.boomerang or {})
-            section["distill"] = {
-                "recipe": self.recipe.name,
-                "steps": s.step,
-                "tokens": s.tokens,
-                "val_ppl": s.last_eval["ppl"] if s.last_eval else None,
-            }
-            model.config.boomerang = section
-            if self.recipe.train.gradient_checkpointing:
-                model.gradient_checkpointing_disable()
-            self.models.undo_lean()
-            model.config.use_cache = True
-            dtype = self.models.save_dtype
-            save_student(model.to(dtype), student_dir, tokenizer=self.tokenizer, force=True)
-            recent = [h for h in s.history[-10:] if not h.get("skipped")]
-            summary = {
-                "out": str(self.out),
-                "student": str(student_dir),
-                "steps": s.step,
-                "tokens": s.tokens,
-                "seconds": round(s.elapsed, 1),
-                "tokens_per_s": round(s.tokens / max(s.elapsed, 1e-9), 1),
-                "skipped_steps": s.skipped,
-                "train": {
-                    k: round(float(np.mean([h[k] for h in recent])), 5) for k in ("loss", "ce", "kl", "cos")
-                }
-                if recent
-                else None,
-                "val_student": s.last_eval,
-                "val_teacher": s.teacher_eval,
-                "val_slice": self.eval_slice,
-                "world_size": self.world,
-                "sharding": {"strategy": "fsdp", "parameters": self.shards} if self.shards else None,
-                "precision": f"{self.precision} ({self.precision_choice.reason})",
-            }
-            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            student_dir = self.out / "student"
+            save_final_student(
+                model,
+                student_dir,
+                recipe=self.recipe,
+                state=self.state,
+                models=self.models,
+                tokenizer=self.tokenizer,
+            )
+            summary = run_summary(
+                self.state,
+                out=self.out,
+                student_dir=student_dir,
+                eval_slice=self.eval_slice,
+                world=self.world,
+                shards=self.shards,
+                precision=f"{self.precision} ({self.precision_choice.reason})",
+            )
+            write_summary(self.out, summary)
             self.log.close()
             print_summary(summary)
         acc.wait_for_everyone()
         return summary
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def distill(

@@ -1,0 +1,75 @@
+"""The end of a run: the final student (a standard HF checkpoint that records its distillation) and the summary
+(``OUT/summary.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..io.atomic import atomic_write_text
+from .checkpointing import RunState
+from .models import RunModels
+from .recipe import Recipe
+
+
+def save_final_student(
+    model: nn.Module, student_dir: Path, *, recipe: Recipe, state: RunState, models: RunModels, tokenizer: Any
+) -> None:
+    """Record the run in the student's ``boomerang`` config section, undo the training-only switches (gradient
+    checkpointing, lean MLPs, no KV cache) and save it in the teacher checkpoint's dtype."""
+    from .initialise import save_student
+
+    section = dict(model.config.boomerang or {})
+    section["distill"] = {
+        "recipe": recipe.name,
+        "steps": state.step,
+        "tokens": state.tokens,
+        "val_ppl": state.last_eval["ppl"] if state.last_eval else None,
+    }
+    model.config.boomerang = section
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    models.undo_lean()
+    model.config.use_cache = True
+    save_student(model.to(models.save_dtype), student_dir, tokenizer=tokenizer, force=True)
+
+
+def run_summary(
+    state: RunState,
+    *,
+    out: Path,
+    student_dir: Path,
+    eval_slice: dict[str, Any] | None,
+    world: int,
+    shards: dict[str, Any] | None,
+    precision: str,
+) -> dict[str, Any]:
+    """The run's summary: length, speed, the last steps' loss terms, validation, sharding and precision."""
+    s = state
+    recent = [h for h in s.history[-10:] if not h.get("skipped")]
+    return {
+        "out": str(out),
+        "student": str(student_dir),
+        "steps": s.step,
+        "tokens": s.tokens,
+        "seconds": round(s.elapsed, 1),
+        "tokens_per_s": round(s.tokens / max(s.elapsed, 1e-9), 1),
+        "skipped_steps": s.skipped,
+        "train": {k: round(float(np.mean([h[k] for h in recent])), 5) for k in ("loss", "ce", "kl", "cos")}
+        if recent
+        else None,
+        "val_student": s.last_eval,
+        "val_teacher": s.teacher_eval,
+        "val_slice": eval_slice,
+        "world_size": world,
+        "sharding": {"strategy": "fsdp", "parameters": shards} if shards else None,
+        "precision": precision,
+    }
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
