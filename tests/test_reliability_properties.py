@@ -20,8 +20,8 @@ from boomerang.io.order_files import parse_order_text
 from boomerang.io.sidecar import sidecar_layer_map
 from boomerang.train.recipe import parse_recipe
 
-QUICK = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-CLI = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+QUICK = settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+CLI = settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10**12) | st.floats(allow_nan=False) | st.text(max_size=8),
