@@ -135,6 +135,11 @@ class TrainSection(_Section):
     )
     max_nonfinite: int = Field(10, ge=0, description="abort after this many skipped non-finite steps")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process")
+    teacher_cache: str | None = Field(
+        None,
+        description="directory of teacher outputs shared by runs that see the same batches (ablations): the "
+        "first run writes them, later runs read them instead of running the teacher (one process only)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainSection:

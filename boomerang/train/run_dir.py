@@ -18,6 +18,7 @@ RESUME_FREE = {  # recipe keys a resumed run may change
     "train.max_nonfinite",
     "train.threads",
     "train.strategy",
+    "train.teacher_cache",  # cached teacher outputs are bit-identical to computed ones
     "name",
 }
 

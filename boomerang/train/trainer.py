@@ -47,6 +47,8 @@ from .reporting import MetricsLog, plan_lines, print_lines, print_summary, progr
 from .run_data import prepare_data
 from .run_dir import check_resumable, resume_point
 from .schedule import make_scheduler, warmup_steps
+from .teacher_cache import TeacherCache
+from .teacher_cache import fingerprint as cache_fingerprint
 from .validation import Validator, reduce_sums
 
 __all__ = ["PAUSE_ENV", "STATE", "Distiller", "distill", "list_checkpoints"]
@@ -178,9 +180,32 @@ class Distiller:
             compile_layers(self.student)
             compile_layers(self.teacher)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.tcache = self._teacher_cache()
         self.state = RunState()
         self.checkpointer = Checkpointer(self.out, acc, fsdp=self.fsdp, keep=self.recipe.checkpoint.keep)
         self.log = MetricsLog(self.out, main=self.main)
+
+    def _teacher_cache(self) -> TeacherCache | None:
+        where = self.recipe.train.teacher_cache
+        if not where or self.t_fwd is None:
+            return None
+        if self.world > 1:
+            raise BoomerangError("train.teacher_cache works in one process; drop it for multi-process runs")
+        if self.mode != "head":
+            raise BoomerangError(
+                "train.teacher_cache stores hidden states for the fused head loss, which this pair cannot use "
+                "(full logits would be ~100 KB per token); drop train.teacher_cache"
+            )
+        meta = cache_fingerprint(
+            self.recipe,
+            teacher_path=str(self.teacher_path),
+            precision=self.precision,
+            keys=self.loss_fn.keys(1),
+        )
+        cache = TeacherCache(where, meta)
+        if not cache.usable:
+            self._note(f"teacher cache {where} lacks states this loss needs; the teacher runs as usual")
+        return cache
 
     def _note(self, msg: str) -> None:
         if getattr(self, "main", True):
@@ -221,12 +246,21 @@ class Distiller:
         n_ce, n_tok = token_counts(batch.input_ids, batch.attention_mask)
         sums = {"ce": 0.0, "kl": 0.0, "cos": 0.0, "n_ce": 0.0, "n_tok": 0.0}
         micro = list(self._micro_batches(batch))
+        step = self.state.step + 1
+        cached = self.tcache.load(step) if self.tcache is not None else None
+        fresh: dict[int, ModelOutputs] = {}
         for a, mb in enumerate(micro):
             last = a == len(micro) - 1
             # FSDP reduce-scatters every micro-batch, so accumulated gradients stay sharded
             with contextlib.nullcontext() if last or self.fsdp else acc.no_sync(self.s_mod):
                 mask = mb.attention_mask
-                t_out = self._teacher(mb.input_ids, mask)
+                if cached is not None:  # the teacher's outputs for this very batch, from an earlier run
+                    t_out = cached[a]
+                    t_out.head_weight = self.teacher.get_output_embeddings().weight
+                else:
+                    t_out = self._teacher(mb.input_ids, mask)
+                    if self.tcache is not None and self.tcache.writable and t_out is not None:
+                        fresh[a] = t_out
                 s_out = self.s_mod(mb.input_ids, mask)
                 with acc.autocast():
                     out = self.loss_fn(
@@ -237,6 +271,8 @@ class Distiller:
             for k, v in out.sums.items():
                 sums[k] += v
             del s_out, t_out, out
+        if fresh:
+            self.tcache.save(step, fresh)  # type: ignore[union-attr]
         sums = reduce_sums(self.acc, sums)
         terms = self.loss_fn.summarise(sums)
         max_norm = r.optim.max_grad_norm or float("inf")
