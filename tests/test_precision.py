@@ -70,7 +70,15 @@ def test_head_loss_bf16_tracks_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             teacher = (ht.bfloat16(), wt.bfloat16()) if bf16 else (ht, wt)
             loss, ce, kl = head_ce_kl(
-                hs, ws, labels, real, h_t=teacher[0], w_t=teacher[1], ce_scale=1 / t, kl_scale=0.1 / t, chunk=40
+                hs,
+                ws,
+                labels,
+                real,
+                h_t=teacher[0],
+                w_t=teacher[1],
+                ce_scale=1 / t,
+                kl_scale=0.1 / t,
+                chunk=40,
             )
         loss.backward()
         assert hs.grad.dtype == torch.float32 and ws.grad.dtype == torch.float32

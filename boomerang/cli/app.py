@@ -68,12 +68,16 @@ def run(argv: list[str] | None = None) -> int:
     except _USAGE as e:
         e.show()  # type: ignore[attr-defined]  # click's usage text with its "did you mean" hint
         if getattr(e, "ctx", None) is None:  # raised before a command's context existed: no usage text shown
-            err_console.print("Try 'boomerang --help' (or 'boomerang COMMAND --help') for help.", highlight=False)
+            err_console.print(
+                "Try 'boomerang --help' (or 'boomerang COMMAND --help') for help.", highlight=False
+            )
         return e.exit_code  # type: ignore[attr-defined]
     except OSError as e:  # the environment, not a bug: a full disk, a file-size limit, a read-only path
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
-        err_console.print(f"[bold red]error:[/] {write_error(e.filename or 'the output', e)}", highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] {write_error(e.filename or 'the output', e)}", highlight=False
+        )
         return 2
     except (*_ABORT, KeyboardInterrupt):
         err_console.print("[yellow]interrupted[/]: no partial output was left behind")

@@ -36,7 +36,9 @@ def demo(
     ] = "naive,shortgpt,laco",
     ablations: Annotated[
         str,
-        typer.Option(help="Ablation students on the same budget: random (random init), nocos (no cosine term)."),
+        typer.Option(
+            help="Ablation students on the same budget: random (random init), nocos (no cosine term)."
+        ),
     ] = "random,nocos",
     eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Tokens per text and model.")] = 4096,
     calibration_samples: Annotated[
@@ -88,7 +90,9 @@ def demo(
     )
     if export is not None:
         output_dir(export, force)
-    command = "boomerang " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
+    command = (
+        "boomerang " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
+    )
     text = run_demo(
         out,
         recipe=recipe,

@@ -42,7 +42,8 @@ def text_files(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file() and (p.suffix in (*TEXT_SUFFIXES, ".jsonl") or p.name.endswith((".txt.gz", ".jsonl.gz")))
+        if p.is_file()
+        and (p.suffix in (*TEXT_SUFFIXES, ".jsonl") or p.name.endswith((".txt.gz", ".jsonl.gz")))
     )
 
 

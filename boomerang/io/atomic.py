@@ -36,7 +36,15 @@ _TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-(?P<stamp>\d+)-[0-9a-f]+$"
 _NOREPLACE, _EXCHANGE = 1, 2  # renameat2 flags (linux/fs.h)
 _AT_FDCWD = -100
 # errors of the environment (a full disk, a read-only path), not of boomerang
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+}
 
 
 # ---- up-front checks ---------------------------------------------------------------------------------------------
@@ -336,7 +344,9 @@ def atomic_dir(out: str | os.PathLike, *, force: bool = False, resume: Any = Non
         _claim(tmp, out)
         _finish(tmp, out, force)
     except BaseException as e:
-        _remove(tmp)  # only a killed process leaves its temporary directory (an orphan, or resumable progress)
+        _remove(
+            tmp
+        )  # only a killed process leaves its temporary directory (an orphan, or resumable progress)
         if is_write_error(e):
             raise write_error(out, e) from None
         raise

@@ -69,7 +69,9 @@ def sidecar_layer_map(path: Path) -> LayerMap:
     except BoomerangError as e:
         raise BoomerangError(f"{path}: {e}. It should be {what}") from None
     except (OverflowError, TypeError, ValueError):  # e.g. Infinity, or lists of lists
-        raise BoomerangError(f"{path} holds layer numbers that are not integers; it should be {what}") from None
+        raise BoomerangError(
+            f"{path} holds layer numbers that are not integers; it should be {what}"
+        ) from None
 
 
 def config_layer_map(config: Any, where: str) -> LayerMap | None:
