@@ -68,6 +68,12 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
         for n, d in [("main", "distill"), ("random", "distill-random"), ("nocos", "distill-nocos")]
     }
     assert len({s["tokens"] for s in sums.values()}) == 1
+    steps = sums["main"]["steps"]  # the ablations read the teacher outputs the main run cached
+    assert sums["main"]["teacher_cache"]["wrote"] and sums["main"]["teacher_cache"]["read_steps"] == 0
+    assert (
+        sums["random"]["teacher_cache"]["read_steps"] == sums["nocos"]["teacher_cache"]["read_steps"] == steps
+    )
+    assert not (out / "teacher-cache").exists()  # removed once every student is trained
     main_cfg = json.loads((out / "distill" / "student" / "config.json").read_text())["boomerang"]
     rnd_cfg = json.loads((out / "distill-random" / "student" / "config.json").read_text())["boomerang"]
     assert rnd_cfg["layer_map"] == main_cfg["layer_map"] and rnd_cfg["init"]["random_weights"]

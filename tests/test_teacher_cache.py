@@ -72,3 +72,15 @@ def test_other_batches_are_refused(root, tmp_path):
         _run(root, tmp_path / "r", steps=1, train={"teacher_cache": cache, "seed": 1})
     meta = json.loads((tmp_path / "cache" / "cache.json").read_text())
     assert meta["batch_size"] == 8 and "norm" in meta["keys"] and "in:0" in meta["keys"]
+
+
+def test_the_summary_says_what_the_cache_did(root, tmp_path):
+    from boomerang.train.trainer import distill
+
+    cache = str(tmp_path / "cache")
+    recipe = tiny_recipe(root, loss=LOSS, train={"steps": 2, "precision": "fp32", "teacher_cache": cache})
+    first = distill(parse_recipe(recipe), out=tmp_path / "a")
+    second = distill(parse_recipe(recipe), out=tmp_path / "b")
+    assert first["teacher_cache"] == {"dir": cache, "read_steps": 0, "wrote": True}
+    assert second["teacher_cache"] == {"dir": cache, "read_steps": 2, "wrote": False}
+    assert first["train"] == second["train"]

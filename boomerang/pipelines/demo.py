@@ -6,7 +6,8 @@ Stages (each resumable; a rerun skips finished stages and continues interrupted 
 2. ``init``: the main student as the recipe's ``init`` section says, and the random-init student with the same
    layer map and random weights (``init/main``, ``init/random``).
 3. ``distill``: three students on the same budget, data order and seed: ``main`` (the recipe), ``random`` (the
-   random-init student) and ``nocos`` (the main init without the cosine term, ``loss.cos=0``).
+   random-init student) and ``nocos`` (the main init without the cosine term, ``loss.cos=0``). The ablations read
+   the teacher's outputs that the main run cached (``train.teacher_cache``: bit-identical, no teacher forward).
 4. ``analyze``: the main student's layer-by-layer similarity to the teacher (explains failed claims).
 5. ``order``: the ``greedy-kl`` patch order of the main student on calibration blocks of the training data.
 6. ``sweeps``: on every evaluation text (an exact, reported slice), the main family in each order beside naive
@@ -201,7 +202,8 @@ class Demo:
         if (student / "config.json").is_file():
             _say(f"distill {name}: done ({student})")
             return student
-        r = load_recipe(self.s.recipe, self._overrides([f"student={init}", *extra]))
+        cache = [f"train.teacher_cache={self.out / 'teacher-cache'}"] if self.s.ablations else []
+        r = load_recipe(self.s.recipe, self._overrides([f"student={init}", *cache, *extra]))
         _say(f"distill {name}: {self.s.tokens:,} tokens into {run} (resumable: rerun the same command)")
         distill(r, out=run, resume=(run / "recipe.yaml").is_file())
         return student
@@ -277,6 +279,7 @@ class Demo:
             students["nocos"] = self._timed(
                 "distill nocos", lambda: self.distill("nocos", inits["main"], ["loss.cos=0"])
             )
+        shutil.rmtree(self.out / "teacher-cache", ignore_errors=True)  # every student is trained: free the disk
         results = self._timed("evaluate", lambda: self._evaluate(students))
         self.timings["total (this run)"] = time.perf_counter() - t_start
         return write_report(self, students, results)

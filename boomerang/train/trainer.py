@@ -189,13 +189,14 @@ class Distiller:
         where = self.recipe.train.teacher_cache
         if not where or self.t_fwd is None:
             return None
+        why = None  # the cache only saves time, so a run it cannot serve goes on without it
         if self.world > 1:
-            raise BoomerangError("train.teacher_cache works in one process; drop it for multi-process runs")
-        if self.mode != "head":
-            raise BoomerangError(
-                "train.teacher_cache stores hidden states for the fused head loss, which this pair cannot use "
-                "(full logits would be ~100 KB per token); drop train.teacher_cache"
-            )
+            why = "it works in one process"
+        elif self.mode != "head":
+            why = "it stores hidden states for the fused head loss, which this pair cannot use"
+        if why:
+            self._note(f"train.teacher_cache is not used: {why}")
+            return None
         meta = cache_fingerprint(
             self.recipe,
             teacher_path=str(self.teacher_path),
@@ -442,6 +443,14 @@ class Distiller:
                 shards=self.shards,
                 precision=f"{self.precision} ({self.precision_choice.reason})",
             )
+            if (
+                self.tcache is not None
+            ):  # steps whose teacher outputs came from the cache / were written to it
+                summary["teacher_cache"] = {
+                    "dir": str(self.tcache.dir),
+                    "read_steps": self.tcache.hits,
+                    "wrote": self.tcache.writable,
+                }
             write_summary(self.out, summary)
             self.log.close()
             print_summary(summary)
