@@ -12,7 +12,7 @@ exhaustive search (``optimal``).
     not distilled; 512 subsets). ``optimal``, ``greedy-kl`` and ``shortest-path`` on the same calibration blocks:
     time, KL per size and its gap to the optimum, held-out perplexity per size.
 
-    flock /tmp/boomerang-heavy.lock python benchmarks/orders_shortest_path.py --student /tmp/sp-student
+    python benchmarks/orders_shortest_path.py --student COPY_OF_A_16_LAYER_STUDENT
         # -> results/orders_shortest_path.json (about an hour on 2 idle cores)
     python benchmarks/orders_shortest_path.py --smoke     # seconds: tiny random models, one repeat
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_STUDENT = "/tmp/exp/inits/every/run/student"
+DEFAULT_STUDENT = "runs/demo/distill/student"  # the demo's 16-layer student (pass a copy with --student)
 
 
 def corpora() -> tuple[str, str]:
