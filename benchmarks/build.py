@@ -24,7 +24,7 @@ are recorded per repeat; the JSON holds medians and ratios to (a). A last subpro
 touches every weight, builds and runs every member with ``boomerang.Family``, and compares its RSS with all members
 held to its RSS with only teacher and student loaded.
 
-    flock /work/heavy.lock python benchmarks/build.py            # writes benchmarks/results/build.json
+    python benchmarks/build.py            # writes benchmarks/results/build.json
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ reference code). Each variant and repeat runs in its own subprocess so that peak
 repeats are reported. Levers (the lean MLP, checkpointing, frozen embeddings, torch.compile, a teacher-output cache)
 are measured the same way.
 
-    flock /work/heavy.lock python benchmarks/distill_step.py            # writes benchmarks/results/distill_step.json
+    python benchmarks/distill_step.py            # writes benchmarks/results/distill_step.json
     python benchmarks/distill_step.py --precisions fp32,bf16 --variants baseline,ours --steps 5 \
         --out benchmarks/results/distill_step-bf16.json     # fp32 vs bf16: speed, % of matmul peak, loss drift
     python benchmarks/distill_step.py --teacher DIR --data DIR --seq-len 16 --batch 2   # quick smoke run

@@ -13,7 +13,7 @@ Both must choose the same sequence. Wall time per repeat (median reported), and 
 smaller student (``LayerMap.every(30, every=4)``: 9 layers, 512 subsets) measures the exhaustive search and how far
 the greedy order is from the optimum at each size.
 
-    flock /work/heavy.lock python benchmarks/orders.py           # writes benchmarks/results/orders.json
+    python benchmarks/orders.py           # writes benchmarks/results/orders.json
     python benchmarks/orders.py --tiny                           # a seconds-long check on a random tiny model
 """
 

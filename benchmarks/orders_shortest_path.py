@@ -6,8 +6,8 @@ exhaustive search (``optimal``).
     ``--length`` tokens from the training corpus (seed 0), each ``--repeats`` times, alternating (median wall time
     reported; the orders must come out the same every time). For every order (also ``last`` and ``first``) and
     every size K: the KL(teacher || member) on the calibration blocks, and the held-out token perplexity of the
-    member on the first ``--ppl-tokens`` tokens of the validation corpus (context ``--context``, stride half of
-    it). Exhaustive search over 2^16 subsets is not feasible here.
+    member on the first ``--ppl-tokens`` tokens of ``--ppl-text`` (default ``builtin:hamlet``: a play, a kind of
+    text absent from the training corpus; context ``--context``, stride half of it). Exhaustive search over 2^16 subsets is not feasible here.
 (b) Where exhaustive search is feasible: a 9-layer student (``LayerMap.every(30, every=4)``, teacher layers copied,
     not distilled; 512 subsets). ``optimal``, ``greedy-kl`` and ``shortest-path`` on the same calibration blocks:
     time, KL per size and its gap to the optimum, held-out perplexity per size.
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--ppl-tokens", type=int, default=8192, help="held-out tokens per member")
     ap.add_argument("--context", type=int, default=512, help="held-out perplexity window")
+    ap.add_argument("--ppl-text", default="builtin:hamlet", help="held-out text (out of domain by default)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-exhaustive", action="store_true", help="skip part (b)")
     ap.add_argument("--out", type=Path, default=None)
@@ -164,7 +165,8 @@ def main() -> None:
         student = B.load_model(args.student, dtype="float32")
         lm = student_layer_map(student)
         tok = B.load_tokenizer(path)
-        train, valid = corpora()
+        train, _ = corpora()
+        valid = args.ppl_text
         summary = Path(args.student).parent / "summary.json"
         setup = {
             "teacher": "SmolLM2-135M-Instruct (30 layers, float32, offline)",
@@ -175,7 +177,7 @@ def main() -> None:
     ids = calibration_ids(train, tok, n=args.texts, length=args.length, seed=0)
     setup.update(
         calibration=f"{args.texts} blocks x {args.length} tokens of the training corpus (seed 0)",
-        heldout=f"token perplexity on the first {args.ppl_tokens} tokens of the validation corpus, "
+        heldout=f"token perplexity on the first {args.ppl_tokens} tokens of {valid}, "
         f"context {args.context}, stride {args.context // 2}",
         repeats=args.repeats,
         batch_size=args.batch_size,

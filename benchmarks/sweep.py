@@ -22,7 +22,7 @@ every position; attention counted causally). Because a big head GEMM runs faster
 operations, the JSON also gives the bound with the head weighted by its measured *time* relative to a layer
 (``head_over_layer_time``: the head with its log-softmax/NLL, and a layer as (teacher forward - head) / 30).
 
-    flock /work/heavy.lock python benchmarks/sweep.py        # writes benchmarks/results/sweep.json
+    python benchmarks/sweep.py        # writes benchmarks/results/sweep.json
 """
 
 from __future__ import annotations

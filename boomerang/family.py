@@ -149,6 +149,8 @@ class Family:
 
         if order is None:
             return self.default_order
+        if isinstance(order, os.PathLike):  # a saved order file
+            order = os.fspath(order)
         if isinstance(order, PatchOrder):
             return resolve_order(order, self.layer_map)
         key = order if isinstance(order, str) else ("sequence", *order)

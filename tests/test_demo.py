@@ -89,10 +89,10 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
             and verdicts["e"] in ("PASS", "FAIL")
         ), (text, claims)
         curves = res["curves"][text]
-        assert {"main (last)", "naive", "shortgpt", "laco", "random init (last)", "no cosine (last)"} <= set(
-            curves
-        )
-        assert sorted(r["K"] for r in curves["main (last)"]) == [0, 1, 2, 3, 4]
+        # the default order (greedy-kl, computed on training text) and the recipe's fixed order (first)
+        want = {"main (greedy-kl)", "main (first)", "naive", "shortgpt", "laco"}
+        assert want | {"random init (first)", "no cosine (first)"} <= set(curves)
+        assert sorted(r["K"] for r in curves["main (greedy-kl)"]) == [0, 1, 2, 3, 4]
     assert res["slices"]["hamlet"][0]["name"] == "builtin:hamlet"
     assert res["slices"]["validation"][0]["name"].startswith("doc")  # the validation/ folder
     report = (out / "report.md").read_text()
@@ -103,10 +103,11 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
     assert (evidence / "report.md").read_text() == report
     assert not list(evidence.rglob("*.safetensors"))  # no weights
     assert (evidence / "distill-nocos" / "recipe.yaml").is_file()
+    assert (evidence / "order-greedy-kl.json").is_file() and (evidence / "analysis" / "summary.json").is_file()
     # a rerun redoes nothing but the report
-    stamp = (out / "sweeps" / "hamlet" / "main-last" / "results.json").stat().st_mtime
+    stamp = (out / "sweeps" / "hamlet" / "main-greedy-kl" / "results.json").stat().st_mtime
     assert run([*argv[:-1], "--force", argv[-1]]) == 0
-    assert (out / "sweeps" / "hamlet" / "main-last" / "results.json").stat().st_mtime == stamp
+    assert (out / "sweeps" / "hamlet" / "main-greedy-kl" / "results.json").stat().st_mtime == stamp
 
 
 def test_demo_ablations_and_texts_are_optional(tmp_path):

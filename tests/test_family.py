@@ -344,3 +344,15 @@ def test_distilbert_family_shares_storage():
     # every tensor but the synthesized all-zero token-type table is the teacher's or the student's
     new = storage(family.member(3)) - storage(bert) - storage(distil)
     assert len(new) <= 2
+
+
+def test_an_order_file_is_accepted_as_a_path_or_a_string(tmp_path):
+    """A saved order can be named by a pathlib.Path (the demo passes its greedy-kl file that way) or a str."""
+    from boomerang.io.order_files import save_order
+
+    teacher, student, lm = make_pair("llama")
+    family = B.Family(teacher, student, lm)
+    save_order(B.PatchOrder.from_sequence("mine", [1, 0, 3, 2], 4), tmp_path / "order.json")
+    for spec in (tmp_path / "order.json", str(tmp_path / "order.json")):
+        assert set(family.order(spec).patched(2)) == {0, 1}
+        assert family.member(1, order=spec).config.boomerang["patched_student_layers"] == [1]

@@ -290,6 +290,12 @@ def test_shortgpt_init_matches_the_shortgpt_baseline():
     assert max(b - a for a, b in zip(kept, [*kept[1:], 8], strict=True)) <= 2
     with pytest.raises(BoomerangError, match="max_block only goes with"):
         init_student(teacher, "similarity", size=3, calibration=calib, max_block=2)
+    # without a size: as many layers as the every-other-layer student (0,2,4,6,7 of 8 -> 5), for both strategies
+    for strategy in ("shortgpt", "similarity"):
+        default = init_student(
+            teacher, strategy, calibration=calib, max_block=2 if strategy == "shortgpt" else None
+        )
+        assert LayerMap.from_config(default.config).n_student == LayerMap.every(8).n_student == 5
 
 
 def test_cli_and_recipe_shortgpt_init(teacher_dir, tmp_path, capsys):
@@ -314,8 +320,7 @@ def test_cli_and_recipe_shortgpt_init(teacher_dir, tmp_path, capsys):
     bad = ["init", "--teacher", str(teacher_dir), "--out", str(tmp_path / "x"), "--max-block", "2"]
     assert run(bad) == 2 and "--max-block only applies" in capsys.readouterr().err
     base = {"name": "r", "teacher": "t", "data": {"train": "x"}}
-    with pytest.raises(Exception, match=r"needs init\.size"):
-        parse_recipe({**base, "init": {"strategy": "shortgpt"}})
+    assert parse_recipe({**base, "init": {"strategy": "shortgpt"}}).init.size is None  # default: as every
     with pytest.raises(Exception, match="max_block only applies"):
         parse_recipe({**base, "init": {"strategy": "every", "max_block": 2}})
     assert (

@@ -188,3 +188,16 @@ def test_package_inits_import_no_boomerang_module():
         if path.name == "__init__.py":
             top = [n for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
             assert [t for n in top for t in _targets(name, n)] == [], name
+
+
+def test_no_machine_paths_in_the_package_or_its_recipes():
+    """Nothing in the package points at one machine's layout (the wheel must run anywhere)."""
+    bad = ("/work/", "/root/", "/home/", "/tmp/exp")
+    hits = [
+        f"{p.relative_to(PACKAGE.parent)}: {b}"
+        for p in PACKAGE.rglob("*")
+        if p.suffix in (".py", ".yaml", ".md", ".toml")
+        for b in bad
+        if b in p.read_text(encoding="utf-8")
+    ]
+    assert not hits, hits

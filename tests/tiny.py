@@ -214,5 +214,5 @@ def tiny_demo_setup(root: Path) -> tuple[Path, Path]:
 
 
 # Small settings for `boomerang demo` on tiny models: 8 steps of 8 x 64 tokens, short sweeps, one thread.
-TINY_DEMO_ARGS = ["--tokens", "4096", "--eval-tokens", "256", "--orders", "last"]
+TINY_DEMO_ARGS = ["--tokens", "4096", "--eval-tokens", "256"]  # the default order: greedy-kl
 TINY_DEMO_OVERRIDES = ["data.seq_len=64", "train.micro_batch_size=8", "eval.blocks=2", "train.threads=1"]

@@ -16,7 +16,7 @@ def demo(
     ),
     tokens: Annotated[
         int, typer.Option(help="Distillation tokens per student (main, random-init and no-cosine alike).")
-    ] = 240_000,
+    ] = 163_840,
     orders: Annotated[
         str,
         typer.Option(

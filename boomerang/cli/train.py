@@ -98,7 +98,6 @@ def init(
 
     from transformers.utils import logging as hf_logging
 
-    from ..core.arch import n_layers
     from ..core.layermap import LayerMap
     from ..core.params import count_params
     from ..data.blocks import calibration_ids
@@ -110,11 +109,8 @@ def init(
     teacher_path = resolve_model_spec(teacher)
     t = load_model(teacher_path, dtype=dtype, trust_remote_code=trust_remote_code)
     tok = load_tokenizer(teacher_path, trust_remote_code=trust_remote_code)
-    n = n_layers(t.config)
     calib = None
     if measured:
-        if size is None:
-            size = LayerMap.every(n, every=every, keep_first=keep_first, keep_last=keep_last).n_student
         calib = calibration_ids(data, tok, n=calibration_texts, length=calibration_length, seed=seed)
         console.print(f"measuring teacher layer similarity on {calib.shape[0]}×{calib.shape[1]} tokens…")
     spec = kept if strat == "layers" else strat

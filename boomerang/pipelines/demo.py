@@ -48,7 +48,7 @@ class DemoSettings:
 
     recipe: str | Path = DEFAULT_RECIPE
     teacher: str | None = None
-    tokens: int = 240_000
+    tokens: int = 163_840
     orders: Sequence[str] = ("greedy-kl",)
     texts: Sequence[str] = DEFAULT_TEXTS
     baselines: Sequence[str] = BASELINES
@@ -279,7 +279,8 @@ class Demo:
             students["nocos"] = self._timed(
                 "distill nocos", lambda: self.distill("nocos", inits["main"], ["loss.cos=0"])
             )
-        shutil.rmtree(self.out / "teacher-cache", ignore_errors=True)  # every student is trained: free the disk
+        # every student is trained: free the disk
+        shutil.rmtree(self.out / "teacher-cache", ignore_errors=True)
         results = self._timed("evaluate", lambda: self._evaluate(students))
         self.timings["total (this run)"] = time.perf_counter() - t_start
         return write_report(self, students, results)
@@ -385,7 +386,8 @@ class Demo:
 
 
 def export_evidence(out: str | Path, dest: str | Path, *, force: bool = False) -> Path:
-    """Copy a finished demo's report, plots, ``results.json``, command and recipes (no weights) into ``dest``."""
+    """Copy a finished demo's report, plots, ``results.json``, command, recipes, patch orders and similarity
+    analysis (no weights) into ``dest``."""
     from ..io.atomic import atomic_dir
 
     out = Path(out)
@@ -397,8 +399,12 @@ def export_evidence(out: str | Path, dest: str | Path, *, force: bool = False) -
         for name in EVIDENCE:
             if (out / name).is_file():
                 shutil.copy2(out / name, tmp / name)
-        for png in out.glob("family-*.png"):
-            shutil.copy2(png, tmp / png.name)
+        for f in [*out.glob("family-*.png"), *out.glob("order-*.json")]:
+            shutil.copy2(f, tmp / f.name)
+        if (out / "analysis").is_dir():  # the similarity analysis behind the claims' reasons
+            (tmp / "analysis").mkdir()
+            for f in [*(out / "analysis").glob("*.png"), *(out / "analysis").glob("*.json")]:
+                shutil.copy2(f, tmp / "analysis" / f.name)
         for run in sorted(out.glob("distill*")):
             for f in ("recipe.yaml", "summary.json"):
                 if (run / f).is_file():

@@ -179,7 +179,10 @@ def _plot(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> No
             rows += [r for r in rs if r.get("inference")]
         else:
             rows += [{**r, "method": name} for r in family(rs, metric=METRIC)]
-    sweep_plot(rows, path, y=METRIC, y_label="perplexity", title=title)
+    # cut the axis at 20x the teacher so the family and the baselines near it stay readable
+    teacher = min((r[METRIC] for r in rows if r.get("role") == "teacher" and r.get(METRIC)), default=None)
+    y_max = 20 * teacher if teacher else None
+    sweep_plot(rows, path, y=METRIC, y_label="perplexity", title=title, y_max=y_max)
 
 
 def _training_plot(runs: dict[str, Path], path: Path) -> bool:

@@ -144,8 +144,10 @@ def resolve_layer_map(
     if layers:
         raise BoomerangError(f"--layers only goes with the 'layers' strategy, not {strategy!r}")
     if strategy in MEASURED:
-        if size is None:
-            raise BoomerangError(f"the {strategy!r} strategy needs the target student size (--size M)")
+        if size is None:  # as many layers as the every-other-layer student (16 of 30)
+            size = LayerMap.every(
+                teacher_layers, every=every, keep_first=keep_first, keep_last=keep_last
+            ).n_student
         if similarity is None:
             raise BoomerangError(f"the {strategy!r} strategy needs the teacher's layer similarity matrix")
         if strategy == "shortgpt":

@@ -486,7 +486,7 @@ def student_layers(recipe: Recipe, teacher_layers: int) -> int:
     ini = recipe.init
     if ini.strategy == "layers":
         return len(ini.layers or [])
-    if ini.strategy == "similarity" and ini.size:
+    if ini.strategy in ("similarity", "shortgpt") and ini.size:
         return ini.size
     return LayerMap.every(
         teacher_layers, every=ini.every, keep_first=ini.keep_first, keep_last=ini.keep_last

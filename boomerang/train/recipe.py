@@ -38,7 +38,9 @@ class InitSection(_Section):
     keep_last: int = Field(2, ge=0)
     layers: list[int] | None = None
     size: int | None = Field(
-        None, ge=1, description="student layers for the similarity and shortgpt strategies"
+        None,
+        ge=1,
+        description="student layers for the similarity and shortgpt strategies (default: as many as every)",
     )
     max_block: int | None = Field(
         None, ge=1, description="shortgpt: the longest teacher block one student layer may stand for"
@@ -54,8 +56,6 @@ class InitSection(_Section):
     def _check(self) -> InitSection:
         if self.strategy == "layers" and not self.layers:
             raise ValueError("init.strategy 'layers' needs init.layers (the kept teacher layers)")
-        if self.strategy in ("similarity", "shortgpt") and self.size is None:
-            raise ValueError(f"init.strategy {self.strategy!r} needs init.size (the student's layer count)")
         if self.max_block is not None and self.strategy != "shortgpt":
             raise ValueError(f"init.max_block only applies to strategy shortgpt, not {self.strategy!r}")
         if self.layers and self.strategy != "layers":

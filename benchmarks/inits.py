@@ -1,0 +1,175 @@
+"""Init strategies compared at the same budget, on an out-of-domain text, in every patch order (issue 17).
+
+Each student is distilled from the same teacher with the same recipe and budget; only the kept layers differ. This
+script distils any that are missing (``boomerang init --layers`` + ``boomerang distill``), then sweeps each one on
+``--text`` (default ``builtin:hamlet``: a play, a kind of text absent from the training corpus) in every order of
+``--orders`` with ``boomerang sweep``, and scores each family with the demo's claim checks
+(``boomerang.pipelines.claims``): student perplexity, inversions, excess total variation of log-perplexity, and how
+many intermediate members (more layers than the student, fewer than the teacher) are below naive dropping and below ShortGPT/LaCo at the same parameter count.
+
+    python benchmarks/inits.py --work runs/inits      # -> benchmarks/results/inits.json (+ a markdown table)
+
+Data-driven orders (``greedy-kl``) are chosen on ``--calibration-samples`` x 256 training tokens, never on the
+evaluated text. Budget: about 15 min of distillation per student and 1-3 min per sweep on 2 cores (bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TEACHER_LAYERS = 30
+INITS = {  # the kept teacher layers of each 16-layer init of the 30-layer SmolLM2 teacher
+    "every": "0,2,4,6,8,10,12,14,16,18,20,22,24,26,28,29",  # every other layer + the last two (the old default)
+    "llama": "0,1,3,5,7,9,11,13,15,17,19,21,23,25,27,29",  # the paper's Llama recipe (Eq. 3: first two kept)
+    "similarity": "0,1,3,5,7,9,11,13,16,19,20,22,24,26,28,29",  # init --strategy similarity --size 16
+    "shortgpt": "0,1,2,8,9,10,11,19,20,21,22,23,24,27,28,29",  # init --strategy shortgpt --size 16
+    "shortgpt-cap3": "0,1,2,5,8,10,13,16,19,20,21,23,24,27,28,29",  # ... --max-block 3 (the demo's default)
+}
+
+
+def boomerang(*args: str, log: Path) -> None:
+    exe = Path(sys.executable).with_name("boomerang")
+    with log.open("w") as f:
+        subprocess.run([str(exe), *args], check=True, stdout=f, stderr=subprocess.STDOUT)
+
+
+def distil(name: str, work: Path, args: argparse.Namespace) -> Path:
+    d = work / name
+    student = d / "run" / "student"
+    if (student / "config.json").is_file():
+        return student
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "init" / "config.json").is_file():
+        boomerang("init", "--teacher", "smollm2-offline", "--layers", INITS[name], "--out", str(d / "init"),
+                  "--force", log=d / "init.log")  # fmt: skip
+    boomerang("distill", "smollm2-cpu", "--student", str(d / "init"), f"data.train={args.train}",
+              f"data.eval={args.validation}", f"train.max_tokens={args.budget}", "checkpoint.every=0",
+              "eval.every=0", "eval.blocks=16", "log.progress=false", "--out", str(d / "run"), "--force",
+              log=d / "distill.log")  # fmt: skip
+    return student
+
+
+def sweep(student: Path, order: str, out: Path, args: argparse.Namespace, baselines: str) -> list[dict]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not (out / "results.json").is_file():
+        extra = ["--baselines", baselines] if baselines else []
+        boomerang("sweep", "--teacher", "smollm2-offline", "--student", str(student), "--data", args.text,
+                  "--order", order, "--max-tokens", str(args.tokens), "--context", "512", "--stride", "384",
+                  "--calibration", args.train, "--calibration-samples", str(args.calibration_samples),
+                  "--dtype", "bfloat16", "--out", str(out), "--force", *extra,
+                  log=out.with_suffix(".log"))  # fmt: skip
+    return json.loads((out / "results.json").read_text())["rows"]
+
+
+def score(rows: list[dict], pruned: list[dict]) -> dict:
+    from boomerang.pipelines import claims
+
+    fam = claims.family(rows)
+    vals = [r["ppl"] for r in fam]
+    a = claims.check_monotone(rows)
+    b = claims.check_naive(rows)
+    c = claims.check_pruning(rows + pruned)
+    # intermediate sizes: members with more layers than the student and fewer than the teacher
+    inter = {r["K"] for r in fam if r["K"] > 0 and r["layers"] < fam[-1]["layers"]}
+    has_naive = any(r["method"] == "naive" for r in rows)
+    naive_bad = set(b.numbers.get("failed_K", []))
+    below = {
+        m: sum(q < 1 for k, q in c.numbers["ratios"].get(m, {}).items() if k in inter)
+        for m in ("shortgpt", "laco")
+    }
+    return {
+        "student_ppl": vals[0],
+        "teacher_ppl": vals[-1],
+        "mean_log_ppl": sum(math.log(v) for v in vals) / len(vals),
+        "inversions": len(a.numbers.get("inversions", [])),
+        "excess_tv": a.numbers.get("excess_tv"),
+        "intermediate": len(inter),
+        "below_naive": len(inter - naive_bad) if has_naive else None,
+        "below_shortgpt": below["shortgpt"],
+        "below_laco": below["laco"],
+        "sizes": sorted({r["layers"] for r in fam}),
+        "curve": [(r["K"], r["layers"], round(r["ppl"], 2)) for r in fam],
+    }
+
+
+def main() -> None:
+    from boomerang.data import shared_corpora
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("runs/inits"), help="students and sweeps (resumable)")
+    ap.add_argument("--inits", default=",".join(INITS), help="which inits, comma-separated")
+    ap.add_argument("--budget", type=int, default=200_000, help="distillation tokens per student")
+    ap.add_argument("--orders", default="first,last,greedy-kl")
+    ap.add_argument("--text", default="builtin:hamlet", help="evaluation text (out of domain by default)")
+    ap.add_argument("--tokens", type=int, default=4096, help="evaluated tokens of --text")
+    ap.add_argument("--calibration-samples", type=int, default=16, help="x 256 training tokens (greedy-kl)")
+    ap.add_argument(
+        "--naive", action="store_true", help="also naive dropping in every sweep (twice the time)"
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS / "inits.json")
+    args = ap.parse_args()
+    root = shared_corpora()
+    args.train, args.validation = str(root / "train"), str(root / "validation")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    names = [n for n in args.inits.split(",") if n]
+    unknown = [n for n in names if n not in INITS]
+    if unknown:
+        ap.error(f"unknown init(s) {unknown}; choose from {', '.join(INITS)}")
+    t0 = time.perf_counter()
+    students = {n: distil(n, args.work, args) for n in names}
+    pruned: list[dict] = []
+    result: dict = {"setup": {k: str(v) for k, v in vars(args).items()}, "inits": {}}
+    for n in names:
+        summary = json.loads((students[n].parent / "summary.json").read_text())
+        entry = {
+            "layers": INITS[n],
+            "tokens": summary["tokens"],
+            "val_ppl": summary["val_student"]["ppl"],
+            "val_teacher_ppl": summary["val_teacher"]["ppl"],
+            "orders": {},
+        }
+        for order in args.orders.split(","):
+            first = not pruned
+            # the pruning baselines once; naive members depend on the order (and double a sweep's cost)
+            base = ",".join([*(["shortgpt", "laco"] if first else []), *(["naive"] if args.naive else [])])
+            rows = sweep(students[n], order, args.work / "sweeps" / f"{n}-{order}", args, base)
+            if first:
+                pruned = [r for r in rows if r["method"] in ("shortgpt", "laco")]
+            entry["orders"][order] = score([r for r in rows if r["method"] in ("boomerang", "naive")], pruned)
+        result["inits"][n] = entry
+        print(f"{n}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    result["pruned"] = [(r["method"], r["layers"], round(r["ppl"], 2)) for r in pruned]
+    result["seconds"] = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    lines = [
+        "| init | val ppl | order | 16-layer ppl | sizes | inversions | excess TV | below naive | below ShortGPT "
+        "| below LaCo |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, e in result["inits"].items():
+        for order, s in e["orders"].items():
+            m = s["intermediate"]
+            naive = "–" if s["below_naive"] is None else f"{s['below_naive']}/{m}"
+            lines.append(
+                f"| {n} | {e['val_ppl']:.1f} | {order} | {s['student_ppl']:.1f} | {len(s['sizes'])} | "
+                f"{s['inversions']} | {s['excess_tv']:.3f} | {naive} | {s['below_shortgpt']}/{m} | "
+                f"{s['below_laco']}/{m} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
