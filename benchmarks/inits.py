@@ -27,11 +27,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 TEACHER_LAYERS = 30
 INITS = {  # the kept teacher layers of each 16-layer init of the 30-layer SmolLM2 teacher
+    "shortgpt-cap3": "0,1,2,5,8,10,13,16,19,20,21,23,24,27,28,29",  # shortgpt --max-block 3 (the demo's default)
     "every": "0,2,4,6,8,10,12,14,16,18,20,22,24,26,28,29",  # every other layer + the last two (the old default)
     "llama": "0,1,3,5,7,9,11,13,15,17,19,21,23,25,27,29",  # the paper's Llama recipe (Eq. 3: first two kept)
     "similarity": "0,1,3,5,7,9,11,13,16,19,20,22,24,26,28,29",  # init --strategy similarity --size 16
     "shortgpt": "0,1,2,8,9,10,11,19,20,21,22,23,24,27,28,29",  # init --strategy shortgpt --size 16
-    "shortgpt-cap3": "0,1,2,5,8,10,13,16,19,20,21,23,24,27,28,29",  # ... --max-block 3 (the demo's default)
 }
 
 
@@ -145,11 +145,13 @@ def main() -> None:
                 pruned = [r for r in rows if r["method"] in ("shortgpt", "laco")]
             entry["orders"][order] = score([r for r in rows if r["method"] in ("boomerang", "naive")], pruned)
         result["inits"][n] = entry
+        result["pruned"] = [(r["method"], r["layers"], round(r["ppl"], 2)) for r in pruned]
+        result["seconds"] = time.perf_counter() - t0
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps(result, indent=1) + "\n"
+        )  # after every init: a partial run keeps its results
         print(f"{n}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    result["pruned"] = [(r["method"], r["layers"], round(r["ppl"], 2)) for r in pruned]
-    result["seconds"] = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
 
 
