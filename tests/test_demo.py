@@ -103,7 +103,9 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
     assert (evidence / "report.md").read_text() == report
     assert not list(evidence.rglob("*.safetensors"))  # no weights
     assert (evidence / "distill-nocos" / "recipe.yaml").is_file()
-    assert (evidence / "order-greedy-kl.json").is_file() and (evidence / "analysis" / "summary.json").is_file()
+    assert (evidence / "order-greedy-kl.json").is_file() and (
+        evidence / "analysis" / "summary.json"
+    ).is_file()
     # a rerun redoes nothing but the report
     stamp = (out / "sweeps" / "hamlet" / "main-greedy-kl" / "results.json").stat().st_mtime
     assert run([*argv[:-1], "--force", argv[-1]]) == 0

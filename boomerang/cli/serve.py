@@ -116,10 +116,11 @@ def serve(
             with console.status("warming every member"):
                 server.engine.warm(list(range(server.members.m + 1)))
         server.run(sock=sock, log_level=log_level.lower())
-    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, then passes the signal on
-        console.print("[green]stopped[/]")
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, and usually passes the signal on
+        pass
     finally:
         sock.close()
+    console.print("[green]stopped[/]")  # also when uvicorn returns without re-raising the signal
 
 
 def _read_template(path: Path | None) -> str | None:
