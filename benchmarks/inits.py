@@ -64,7 +64,7 @@ def sweep(student: Path, order: str, out: Path, args: argparse.Namespace, baseli
         boomerang("sweep", "--teacher", "smollm2-offline", "--student", str(student), "--data", args.text,
                   "--order", order, "--max-tokens", str(args.tokens), "--context", "512", "--stride", "384",
                   "--calibration", args.train, "--calibration-samples", str(args.calibration_samples),
-                  "--dtype", "bfloat16", "--out", str(out), "--force", *extra,
+                  "--dtype", "bfloat16", "--out", str(out), "--force", "--restart", *extra,
                   log=out.with_suffix(".log"))  # fmt: skip
     return json.loads((out / "results.json").read_text())["rows"]
 
