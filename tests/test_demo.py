@@ -124,6 +124,38 @@ def test_demo_ablations_and_texts_are_optional(tmp_path):
     assert claims["c"] == claims["d"] == claims["e"] == "n/a" and claims["b"] in ("PASS", "FAIL")
 
 
+def test_demo_rerun_with_other_settings_redoes_or_refuses(tmp_path, capsys):
+    _, _, out, argv = _tiny_demo(tmp_path, "--ablations", "", "--texts", "builtin:hamlet", "--baselines", "")
+    assert run(argv) == 0
+    sweep = out / "sweeps" / "hamlet" / "main-greedy-kl" / "results.json"
+    student = out / "distill" / "student" / "model.safetensors"
+    weights = student.read_bytes()
+    assert json.loads(sweep.read_text())["settings"]["max_tokens"] == 256
+    # other evaluation settings: the students are reused, the sweeps and orders redone at the new slice
+    i = argv.index("--eval-tokens")
+    assert run([*argv[:i], "--eval-tokens", "192", *argv[i + 2 :]]) == 0
+    assert "evaluation settings changed" in capsys.readouterr().err
+    assert json.loads(sweep.read_text())["settings"]["max_tokens"] == 192
+    assert json.loads((out / "results.json").read_text())["settings"]["eval_tokens"] == 192
+    assert student.read_bytes() == weights
+    # other training settings: refused before any work, nothing touched
+    report = (out / "report.md").read_text()
+    i = argv.index("--tokens")
+    assert run([*argv[:i], "--tokens", "8192", *argv[i + 2 :]]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "tokens 4096 -> 8192" in err and "--out" in err
+    assert (out / "report.md").read_text() == report and student.read_bytes() == weights
+
+
+def test_demo_refuses_a_folder_that_holds_something_else(tmp_path, capsys):
+    _, _, out, argv = _tiny_demo(tmp_path)
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert run(argv) == 2
+    assert "holds no demo run" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 def test_demo_without_the_offline_teacher_names_both_ways(tmp_path, monkeypatch, capsys):
     import boomerang.io.offline as offline
 

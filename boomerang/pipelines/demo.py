@@ -1,6 +1,8 @@
 """The main job: distil a family from one teacher and check the paper's claims on in-domain and out-of-domain text.
 
-Stages (each resumable; a rerun skips finished stages and continues interrupted ones):
+Stages (each resumable; a rerun skips finished stages and continues interrupted ones). ``demo-settings.json``
+records what the stages depend on: a rerun whose training settings differ is refused (the students would be
+stale), and one whose evaluation settings differ redoes the analysis, orders and sweeps.
 
 1. ``teacher``: the offline SmolLM2-135M-Instruct (converted from the GGUF once), or ``teacher``.
 2. ``init``: the main student as the recipe's ``init`` section says, and the random-init student with the same
@@ -140,6 +142,61 @@ class Demo:
         self.timings: dict[str, float] = {}
         self.teacher_dir: str | Path = ""
 
+    def training_key(self) -> dict[str, Any]:
+        """What the students depend on."""
+        s = self.s
+        return {
+            "recipe": str(s.recipe),
+            "teacher": s.teacher,
+            "tokens": s.tokens,
+            "overrides": list(s.overrides),
+            "train": str(self.corpus.train),
+            "validation": str(self.corpus.validation),
+        }
+
+    def evaluation_key(self) -> dict[str, Any]:
+        """What the analysis, orders and sweeps depend on (besides the students)."""
+        s = self.s
+        return {
+            "eval_tokens": s.eval_tokens,
+            "context": s.context,
+            "stride": s.stride,
+            "calibration_samples": s.calibration_samples,
+            "calibration_length": s.calibration_length,
+            "eval_dtype": s.eval_dtype,
+            "baselines": list(s.baselines),
+        }
+
+    def check_settings(self) -> None:
+        """Refuse to reuse students trained with other settings; drop evaluations made with other settings.
+
+        Cheap (reads one file), so it runs before any heavy work."""
+        from ..io.atomic import atomic_write_text
+
+        path = self.out / "demo-settings.json"
+        now = {"training": self.training_key(), "evaluation": self.evaluation_key()}
+        if path.is_file():
+            before = json.loads(path.read_text())
+            diff = _differences(before.get("training", {}), now["training"])
+            if diff:
+                raise BoomerangError(
+                    f"{self.out} holds students distilled with other settings ({diff}); rerun with the same "
+                    f"settings to resume, or choose a new --out (or delete {self.out}) to start again"
+                )
+            diff = _differences(before.get("evaluation", {}), now["evaluation"])
+            if diff:
+                _say(f"evaluation settings changed ({diff}): redoing the analysis, orders and sweeps")
+                for stale in ("sweeps", "analysis"):
+                    shutil.rmtree(self.out / stale, ignore_errors=True)
+                for f in [*self.out.glob("order-*.json"), self.out / "eval-dtype.json"]:
+                    f.unlink(missing_ok=True)
+        elif self.out.is_dir() and any(self.out.iterdir()):
+            raise BoomerangError(
+                f"{self.out} is not empty and holds no demo run; choose a new --out or empty it"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(now, indent=1) + "\n")
+
     def _overrides(self, extra: Sequence[str] = ()) -> list[str]:
         s = self.s
         return [*recipe_overrides(self.corpus, s.tokens, (), s.teacher), *extra, *s.overrides]
@@ -266,7 +323,7 @@ class Demo:
     def run(self) -> str:
         s = self.s
         t_start = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.check_settings()
         _say(f"data: train {self.corpus.train}; texts {', '.join(t.source for t in self.texts)}")
         self.teacher_dir = self._timed("teacher", self.teacher)
         inits = self._timed("init", self.init)
@@ -383,6 +440,12 @@ class Demo:
                 text, f"nocos-{self.fixed}", teacher, others["nocos"], self.fixed, tokenizer=tok, layer_map=lm
             )
         return per
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """``key before -> now`` for every key whose value changed."""
+    keys = sorted(set(before) | set(now))
+    return "; ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k))
 
 
 def export_evidence(out: str | Path, dest: str | Path, *, force: bool = False) -> Path:
