@@ -85,7 +85,12 @@ def score(rows: list[dict], pruned: list[dict]) -> dict:
         m: sum(q < 1 for k, q in c.numbers["ratios"].get(m, {}).items() if k in inter)
         for m in ("shortgpt", "laco")
     }
+    # geometric mean and worst of (member / ShortGPT at the same parameters) over the student and the
+    # intermediate members: one number per family however many sizes it reaches
+    r_sg = [q for k, q in c.numbers["ratios"].get("shortgpt", {}).items() if k in inter | {0}]
     return {
+        "shortgpt_ratio_gmean": math.exp(sum(math.log(q) for q in r_sg) / len(r_sg)) if r_sg else None,
+        "shortgpt_ratio_worst": max(r_sg) if r_sg else None,
         "student_ppl": vals[0],
         "teacher_ppl": vals[-1],
         "mean_log_ppl": sum(math.log(v) for v in vals) / len(vals),
@@ -145,7 +150,9 @@ def main() -> None:
                 pruned = [r for r in rows if r["method"] in ("shortgpt", "laco")]
             entry["orders"][order] = score([r for r in rows if r["method"] in ("boomerang", "naive")], pruned)
         result["inits"][n] = entry
-        result["pruned"] = [(r["method"], r["layers"], round(r["ppl"], 2)) for r in pruned]
+        result["pruned"] = [
+            (r["method"], r["layers"], round(r["ppl"], 2)) for r in pruned if r["ppl"] is not None
+        ]  # LaCo reaches only some sizes
         result["seconds"] = time.perf_counter() - t0
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
@@ -158,8 +165,8 @@ def main() -> None:
 def table(result: dict) -> str:
     lines = [
         "| init | val ppl | order | 16-layer ppl | sizes | inversions | excess TV | below naive | below ShortGPT "
-        "| below LaCo |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| below LaCo | vs ShortGPT: geo-mean, worst |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, e in result["inits"].items():
         for order, s in e["orders"].items():
@@ -168,7 +175,7 @@ def table(result: dict) -> str:
             lines.append(
                 f"| {n} | {e['val_ppl']:.1f} | {order} | {s['student_ppl']:.1f} | {len(s['sizes'])} | "
                 f"{s['inversions']} | {s['excess_tv']:.3f} | {naive} | {s['below_shortgpt']}/{m} | "
-                f"{s['below_laco']}/{m} |"
+                f"{s['below_laco']}/{m} | {s['shortgpt_ratio_gmean']:.3f}, {s['shortgpt_ratio_worst']:.3f} |"
             )
     return "\n".join(lines)
 

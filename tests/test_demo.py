@@ -97,6 +97,8 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
     assert res["slices"]["validation"][0]["name"].startswith("doc")  # the validation/ folder
     report = (out / "report.md").read_text()
     assert report.startswith(f"# boomerang demo: {teacher}") and "## Claims" in report
+    kept = ", ".join(str(j) for j in main_cfg["layer_map"]["kept"])
+    assert f"the student keeps teacher layers {kept}." in report and "Why this recipe: " in report
     for name in ("family-validation.png", "family-hamlet.png", "training.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evidence = tmp_path / "evidence"

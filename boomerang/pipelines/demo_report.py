@@ -236,6 +236,20 @@ def _dtype_line(results: dict[str, Any]) -> str:
     return line
 
 
+def _init_lines(demo: Demo, student: Path) -> list[str]:
+    """The main student's init (strategy and kept teacher layers) and the recipe's reasons for it."""
+    from ..io.sidecar import read_layer_map
+
+    init = demo.recipe.init
+    shape = f"`{init.strategy}`" + (f" (blocks of at most {init.max_block} layers)" if init.max_block else "")
+    lm = read_layer_map(student, allow_hub=False)
+    kept = ", ".join(str(j) for j in lm.kept) if lm else "?"
+    lines = [f"Init: {shape}; the student keeps teacher layers {kept}."]
+    if demo.recipe.notes:
+        lines += ["", f"Why this recipe: {' '.join(demo.recipe.notes.split())}"]
+    return lines
+
+
 def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any]) -> str:
     """Write ``report.md``, ``results.json``, ``family-TEXT.png``, ``training.png`` and ``command.txt``."""
     from ..io.atomic import atomic_write_text
@@ -284,6 +298,7 @@ def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any])
         )
     if vs and vt:
         lines += ["", f"The main student ends at **{vs / vt:.2f}×** the teacher's validation perplexity."]
+    lines += ["", *_init_lines(demo, students["main"])]
 
     labels = list(results["texts"])
     lines += [

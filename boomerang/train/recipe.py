@@ -175,6 +175,7 @@ class Recipe(_Section):
     """A complete distillation run."""
 
     name: str | None = None
+    notes: str | None = Field(None, description="why the recipe is as it is (quoted in the demo's report)")
     teacher: str
     student: str | None = Field(None, description="an initialised student checkpoint; default: use init")
     patch_order: Literal["last", "first"] = Field("last", description="recorded in the student's config")
