@@ -10,7 +10,9 @@ many intermediate members (more layers than the student, fewer than the teacher)
     python benchmarks/inits.py --work runs/inits      # -> benchmarks/results/inits.json (+ a markdown table)
 
 Data-driven orders (``greedy-kl``) are chosen on ``--calibration-samples`` x 256 training tokens, never on the
-evaluated text. Budget: about 15 min of distillation per student and 1-3 min per sweep on 2 cores (bf16).
+evaluated text. Budget on 2 cores (bf16): about 13 min of distillation per student, then 26 min for all 15
+sweeps with ``--tokens 2048 --naive`` (8 min for the first, which also builds the ShortGPT and LaCo baselines, 1 min
+for each other).
 """
 
 from __future__ import annotations
@@ -130,35 +132,47 @@ def main() -> None:
         ap.error(f"unknown init(s) {unknown}; choose from {', '.join(INITS)}")
     t0 = time.perf_counter()
     students = {n: distil(n, args.work, args) for n in names}
-    pruned: list[dict] = []
+    # every sweep first (each is cached under --work, so an interrupted run resumes), then the scores
+    swept: dict[str, dict[str, list[dict]]] = {}
+    pruned: dict[
+        tuple[str, int], dict
+    ] = {}  # (method, layers) -> row: the union over the sweeps that have them
+    seconds: dict[str, float] = {}
+    for n in names:
+        swept[n] = {}
+        for order in args.orders.split(","):
+            # the pruning baselines once; naive members depend on the order (and double a sweep's cost)
+            base = ",".join(
+                [*(["shortgpt", "laco"] if not pruned else []), *(["naive"] if args.naive else [])]
+            )
+            out = args.work / "sweeps" / f"{n}-{order}"
+            rows = sweep(students[n], order, out, args, base)
+            seconds[f"{n}-{order}"] = json.loads((out / "results.json").read_text()).get("seconds_this_run")
+            swept[n][order] = rows
+            for r in rows:
+                if (
+                    r["method"] in ("shortgpt", "laco") and r["ppl"] is not None
+                ):  # LaCo reaches only some sizes
+                    pruned.setdefault((r["method"], r["layers"]), r)
+        print(f"{n}: swept ({time.perf_counter() - t0:.0f} s)", flush=True)
+    base_rows = sorted(pruned.values(), key=lambda r: (r["method"], r["layers"]))
     result: dict = {"setup": {k: str(v) for k, v in vars(args).items()}, "inits": {}}
     for n in names:
         summary = json.loads((students[n].parent / "summary.json").read_text())
-        entry = {
+        result["inits"][n] = {
             "layers": INITS[n],
             "tokens": summary["tokens"],
             "val_ppl": summary["val_student"]["ppl"],
             "val_teacher_ppl": summary["val_teacher"]["ppl"],
-            "orders": {},
+            "orders": {
+                order: score([r for r in rows if r["method"] in ("boomerang", "naive")], base_rows)
+                for order, rows in swept[n].items()
+            },
         }
-        for order in args.orders.split(","):
-            first = not pruned
-            # the pruning baselines once; naive members depend on the order (and double a sweep's cost)
-            base = ",".join([*(["shortgpt", "laco"] if first else []), *(["naive"] if args.naive else [])])
-            rows = sweep(students[n], order, args.work / "sweeps" / f"{n}-{order}", args, base)
-            if first:
-                pruned = [r for r in rows if r["method"] in ("shortgpt", "laco")]
-            entry["orders"][order] = score([r for r in rows if r["method"] in ("boomerang", "naive")], pruned)
-        result["inits"][n] = entry
-        result["pruned"] = [
-            (r["method"], r["layers"], round(r["ppl"], 2)) for r in pruned if r["ppl"] is not None
-        ]  # LaCo reaches only some sizes
-        result["seconds"] = time.perf_counter() - t0
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(result, indent=1) + "\n"
-        )  # after every init: a partial run keeps its results
-        print(f"{n}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    result["pruned"] = [(r["method"], r["layers"], round(r["ppl"], 2)) for r in base_rows]
+    result["sweep_seconds"] = seconds
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
 
 

@@ -108,10 +108,19 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
     assert (evidence / "order-greedy-kl.json").is_file() and (
         evidence / "analysis" / "summary.json"
     ).is_file()
-    # a rerun redoes nothing but the report
+    assert "in one run" in report and res["wall_s"] == pytest.approx(
+        res["timings_s"]["total (this run)"], abs=0.1
+    )
+    # a rerun redoes nothing but the report, and the wall time counts both runs
     stamp = (out / "sweeps" / "hamlet" / "main-greedy-kl" / "results.json").stat().st_mtime
     assert run([*argv[:-1], "--force", argv[-1]]) == 0
     assert (out / "sweeps" / "hamlet" / "main-greedy-kl" / "results.json").stat().st_mtime == stamp
+    runs = json.loads((out / "timings.json").read_text())["runs"]
+    assert len(runs) == 2 and runs[0]["distill main"] > 10 * runs[1]["distill main"]
+    again = json.loads((out / "results.json").read_text())
+    assert again["wall_s"] == pytest.approx(sum(r["total (this run)"] for r in runs), abs=0.2)
+    assert "over 2 runs" in (out / "report.md").read_text()
+    assert json.loads((evidence / "timings.json").read_text())["runs"]
 
 
 def test_demo_ablations_and_texts_are_optional(tmp_path):

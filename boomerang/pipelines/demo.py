@@ -35,7 +35,8 @@ from .demo_report import ABLATIONS, OFFLINE_LABEL, write_report
 DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
 DEFAULT_TEXTS = ("validation", "builtin:hamlet", "builtin:devils-dictionary")
 BASELINES = ("naive", "shortgpt", "laco")
-EVIDENCE = ("report.md", "results.json", "training.png", "command.txt")
+TOTAL = "total (this run)"
+EVIDENCE = ("report.md", "results.json", "training.png", "command.txt", "timings.json")
 
 
 def _say(msg: str) -> None:
@@ -139,7 +140,8 @@ class Demo:
             )
         self.fixed = self.recipe.patch_order or "last"
         self.texts = eval_texts(corpus, settings.texts)
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # this run's seconds per stage
+        self.history: list[dict[str, float]] = []  # earlier runs' (timings.json), for the total wall time
         self.teacher_dir: str | Path = ""
 
     def training_key(self) -> dict[str, Any]:
@@ -167,14 +169,16 @@ class Demo:
             "baselines": list(s.baselines),
         }
 
-    def check_settings(self) -> None:
+    def check_settings(self) -> bool:
         """Refuse to reuse students trained with other settings; drop evaluations made with other settings.
 
-        Cheap (reads one file), so it runs before any heavy work."""
+        Cheap (reads one file), so it runs before any heavy work. Returns whether the evaluation settings
+        changed."""
         from ..io.atomic import atomic_write_text
 
         path = self.out / "demo-settings.json"
         now = {"training": self.training_key(), "evaluation": self.evaluation_key()}
+        changed = False
         if path.is_file():
             before = json.loads(path.read_text())
             diff = _differences(before.get("training", {}), now["training"])
@@ -186,6 +190,7 @@ class Demo:
             diff = _differences(before.get("evaluation", {}), now["evaluation"])
             if diff:
                 _say(f"evaluation settings changed ({diff}): redoing the analysis, orders and sweeps")
+                changed = True
                 for stale in ("sweeps", "analysis"):
                     shutil.rmtree(self.out / stale, ignore_errors=True)
                 for f in [*self.out.glob("order-*.json"), self.out / "eval-dtype.json"]:
@@ -196,6 +201,7 @@ class Demo:
             )
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(now, indent=1) + "\n")
+        return changed
 
     def _overrides(self, extra: Sequence[str] = ()) -> list[str]:
         s = self.s
@@ -207,6 +213,33 @@ class Demo:
             return fn()
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            self._save_timings()
+
+    def _load_timings(self, evaluation_changed: bool) -> None:
+        """Earlier runs' stage times from ``timings.json`` (or an older run's ``results.json``); when the
+        evaluation settings changed, only their training stages still count."""
+        path, old = self.out / "timings.json", self.out / "results.json"
+        if path.is_file():
+            self.history = json.loads(path.read_text())["runs"]
+        elif old.is_file():
+            self.history = [json.loads(old.read_text()).get("timings_s", {})]
+        if evaluation_changed:
+            keep = ("teacher", "init", "distill")
+            self.history = [{k: v for k, v in run.items() if k.startswith(keep)} for run in self.history]
+            for run in self.history:
+                run[TOTAL] = sum(run.values())
+
+    def _save_timings(self) -> None:
+        from ..io.atomic import atomic_write_text
+
+        if self.out.is_dir():
+            runs = [*self.history, {k: round(v, 1) for k, v in self.timings.items()}]
+            atomic_write_text(self.out / "timings.json", json.dumps({"runs": runs}, indent=1) + "\n")
+
+    def wall_time(self) -> tuple[float, int]:
+        """Seconds over every run that built this folder's current results, and the number of runs."""
+        runs = [*self.history, self.timings]
+        return sum(r.get(TOTAL, 0.0) for r in runs), len(runs)
 
     # -- models --------------------------------------------------------------------------------------------------
     def teacher(self) -> str | Path:
@@ -323,7 +356,7 @@ class Demo:
     def run(self) -> str:
         s = self.s
         t_start = time.perf_counter()
-        self.check_settings()
+        self._load_timings(self.check_settings())
         _say(f"data: train {self.corpus.train}; texts {', '.join(t.source for t in self.texts)}")
         self.teacher_dir = self._timed("teacher", self.teacher)
         inits = self._timed("init", self.init)
@@ -339,7 +372,8 @@ class Demo:
         # every student is trained: free the disk
         shutil.rmtree(self.out / "teacher-cache", ignore_errors=True)
         results = self._timed("evaluate", lambda: self._evaluate(students))
-        self.timings["total (this run)"] = time.perf_counter() - t_start
+        self.timings[TOTAL] = time.perf_counter() - t_start
+        self._save_timings()
         return write_report(self, students, results)
 
     def _evaluate(self, students: dict[str, Path]) -> dict[str, Any]:

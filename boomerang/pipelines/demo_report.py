@@ -236,6 +236,17 @@ def _dtype_line(results: dict[str, Any]) -> str:
     return line
 
 
+def _wall_line(demo: Demo) -> str:
+    total, runs = demo.wall_time()
+    this = demo.timings.get("total (this run)", 0.0)
+    if runs == 1:
+        return f"Wall time: {total / 60:.1f} min in one run (every stage; see `results.json`)."
+    return (
+        f"Wall time: {total / 60:.1f} min over {runs} runs (this one {this / 60:.1f} min; stages done by an "
+        "earlier run count once; `timings.json` has every run's stages)."
+    )
+
+
 def _init_lines(demo: Demo, student: Path) -> list[str]:
     """The main student's init (strategy and kept teacher layers) and the recipe's reasons for it."""
     from ..io.sidecar import read_layer_map
@@ -276,8 +287,7 @@ def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any])
     lines = [f"# boomerang demo: {teacher_label}", ""]
     lines += [
         f"Machine: {mach['cpu']}, {mach['cores']} cores, native bf16: {', '.join(mach['native_bf16']) or 'none'}; "  # type: ignore[arg-type]
-        f"torch {mach['torch']}. Wall time of this run: {demo.timings.get('total (this run)', 0) / 60:.1f} min "
-        "(stages done by an earlier run are not counted; see `results.json` for every stage).",
+        f"torch {mach['torch']}. {_wall_line(demo)}",
         "",
         _dtype_line(results),
         "",
@@ -356,6 +366,8 @@ def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any])
         "texts": {lb: {"source": texts[lb].source, "kind": texts[lb].kind} for lb in labels},
         "machine": mach,
         "timings_s": {k: round(v, 1) for k, v in demo.timings.items()},
+        "timings_earlier_runs_s": demo.history,
+        "wall_s": round(demo.wall_time()[0], 1),
         "students": summaries,
         "analysis": analysis,
         "orders": results["orders"],
