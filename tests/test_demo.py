@@ -149,6 +149,13 @@ def test_demo_rerun_with_other_settings_redoes_or_refuses(tmp_path, capsys):
     assert json.loads(sweep.read_text())["settings"]["max_tokens"] == 192
     assert json.loads((out / "results.json").read_text())["settings"]["eval_tokens"] == 192
     assert student.read_bytes() == weights
+    first, second = json.loads((out / "timings.json").read_text())[
+        "runs"
+    ]  # the discarded evaluation no longer counts
+    assert "evaluate" not in first and first["distill main"] > 0 and "evaluate" in second
+    assert first["total (this run)"] == pytest.approx(
+        sum(v for k, v in first.items() if k != "total (this run)")
+    )
     # other training settings: refused before any work, nothing touched
     report = (out / "report.md").read_text()
     i = argv.index("--tokens")

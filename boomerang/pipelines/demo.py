@@ -142,6 +142,7 @@ class Demo:
         self.texts = eval_texts(corpus, settings.texts)
         self.timings: dict[str, float] = {}  # this run's seconds per stage
         self.history: list[dict[str, float]] = []  # earlier runs' (timings.json), for the total wall time
+        self._t_start: float | None = None
         self.teacher_dir: str | Path = ""
 
     def training_key(self) -> dict[str, Any]:
@@ -232,6 +233,8 @@ class Demo:
     def _save_timings(self) -> None:
         from ..io.atomic import atomic_write_text
 
+        if self._t_start is not None:  # an interrupted run keeps the time it spent too
+            self.timings[TOTAL] = time.perf_counter() - self._t_start
         if self.out.is_dir():
             runs = [*self.history, {k: round(v, 1) for k, v in self.timings.items()}]
             atomic_write_text(self.out / "timings.json", json.dumps({"runs": runs}, indent=1) + "\n")
@@ -355,7 +358,7 @@ class Demo:
     # -- the run ------------------------------------------------------------------------------------------------------
     def run(self) -> str:
         s = self.s
-        t_start = time.perf_counter()
+        self._t_start = time.perf_counter()
         self._load_timings(self.check_settings())
         _say(f"data: train {self.corpus.train}; texts {', '.join(t.source for t in self.texts)}")
         self.teacher_dir = self._timed("teacher", self.teacher)
@@ -372,7 +375,6 @@ class Demo:
         # every student is trained: free the disk
         shutil.rmtree(self.out / "teacher-cache", ignore_errors=True)
         results = self._timed("evaluate", lambda: self._evaluate(students))
-        self.timings[TOTAL] = time.perf_counter() - t_start
         self._save_timings()
         return write_report(self, students, results)
 
