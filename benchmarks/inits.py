@@ -59,7 +59,7 @@ def distil(name: str, work: Path, args: argparse.Namespace) -> Path:
     return student
 
 
-def sweep(student: Path, order: str, out: Path, args: argparse.Namespace, baselines: str) -> list[dict]:
+def sweep(student: Path, order: str, out: Path, args: argparse.Namespace, baselines: str) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not (out / "results.json").is_file():
         extra = ["--baselines", baselines] if baselines else []
@@ -68,7 +68,7 @@ def sweep(student: Path, order: str, out: Path, args: argparse.Namespace, baseli
                   "--calibration", args.train, "--calibration-samples", str(args.calibration_samples),
                   "--dtype", "bfloat16", "--out", str(out), "--force", "--restart", *extra,
                   log=out.with_suffix(".log"))  # fmt: skip
-    return json.loads((out / "results.json").read_text())["rows"]
+    return json.loads((out / "results.json").read_text())
 
 
 def score(rows: list[dict], pruned: list[dict]) -> dict:
@@ -146,9 +146,9 @@ def main() -> None:
                 [*(["shortgpt", "laco"] if not pruned else []), *(["naive"] if args.naive else [])]
             )
             out = args.work / "sweeps" / f"{n}-{order}"
-            rows = sweep(students[n], order, out, args, base)
-            seconds[f"{n}-{order}"] = json.loads((out / "results.json").read_text()).get("seconds_this_run")
-            swept[n][order] = rows
+            res = sweep(students[n], order, out, args, base)
+            seconds[f"{n}-{order}"] = res.get("seconds_this_run")
+            swept[n][order] = rows = res["rows"]
             for r in rows:
                 if (
                     r["method"] in ("shortgpt", "laco") and r["ppl"] is not None

@@ -30,12 +30,11 @@ from typing import Any
 
 from ..data.corpora import Corpus
 from ..errors import BoomerangError
-from .demo_report import ABLATIONS, OFFLINE_LABEL, write_report
+from .demo_report import ABLATIONS, OFFLINE_LABEL, TOTAL, write_report
 
 DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
 DEFAULT_TEXTS = ("validation", "builtin:hamlet", "builtin:devils-dictionary")
 BASELINES = ("naive", "shortgpt", "laco")
-TOTAL = "total (this run)"
 EVIDENCE = ("report.md", "results.json", "training.png", "command.txt", "timings.json")
 
 

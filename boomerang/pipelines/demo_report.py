@@ -11,6 +11,7 @@ from .claims import Claim, check_all, family
 
 METRIC = "ppl"
 OFFLINE_LABEL = "SmolLM2-135M-Instruct"
+TOTAL = "total (this run)"  # the key of a run's whole wall time in its stage timings
 ABLATIONS = {
     "random": "random-init student, same budget",
     "nocos": "no cosine term (loss.cos=0), same budget",
@@ -238,7 +239,7 @@ def _dtype_line(results: dict[str, Any]) -> str:
 
 def _wall_line(demo: Demo) -> str:
     total, runs = demo.wall_time()
-    this = demo.timings.get("total (this run)", 0.0)
+    this = demo.timings.get(TOTAL, 0.0)
     if runs == 1:
         return f"Wall time: {total / 60:.1f} min in one run (every stage; see `results.json`)."
     return (

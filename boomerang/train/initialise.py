@@ -31,10 +31,10 @@ from ..core.layermap import LayerMap, student_section
 from ..core.patching import assemble
 from ..errors import BoomerangError
 from ..io.sidecar import write_sidecar
+from .recipe import MEASURED
 
 Strategy = Literal["every", "layers", "random", "similarity", "shortgpt"]
 STRATEGIES: tuple[str, ...] = ("every", "layers", "random", "similarity", "shortgpt")
-MEASURED = ("similarity", "shortgpt")  # strategies that measure the teacher on calibration data
 
 
 def block_similarities(sim: torch.Tensor, kept: Sequence[int]) -> list[float]:

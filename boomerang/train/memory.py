@@ -482,11 +482,12 @@ def read_config(spec: str) -> dict[str, Any]:
 def student_layers(recipe: Recipe, teacher_layers: int) -> int:
     """How many layers ``init`` gives the recipe's student."""
     from ..core.layermap import LayerMap
+    from .recipe import MEASURED
 
     ini = recipe.init
     if ini.strategy == "layers":
         return len(ini.layers or [])
-    if ini.strategy in ("similarity", "shortgpt") and ini.size:
+    if ini.strategy in MEASURED and ini.size:
         return ini.size
     return LayerMap.every(
         teacher_layers, every=ini.every, keep_first=ini.keep_first, keep_last=ini.keep_last

@@ -29,6 +29,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+MEASURED = ("similarity", "shortgpt")  # init strategies that measure the teacher on calibration data
+
+
 class InitSection(_Section):
     """How the student is initialised when ``student`` is not given (see ``boomerang.train.initialise``)."""
 
