@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core.layermap import LayerMap
+from .core.params import FamilySize
 from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan, recorded_order
 from .errors import BoomerangError
 from .io.atomic import atomic_dir, check_writable
@@ -124,15 +125,24 @@ class Family:
     # ---- sizes and orders ----------------------------------------------------------------------------------
     @property
     def n_student(self) -> int:
-        """M: the student's layer count (the family has M + 1 sizes, K = 0..M)."""
+        """M: the student's layer count (members K = 0..M in most orders)."""
         return self.layer_map.n_student
 
     @property
-    def sizes(self) -> list[int]:
-        return list(range(self.n_student + 1))
+    def ks(self) -> list[int]:
+        """The members K of the default order: 0..M, or one per distinct size for an order by size."""
+        return list(range(self.default_order.n_members))
+
+    @property
+    def sizes(self) -> list[FamilySize]:
+        """The family's distinct sizes, smallest first: layer count and parameters (patching a single-layer
+        block changes no size, so a student with such blocks has fewer distinct sizes than M + 1)."""
+        from .core.params import distinct_sizes
+
+        return distinct_sizes(self.teacher.config, self.student.config, self.layer_map)
 
     def __len__(self) -> int:
-        return self.n_student + 1
+        return self.default_order.n_members
 
     def __getitem__(self, k: int) -> PreTrainedModel:
         return self.member(k)
@@ -218,10 +228,7 @@ class Family:
     ) -> dict[int, PreTrainedModel]:
         """``{K: model}`` for every size (or the chosen ``sizes``) under ``order``."""
         po = self.order(order)
-        return {k: self.member(k, order=po) for k in self._sizes(sizes)}
-
-    def _sizes(self, sizes: Iterable[int] | None) -> list[int]:
-        return check_sizes(sizes, self.n_student)
+        return {k: self.member(k, order=po) for k in check_sizes(sizes, self.n_student, po)}
 
     def table(self, order: OrderSpec | None = None) -> list[dict[str, Any]]:
         """One row per size: K, patched student layers, layer count, trainable and inference parameters."""
@@ -256,7 +263,7 @@ class Family:
         parse_shard_size(max_shard_size)
         po = self.order(order)
         writer = _MemoryWriter(self, max_shard_size)
-        return _export(writer, out, po, check_sizes(sizes, self.n_student), force=force, progress=progress)
+        return _export(writer, out, po, check_sizes(sizes, self.n_student, po), force=force, progress=progress)
 
     def __repr__(self) -> str:
         return (
@@ -270,13 +277,18 @@ def _is_path(spec: Any) -> bool:
     return isinstance(spec, (str, os.PathLike))
 
 
-def check_sizes(sizes: Iterable[int] | None, m: int) -> list[int]:
+def check_sizes(sizes: Iterable[int] | None, m: int, order: PatchOrder | None = None) -> list[int]:
+    """The chosen members K (all by default), each checked: 0..M, or 0..n-1 for an order by size of n sizes."""
+    last = order.n_members - 1 if order is not None else m
     if sizes is None:
-        return list(range(m + 1))
+        return list(range(last + 1))
     chosen = sorted(set(int(k) for k in sizes))
-    bad = [k for k in chosen if not 0 <= k <= m]
+    bad = [k for k in chosen if not 0 <= k <= last]
     if bad:
-        raise BoomerangError(f"sizes {bad} are out of range: the student has {m} layers, so K is 0..{m}")
+        what = f"order {order.name!r} has {last + 1} sizes" if order is not None and order.by_size else (
+            f"the student has {m} layers"
+        )
+        raise BoomerangError(f"sizes {bad} are out of range: {what}, so K is 0..{last}")
     if not chosen:
         raise BoomerangError("no sizes chosen; give e.g. --sizes 0,4,8")
     return chosen
@@ -539,7 +551,7 @@ def export_family(
                 raise
         else:
             po = _stream_order(builder, order, data, calibration, trust_remote_code)
-            sizes_ = check_sizes(sizes, builder.layer_map.n_student)
+            sizes_ = check_sizes(sizes, builder.layer_map.n_student, po)
             key = _resume_key(teacher, student, builder.layer_map, builder.dtype, max_shard_size)
             return _export(
                 _StreamWriter(builder, max_shard_size),
@@ -565,7 +577,7 @@ def export_family(
         )
     key = _resume_key(teacher, student, fam.layer_map, fam.teacher.dtype, max_shard_size)  # type: ignore[arg-type]
     writer = _MemoryWriter(fam, max_shard_size)
-    chosen = check_sizes(sizes, fam.n_student)
+    chosen = check_sizes(sizes, fam.n_student, po)
     return _export(writer, out, po, chosen, force=force, progress=progress, resume=key)
 
 

@@ -85,7 +85,7 @@ def test_models_lists_every_member_with_layers_and_parameters(served):
     family = server.family
     table = family.table()
     data = client.models.list().data
-    assert [m.id for m in data] == [f"k{k}" for k in family.sizes]
+    assert [m.id for m in data] == [f"k{k}" for k in family.ks]
     for m, row in zip(data, table, strict=True):
         extra = m.model_extra
         assert m.object == "model" and extra["k"] == row["K"]
@@ -153,7 +153,7 @@ def test_raw_stream_is_server_sent_events_ending_with_done(served):
 
 def test_parameter_budgets_pick_the_largest_member_that_fits(served):
     server, _url, client = served
-    params = [server.members.params(k) for k in server.family.sizes]
+    params = [server.members.params(k) for k in server.family.ks]
     # last order on blocks of 2, 2, 1, 1 teacher layers: k1 and k2 (teacher head, untied) have the same size
     assert params[0] < params[1] == params[2] < params[3] < params[4]
     cases = ((params[0], "k0"), (params[1], "k2"), (params[3] - 1, "k2"), (params[4] - 1, "k3"), ("1M", "k4"))

@@ -96,7 +96,7 @@ def family_layers(
     """Teacher layers of the family member (under ``order``: a name, order file or PatchOrder) of that size."""
     po = resolve_order(order, layer_map)
     sizes = {}
-    for k in range(layer_map.n_student + 1):
+    for k in range(po.n_members):
         plan = PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)
         sizes.setdefault(plan.n_layers, plan)
     if num_layers not in sizes:

@@ -311,7 +311,8 @@ def analyze(
     for name in summary["orders"]:
         table.add_column(name, justify="right")
     for k in range(lm.n_student + 1):
-        table.add_row(str(k), *(f"{row['cosine'][k]:.4f}" for row in summary["orders"].values()))
+        cells = [row["cosine"][k] if k < len(row["cosine"]) else None for row in summary["orders"].values()]
+        table.add_row(str(k), *("" if c is None else f"{c:.4f}" for c in cells))
     console.print(table)
     console.print(f"[green]wrote[/] {out}: similarity.png, teacher_similarity.png, members.png and JSON")
 

@@ -59,7 +59,11 @@ def run_summary(
         "seconds": round(s.elapsed, 1),
         "tokens_per_s": round(s.tokens / max(s.elapsed, 1e-9), 1),
         "skipped_steps": s.skipped,
-        "train": {k: round(float(np.mean([h[k] for h in recent])), 5) for k in ("loss", "ce", "kl", "cos")}
+        "train": {
+            k: round(float(np.mean([h[k] for h in recent])), 5)
+            for k in ("loss", "ce", "kl", "cos", "ctx", "ctx_mse")
+            if recent and k in recent[0]
+        }
         if recent
         else None,
         "val_student": s.last_eval,

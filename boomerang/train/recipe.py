@@ -132,6 +132,12 @@ class TrainSection(_Section):
     lean_mlp: bool = Field(
         True, description="keep half of each gated MLP's activations, recompute the rest (exact; see lean.py)"
     )
+    bf16_copies: bool | None = Field(
+        None,
+        description="under bf16: run the student's forward and backward on bf16 copies of its layers (fp32 "
+        "master weights for the optimizer) instead of casting every weight on every forward; default: on, "
+        "except under FSDP",
+    )
     compile: bool = Field(False, description="torch.compile the student")
     fused_loss: bool | None = Field(
         None, description="CE/KL from hidden states + head, chunked (default: auto)"
