@@ -34,6 +34,7 @@ from .safetensors_files import TensorRef, read_tensors
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 DEFAULT_GGUF_TYPE = "f16"
 GGUF_SUFFIX = ".gguf"
+GGUF_DIR = "gguf"  # a family's GGUF files: FAMILY/gguf/K05-22layers.f16.gguf
 _BYTES_PER_VALUE = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 + an f16 scale
 
 
