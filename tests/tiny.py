@@ -220,7 +220,11 @@ TINY_DEMO_OVERRIDES = ["data.seq_len=64", "train.micro_batch_size=8", "eval.bloc
 
 # ---- byte-level BPE tokenizers (GGUF export, issue 25) ------------------------------------------------------
 
-BPE_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2: pad, bos and eos of tiny configs
+BPE_SPECIALS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+)  # ids 0, 1, 2: pad, bos and eos of tiny configs
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -246,8 +250,26 @@ def tiny_bpe_tokenizer(directory: str | Path | None = None, split: str | None = 
         )
     tk.decoder = decoders.ByteLevel()
     rng = random.Random(0)
-    words = ["the", "a", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "hello", "world", "and", "then"]
-    text = [" ".join(rng.choice(words) for _ in range(12)) + rng.choice([".", "!", "?", ", 42."]) for _ in range(200)]
+    words = [
+        "the",
+        "a",
+        "cat",
+        "sat",
+        "on",
+        "mat",
+        "dog",
+        "ran",
+        "far",
+        "away",
+        "hello",
+        "world",
+        "and",
+        "then",
+    ]
+    text = [
+        " ".join(rng.choice(words) for _ in range(12)) + rng.choice([".", "!", "?", ", 42."])
+        for _ in range(200)
+    ]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=list(BPE_SPECIALS),
@@ -256,7 +278,11 @@ def tiny_bpe_tokenizer(directory: str | Path | None = None, split: str | None = 
     )
     tk.train_from_iterator(text, trainer)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",  # as SmolLM2
     )
     tok.chat_template = CHAT_TEMPLATE
     if directory is not None:
