@@ -8,53 +8,39 @@ import gguf
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from tiny import BPE_SPECIALS, CHAT_TEMPLATE, make_pair, save_pair, tiny_bpe_tokenizer, tiny_tokenizer
+from tiny import (
+    BPE_SPECIALS,
+    BPE_TEXT,
+    CHAT_TEMPLATE,
+    GGUF_CASES,
+    LLAMA3_SPLIT,
+    QWEN_SPLIT,
+    make_pair,
+    save_bpe_pair,
+    save_pair,
+    tiny_bpe_tokenizer,
+    tiny_tokenizer,
+)
 from transformers import AutoTokenizer
-from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
 from boomerang.cli.app import run
 from boomerang.errors import BoomerangError
 from boomerang.family import load_family
-from boomerang.io.checkpoints import tokenizer_files
 from boomerang.io.gguf_export import check_config, export_gguf, gguf_name
 from boomerang.io.gguf_vocab import read_tokenizer_json, read_vocab
-
-QWEN_SPLIT = GGUF_PRE_TOKENIZER_SPLITS["qwen2"]
-LLAMA3_SPLIT = GGUF_PRE_TOKENIZER_SPLITS["llama3"]
-# per architecture: the tokenizer's pre-tokenizer (None: GPT-2's), llama.cpp's name for it, the GGUF architecture
-ARCHS = {
-    "llama": (None, "gpt-2", "llama"),
-    "mistral": (LLAMA3_SPLIT, "llama3", "llama"),  # llama.cpp's converter writes Mistral as llama too
-    "qwen2": (QWEN_SPLIT, "qwen2", "qwen2"),
-    "qwen3": (QWEN_SPLIT, "qwen2", "qwen3"),
-    "gemma3_text": (None, "gpt-2", "gemma3"),
-}
-TEXT = "the cat sat on the mat, 42 dogs ran far away! <|im_start|>hello world<|im_end|>"
-
-
-def bpe_pair(tmp_path, arch, split=None, **overrides):
-    """A tiny teacher/student pair saved with a byte-level BPE tokenizer (sized to it)."""
-    tok = tiny_bpe_tokenizer(split=split)
-    teacher, student, lm = make_pair(arch, vocab_size=len(tok), **overrides)
-    t_dir, s_dir = save_pair(tmp_path, teacher, student, lm)
-    for d in (t_dir, s_dir):
-        for f in tokenizer_files(d):
-            f.unlink()
-        tok.save_pretrained(d)
-    return t_dir, s_dir
 
 
 def field(reader, key):
     return reader.fields[key].contents()
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(GGUF_CASES))
 def test_family_gguf_round_trips_through_convert(tmp_path, arch):
-    split, pre, gguf_arch = ARCHS[arch]
+    split, pre, gguf_arch = GGUF_CASES[arch]
     # transformers' GGUF reader takes Qwen3's head size as 128 (real Qwen3 models' size), whatever the file's
     # qwen3.attention.key_length says; llama.cpp reads it (tests/test_llamacpp.py runs head size 8)
     over = {"head_dim": 128} if arch == "qwen3" else {}
-    t_dir, s_dir = bpe_pair(tmp_path, arch, split, **over)
+    t_dir, s_dir = save_bpe_pair(tmp_path, arch, split, **over)
     out = tmp_path / "fam"
     args = ["family", "--teacher", str(t_dir), "--student", str(s_dir), "--out", str(out), "--sizes", "0,2,4"]
     assert run([*args, "--format", "gguf", "--gguf-type", "f32"]) == 0
@@ -106,14 +92,14 @@ def test_family_gguf_round_trips_through_convert(tmp_path, arch):
             continue
         before, after = AutoTokenizer.from_pretrained(member), AutoTokenizer.from_pretrained(back)
         assert after.get_vocab() == before.get_vocab()
-        assert after(TEXT).input_ids == before(TEXT).input_ids
+        assert after(BPE_TEXT).input_ids == before(BPE_TEXT).input_ids
         assert (
             (after.bos_token_id, after.eos_token_id) == (before.bos_token_id, before.eos_token_id) == (1, 2)
         )
 
 
 def test_weight_types_keep_values_to_their_precision(tmp_path):
-    t_dir, _ = bpe_pair(tmp_path, "llama", tie=True)
+    t_dir, _ = save_bpe_pair(tmp_path, "llama", tie=True)
     weights = load_file(t_dir / "model.safetensors")
     q8 = gguf.GGMLQuantizationType
     for kind, qtype, tol in (("f16", q8.F16, 1e-3), ("bf16", q8.BF16, 8e-3), ("q8_0", q8.Q8_0, 1e-2)):
@@ -136,7 +122,7 @@ def test_weight_types_keep_values_to_their_precision(tmp_path):
 
 
 def test_q8_0_falls_back_to_f16_for_rows_that_are_not_whole_blocks(tmp_path):
-    t_dir, _ = bpe_pair(tmp_path, "qwen2", QWEN_SPLIT, intermediate_size=48)  # down_proj rows: 48 values
+    t_dir, _ = save_bpe_pair(tmp_path, "qwen2", QWEN_SPLIT, intermediate_size=48)  # down_proj rows: 48 values
     reader = gguf.GGUFReader(export_gguf(t_dir, tmp_path / "q.gguf", type="q8_0").path)
     types = {t.name: t.tensor_type for t in reader.tensors}
     assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.F16
@@ -144,7 +130,7 @@ def test_q8_0_falls_back_to_f16_for_rows_that_are_not_whole_blocks(tmp_path):
 
 
 def test_build_writes_one_gguf_file_with_force_rules(tmp_path, capsys):
-    t_dir, s_dir = bpe_pair(tmp_path, "qwen3", QWEN_SPLIT)
+    t_dir, s_dir = save_bpe_pair(tmp_path, "qwen3", QWEN_SPLIT)
     out = tmp_path / "member.gguf"
     args = [
         "build",
@@ -185,14 +171,14 @@ def test_build_writes_one_gguf_file_with_force_rules(tmp_path, capsys):
     ],
 )
 def test_bad_format_options_fail_before_any_work(tmp_path, capsys, extra, message):
-    t_dir, s_dir = bpe_pair(tmp_path, "llama")
+    t_dir, s_dir = save_bpe_pair(tmp_path, "llama")
     out = tmp_path / "fam"
     assert run(["family", "--teacher", str(t_dir), "--student", str(s_dir), "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err and not out.exists()
 
 
 def test_build_gguf_needs_a_gguf_file_name(tmp_path, capsys):
-    t_dir, s_dir = bpe_pair(tmp_path, "llama")
+    t_dir, s_dir = save_bpe_pair(tmp_path, "llama")
     args = ["build", "--teacher", str(t_dir), "--student", str(s_dir), "-k", "1", "--format", "gguf"]
     assert run([*args, "--out", str(tmp_path / "member")]) == 2
     assert "ending in .gguf" in capsys.readouterr().err and not (tmp_path / "member").exists()

@@ -288,3 +288,35 @@ def tiny_bpe_tokenizer(directory: str | Path | None = None, split: str | None = 
     if directory is not None:
         tok.save_pretrained(directory)
     return tok
+
+
+def _split(name: str) -> str:
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    return GGUF_PRE_TOKENIZER_SPLITS[name]
+
+
+QWEN_SPLIT, LLAMA3_SPLIT = _split("qwen2"), _split("llama3")
+# per architecture: the tokenizer's pre-tokenizer (None: GPT-2's), llama.cpp's name for it, the GGUF architecture
+GGUF_CASES = {
+    "llama": (None, "gpt-2", "llama"),
+    "mistral": (LLAMA3_SPLIT, "llama3", "llama"),  # llama.cpp's converter writes Mistral as llama too
+    "qwen2": (QWEN_SPLIT, "qwen2", "qwen2"),
+    "qwen3": (QWEN_SPLIT, "qwen2", "qwen3"),
+    "gemma3_text": (None, "gpt-2", "gemma3"),
+}
+BPE_TEXT = "the cat sat on the mat, 42 dogs ran far away! <|im_start|>hello world<|im_end|>"
+
+
+def save_bpe_pair(tmp_path: Path, arch: str, split: str | None = None, **overrides):
+    """A tiny teacher/student pair saved with a byte-level BPE tokenizer (the vocabulary sized to it)."""
+    from boomerang.io.checkpoints import tokenizer_files
+
+    tok = tiny_bpe_tokenizer(split=split)
+    teacher, student, lm = make_pair(arch, vocab_size=len(tok), **overrides)
+    t_dir, s_dir = save_pair(tmp_path, teacher, student, lm)
+    for d in (t_dir, s_dir):
+        for f in tokenizer_files(d):
+            f.unlink()
+        tok.save_pretrained(d)
+    return t_dir, s_dir
