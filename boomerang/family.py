@@ -638,21 +638,20 @@ def export_family(
     return _export(writer, out, po, chosen, force=force, progress=progress, resume=key, gguf=gguf, card=card)
 
 
-def check_gguf_teacher(teacher: Any, gguf: str, *, trust_remote_code: bool = False) -> None:
+def check_gguf_teacher(teacher: Any, gguf: str, *, trust_remote_code: bool = False) -> list[str]:
     """Fail before any work if a family of ``teacher`` cannot be written as GGUF files of type ``gguf``: the type,
-    the architecture and (for a local checkpoint directory) the tokenizer."""
+    the architecture and (for a local checkpoint directory) the tokenizer. Returns notes to show the user."""
     from .io.checkpoints import expand_alias
     from .io.gguf_export import check_export, check_type
 
     check_type(gguf)
     if not _is_path(teacher):
-        check_export(_config_dict(teacher.config))
-        return
+        return check_export(_config_dict(teacher.config))
     from .io.loading import load_config
 
     config = _config_dict(load_config(teacher, trust_remote_code=trust_remote_code))
     local = Path(expand_alias(teacher)).expanduser()
-    check_export(config, local if local.is_dir() else None)
+    return check_export(config, local if local.is_dir() else None)
 
 
 def _resume_key(

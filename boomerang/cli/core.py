@@ -203,7 +203,8 @@ def build(
     if gguf is not None:
         from ..family import check_gguf_teacher
 
-        check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code)
+        for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code):
+            console.print(f"[yellow]note[/]: {note}")
     can_stream = is_local_safetensors(teacher) and is_local_safetensors(student)
     if stream and not can_stream:
         raise BoomerangError(
@@ -306,10 +307,8 @@ def build(
 
         with scratch_dir(out, "member") as work:
             c, how = write(work)
-            done = export_gguf(work, out, type=gguf, name=out.stem, force=force)
+            export_gguf(work, out, type=gguf, name=out.stem, force=force)
         how += f", written as one {gguf} GGUF file"
-        for note in done.notes:
-            console.print(f"[yellow]note[/]: {note}")
     console.print(
         f"[green]wrote[/] {out} ({how}): {plan.n_layers} layers (patched student layers {list(plan.patched)}), "
         f"{fmt_count(c.trainable)} trainable / {fmt_count(c.inference)} inference parameters"

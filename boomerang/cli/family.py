@@ -131,7 +131,8 @@ def family(
     if order not in DATA_ORDERS:
         static_order(order, lm)  # an order file or list fits this student?
     if gguf is not None:
-        check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code)
+        for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code):
+            console.print(f"[yellow]note[/]: {note}")
     card = CardOptions(
         name=name, base_model=base_model, license=license, sweeps=tuple(sweep) if sweep else None
     )
