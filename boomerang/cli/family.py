@@ -133,6 +133,11 @@ def family(
     if gguf is not None:
         for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code):
             console.print(f"[yellow]note[/]: {note}")
+    if sweep:  # the named sweeps exist and describe this family (student, layer map), before any work
+        from ..cards import sweep_files, sweep_scores
+
+        probe = {"layer_map": lm.to_json(), "student": student, "members": [], "n_student": lm.n_student}
+        sweep_scores(sweep_files(sweep, student)[0], probe, explicit=True)
     card = CardOptions(
         name=name, base_model=base_model, license=license, sweeps=tuple(sweep) if sweep else None
     )
