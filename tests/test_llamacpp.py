@@ -27,8 +27,9 @@ llama_cpp = pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.llamacpp
 
 F32_CACHE = 0  # GGML_TYPE_F32: llama.cpp keeps keys and values in float32, as transformers does
-# max |logit difference| allowed at the prompt's last position (measured values: see the test output)
-TOLERANCE = {"f32": 2e-3, "f16": 5e-2}
+# max |logit difference| allowed at the prompt's last position. Measured (llama-cpp-python 0.3.36, 2 CPU threads):
+# f32 3.7e-5 .. 6.8e-5, f16 2.7e-2 .. 4.0e-2 (f16 weights, and llama.cpp's f16 matmul rounds activations too)
+TOLERANCE = {"f32": 1e-3, "f16": 1e-1}
 GREEDY = 32
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
