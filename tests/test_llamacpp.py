@@ -109,6 +109,33 @@ def test_tiny_members_run_in_llama_cpp_as_in_transformers(tmp_path, arch):
         cpp.close()
 
 
+ROPE = {
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    # original context 16: with head size 8 one frequency is blended and the others divided by the factor
+    "llama3": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    },
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(ROPE))
+def test_rope_scaling_runs_in_llama_cpp_as_in_transformers(tmp_path, kind):
+    rope = {"rope_theta": 10000.0, **ROPE[kind]}
+    t_dir, _ = save_bpe_pair(tmp_path, "llama", rope_parameters=rope)
+    out = export_gguf(t_dir, tmp_path / "t.gguf", type="f32").path
+    model = AutoModelForCausalLM.from_pretrained(t_dir, dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(t_dir)(BPE_TEXT * 3).input_ids  # positions past the original context
+    cpp = LlamaCpp(out, n_ctx=128)
+    try:
+        diff = float(np.abs(cpp.logits(ids) - hf_logits(model, ids)).max())
+    finally:
+        cpp.close()
+    print(f"\nllama rope {kind}, {len(ids)} tokens: max |logit diff| {diff:.2e}")
+    assert diff <= 1e-4
+
+
 @pytest.fixture(scope="module")
 def smollm2_family(real_teacher_dir, tmp_path_factory):
     """The real SmolLM2 family's student (K=0), middle member (K=8) and teacher (K=16), as f32 and f16 GGUF."""
