@@ -115,19 +115,24 @@ def publish(
     """Upload a family to the model repository ``repo_id`` (created if needed), in one commit. With ``dry_run``
     nothing is contacted: the returned plan says what would be uploaded."""
     check_repo_id(repo_id)
-    token = None if dry_run else check_hub()  # before any work
-    plan = plan_publish(directory, repo_id)
     if dry_run:
-        return plan
+        return plan_publish(directory, repo_id)
     from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
-    api = HfApi(token=token)
+    api = HfApi(token=check_hub())  # before any work: offline, no token, or the Hub not answering
     try:
         api.whoami()
+    except HfHubHTTPError as e:  # it answered, and said no
+        raise BoomerangError(
+            f"the Hugging Face Hub refused the token ({_reason(e)}); log in again (`hf auth login`) with a token "
+            "that can write; nothing was uploaded"
+        ) from None
     except Exception as e:
         raise BoomerangError(
             f"cannot reach the Hugging Face Hub ({_reason(e)}); nothing was uploaded"
         ) from None
+    plan = plan_publish(directory, repo_id)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         ops = [CommitOperationAdd(p, plan.files[p]) for p in sorted(plan.files)]

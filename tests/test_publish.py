@@ -156,3 +156,28 @@ def test_offline_teacher_is_smollm2_with_its_licence(real_teacher_dir):
     for spec in ("smollm2-offline", real_teacher_dir):
         info = teacher_info(spec)
         assert (info.base_model, info.license) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
+
+
+@pytest.fixture
+def hub_on(monkeypatch):
+    """The Hub switched on in this process (the tests switch it off), pointed at a closed local port."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: unreachable
+    return constants
+
+
+def test_publish_without_a_token_fails_before_any_work(tmp_path, capsys, monkeypatch, hub_on):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hub_on, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    assert run(["publish", str(tmp_path / "no-such-family"), "someone/x"]) == 2
+    assert "needs a Hugging Face token" in capsys.readouterr().err
+
+
+def test_publish_to_an_unreachable_hub_fails_before_any_work(tmp_path, capsys, monkeypatch, hub_on):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    assert run(["publish", str(tmp_path / "no-such-family"), "someone/x"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Hugging Face Hub" in err and "nothing was uploaded" in err
