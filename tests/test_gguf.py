@@ -249,3 +249,52 @@ def test_configs_llama_cpp_would_compute_differently_are_refused():
     qwen = tiny_config("qwen2").to_dict()  # sliding layers: llama.cpp's qwen2 graph attends to everything
     (note,) = check_config(qwen)
     assert "no sliding-window attention" in note and "4 tokens" in note
+
+
+def test_family_gguf_export_resumes_after_a_kill(tmp_path):
+    """Killed while writing the third member's GGUF file: the rerun keeps the two finished files (and the members),
+    writes the other three, and the family is byte-identical to an uninterrupted export."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from boomerang.io import gguf_export
+
+    t_dir, s_dir = save_bpe_pair(tmp_path, "llama")
+    out, fresh = tmp_path / "fam", tmp_path / "fresh"
+    argv = ["family", "--teacher", str(t_dir), "--student", str(s_dir), "--format", "gguf", "--out"]
+    code = f"""
+import os, signal, sys
+import boomerang.io.gguf_export as g
+real, done = g.write_plan, []
+def write_plan(*a, **k):
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    done.append(1)
+    return real(*a, **k)
+g.write_plan = write_plan
+from boomerang.cli.app import run
+sys.exit(run({[*argv, str(out)]!r}))
+"""
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL and not out.exists()
+    real, calls = gguf_export.write_plan, []
+    gguf_export.write_plan = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        assert run([*argv, str(out)]) == 0
+    finally:
+        gguf_export.write_plan = real
+    assert len(calls) == 3
+    assert run([*argv, str(fresh)]) == 0
+
+    def files(d):
+        return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+    a, b = files(out), files(fresh)
+    assert sorted(a) == sorted(b) and sum(k.endswith(".gguf") for k in a) == 5
+    assert [k for k in a if a[k] != b[k]] == []
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
