@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from .core.params import FamilySize
 from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan, recorded_order
 from .errors import BoomerangError
 from .io.atomic import atomic_dir, check_writable
-from .io.checkpoints import fmt_bytes, tokenizer_nbytes
+from .io.checkpoints import tokenizer_nbytes
 from .io.safetensors_files import DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded or built
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # torch and transformers are imported only when a model is lo
     from transformers import PreTrainedModel
 
 MANIFEST = "family.json"
+CARD = "README.md"  # each member's model card, and the family's
 ORDER_FILE = "order.json"
 _MEMBER_OVERHEAD = 1 << 20  # config, generation config, index and safetensors headers, per member (generous)
 
@@ -256,14 +258,18 @@ class Family:
         max_shard_size: int | str = DEFAULT_SHARD_SIZE,
         force: bool = False,
         progress: ExportProgress | None = None,
+        gguf: str | None = None,
+        card: CardOptions | None = None,
     ) -> Path:
-        """Write members as checkpoint directories with ``family.json``, ``order.json`` and a README."""
+        """Write members as checkpoint directories with ``family.json``, ``order.json`` and model cards (and, with
+        ``gguf`` = f32/f16/bf16/q8_0, each member as one GGUF file too); see ``export_family``."""
         from .io.stream import parse_shard_size
 
         parse_shard_size(max_shard_size)
         po = self.order(order)
         writer = _MemoryWriter(self, max_shard_size)
-        return _export(writer, out, po, check_sizes(sizes, self.n_student, po), force=force, progress=progress)
+        chosen = check_sizes(sizes, self.n_student, po)
+        return _export(writer, out, po, chosen, force=force, progress=progress, gguf=gguf, card=card)
 
     def __repr__(self) -> str:
         return (
@@ -295,6 +301,22 @@ def check_sizes(sizes: Iterable[int] | None, m: int, order: PatchOrder | None = 
 
 
 # ---- export ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """What the model cards of an export say beyond the members themselves (each field: None finds it out).
+
+    ``name`` titles the cards (default: the teacher's name + ``-boomerang``); ``base_model`` is the teacher's Hub id
+    and ``license`` its licence (default: ``cards.teacher_info``); ``sweeps`` are sweep results (``results.json``
+    or their directories) whose measurements the cards show (default: a run's ``sweeps/`` folder near the student,
+    see ``cards.sweep_files``).
+    """
+
+    name: str | None = None
+    base_model: str | None = None
+    license: str | None = None
+    sweeps: tuple[str, ...] | None = None
 
 
 class ExportProgress:
@@ -380,22 +402,37 @@ def _export(
     force: bool,
     progress: ExportProgress | None,
     resume: Any = None,
+    gguf: str | None = None,
+    card: CardOptions | None = None,
 ) -> Path:
     """Write the members; with ``resume`` (a key naming the sources and settings), members that a killed run of
     the same export completed are kept, so the export continues member by member."""
+    from .cards import sweep_files, sweep_scores, write_cards
     from .core.params import plan_config, plan_params
+    from .io.gguf_export import check_config, check_type, gguf_nbytes
     from .io.order_files import save_order
     from .io.stream import check_free_space, checkpoint_nbytes
 
     out = check_writable(out, force=force)
     progress = progress or ExportProgress()
     lm, m = writer.layer_map, writer.layer_map.n_student
+    if gguf is not None:
+        check_type(gguf)
+        check_config(_config_dict(writer.teacher_config), "the teacher")
     plans = {k: PatchPlan(layer_map=lm, patched=order.patched(k), order=order.name) for k in sizes}
     weights = {
         k: checkpoint_nbytes(plan_config(writer.teacher_config, writer.student_config, p), writer.dtype)
         for k, p in plans.items()
     }
-    need = sum(weights.values()) + len(plans) * (writer.tokenizer_bytes + _MEMBER_OVERHEAD)
+    counts = {k: plan_params(writer.teacher_config, writer.student_config, p) for k, p in plans.items()}
+    gguf_bytes = {k: gguf_nbytes(c.trainable, gguf) if gguf else 0 for k, c in counts.items()}
+    manifest = _manifest(writer, order, card, gguf)
+    manifest["members"] = [{"K": k, "patched_student_layers": list(p.patched)} for k, p in plans.items()]
+    card = card or CardOptions()
+    files, explicit = sweep_files(list(card.sweeps) if card.sweeps else None, writer.student)
+    scores = sweep_scores(files, manifest, explicit=explicit)  # a named sweep of another family fails here
+    need = sum(weights.values()) + sum(gguf_bytes.values())
+    need += len(plans) * (writer.tokenizer_bytes * (2 if gguf else 1) + _MEMBER_OVERHEAD)
     check_free_space(
         out,
         need,
@@ -403,9 +440,9 @@ def _export(
         "Export fewer sizes (--sizes), write a smaller dtype (--dtype bfloat16) or choose another --out.",
     )
     rows = []
-    progress.start(len(plans), sum(weights.values()))
+    progress.start(len(plans), sum(weights.values()) + sum(gguf_bytes.values()))
     if resume is not None:
-        resume = {**resume, "order": order.to_json(), "sizes": sizes, "writer": writer.mode}
+        resume = {**resume, "order": order.to_json(), "sizes": sizes, "writer": writer.mode, "gguf": gguf}
     with atomic_dir(out, force=force, resume=resume) as tmp:
         for k, plan in plans.items():
             name = member_dir(k, plan, m)
@@ -418,85 +455,101 @@ def _export(
             else:
                 with atomic_dir(tmp / name) as member:
                     files = writer.write(plan, member, progress, weights[k])
-            counts = plan_params(writer.teacher_config, writer.student_config, plan)
-            rows.append(
-                {
-                    "K": k,
-                    "dir": name,
-                    "n_layers": plan.n_layers,
-                    "patched_student_layers": list(plan.patched),
-                    "layer_sources": [[who, j] for who, j in plan.sources],
-                    "teacher_layers": plan.teacher_layers,
-                    "embedding_from": plan.embed_source,
-                    "head_from": plan.head_source,
-                    "params": counts.as_dict(),
-                    "weights_bytes": weights[k],
-                    "files": files,
-                }
-            )
+            row: dict[str, Any] = {
+                "K": k,
+                "dir": name,
+                "n_layers": plan.n_layers,
+                "patched_student_layers": list(plan.patched),
+                "layer_sources": [[who, j] for who, j in plan.sources],
+                "teacher_layers": plan.teacher_layers,
+                "embedding_from": plan.embed_source,
+                "head_from": plan.head_source,
+                "params": counts[k].as_dict(),
+                "weights_bytes": weights[k],
+                "files": sorted({*files, CARD}),
+            }
+            if gguf is not None:
+                row["gguf"] = _write_gguf(tmp, name, gguf, manifest, progress)
+            if k in scores:
+                row["scores"] = scores[k]
+            rows.append(row)
             progress.done_member()
         save_order(order, tmp / ORDER_FILE)
-        manifest = {
-            "format": "boomerang-family",
-            "version": 1,
-            "boomerang_version": _version(),
-            "teacher": writer.teacher,
-            "student": writer.student,
-            "model_type": writer.teacher_config.model_type,
-            "dtype": str(writer.dtype).removeprefix("torch."),
-            "written": writer.mode,
-            "layer_map": lm.to_json(),
-            "n_teacher": lm.n_teacher,
-            "n_student": m,
-            "order": {"name": order.name, "file": ORDER_FILE, "sequence": order.sequence},
-            "members": rows,
-        }
+        manifest["members"] = rows
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        (tmp / "README.md").write_text(_readme(manifest))
+        write_cards(tmp, manifest)
     return out
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    """A config object or a ``config.json`` dict, as a dict."""
+    return config if isinstance(config, dict) else config.to_dict()
+
+
+def _manifest(
+    writer: _Writer, order: PatchOrder, card: CardOptions | None, gguf: str | None
+) -> dict[str, Any]:
+    """``family.json`` without its members."""
+    from .cards import CardInfo, teacher_info
+
+    card = card or CardOptions()
+    found = teacher_info(writer.teacher) if card.base_model is None or card.license is None else CardInfo()
+    info = CardInfo(card.base_model or found.base_model, card.license or found.license)
+    lm = writer.layer_map
+    return {
+        "format": "boomerang-family",
+        "version": 1,
+        "boomerang_version": _version(),
+        "name": card.name or family_name(info.base_model or writer.teacher),
+        "teacher": writer.teacher,
+        "student": writer.student,
+        "model_type": _config_dict(writer.teacher_config)["model_type"],
+        "dtype": str(writer.dtype).removeprefix("torch."),
+        "written": writer.mode,
+        "formats": ["safetensors", *(["gguf"] if gguf else [])],
+        "gguf_type": gguf,
+        "card": info.to_json(),
+        "layer_map": lm.to_json(),
+        "n_teacher": lm.n_teacher,
+        "n_student": lm.n_student,
+        "order": {"name": order.name, "file": ORDER_FILE, "sequence": order.sequence},
+        "members": [],
+    }
+
+
+def family_name(teacher: str | None) -> str:
+    """``HuggingFaceTB/SmolLM2-135M-Instruct`` -> ``SmolLM2-135M-Instruct-boomerang``."""
+    base = Path(str(teacher or "model").rstrip("/")).name or "model"
+    return f"{base.removesuffix('.gguf')}-boomerang"
+
+
+def _write_gguf(
+    tmp: Path, member: str, type: str, manifest: dict[str, Any], progress: ExportProgress
+) -> dict:
+    """A member's GGUF file in the export's ``gguf/`` folder (kept if an interrupted run finished it)."""
+    from .io.gguf_export import GGUF_DIR, export_gguf, gguf_name
+
+    rel = f"{GGUF_DIR}/{gguf_name(member, type)}"
+    path = tmp / rel
+    if not path.is_file():
+        path.parent.mkdir(exist_ok=True)
+        export_gguf(
+            tmp / member,
+            path,
+            type=type,
+            name=f"{manifest['name']} {member}",
+            license=manifest["card"]["license"],
+            progress=progress.advance,
+        )
+    else:
+        progress.advance(path.stat().st_size)
+    return {"file": rel, "type": type, "bytes": path.stat().st_size}
 
 
 def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
-def _readme(manifest: dict[str, Any]) -> str:
-    lines = [
-        "# Boomerang family",
-        "",
-        f"Intermediate models between the student `{manifest['student']}` and the teacher "
-        f"`{manifest['teacher']}` ({manifest['model_type']}, {manifest['dtype']}), built by zero-shot patching: "
-        "member K replaces K student layers by the teacher blocks they stand for "
-        f"(patch order `{manifest['order']['name']}`, saved in `{ORDER_FILE}`). K = 0 is the student and "
-        f"K = {manifest['n_student']} the teacher. Each directory is a standard checkpoint:",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f'model = AutoModelForCausalLM.from_pretrained("{manifest["members"][0]["dir"]}")',
-        "```",
-        "",
-        "| K | directory | layers | patched student layers | trainable params | inference params | weights |",
-        "|--:|:--|--:|:--|--:|--:|--:|",
-    ]
-    for r in manifest["members"]:
-        lines.append(
-            f"| {r['K']} | `{r['dir']}` | {r['n_layers']} | {r['patched_student_layers']} | "
-            f"{_fmt_params(r['params']['trainable'])} | {_fmt_params(r['params']['inference'])} | "
-            f"{fmt_bytes(r['weights_bytes'])} |"
-        )
-    lines += [
-        "",
-        "Trainable parameters count every distinct tensor once; inference parameters count a tied embedding "
-        "twice (input lookup and output projection). `family.json` lists each member's layer sources.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def export_family(
@@ -515,18 +568,25 @@ def export_family(
     force: bool = False,
     progress: ExportProgress | None = None,
     trust_remote_code: bool = False,
+    gguf: str | None = None,
+    card: CardOptions | None = None,
 ) -> Path:
-    """Write every member (or the chosen ``sizes``) of a family as its own checkpoint directory under ``out``.
+    """Write every member (or the chosen ``sizes``) of a family as its own checkpoint directory under ``out``, with
+    ``family.json``, ``order.json`` and a model card (README.md) for the family and for each member.
 
     With two local safetensors checkpoints the members are streamed from disk (``stream=None`` decides; ``True``
     insists, ``False`` loads both models). Data-driven orders need ``data`` (a text source) or ``calibration`` ids.
-    ``order`` defaults to the order the student's config records, else ``last``.
+    ``order`` defaults to the order the student's config records, else ``last``. ``gguf`` (f32, f16, bf16 or q8_0)
+    also writes each member as one GGUF file for llama.cpp, ``gguf/K05-22layers.f16.gguf``
+    (``boomerang.io.gguf_export``). ``card`` sets what the cards say (``CardOptions``).
     """
     from .io.checkpoints import is_local_safetensors
     from .io.stream import StreamBuilder, StreamUnsupported, parse_shard_size
 
     check_writable(out, force=force)
     parse_shard_size(max_shard_size)
+    if gguf is not None:
+        check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code)
     if isinstance(order, str) and order in DATA_ORDERS and data is None and calibration is None:
         raise BoomerangError(
             f"order {order!r} is computed from calibration texts: pass --data PATH (data=...)"
@@ -561,6 +621,8 @@ def export_family(
                 force=force,
                 progress=progress,
                 resume=key,
+                gguf=gguf,
+                card=card,
             )
     fam = Family(
         teacher,
@@ -573,12 +635,35 @@ def export_family(
     po = fam.order(order, data=data)
     if not on_disk:
         return fam.export(
-            out, order=po, sizes=sizes, max_shard_size=max_shard_size, force=force, progress=progress
+            out,
+            order=po,
+            sizes=sizes,
+            max_shard_size=max_shard_size,
+            force=force,
+            progress=progress,
+            gguf=gguf,
+            card=card,
         )
     key = _resume_key(teacher, student, fam.layer_map, fam.teacher.dtype, max_shard_size)  # type: ignore[arg-type]
     writer = _MemoryWriter(fam, max_shard_size)
     chosen = check_sizes(sizes, fam.n_student, po)
-    return _export(writer, out, po, chosen, force=force, progress=progress, resume=key)
+    return _export(writer, out, po, chosen, force=force, progress=progress, resume=key, gguf=gguf, card=card)
+
+
+def check_gguf_teacher(teacher: Any, gguf: str, *, trust_remote_code: bool = False) -> list[str]:
+    """Fail before any work if a family of ``teacher`` cannot be written as GGUF files of type ``gguf``: the type,
+    the architecture and (for a local checkpoint directory) the tokenizer. Returns notes to show the user."""
+    from .io.checkpoints import expand_alias
+    from .io.gguf_export import check_export, check_type
+
+    check_type(gguf)
+    if not _is_path(teacher):
+        return check_export(_config_dict(teacher.config))
+    from .io.loading import load_config
+
+    config = _config_dict(load_config(teacher, trust_remote_code=trust_remote_code))
+    local = Path(expand_alias(teacher)).expanduser()
+    return check_export(config, local if local.is_dir() else None)
 
 
 def _resume_key(

@@ -174,6 +174,33 @@ def output_file(path: Path, force: bool) -> Path:
     return check_writable(path, force=force, file=True)
 
 
+FORMATS = ("safetensors", "gguf")
+
+
+def gguf_format(format: str, gguf_type: str | None) -> str | None:
+    """``--format`` and ``--gguf-type``: the GGUF type to write, or None for safetensors only."""
+    from ..io.gguf_export import DEFAULT_GGUF_TYPE, GGUF_TYPES
+
+    if format not in FORMATS:
+        raise BoomerangError(f"--format {format!r} is not one of: {', '.join(FORMATS)}")
+    if format != "gguf":
+        if gguf_type is not None:
+            raise BoomerangError("--gguf-type is read only with --format gguf; add --format gguf, or drop it")
+        return None
+    if gguf_type is not None and gguf_type not in GGUF_TYPES:
+        raise BoomerangError(f"--gguf-type {gguf_type!r} is not one of: {', '.join(GGUF_TYPES)}")
+    return gguf_type or DEFAULT_GGUF_TYPE
+
+
+def gguf_file(out: Path, force: bool) -> Path:
+    """A GGUF output file (``--out NAME.gguf``) that can be written."""
+    if Path(out).suffix != ".gguf":
+        raise BoomerangError(
+            f"--format gguf writes one file: give --out a name ending in .gguf (e.g. {out}.gguf)"
+        )
+    return output_file(out, force)
+
+
 def run_dir(out: Path) -> Path:
     """A run directory (``distill``): its place must be writable; dead writers' temporary files are removed."""
     out = Path(out).expanduser()

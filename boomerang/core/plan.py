@@ -301,3 +301,17 @@ def reference_patched(layer_map: LayerMap, k: int, patch_first: bool) -> list[in
     # student layers j >= 1 whose preceding block has 2+ layers; patching keeps student layers [:j]
     multi = [i + 1 for i in range(m - 1) if kept[i + 1] - kept[i] > 1]
     return list(range(m)) if k + 1 > len(multi) else list(range(multi[-(k + 1)], m))
+
+
+def reference_plan(
+    layer_map: LayerMap, num_layers_to_patch: int, patch_first_k_layers: bool = False
+) -> PatchPlan:
+    """The plan the reference ``build_intermediate_model`` builds for these arguments (``boomerang.compat``)."""
+    patched = reference_patched(layer_map, num_layers_to_patch, patch_first_k_layers)
+    whole_teacher = len(patched) == layer_map.n_student
+    return PatchPlan(
+        layer_map=layer_map,
+        patched=patched,
+        order="reference-first" if patch_first_k_layers else "reference-last",
+        embed_override="teacher" if patch_first_k_layers and not whole_teacher else None,
+    )

@@ -381,3 +381,51 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = True)
     finally:
         if tmp is not None:
             _ACTIVE.discard(tmp.absolute())
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``out`` to write one file at; it becomes ``out`` only if the block succeeds
+    (checked and claimed like ``atomic_dir``; never over an existing file without ``force``)."""
+    out = check_writable(out, force=force, file=True)
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        clean_orphans(parent, out.name)
+        tmp = parent / f".{out.name}.tmp-{os.getpid()}-{_stamp()}-{secrets.token_hex(3)}"
+        tmp.touch(exist_ok=False)  # visible to a concurrent writer of the same output (``_claim``)
+    except OSError as e:
+        raise write_error(out, e) from None
+    _ACTIVE.add(tmp.absolute())
+    try:
+        _claim(tmp, out)
+        yield tmp
+        _claim(tmp, out)
+        _finish(tmp, out, force)
+    except BaseException as e:
+        _remove(tmp)
+        if is_write_error(e):
+            raise write_error(out, e) from None
+        raise
+    finally:
+        _ACTIVE.discard(tmp.absolute())
+
+
+@contextlib.contextmanager
+def scratch_dir(near: str | os.PathLike, purpose: str) -> Iterator[Path]:
+    """A temporary working directory beside ``near``, removed when the block ends (named like every temporary, so
+    one a killed run left behind is removed by the next run)."""
+    near = Path(near).expanduser()
+    parent, name = near.absolute().parent, f"{near.name}.{purpose}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        clean_orphans(parent, name)
+        tmp = _mkdtemp(parent, name)
+    except OSError as e:
+        raise write_error(near, e) from None
+    _ACTIVE.add(tmp.absolute())
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+        _ACTIVE.discard(tmp.absolute())
