@@ -59,8 +59,8 @@ class LossConfig(BaseModel):
     ctx_mse: float = Field(
         0.0,
         ge=0,
-        description="Weight per student layer of the teacher-context term's relative squared error "
-        "‖h_S − h_T‖² / ‖h_T‖² (matches the norm too, which the cosine ignores); 0 = off.",
+        description="Weight per student layer of the teacher-context term's squared error relative to the block's "
+        "update, ‖h_S − h_T‖² / ‖h_T − h_in‖² (1 for a layer that does nothing, 0 for an exact one); 0 = off.",
     )
     mixed: float = Field(
         0.0,
@@ -437,10 +437,17 @@ class _CosineDistanceSum(torch.autograd.Function):
         return grads[0], grads[1], None
 
 
-def relative_mse_sum(h_s: torch.Tensor, h_t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Σ over real tokens of ‖h_s − h_t‖² / ‖h_t‖²; inputs ``[T, d]``, computed in fp32."""
-    t = h_t.detach().float()
-    err = (h_s.float() - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-12)
+def update_error_sum(
+    h_s: torch.Tensor, h_t: torch.Tensor, h_in: torch.Tensor, real: torch.Tensor
+) -> torch.Tensor:
+    """Σ over real tokens of ‖h_s − h_t‖² / ‖h_t − h_in‖²: the squared error of a block's output relative to the
+    size of the update the block makes to the residual stream (``h_in`` → ``h_t``); inputs ``[T, d]``, in fp32.
+
+    Output cosines are close to 1 whatever a block does (the residual stream changes little per block), so
+    1 − cos and ‖h_s − h_t‖² / ‖h_t‖² weigh a block's work weakly; this measures it against the work itself: 1
+    for a block that does nothing, 0 for an exact one."""
+    t, x = h_t.detach().float(), h_in.detach().float()
+    err = (h_s.float() - t).pow(2).sum(-1) / (t - x).pow(2).sum(-1).clamp_min(1e-12)
     return (err * real.to(err.dtype)).sum()
 
 
@@ -585,13 +592,13 @@ class DistillLoss:
         ctx_cos = torch.zeros((), dtype=torch.float32, device=lm.device)
         ctx_mse = torch.zeros((), dtype=torch.float32, device=lm.device)
         if self.ctx_pairs and teacher is not None and "ctx:0" in student.states:
-            for i, (_, t_key) in enumerate(self.ctx_pairs):
-                hs, ht = student.states[f"ctx:{i}"], teacher.states[t_key]
-                hs, ht = hs.reshape(-1, hs.shape[-1]), ht.reshape(-1, ht.shape[-1])
+            for i, (src, t_key) in enumerate(self.ctx_pairs):
+                hs, ht, hi = student.states[f"ctx:{i}"], teacher.states[t_key], teacher.states[src]
+                hs, ht, hi = (h.reshape(-1, h.shape[-1]) for h in (hs, ht, hi))
                 if cfg.ctx > 0:
                     ctx_cos = ctx_cos + cosine_distance_sum(hs, ht, real)
                 if cfg.ctx_mse > 0:
-                    ctx_mse = ctx_mse + relative_mse_sum(hs, ht, real)
+                    ctx_mse = ctx_mse + update_error_sum(hs, ht, hi, real)
             loss = loss + (ctx_cos * cfg.ctx + ctx_mse * cfg.ctx_mse) / max(n_tok, 1)
         b_ce, b_tok = token_counts(input_ids, attention_mask)
         sums = {
