@@ -88,8 +88,10 @@ class Family:
         from .core.patching import check_pair
         from .io.loading import load_config, load_model, load_tokenizer, pair_dtype
         from .io.sidecar import student_layer_map
+        from .io.snapshot import hold_local
 
         self.sources: dict[str, str | None] = {}
+        self.snapshots = hold_local(teacher, student)  # read once: rewritten meanwhile is a clear stop
         models = {}
         if _is_path(teacher) and _is_path(
             student
@@ -350,6 +352,8 @@ class _MemoryWriter(_Writer):
         model.save_pretrained(directory, max_shard_size=self.max_shard_size)
         if self.family.tokenizer is not None:
             save_tokenizer(directory, self.family.tokenizer_source, self.family.tokenizer)
+        for snap in self.family.snapshots:  # the tokenizer files are read now: still the loaded version?
+            snap.verify()
         progress.advance(nbytes)
         return sorted(p.name for p in directory.iterdir())
 

@@ -11,6 +11,7 @@ import typer
 
 from ..errors import BoomerangError
 from ..io.atomic import ENVIRONMENT_ERRNOS, write_error
+from ..io.snapshot import reading
 from .common import err_console
 
 app = typer.Typer(
@@ -56,7 +57,8 @@ _ABORT = _classes("Abort", typer.Abort)
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (0 ok, 2 bad input, 130 interrupted)."""
     try:
-        result = app(args=argv, prog_name="boomerang", standalone_mode=False)
+        with reading():  # every checkpoint a command reads is held: one version, or a clear stop
+            result = app(args=argv, prog_name="boomerang", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except BoomerangError as e:
         from rich.markup import escape  # messages are plain text: "pkg[extra]" must survive

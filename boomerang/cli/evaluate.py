@@ -336,6 +336,13 @@ def sweep(
     for source, option in ((data, "--data"), (calibration, "--calibration"), (task_data, "--task-data")):
         validate.text_source(source, option)
     validate.text_field(data, text_field)
+    for spec, option in (
+        (teacher, "--teacher"),
+        (student, "--student"),
+        (random_student, "--random-student"),
+    ):
+        if spec is not None:
+            validate.model_source(spec, option)
     validate.tokenizer_source(teacher, "--teacher")
     lm = None
     if layers is not None or layer_map:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.configs import max_positions
 from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import TEXT_SUFFIXES, read_texts
 from ..errors import BoomerangError
@@ -461,14 +462,6 @@ class Accumulator:
 
 
 # ---- the public API ------------------------------------------------------------------------------------------
-
-
-def max_positions(config: Any) -> int | None:
-    for f in ("max_position_embeddings", "n_positions"):
-        v = getattr(config, f, None)
-        if isinstance(v, int):
-            return v
-    return None
 
 
 def default_metric(config: Any) -> str:

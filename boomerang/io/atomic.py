@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BoomerangError
+from .snapshot import release, verify_held
 
 FORCE_HINT = "pass --force (force=True in Python) to replace it, or choose another output"
 RESUME_FILE = ".resume.json"  # inside a resumable temporary directory: what it is a partial copy of
@@ -341,8 +342,10 @@ def atomic_dir(out: str | os.PathLike, *, force: bool = False, resume: Any = Non
         yield tmp
         if resume is not None:
             (tmp / RESUME_FILE).unlink()
+        verify_held()  # the inputs this command read did not change meanwhile (boomerang.io.snapshot)
         _claim(tmp, out)
         _finish(tmp, out, force)
+        release(out)  # written by this process: a later read of it is not a concurrent change
     except BaseException as e:
         _remove(
             tmp
@@ -365,6 +368,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = True)
         _ACTIVE.add(tmp.absolute())
         with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
+        verify_held()
         if force:
             os.replace(tmp, path)
         else:
