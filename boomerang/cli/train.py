@@ -298,7 +298,7 @@ def _check_inputs(r: object) -> None:
         (d.eval, "data.eval"),
         (ini.calibration, "init.calibration"),
     ):
-        validate.text_source(source, key)
+        validate.text_source(source, key, d.text_field)
     teacher = r.teacher  # type: ignore[attr-defined]
     if teacher == OFFLINE_ALIAS or Path(teacher).expanduser().is_dir():  # configs of local teachers only
         validate.within_context("data.seq_len", d.seq_len, teacher)

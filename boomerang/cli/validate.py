@@ -186,12 +186,13 @@ def run_dir(out: Path) -> Path:
     return out
 
 
-def text_source(source: str | None, option: str = "--data") -> None:
-    """A text source option: an existing text file or folder (never model weights), ``hf:NAME``, ``builtin:NAME``."""
+def text_source(source: str | None, option: str = "--data", text_field: str = "text") -> None:
+    """A text source option: an existing text file or folder (never model weights, no link loops), ``hf:NAME``,
+    ``builtin:NAME``; the first lines of .jsonl files must hold text in ``text_field``."""
     if source is not None:
         from ..data.textfiles import check_text_source
 
-        check_text_source(source, option)
+        check_text_source(source, option, text_field)
 
 
 def text_field(source: str | None, field: str) -> None:

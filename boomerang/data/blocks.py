@@ -171,6 +171,10 @@ def _fingerprint(source: str | Path | Sequence[str], tokenizer: Any, **options: 
     if is_builtin(spec):  # packaged texts: keyed by their recorded content hashes
         h.update(f"{spec}|{builtin_text(spec).digest()}\n".encode())
     else:
+        from ..io.textfile import link_loop, loop_error
+
+        if link_loop(Path(spec).expanduser()):
+            raise loop_error(spec, "data source")
         path = Path(spec).expanduser().resolve()
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for f in files:
