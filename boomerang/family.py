@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .core.layermap import LayerMap
 from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan, recorded_order
 from .errors import BoomerangError
+from .interrupts import check
 from .io.atomic import atomic_dir, check_writable
 from .io.checkpoints import fmt_bytes, tokenizer_nbytes
 from .io.safetensors_files import DEFAULT_SHARD_SIZE
@@ -400,6 +401,7 @@ def _export(
         resume = {**resume, "order": order.to_json(), "sizes": sizes, "writer": writer.mode}
     with atomic_dir(out, force=force, resume=resume) as tmp:
         for k, plan in plans.items():
+            check()
             name = member_dir(k, plan, m)
             progress.member(k, name)
             # a member's directory exists only once complete: one there was finished by an interrupted run

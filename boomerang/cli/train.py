@@ -276,9 +276,15 @@ def distill(
         console.print(r.to_yaml(), highlight=False, markup=False)
         return
     _check_inputs(r)
+    from .. import interrupts
     from ..io.snapshot import unheld
     from ..train.trainer import distill as run_distill
 
+    run = Path(out or r.out or Path("runs") / (r.name or "distill"))
+    interrupts.resume_hint(
+        f"the run in {run} keeps its checkpoints (checkpoint.every={r.checkpoint.every}); run the same command "
+        "again with --resume to continue from the last one (instead of --force)"
+    )
     with unheld():  # training keeps what it loaded: a later rewrite of the inputs does not concern it
         run_distill(r, out=out, resume=resume, force=force)
 

@@ -38,6 +38,7 @@ from ..core.configs import max_positions
 from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import TEXT_SUFFIXES, read_texts
 from ..errors import BoomerangError
+from ..interrupts import check
 
 Source = str | Path | Sequence[str]
 TOKEN_PPL = "ppl"
@@ -324,6 +325,7 @@ def batch_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
 
     Only the scored positions go through the LM head.
     """
+    check()  # a Ctrl-C stops an evaluation between batches
     with torch.no_grad():
         if batch.kind == "causal":
             try:

@@ -307,6 +307,19 @@ def write_error(out: str | os.PathLike, e: BaseException) -> BoomerangError:
     )
 
 
+def temp_dir_error(e: BaseException) -> BoomerangError | None:
+    """Python's "no usable temporary directory" (every candidate full or not writable: a full disk), raised by
+    ``tempfile`` wherever a library first needs one (some do on import), as a message with the fix."""
+    text = str(e)
+    if not (isinstance(e, FileNotFoundError) and "No usable temporary directory" in text):
+        return None
+    where = text.partition("found in")[2].strip() or "the temporary folders"
+    return BoomerangError(
+        f"no usable temporary directory: {where} are full or not writable (a full disk?). Free some disk space, "
+        "or set TMPDIR to a writable folder with space, then run the command again"
+    )
+
+
 def is_write_error(e: BaseException) -> bool:
     """An ``OSError`` or safetensors' ``SafetensorError`` (raised on I/O errors while saving)."""
     return isinstance(e, OSError) or type(e).__name__ == "SafetensorError"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BoomerangError
+from ..interrupts import check
 from .snapshot import HeldFile, Snapshot, snapshot_of
 
 WEIGHTS = "model.safetensors"
@@ -270,6 +271,7 @@ def write_safetensors(
     try:
         write_all(fd, header(ordered, {"format": "pt"}))
         for t in ordered:
+            check()  # a Ctrl-C stops a large write between tensors (the temporary is then removed)
             _write_tensor(t, fd, convert)
             if progress is not None:
                 progress(t.nbytes)
