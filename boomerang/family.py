@@ -24,6 +24,7 @@ from .core.layermap import LayerMap
 from .core.params import FamilySize
 from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan, recorded_order
 from .errors import BoomerangError
+from .interrupts import check
 from .io.atomic import atomic_dir, check_writable
 from .io.checkpoints import tokenizer_nbytes
 from .io.safetensors_files import DEFAULT_SHARD_SIZE
@@ -91,8 +92,10 @@ class Family:
         from .core.patching import check_pair
         from .io.loading import load_config, load_model, load_tokenizer, pair_dtype
         from .io.sidecar import student_layer_map
+        from .io.snapshot import hold_local
 
         self.sources: dict[str, str | None] = {}
+        self.snapshots = hold_local(teacher, student)  # read once: rewritten meanwhile is a clear stop
         models = {}
         if _is_path(teacher) and _is_path(
             student
@@ -384,6 +387,8 @@ class _MemoryWriter(_Writer):
         model.save_pretrained(directory, max_shard_size=self.max_shard_size)
         if self.family.tokenizer is not None:
             save_tokenizer(directory, self.family.tokenizer_source, self.family.tokenizer)
+        for snap in self.family.snapshots:  # the tokenizer files are read now: still the loaded version?
+            snap.verify()
         progress.advance(nbytes)
         return sorted(p.name for p in directory.iterdir())
 
@@ -445,6 +450,7 @@ def _export(
         resume = {**resume, "order": order.to_json(), "sizes": sizes, "writer": writer.mode, "gguf": gguf}
     with atomic_dir(out, force=force, resume=resume) as tmp:
         for k, plan in plans.items():
+            check()
             name = member_dir(k, plan, m)
             progress.member(k, name)
             # a member's directory exists only once complete: one there was finished by an interrupted run

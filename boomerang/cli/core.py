@@ -41,6 +41,7 @@ def info(
     from ..core.configs import check_compatible
     from ..core.params import count_params, family_table, meta_model
     from ..core.plan import recorded_order
+    from ..io.consistency import check_checkpoint
     from ..io.loading import load_config, resolve
     from ..io.order_files import static_order
     from ..io.safetensors_files import read_tensors
@@ -50,10 +51,11 @@ def info(
     cfg = load_config(model, trust_remote_code=trust_remote_code)
     order = recorded_order(cfg) if order is None else order  # the order the student records, else last
     where, gguf = resolve(model)
-    if gguf is None and Path(where).is_dir():
-        read_tensors(Path(where))  # damaged or truncated weights fail here, not later in another command
     arch = get_arch(cfg)
     skeleton = meta_model(cfg)
+    if gguf is None and Path(where).is_dir():
+        # damaged or truncated weights, or a config that contradicts them, fail here (not in another command)
+        check_checkpoint(Path(where), cfg, read_tensors(Path(where))[0], skeleton)
     counts = count_params(skeleton)
     t = Table(title=f"{model}", show_header=False)
     t.add_row("architecture", f"{cfg.model_type} ({type(skeleton).__name__})")

@@ -122,6 +122,8 @@ def family(
             "weights; drop --stream to load them in memory"
         )
     chosen = parse_ints(sizes, "--sizes")
+    validate.model_source(teacher, "--teacher")
+    validate.model_source(student, "--student")
     tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
     scfg = load_config(student, trust_remote_code=trust_remote_code)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))

@@ -124,6 +124,10 @@ class Sweep:
         if calibration is not None:
             check_source(calibration)
 
+        from ..io.snapshot import hold_local
+
+        # held from the first read: a checkpoint rewritten before the models load is a clear stop
+        self.snapshots = hold_local(teacher, student, random_student)
         # configs, layer map and evaluation settings, without loading weights
         self.teacher_config = model_config(teacher, trust_remote_code=trust_remote_code)
         self.student_config = model_config(student, trust_remote_code=trust_remote_code)
@@ -156,6 +160,8 @@ class Sweep:
             dtype=self.dtype,
             trust_remote_code=self.trust_remote_code,
         )
+        for snap in self.snapshots:  # every model and tokenizer came from the version validated above
+            snap.verify()
         self.teacher, self.student, self.tokenizer, self.dtype = m.teacher, m.student, m.tokenizer, m.dtype
         self.docs, self.batches = prepare(self.data, self.tokenizer, self.spec)
         n, length = self.calibration_shape

@@ -40,6 +40,7 @@ from ..errors import BoomerangError
 from . import sharding
 from .checkpointing import STATE, Checkpointer, RunState, list_checkpoints
 from .finish import run_summary, save_final_student, write_summary
+from .finite import check_finite
 from .losses import ModelOutputs, model_outputs, token_counts
 from .models import compile_layers, optimizer_groups, prepare_models
 from .precision import choose_precision
@@ -120,6 +121,7 @@ class Distiller:
 
         m = prepare_models(r, bf16=precision == "bf16", fsdp=self.fsdp, note=self._note, world=self.world)
         self.models = m
+        self._check_finite(m.student, "training did not start")
         self.teacher, self.student, self.tokenizer = m.teacher, m.student, m.tokenizer
         self.teacher_path, self.layer_map, self.loss_fn, self.mode = (
             m.teacher_path,
@@ -218,7 +220,12 @@ class Distiller:
             err_console.print(f"[dim]{msg}[/]", highlight=False)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
+    def _check_finite(self, model: nn.Module, when: str) -> None:
+        state = getattr(self, "state", None) or RunState()  # none yet while setting up
+        check_finite(model, acc=self.acc, state=state, recipe=self.recipe, out=self.out, when=when)
+
     def _save_checkpoint(self) -> None:
+        self._check_finite(self.student, "this checkpoint was not saved")
         self.checkpointer.save(self.student, self.s_mod, self.optimizer, self.scheduler, self.state)
 
     def _load_checkpoint(self, path: Path) -> None:
@@ -393,6 +400,7 @@ class Distiller:
                         f"abort after {r.train.max_nonfinite})"
                     )
                     self.log.write(rec)
+                    self._check_finite(self.student, "training stopped")
                     if s.skipped > r.train.max_nonfinite:
                         raise BoomerangError(
                             f"aborting at step {s.step}: {s.skipped} steps had a non-finite loss or gradient "
@@ -455,6 +463,7 @@ class Distiller:
         """Save the final student and the summary (on the main process); returns the summary."""
         acc = self.acc
         acc.wait_for_everyone()
+        self._check_finite(self.student, "the student was not saved")
         # FSDP: gathering the full weights is collective (rank 0 gets them)
         state_dict = sharding.full_model_state(self.student) if self.fsdp else None
         summary: dict[str, Any] = {}
