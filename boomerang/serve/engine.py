@@ -149,6 +149,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.peak_active = 0  # the most jobs in flight together
         self.peak_batch = 0  # the most jobs in one forward pass
+        self.kv_bytes = 0  # the KV caches of the jobs in flight, at the last round
+        self.peak_kv_bytes = 0
 
     # ---- control -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -242,6 +244,7 @@ class Engine:
                 pass
             self.peak_active = max(self.peak_active, len(self._active))
             self._round()
+            self._measure_kv()
 
     def _round(self) -> None:
         for job in [j for j in self._active if j.cancelled]:
@@ -264,6 +267,15 @@ class Engine:
         for job in spec:
             if not job.cancelled:
                 self._guarded(job, self._speculate)
+
+    def _measure_kv(self) -> None:
+        slots = {}
+        for job in self._active:
+            for cache in (job.cache, job.spec.cache if job.spec is not None else None):
+                if isinstance(cache, SeqCache):
+                    slots.update((id(slot), slot) for slot in cache.slots)
+        self.kv_bytes = sum(slot.nbytes() for slot in slots.values())
+        self.peak_kv_bytes = max(self.peak_kv_bytes, self.kv_bytes)
 
     def _shutdown(self) -> None:
         pending = self._active

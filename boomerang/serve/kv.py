@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 ATTENTION = "boomerang_rows"
 MIN_CAPACITY = 64  # positions a fresh cache holds before its first growth
+SINGLE_THREAD_WORK = 1 << 20  # below this many query-key products per layer, attention runs on one thread
 
 
 _registered = False
@@ -161,10 +162,26 @@ def row_attention(
         )
     if kwargs.get("softcap") is not None:
         raise NotImplementedError("attention logit soft-capping is not supported by the serving engine")
-    step, layer = boomerang_step, module.layer_idx  # type: ignore[attr-defined]
-    gqa = query.shape[1] != key.shape[1]
+    step = boomerang_step
+    threads = torch.get_num_threads()
+    work = query.shape[1] * query.shape[3] * sum(step.q * (start + step.q) for start in step.starts)
+    single = query.device.type == "cpu" and threads > 1 and work < SINGLE_THREAD_WORK
+    if single:  # small per-row calls: waking the thread pool for each costs more than it saves
+        torch.set_num_threads(1)
+    try:
+        out = _rows(step, module.layer_idx, query, scaling, sliding_window or None)  # type: ignore[arg-type]
+    finally:
+        if single:
+            torch.set_num_threads(threads)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _rows(
+    step: Step, layer: int, query: torch.Tensor, scaling: float | None, window: int | None
+) -> torch.Tensor:
+    """The attention output ``[rows, heads, q, head_dim]`` of every row of ``step`` at ``layer``."""
+    gqa = query.shape[1] != step.rows[0].slots[layer].k.shape[1]  # type: ignore[union-attr]
     q = step.q
-    window = sliding_window if sliding_window else None
     outs = []
     for b, row in enumerate(step.rows):
         slot = row.slots[layer]
@@ -199,5 +216,4 @@ def row_attention(
                 outs.append(
                     F.scaled_dot_product_attention(qb, k, v, attn_mask=band, scale=scaling, enable_gqa=gqa)
                 )
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
-    return out.transpose(1, 2).contiguous(), None
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

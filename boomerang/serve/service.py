@@ -242,6 +242,8 @@ class Service:
             "in_flight": len(self.engine.load()),
             "peak_in_flight": self.engine.peak_active,
             "peak_batch": self.engine.peak_batch,
+            "kv_cache_bytes": self.engine.kv_bytes,
+            "peak_kv_cache_bytes": self.engine.peak_kv_bytes,
             "max_batch": self.engine.max_batch,
             "speculative": {"default": self.speculative, "draft": self.members.name(self.engine.draft or 0)},
             "order": self.members.order.name,
