@@ -400,3 +400,48 @@ def test_memory_with_every_member_warm_and_batching_on(tmp_path):
     assert server.engine.peak_batch >= 2 and health["peak_kv_cache_bytes"] == server.engine.peak_kv_bytes > 0
     ratio = (sum(weights.values()) + server.engine.peak_kv_bytes) / sum(base.values())
     assert ratio <= 1.10, ratio
+
+
+# ---- the command line and the Python API -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail loudly if a model is loaded: bad input must be rejected before that."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("boomerang.family.Family.__init__", refuse)
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--max-batch", "0"], ["--max-batch must be at least 1"]),
+        (["--max-gamma", "0"], ["--max-gamma must be between 1 and 32"]),
+        (["--draft", "biggest"], ["--draft 'biggest' is not a member name"]),
+        (["--draft", "k4"], ["the draft must be smaller than the teacher (k4)", "k0..k3"]),
+        (["--device", "tpu"], ["unknown --device 'tpu'"]),
+    ],
+)
+def test_cli_rejects_bad_engine_options_before_loading(pair, capsys, no_loading, extra, words):
+    from boomerang.cli.app import run
+
+    t_dir, s_dir = pair
+    code = run(["serve", "--teacher", str(t_dir), "--student", str(s_dir), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    for w in words:
+        assert w in err, err
+
+
+def test_python_api_rejects_a_draft_that_is_not_smaller_than_the_teacher():
+    teacher, student, lm = make_pair("llama", tie=True)
+    family = B.Family(teacher, student, lm, tokenizer=tiny_tokenizer())
+    with pytest.raises(B.BoomerangError, match="the draft must be a smaller member"):
+        Service(family, draft="teacher")
+    with pytest.raises(B.BoomerangError, match="--draft: the model `k9` does not exist"):
+        Service(family, draft="k9")
+    with pytest.raises(B.BoomerangError, match="--max-batch must be at least 1"):
+        Service(family, max_batch=0)

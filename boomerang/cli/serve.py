@@ -125,6 +125,7 @@ def serve(
     check_compatible(tcfg, scfg)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    check_draft(draft, lm.n_student)
     order = recorded_order(scfg) if order is None else order  # the order the student records, else last
     if order not in DATA_ORDERS:
         static_order(order, lm)  # unknown names and unreadable order files fail here

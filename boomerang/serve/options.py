@@ -31,10 +31,16 @@ def check_engine_options(max_batch: int, max_gamma: int) -> None:
         raise BoomerangError(f"--max-gamma must be between 1 and 32, got {max_gamma}")
 
 
-def check_draft(draft: str) -> None:
-    """``--draft``: a member name (the family's size is not known yet)."""
-    if not re.fullmatch(r"student|k\d+", draft.strip().lower()):
+def check_draft(draft: str, n_student: int | None = None) -> None:
+    """``--draft``: ``student`` or ``kN`` with N below the student's layer count M (kM is the teacher)."""
+    m = re.fullmatch(r"student|k(\d+)", draft.strip().lower())
+    if not m:
         raise BoomerangError(f"--draft {draft!r} is not a member name: use student or kN (e.g. k2)")
+    if n_student is not None and m.group(1) is not None and int(m.group(1)) >= n_student:
+        raise BoomerangError(
+            f"--draft {draft}: the draft must be smaller than the teacher (k{n_student}): use student or "
+            f"k0..k{n_student - 1}"
+        )
 
 
 def check_device(device: str) -> None:
