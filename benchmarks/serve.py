@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +289,20 @@ def per_member(server: Server, prompt: list[int], args: argparse.Namespace) -> t
     memory |= {"all_warm_peak_mb": server.peak_mb(), "all_warm_rss_mb": server.rss_mb()}
     memory["ratio_all_warm_vs_pair_warm"] = round(memory["all_warm_peak_mb"] / memory["pair_warm_peak_mb"], 4)
     memory["ratio_all_warm_vs_startup"] = round(memory["all_warm_peak_mb"] / memory["startup_peak_mb"], 4)
+    # batching on: a burst of concurrent requests on every member at once (each member's requests in one batch)
+    burst = [info.id for info in models for _ in range(max(args.clients))]
+    with ThreadPoolExecutor(len(burst)) as pool:
+        list(pool.map(lambda name: timed_request(client, name, prompt, args.tokens), burst))
+    health = server.health()
+    memory |= {
+        "all_warm_batched_peak_mb": server.peak_mb(),
+        "batched_requests": len(burst),
+        "peak_batch": health["peak_batch"],
+        "peak_kv_cache_mb": round(health["peak_kv_cache_bytes"] / 2**20, 1),
+    }
+    memory["ratio_all_warm_batched_vs_pair_warm"] = round(
+        memory["all_warm_batched_peak_mb"] / memory["pair_warm_peak_mb"], 4
+    )
     return rows, memory
 
 
@@ -855,7 +870,9 @@ def main() -> None:
         print(
             f"  peak RSS: start {memory['startup_peak_mb']:.0f} MB, teacher+student served "
             f"{memory['pair_warm_peak_mb']:.0f} MB, all {len(members)} members served "
-            f"{memory['all_warm_peak_mb']:.0f} MB ({memory['ratio_all_warm_vs_pair_warm']:.3f}x)",
+            f"{memory['all_warm_peak_mb']:.0f} MB ({memory['ratio_all_warm_vs_pair_warm']:.3f}x), and with "
+            f"{memory['batched_requests']} requests in batches {memory['all_warm_batched_peak_mb']:.0f} MB "
+            f"({memory['ratio_all_warm_batched_vs_pair_warm']:.3f}x)",
             flush=True,
         )
         if "memory" in parts:
