@@ -84,7 +84,7 @@ class Server:
         self.port = _free_port()
         cmd = [sys.executable, "-c", CLI, "serve", "--teacher", teacher, "--student", student]
         cmd += ["--order", args.order, "--port", str(self.port), "--threads", str(args.threads)]
-        cmd += ["--dtype", args.dtype, "--log-level", "warning", *extra]
+        cmd += ["--dtype", args.dtype, "--device", args.device, "--log-level", "warning", *extra]
         self.proc = subprocess.Popen(cmd, env=_env(args.threads), stdout=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -424,7 +424,7 @@ def served_dtype(args: argparse.Namespace) -> str:
         return args.dtype
     from boomerang.serve.options import choose
 
-    return choose("auto", "cpu").dtype or "float32"
+    return choose("auto", args.device).dtype or "float32"
 
 
 class LlamaServer:
@@ -662,8 +662,11 @@ def speculative(teacher: str, student: str, args: argparse.Namespace, m: int) ->
     """Part 5: greedy speculative decoding against plain decoding, on chat prompts: the same text, tokens/s, and
     the acceptance rate the server reports (the teacher, and the middle member)."""
     prompts = chat_prompts(teacher, args.spec_prompts)
-    out: dict[str, Any] = {"draft": args.draft, "prompts": len(prompts), "max_tokens": args.tokens}
-    with Server(teacher, student, args, "--draft", args.draft, "--max-gamma", str(args.max_gamma)) as server:
+    out: dict[str, Any] = {"draft": args.draft, "gamma": args.gamma or "adaptive", "prompts": len(prompts)}
+    out["max_tokens"] = args.tokens
+    extra = ["--draft", args.draft, "--max-gamma", str(args.max_gamma)]
+    extra += ["--gamma", str(args.gamma)] if args.gamma else []
+    with Server(teacher, student, args, *extra) as server:
         client = server.client()
         for k in sorted({m // 2, m}):
             name = f"k{k}"
@@ -729,7 +732,10 @@ def exactness(teacher: str, student: str, args: argparse.Namespace) -> dict:
     out: dict[str, Any] = {"prompts": len(prompts), "new_tokens": args.exact_tokens, "draft": args.draft}
     teacher_ids = {}
     for dtype in ("float32", "bfloat16"):
-        service = Service(B.Family(teacher, student, dtype=dtype), order=args.order, draft=args.draft)
+        family = B.Family(teacher, student, dtype=dtype)
+        if args.device != "cpu":
+            family.to(args.device)
+        service = Service(family, order=args.order, draft=args.draft)
         torch.set_num_threads(args.threads)
         service.start()
         m = service.members.m
@@ -779,6 +785,7 @@ def main() -> None:
     ap.add_argument("--order", default="last", help="last, first or a saved order (.json)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, of {','.join(PARTS)}")
     ap.add_argument("--dtype", default="auto", help="the servers' --dtype (auto: as boomerang serve chooses)")
+    ap.add_argument("--device", default="cpu", help="the servers' --device (llama.cpp runs on the CPU)")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per request")
     ap.add_argument("--repeats", type=int, default=5)
@@ -795,6 +802,7 @@ def main() -> None:
     ap.add_argument("--gguf-type", help="GGUF type to export (default: the servers' dtype: bf16, f32 or f16)")
     ap.add_argument("--draft", default="student", help="the draft of the speculative parts")
     ap.add_argument("--max-gamma", type=int, default=8)
+    ap.add_argument("--gamma", type=int, help="a fixed γ for the speculative part (default: it adapts)")
     ap.add_argument(
         "--spec-prompts", type=int, default=8, help="chat prompts of the speculative and exactness parts"
     )

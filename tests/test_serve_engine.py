@@ -189,12 +189,13 @@ def test_row_attention_of_a_row_does_not_depend_on_the_other_rows():
 # ---- speculative decoding ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("draft", ["student", "k1"])
-def test_speculative_greedy_equals_plain_for_several_members(pair, served, draft):
-    """Every member above the draft, asked with `speculative: true` (or by the server's --speculative default):
-    the same text, finish reason and usage as plain decoding; acceptance reported per member."""
+@pytest.mark.parametrize("draft, gamma", [("student", 3), ("k1", 2), ("student", None)])
+def test_speculative_greedy_equals_plain_for_several_members(pair, served, draft, gamma):
+    """Every member above the draft, asked with `speculative: true` (or by the server's --speculative default),
+    with a fixed γ and with γ adapting: the same text, finish reason and usage as plain decoding; acceptance
+    reported per member."""
     _server, _url, plain_client = served
-    with serving(pair, speculative=True, draft=draft) as (server, url, client):
+    with serving(pair, speculative=True, draft=draft, gamma=gamma) as (server, url, client):
         d = server.members.resolve(draft)
         targets = [k for k in range(d + 1, server.members.m + 1)]
         for k in targets:
@@ -216,6 +217,7 @@ def test_speculative_greedy_equals_plain_for_several_members(pair, served, draft
             assert [r["draft"] for r in reported] == [f"k{d}"]
             r = reported[0]
             assert r["rounds"] > 0 and 0 <= r["accepted"] <= r["proposed"]
+            assert r["proposed"] > 0 if gamma else True  # a fixed γ drafts every round
             assert r["acceptance_rate"] == round(r["accepted"] / r["proposed"], 4)
             assert r["shared_layers"] == shared_layers(server.members.model(d), server.members.model(k))
         # a request can opt out of the server's default
@@ -231,7 +233,7 @@ def test_speculative_verification_skips_the_layers_the_draft_shares():
     """Target k3 and draft k1 share their first layer (last order): the target never runs it, and its cache holds
     the draft's buffers for it; the text equals plain decoding."""
     teacher, student, lm = make_pair("qwen3", tie=True)
-    service = Service(B.Family(teacher, student, lm, tokenizer=tiny_tokenizer()), draft="k1")
+    service = Service(B.Family(teacher, student, lm, tokenizer=tiny_tokenizer()), draft="k1", gamma=2)
     target = service.members.model(3)
     assert shared_layers(service.members.model(1), target) == 1
     calls = {0: 0, 1: 0}
@@ -267,7 +269,8 @@ def test_speculative_verification_skips_the_layers_the_draft_shares():
     assert calls[0] == 0 and calls[1] > 0
     assert shares and all(shares)
     assert spec == plain
-    assert service.engine.spec.for_target(3)[0]["shared_layers"] == 1
+    reported = service.engine.spec.for_target(3)[0]
+    assert reported["shared_layers"] == 1 and reported["proposed"] > 0
 
 
 def test_speculative_sampling_follows_the_target_distribution():
@@ -299,7 +302,8 @@ def test_speculative_sampling_follows_the_target_distribution():
 def test_gamma_adapts_to_the_acceptance_rate():
     assert expected_tokens(0.0, 5) == 1.0 and expected_tokens(1.0, 5) == 6.0
     assert best_gamma(0.95, 0.1, 8) == 8  # drafts nearly always stand and cost little: draft many
-    assert best_gamma(0.1, 0.5, 8) == 1
+    assert best_gamma(0.1, 0.5, 8) == 0  # no γ beats plain decoding: a plain step
+    assert best_gamma(0.5, 0.55, 8) == 0 and best_gamma(0.8, 0.55, 8) >= 1
     gammas = [best_gamma(a, 0.2, 8) for a in (0.3, 0.5, 0.7, 0.8, 0.9)]
     assert gammas == sorted(gammas) and gammas[0] < gammas[-1]
     assert best_gamma(0.8, 0.2, 8, extra_draft_steps=1) >= best_gamma(0.8, 0.2, 8)
@@ -420,6 +424,7 @@ def no_loading(monkeypatch):
     [
         (["--max-batch", "0"], ["--max-batch must be at least 1"]),
         (["--max-gamma", "0"], ["--max-gamma must be between 1 and 32"]),
+        (["--gamma", "9"], ["--gamma must be between 1 and --max-gamma (8)"]),
         (["--draft", "biggest"], ["--draft 'biggest' is not a member name"]),
         (["--draft", "k4"], ["the draft must be smaller than the teacher (k4)", "k0..k3"]),
         (["--device", "tpu"], ["unknown --device 'tpu'"]),

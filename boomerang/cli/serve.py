@@ -49,6 +49,12 @@ Draft = Annotated[
     str, typer.Option("--draft", help="The member that drafts for speculative decoding: student or kN.")
 ]
 MaxGamma = Annotated[int, typer.Option("--max-gamma", help="The most tokens the draft proposes per round.")]
+Gamma = Annotated[
+    int | None,
+    typer.Option(
+        "--gamma", help="Draft this many tokens every round (default: adapt to the acceptance rate)."
+    ),
+]
 MaxBatch = Annotated[
     int, typer.Option("--max-batch", help="Requests of one member per batched forward pass (1: no batching).")
 ]
@@ -79,6 +85,7 @@ def serve(
     speculative: Speculative = False,
     draft: Draft = "student",
     max_gamma: MaxGamma = 8,
+    gamma: Gamma = None,
     max_batch: MaxBatch = 16,
     device: Device = "auto",
     log_level: LogLevel = "info",
@@ -96,7 +103,7 @@ def serve(
 
     parse_dtype(dtype)
     check_device(device)
-    check_engine_options(max_batch, max_gamma)
+    check_engine_options(max_batch, max_gamma, gamma)
     check_draft(draft)
     if max_latency_ms is not None and max_latency_ms <= 0:
         raise BoomerangError(f"--max-latency-ms must be positive, got {max_latency_ms:g}")
@@ -133,7 +140,9 @@ def serve(
 
     sock = bind(host, port)
     try:
-        engine = dict(speculative=speculative, draft=draft, max_gamma=max_gamma, max_batch=max_batch)
+        engine = dict(
+            speculative=speculative, draft=draft, max_gamma=max_gamma, gamma=gamma, max_batch=max_batch
+        )
         server = _load(
             teacher,
             student,

@@ -35,7 +35,7 @@ import torch
 from .kv import SeqCache
 from .members import MemberSet
 from .sampling import Sampling, draw, next_token, probabilities
-from .speculative import SpecState, SpecStats, accept_greedy, accept_sampled, best_gamma
+from .speculative import SpecState, SpecStats, accept_greedy, accept_sampled
 from .text import TextStream, Tokens
 
 log = logging.getLogger("boomerang.serve")
@@ -115,7 +115,8 @@ class Engine:
 
     ``max_batch``: requests of one member per forward pass (1: no batching). ``draft``: the member (K) that
     drafts for speculative jobs on larger members (None: speculative jobs decode plainly). ``max_gamma``: the
-    most tokens a draft proposes per round; ``gamma``: the starting γ.
+    most tokens a draft proposes per round; ``gamma``: γ where it does not adapt (seeded sampled jobs, and every
+    job when ``adaptive`` is off).
     """
 
     def __init__(
@@ -128,6 +129,7 @@ class Engine:
         draft: int | None = 0,
         max_gamma: int = MAX_GAMMA,
         gamma: int = GAMMA,
+        adaptive: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -140,6 +142,7 @@ class Engine:
         self.draft = draft
         self.max_gamma = max_gamma
         self.gamma = gamma
+        self.adaptive = adaptive
         self.spec = SpecStats()
         self._stats: dict[int, MemberStats] = {}
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -404,9 +407,10 @@ class Engine:
         shared = self.members.shared_layers(d, k)
         pair = self.spec.pair(d, k, shared)
         s = job.sampling
-        adaptive = s.greedy or s.seed is None  # a seeded sampled request keeps γ fixed, so that it repeats
-        gamma = best_gamma(pair.alpha, pair.cost_ratio(), self.max_gamma, 1 if shared else 0)
-        state = SpecState(d, shared, pair, gamma if adaptive else self.gamma, adaptive)
+        adaptive = self.adaptive and (
+            s.greedy or s.seed is None
+        )  # a seeded sampled request keeps γ: it repeats
+        state = SpecState(d, shared, pair, self.gamma, adaptive)
         state.cache = drun.cache(hint)
         job.cache = SeqCache.sharing(state.cache, shared, trun.n_layers, hint) if shared else trun.cache(hint)
         with drun.capture(shared) as seen:

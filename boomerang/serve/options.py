@@ -23,12 +23,14 @@ class Placement:
     reason: str
 
 
-def check_engine_options(max_batch: int, max_gamma: int) -> None:
-    """``--max-batch`` and ``--max-gamma``."""
+def check_engine_options(max_batch: int, max_gamma: int, gamma: int | None = None) -> None:
+    """``--max-batch``, ``--max-gamma`` and ``--gamma``."""
     if max_batch < 1:
         raise BoomerangError(f"--max-batch must be at least 1 (1: no batching), got {max_batch}")
     if not 1 <= max_gamma <= 32:
         raise BoomerangError(f"--max-gamma must be between 1 and 32, got {max_gamma}")
+    if gamma is not None and not 1 <= gamma <= max_gamma:
+        raise BoomerangError(f"--gamma must be between 1 and --max-gamma ({max_gamma}), got {gamma}")
 
 
 def check_draft(draft: str, n_student: int | None = None) -> None:

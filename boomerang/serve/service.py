@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BoomerangError
-from .engine import MAX_BATCH, MAX_GAMMA, Engine, Job, Sink
+from .engine import GAMMA, MAX_BATCH, MAX_GAMMA, Engine, Job, Sink
 from .members import AUTO, MemberSet, UnknownMember
 from .options import check_engine_options
 from .protocol import APIError, ChatRequest, CompletionRequest
@@ -49,7 +49,7 @@ class Service:
     the tokenizer's own. ``max_batch``: requests of one member per forward pass (1: no batching).
     ``speculative``: requests decode speculatively unless they say otherwise; ``draft``: the member that drafts
     (a name such as ``student`` or ``k2``; the student by default); ``max_gamma``: the most tokens it drafts per
-    round.
+    round; ``gamma``: a fixed number of tokens it drafts per round (default: γ adapts to the acceptance rate).
     """
 
     def __init__(
@@ -63,10 +63,11 @@ class Service:
         speculative: bool = False,
         draft: str = "student",
         max_gamma: int = MAX_GAMMA,
+        gamma: int | None = None,
     ) -> None:
         if max_latency_ms is not None and max_latency_ms <= 0:
             raise BoomerangError(f"--max-latency-ms must be positive, got {max_latency_ms}")
-        check_engine_options(max_batch, max_gamma)
+        check_engine_options(max_batch, max_gamma, gamma)
         self.family = family
         self.members = MemberSet(family, family.order(order))
         self.tokens = Tokens(family.tokenizer, chat_template)
@@ -89,7 +90,8 @@ class Service:
             max_batch=max_batch,
             draft=draft_k,
             max_gamma=max_gamma,
-            gamma=min(4, max_gamma),
+            gamma=gamma or min(GAMMA, max_gamma),
+            adaptive=gamma is None,
         )
         if max_latency_ms is not None:
             self.router = Router(self.members, max_latency_ms, self.engine.load)

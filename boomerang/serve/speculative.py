@@ -10,8 +10,10 @@ one forward pass.
 - **γ adapts.** With acceptance rate α (each drafted token stands with probability α), a round of γ drafted
   tokens yields ``(1 - α^(γ+1)) / (1 - α)`` tokens and costs ``γ·c + 1`` target steps, where ``c`` is a draft
   step's time over a verification's. γ is the value in ``1..max_gamma`` that maximises tokens per cost, from the
-  request's own acceptance so far (starting from the pair's running rate) and the pair's measured ``c``. A
-  seeded sampled request keeps γ fixed (the server's default), so that its random draws, and its text, repeat.
+  request's own acceptance so far (starting from the pair's running rate) and the pair's measured ``c``; when no γ
+  beats plain decoding (one token per step), the round is a plain step, and every ``PROBE_EVERY``-th round drafts
+  one token to keep measuring. A seeded sampled request keeps γ fixed (the server's default), so that its random
+  draws, and its text, repeat.
 - **Shared layers.** Where draft and target share their first ``s`` layers (members of a family patched in the
   ``last`` order), the target's cache takes the draft's buffers for those layers and its verification starts
   from the hidden states the draft computed there (``boomerang.serve.runner``).
@@ -27,6 +29,9 @@ import torch
 from .sampling import Sampling, draw, probabilities
 
 PRIOR_TOKENS = 4.0  # weight of the pair's running acceptance rate in a request's own estimate, in tokens
+PROBE_EVERY = (
+    8  # while speculation does not pay, every so many rounds still draft one token, to keep measuring
+)
 ALPHA0 = 0.6  # acceptance rate assumed before a pair has been measured
 EMA = 0.1  # weight of one round in the pair's running averages
 
@@ -40,13 +45,15 @@ def expected_tokens(alpha: float, gamma: int) -> float:
 
 def best_gamma(alpha: float, cost_ratio: float, max_gamma: int, extra_draft_steps: int = 0) -> int:
     """The γ in ``1..max_gamma`` with the most tokens per unit of time (a verification costs 1, a draft step
-    ``cost_ratio``; ``extra_draft_steps``: draft steps a round needs besides the γ drafting ones)."""
+    ``cost_ratio``; ``extra_draft_steps``: draft steps a round needs besides the γ drafting ones); 0 when none
+    beats plain decoding (one token per unit)."""
     alpha = min(max(alpha, 0.0), 0.999)
 
     def rate(g: int) -> float:
         return expected_tokens(alpha, g) / ((g + extra_draft_steps) * cost_ratio + 1.0)
 
-    return max(range(1, max_gamma + 1), key=rate)
+    best = max(range(1, max_gamma + 1), key=rate)
+    return best if rate(best) > 1.0 else 0
 
 
 def accept_greedy(drafts: list[int], target_logits: torch.Tensor) -> tuple[int, int]:
@@ -152,13 +159,18 @@ class SpecState:
     cache: object = None  # the draft's SeqCache
     accepted: int = 0
     rejected: int = 0
+    rounds: int = 0
 
     def alpha(self) -> float:
         prior = PRIOR_TOKENS
         return (self.accepted + prior * self.pair.alpha) / (self.accepted + self.rejected + prior)
 
     def next_gamma(self, max_gamma: int) -> int:
+        """γ for the next round (0: a plain decoding step)."""
+        self.rounds += 1
         if self.adaptive:
             extra = 1 if self.shared_layers else 0
             self.gamma = best_gamma(self.alpha(), self.pair.cost_ratio(), max_gamma, extra)
+            if self.gamma == 0 and self.rounds % PROBE_EVERY == 0:
+                return 1
         return self.gamma
