@@ -450,3 +450,32 @@ def test_python_api_rejects_a_draft_that_is_not_smaller_than_the_teacher():
         Service(family, draft="k9")
     with pytest.raises(B.BoomerangError, match="--max-batch must be at least 1"):
         Service(family, max_batch=0)
+
+
+@pytest.mark.real
+def test_real_smollm2_batched_and_speculative_greedy_equal_alone(real_teacher_dir):
+    """SmolLM2-135M (fp32) with its every-other-layer student, `last` order: chat prompts of different lengths,
+    batched and speculative (on the teacher, and on k8, which shares its first 8 layers with the student), give
+    token for token the text of each request alone."""
+    teacher = B.load_model(real_teacher_dir)
+    tok = B.load_tokenizer(real_teacher_dir)
+    service = Service(B.Family(teacher, B.init_student(teacher), tokenizer=tok), order="last", gamma=3)
+    questions = ["What is the capital of France?", "Why is the sky blue?", "Name three fruits."]
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        for q in questions
+    ]
+    greedy = Sampling(max_tokens=16, temperature=0.0, ignore_eos=True)
+    m = service.members.m
+    service.start()
+    try:
+        for k in (m // 2, m):
+            alone = [run_jobs(service, [(k, p, greedy)])[0] for p in prompts]
+            assert run_jobs(service, [(k, p, greedy) for p in prompts]) == alone, k
+            assert [run_jobs(service, [(k, p, greedy)], speculative=True)[0] for p in prompts] == alone, k
+        assert service.engine.peak_batch == len(prompts)
+        assert service.engine.spec.for_target(m // 2)[0]["shared_layers"] == m // 2
+    finally:
+        service.stop()
