@@ -14,7 +14,8 @@ registered here as ``ATTENTION`` (transformers' ``AttentionInterface``):
   attends one query at a time, so that each of its positions is computed as a decoding step would compute it;
   a prefill (an empty cache) is one causal call.
 
-Sliding-window layers attend to the last ``sliding_window`` keys. Two caches may share their first layers'
+Attention this small runs on one CPU thread (waking the thread pool for every row and layer costs more than it
+saves). Sliding-window layers attend to the last ``sliding_window`` keys. Two caches may share their first layers'
 buffers (``SeqCache.sharing``): a speculative draft and its target that share leading layers share their KV too.
 
 A member runs with ``ATTENTION`` once ``enable`` set it; without a ``Step`` (any ordinary call of the model, e.g.
@@ -97,9 +98,6 @@ class SeqCache:
         self.length = min(self.length, n)
         for s in self.slots:
             s.n = min(s.n, n)
-
-    def nbytes(self, start: int = 0) -> int:
-        return sum(s.nbytes() for s in self.slots[start:])
 
 
 class Step:

@@ -29,9 +29,8 @@ import torch
 from .sampling import Sampling, draw, probabilities
 
 PRIOR_TOKENS = 4.0  # weight of the pair's running acceptance rate in a request's own estimate, in tokens
-PROBE_EVERY = (
-    8  # while speculation does not pay, every so many rounds still draft one token, to keep measuring
-)
+# while speculation does not pay, every so many rounds still draft one token, to keep measuring
+PROBE_EVERY = 8
 ALPHA0 = 0.6  # acceptance rate assumed before a pair has been measured
 EMA = 0.1  # weight of one round in the pair's running averages
 
