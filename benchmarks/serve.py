@@ -419,12 +419,14 @@ def chat_prompts(teacher: str, n: int) -> list[list[int]]:
 
 
 def served_dtype(args: argparse.Namespace) -> str:
-    """The dtype ``boomerang serve --dtype args.dtype`` runs in here (auto: as the server chooses)."""
-    if args.dtype != "auto":
-        return args.dtype
-    from boomerang.serve.options import choose
+    """The dtype ``boomerang serve --dtype args.dtype`` runs in here (auto: as the server chooses; once)."""
+    if getattr(args, "served_dtype", None) is None:
+        from boomerang.serve.options import choose
 
-    return choose("auto", args.device).dtype or "float32"
+        args.served_dtype = (
+            args.dtype if args.dtype != "auto" else choose("auto", args.device).dtype or "float32"
+        )
+    return args.served_dtype
 
 
 class LlamaServer:
