@@ -84,7 +84,7 @@ class Server:
         self.port = _free_port()
         cmd = [sys.executable, "-c", CLI, "serve", "--teacher", teacher, "--student", student]
         cmd += ["--order", args.order, "--port", str(self.port), "--threads", str(args.threads)]
-        cmd += ["--dtype", args.dtype, "--device", args.device, "--log-level", "warning", *extra]
+        cmd += ["--dtype", served_dtype(args), "--device", args.device, "--log-level", "warning", *extra]
         self.proc = subprocess.Popen(cmd, env=_env(args.threads), stdout=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
 
