@@ -479,3 +479,21 @@ def test_real_smollm2_batched_and_speculative_greedy_equal_alone(real_teacher_di
         assert service.engine.spec.for_target(m // 2)[0]["shared_layers"] == m // 2
     finally:
         service.stop()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_engine_on_a_gpu_batched_and_speculative_equal_alone(dtype):
+    teacher, student, lm = make_pair("qwen3", tie=True)
+    family = B.Family(teacher, student, lm, tokenizer=tiny_tokenizer()).to("cuda", dtype)
+    service = Service(family, gamma=2)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20]]
+    greedy = Sampling(max_tokens=10, temperature=0.0, ignore_eos=True)
+    service.start()
+    try:
+        alone = [run_jobs(service, [(3, p, greedy)])[0] for p in prompts]
+        assert run_jobs(service, [(3, p, greedy) for p in prompts]) == alone
+        assert [run_jobs(service, [(3, p, greedy)], speculative=True)[0] for p in prompts] == alone
+        assert service.engine.peak_batch == len(prompts)
+    finally:
+        service.stop()
