@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import protocol as P
@@ -29,6 +29,9 @@ def create_app(server: Service) -> Starlette:
 
     async def health(request: Request) -> Response:
         return JSONResponse(server.health())
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(server.metrics(), media_type="text/plain; version=0.0.4")
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": server.model_list()})
@@ -50,6 +53,7 @@ def create_app(server: Service) -> Starlette:
 
     routes = [
         Route("/health", health),
+        Route("/metrics", metrics),
         Route("/v1/models", models),
         Route("/v1/models/{name:path}", model),
         Route("/v1/completions", completions, methods=["POST"]),

@@ -56,6 +56,7 @@ class _Request(BaseModel):
     seed: int | None = None
     user: str | None = None
     ignore_eos: bool = False  # an extension (as in vLLM): generate max_tokens tokens whatever the model says
+    speculative: bool | None = None  # an extension: draft with a smaller member (None: the server's default)
     # accepted only at their neutral values (``unsupported``)
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
@@ -163,7 +164,7 @@ def parse(kind: Literal["completion", "chat"], raw: bytes) -> CompletionRequest 
         raise APIError(
             400,
             f"{', '.join(bad)}: not supported by this server (supported: model, prompt/messages, max_tokens, "
-            "temperature, top_p, stop, seed, stream, stream_options, n=1)",
+            "temperature, top_p, stop, seed, stream, stream_options, n=1, ignore_eos, speculative)",
             param=bad[0],
         )
     return request
