@@ -205,7 +205,7 @@ def tiny_recipe(root: Path, **sections) -> dict:
 def tiny_demo_setup(root: Path) -> tuple[Path, Path]:
     """A saved tiny llama teacher (positions for the demo's 512-token windows) and a data folder with train/ and
     validation/, for ``boomerang demo --teacher T --data D``; returns ``(T, D)``."""
-    teacher = make_teacher("llama", 6, tie=True, max_position_embeddings=1024)
+    teacher = make_teacher("llama", 8, tie=True, max_position_embeddings=1024)
     teacher.save_pretrained(root / "teacher")
     tiny_tokenizer(root / "teacher")
     tiny_corpus(root / "data" / "train", 40, seed=0)
@@ -214,7 +214,7 @@ def tiny_demo_setup(root: Path) -> tuple[Path, Path]:
 
 
 # Small settings for `boomerang demo` on tiny models: 8 steps of 8 x 64 tokens, short sweeps, one thread.
-TINY_DEMO_ARGS = ["--tokens", "4096", "--eval-tokens", "256"]  # the default order: greedy-kl
+TINY_DEMO_ARGS = ["--tokens", "4096", "--eval-tokens", "256"]  # the default order: size-aware
 TINY_DEMO_OVERRIDES = ["data.seq_len=64", "train.micro_batch_size=8", "eval.blocks=2", "train.threads=1"]
 
 

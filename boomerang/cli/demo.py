@@ -7,7 +7,11 @@ from typing import Annotated
 
 import typer
 
+from ..pipelines.demo import BASELINES, DEFAULT_TEXTS, DemoSettings
+from ..pipelines.demo_results import ABLATIONS
 from .common import console
+
+D = DemoSettings  # the defaults live there, once
 
 
 def demo(
@@ -15,36 +19,41 @@ def demo(
         "runs/demo"
     ),
     tokens: Annotated[
-        int, typer.Option(help="Distillation tokens per student (main, random-init and no-cosine alike).")
-    ] = 163_840,
+        int, typer.Option(help="Distillation tokens per student (the main one and every ablation alike).")
+    ] = D.tokens,
     orders: Annotated[
         str,
         typer.Option(
             help="Patch orders of the main family; the first is the one the claims are checked on (the recipe's "
-            "fixed order is always swept too): last, first, similarity, greedy-kl, shortest-path, optimal."
+            "fixed order is always swept too): size-aware, last, first, similarity, greedy-kl, shortest-path, "
+            "optimal."
         ),
-    ] = "greedy-kl",
+    ] = ",".join(D.orders),
     texts: Annotated[
         str,
         typer.Option(
             help="Evaluation texts: 'validation' (the corpus's), builtin:NAME, or a file or folder; each is scored "
             "on an exact slice (--eval-tokens from its start)."
         ),
-    ] = "validation,builtin:hamlet,builtin:devils-dictionary",
+    ] = ",".join(DEFAULT_TEXTS),
     baselines: Annotated[
         str, typer.Option(help="Baselines beside the first order: naive, shortgpt, laco ('' for none).")
-    ] = "naive,shortgpt,laco",
+    ] = ",".join(BASELINES),
     ablations: Annotated[
         str,
         typer.Option(
-            help="Ablation students on the same budget: random (random init), nocos (no cosine term)."
+            help="Ablation students on the same budget: random (random init), nocos (no cosine term), nomixed "
+            "(no mixed-context term)."
         ),
-    ] = "random,nocos",
-    eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Tokens per text and model.")] = 4096,
+    ] = ",".join(D.ablations),
+    eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Tokens per text and model.")] = D.eval_tokens,
     calibration_samples: Annotated[
         int, typer.Option(help="Calibration blocks (training data) for orders, analysis and pruning.")
-    ] = 16,
-    calibration_length: Annotated[int, typer.Option(help="Tokens per calibration block.")] = 256,
+    ] = D.calibration_samples,
+    calibration_length: Annotated[int, typer.Option(help="Tokens per calibration block.")] = D.calibration_length,
+    order_texts: Annotated[
+        int, typer.Option(help="Calibration blocks that KL-scored orders (size-aware, greedy-kl) score models on.")
+    ] = D.order_texts,
     recipe: Annotated[
         str | None,
         typer.Option(help="Distillation recipe: a YAML file or a packaged name (default smollm2-cpu)."),
@@ -78,8 +87,7 @@ def demo(
     import shlex
     import sys
 
-    from ..pipelines.demo import BASELINES, export_evidence, run_demo
-    from ..pipelines.demo_report import ABLATIONS
+    from ..pipelines.demo import export_evidence, run_demo
     from .validate import names, output_dir, positive
 
     positive(
@@ -87,6 +95,7 @@ def demo(
         eval_tokens=eval_tokens,
         calibration_samples=calibration_samples,
         calibration_length=calibration_length,
+        order_texts=order_texts,
     )
     if export is not None:
         output_dir(export, force)
@@ -98,22 +107,22 @@ def demo(
     interrupts.resume_hint(
         f"the stages finished so far are kept in {out}; run the same command again to continue from there"
     )
-    text = run_demo(
-        out,
-        recipe=recipe,
-        data=data,
+    settings = DemoSettings(
+        recipe=recipe or D.recipe,
         teacher=teacher,
         tokens=tokens,
-        orders=names(orders, "--orders"),
-        texts=names(texts, "--texts"),
-        baselines=names(baselines, "--baselines", BASELINES) if baselines.strip() else [],
-        ablations=names(ablations, "--ablations", tuple(ABLATIONS)) if ablations.strip() else [],
+        orders=tuple(names(orders, "--orders")),
+        texts=tuple(names(texts, "--texts")),
+        baselines=tuple(names(baselines, "--baselines", BASELINES) if baselines.strip() else []),
+        ablations=tuple(names(ablations, "--ablations", tuple(ABLATIONS)) if ablations.strip() else []),
         eval_tokens=eval_tokens,
         calibration_samples=calibration_samples,
         calibration_length=calibration_length,
-        overrides=overrides or (),
-        command=command,
+        order_texts=order_texts,
+        overrides=tuple(overrides or ()),
+        extra={"command": command} if command else {},
     )
+    text = run_demo(out, settings, data=data)
     console.print(text, markup=False, highlight=False)
     console.print(f"\n[green]report[/] {out / 'report.md'}")
     if export is not None:

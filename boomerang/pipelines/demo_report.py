@@ -1,4 +1,5 @@
-"""The demo's report: the claims table per text, the reasons behind failed claims, per-text tables and plots."""
+"""The demo's report: the claims table per text (judged per distinct size), the reasons behind failed claims, what
+the mixed-context term buys, per-text tables and plots. It reads a ``DemoResults`` and nothing else."""
 
 from __future__ import annotations
 
@@ -7,54 +8,75 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .claims import Claim, check_all, family
+from .claims import Claim, check_all, family, sized, teacher_size_variants
+from .demo_results import Curve, DemoResults, TextResult
 
 METRIC = "ppl"
 OFFLINE_LABEL = "SmolLM2-135M-Instruct"
 TOTAL = "total (this run)"  # the key of a run's whole wall time in its stage timings
-ABLATIONS = {
-    "random": "random-init student, same budget",
-    "nocos": "no cosine term (loss.cos=0), same budget",
-}
-Demo = Any  # pipelines.demo.Demo (imported there, not here: the report sits below the pipeline)
+Rows = list[dict[str, Any]]
 
 
-def _rows(res: dict[str, Any], method: str = "boomerang", rename: str | None = None) -> list[dict[str, Any]]:
+def _rows(res: dict[str, Any], method: str = "boomerang", rename: str | None = None) -> Rows:
     return [{**r, "method": rename or r["method"]} for r in res["rows"] if r["method"] == method]
 
 
-def text_rows(demo: Demo, per: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def label(curve: Curve) -> str:
+    """How a curve is named in tables and plots: ``main (size-aware)``, ``no cosine (first)``."""
+    names = {"main": "main", "nocos": "no cosine", "nomixed": "no mixed-context", "random": "random init"}
+    return f"{names.get(curve.student, curve.student)} ({curve.order})"
+
+
+def text_rows(res: DemoResults, text: TextResult) -> dict[str, Rows]:
     """The rows of one text's sweeps, by curve: main in each order, baselines, ablations."""
-    primary = next(iter(demo.s.orders))
-    first = per[f"main-{primary}"]
-    curves = {f"main ({o})": _rows(per[f"main-{o}"]) for o in demo.s.orders if f"main-{o}" in per}
-    fixed = per.get(f"main-{demo.fixed}")
-    if fixed is not None:
-        curves.setdefault(f"main ({demo.fixed})", _rows(fixed))
-    for b in demo.s.baselines:
-        curves[b] = _rows(first, b)
+    curves: dict[str, Rows] = {}
+    main = [c for c in text.sweeps if c.student == "main"]
+    for c in main:
+        curves[label(c)] = _rows(text.sweeps[c])
+    first = text.sweeps.get(Curve("main", res.primary))
+    for b in res.baselines:
+        curves[b] = _rows(first, b) if first is not None else []
+    fixed = text.sweeps.get(Curve("main", res.fixed))
     if fixed is not None and any(r["method"] == "random-student" for r in fixed["rows"]):
-        curves[f"random init ({demo.fixed})"] = _rows(fixed, "random-student", "boomerang")
-    if f"nocos-{demo.fixed}" in per:
-        curves[f"no cosine ({demo.fixed})"] = _rows(per[f"nocos-{demo.fixed}"])
+        curves[label(Curve("random", res.fixed))] = _rows(fixed, "random-student", "boomerang")
+    for c in text.sweeps:
+        if c.student != "main":
+            curves[label(c)] = _rows(text.sweeps[c])
     return curves
 
 
-def text_claims(demo: Demo, per: dict[str, Any]) -> list[Claim]:
-    """(a)-(c) on the main family in the primary order (declared before the run: the first of ``orders``);
-    (d) and (e) on the recipe's fixed order, where the ablations were swept."""
-    primary = next(iter(demo.s.orders))
-    c = text_rows(demo, per)
-    main = c[f"main ({primary})"] + [r for b in demo.s.baselines for r in c.get(b, [])]
-    fixed = c.get(f"main ({demo.fixed})", [])
+def text_claims(res: DemoResults, curves: dict[str, Rows]) -> list[Claim]:
+    """(a)-(c) on the main family in the primary order (declared before the run), per distinct size; (d) and (e)
+    on the recipe's fixed order, where the random-init and no-cosine students were swept."""
+    main = curves.get(label(Curve("main", res.primary)), []) + [
+        r for b in res.baselines for r in curves.get(b, [])
+    ]
+    fixed = curves.get(label(Curve("main", res.fixed)), [])
     first = check_all(main, metric=METRIC)[:3]
     rest = check_all(
         fixed,
-        random_rows=c.get(f"random init ({demo.fixed})", []),
-        nocos_rows=c.get(f"no cosine ({demo.fixed})", []),
+        random_rows=curves.get(label(Curve("random", res.fixed)), []),
+        nocos_rows=curves.get(label(Curve("nocos", res.fixed)), []),
         metric=METRIC,
     )[3:]
     return [*first, *rest]
+
+
+def size_ratios(rows: Rows, baseline: Rows) -> dict[int, float]:
+    """Per distinct size (layers) below the teacher: the member's metric / the baseline's at the same size."""
+    from .claims import interpolate
+
+    pts = (
+        sorted({(r["inference"], r[METRIC]) for r in family(baseline, baseline[0]["method"], METRIC)})
+        if baseline
+        else []
+    )
+    out = {}
+    for r in sized(rows, metric=METRIC):
+        ref = interpolate(pts, r["inference"]) if pts and r.get("inference") else None
+        if ref and r.get("role") != "teacher":
+            out[r["layers"]] = r[METRIC] / ref
+    return out
 
 
 # ---- why a claim failed -----------------------------------------------------------------------------------------
@@ -66,12 +88,11 @@ def _patched_at(rows: list[dict[str, Any]], k: int) -> list[int]:
     return sorted(by.get(k, set()) - by.get(k - 1, set()))
 
 
-def reasons(
-    demo: Demo, claim: Claim, curves: dict[str, list[dict[str, Any]]], analysis: dict[str, Any]
-) -> list[str]:
+def reasons(res: DemoResults, claim: Claim, curves: dict[str, Rows]) -> list[str]:
     """Plain-words reasons for a failed claim, from the analysis of the main student (``boomerang analyze``)."""
     if claim.passed is not False:
         return []
+    analysis = res.analysis
     end = analysis.get("block_end_similarity") or []
     start = analysis.get("block_start_similarity") or []
     kept = (analysis.get("layer_map") or {}).get("kept") or []
@@ -86,15 +107,15 @@ def reasons(
             f"{start[i]:.2f} with its first layer)"
         )
 
-    primary = next(iter(demo.s.orders))
+    primary_rows = curves[label(Curve("main", res.primary))]
     out: list[str] = []
     if claim.key == "a":
-        rows = curves[f"main ({primary})"]
+        rows = primary_rows
         for k in claim.numbers.get("inversions", []):
             got = _patched_at(rows, k)
             out.append(f"K={k}: patching {', '.join(layer(i) for i in got)} made the member worse")
     elif claim.key in ("b", "c"):
-        rows = {r["K"]: r for r in curves[f"main ({primary})"]}
+        rows = {r["K"]: r for r in primary_rows}
         failed = claim.numbers.get("failed_K", [])
         ks = sorted(set(failed if isinstance(failed, list) else [k for v in failed.values() for k in v]))
         if ks and end:
@@ -102,8 +123,9 @@ def reasons(
             for k in ks[:4]:
                 left = [i for i in range(m) if i not in set(rows.get(k, {}).get("patched") or [])]
                 worst = sorted(left, key=lambda i: end[i])[:2]
+                n = rows.get(k, {}).get("layers")
                 out.append(
-                    f"K={k}: {len(left)} student layer(s) remain; the least aligned: "
+                    f"K={k} ({n} layers): {len(left)} student layer(s) remain; the least aligned: "
                     + "; ".join(layer(i) for i in worst)
                 )
             if len(ks) > 4:
@@ -117,7 +139,7 @@ def reasons(
                 )
     elif claim.key == "d":
         for k in claim.numbers.get("near_K", [])[:4]:
-            rows = {r["K"]: r for r in curves[f"main ({demo.fixed})"]}
+            rows = {r["K"]: r for r in curves[label(Curve("main", res.fixed))]}
             left = [i for i in range(len(kept)) if i not in set(rows.get(k, {}).get("patched") or [])]
             out.append(
                 f"K={k}: only student layer(s) {left} remain from the random-init student, so the member is mostly "
@@ -226,8 +248,8 @@ def _training_plot(runs: dict[str, Path], path: Path) -> bool:
     return True
 
 
-def _dtype_line(results: dict[str, Any]) -> str:
-    dtype, check = results.get("eval_dtype", "float32"), results.get("eval_dtype_check")
+def _dtype_line(res: DemoResults) -> str:
+    dtype, check = res.eval_dtype, res.eval_dtype_check
     line = f"Every model is evaluated in {dtype}."
     if check:
         line += (
@@ -237,88 +259,143 @@ def _dtype_line(results: dict[str, Any]) -> str:
     return line
 
 
-def _wall_line(demo: Demo) -> str:
-    total, runs = demo.wall_time()
-    this = demo.timings.get(TOTAL, 0.0)
-    if runs == 1:
-        return f"Wall time: {total / 60:.1f} min in one run (every stage; see `results.json`)."
+def _wall_line(res: DemoResults) -> str:
+    if res.runs == 1:
+        return f"Wall time: {res.wall_s / 60:.1f} min in one run (every stage; see `results.json`)."
     return (
-        f"Wall time: {total / 60:.1f} min over {runs} runs (this one {this / 60:.1f} min; stages done by an "
-        "earlier run count once; `timings.json` has every run's stages)."
+        f"Wall time: {res.wall_s / 60:.1f} min over {res.runs} runs (this one {res.this_run_s / 60:.1f} min; stages "
+        "done by an earlier run count once; `timings.json` has every run's stages)."
     )
 
 
-def _init_lines(demo: Demo, student: Path) -> list[str]:
+def _init_lines(res: DemoResults) -> list[str]:
     """The main student's init (strategy and kept teacher layers) and the recipe's reasons for it."""
-    from ..io.sidecar import read_layer_map
-
-    init = demo.recipe.init
-    shape = f"`{init.strategy}`" + (f" (blocks of at most {init.max_block} layers)" if init.max_block else "")
-    lm = read_layer_map(student, allow_hub=False)
-    kept = ", ".join(str(j) for j in lm.kept) if lm else "?"
-    lines = [f"Init: {shape}; the student keeps teacher layers {kept}."]
-    if demo.recipe.notes:
-        lines += ["", f"Why this recipe: {' '.join(demo.recipe.notes.split())}"]
+    kept = ", ".join(str(j) for j in res.kept) or "?"
+    lines = [f"Init: {res.init}; the student keeps teacher layers {kept}."]
+    if res.recipe_notes:
+        lines += ["", f"Why this recipe: {' '.join(res.recipe_notes.split())}"]
     return lines
 
 
-def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any]) -> str:
+def _size_table(res: DemoResults, curves: dict[str, Rows]) -> list[str]:
+    """Per distinct size below the teacher: each primary-order family and naive / ShortGPT / LaCo, with the
+    family's ratio to ShortGPT (the comparison issue 22 asks for)."""
+    fams = [n for n in curves if n.endswith(f"({res.primary})") and curves[n]]
+    if not fams:
+        return []
+    sizes = sorted({r["layers"] for n in fams for r in sized(curves[n], metric=METRIC)})
+    by = {(n, r["layers"]): r for n in fams for r in sized(curves[n], metric=METRIC)}
+    pruned = [b for b in ("shortgpt", "laco") if curves.get(b)]
+    ratios = {n: size_ratios(curves[n], curves["shortgpt"]) for n in fams} if "shortgpt" in pruned else {}
+    naive = {r["K"]: r for r in family(curves.get("naive", []), "naive", METRIC)}
+    pr = {(b, r["layers"]): r[METRIC] for b in pruned for r in curves[b] if r.get("layers")}
+    head = ["layers", "params", *fams, *(f"{n} / ShortGPT" for n in ratios), "naive", *pruned]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    main = label(Curve("main", res.primary))
+    for n_layers in sizes:
+        rows = [by.get((n, n_layers)) for n in fams]
+        params = next((r["inference"] for r in rows if r and r.get("inference")), None)
+        m = by.get((main, n_layers))
+        nv = naive.get(m["K"]) if m else None
+        cells = [str(n_layers), f"{params / 1e6:.1f}M" if params else ""]
+        cells += [_fmt(r[METRIC]) if r else "" for r in rows]
+        cells += [f"{ratios[n][n_layers]:.3f}" if n_layers in ratios[n] else "" for n in ratios]
+        cells += [_fmt(nv[METRIC]) if nv else "", *(_fmt(pr.get((b, n_layers))) for b in pruned)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _variants_line(curves: dict[str, Rows]) -> list[str]:
+    """Teacher-size variants of the K-indexed families, reported apart from the sizes."""
+    out = []
+    for name, rows in curves.items():
+        v = teacher_size_variants(rows, metric=METRIC) if rows else []
+        if v:
+            vals = ", ".join(f"K={r['K']}: {_fmt(r[METRIC])}" for r in v)
+            out.append(
+                f"- {name}: {len(v)} teacher-size variant(s) (the teacher's parameters, not the teacher): {vals}"
+            )
+    return out
+
+
+def _mixed_lines(res: DemoResults, curves_by_text: dict[str, dict[str, Rows]]) -> list[str]:
+    """What the mixed-context term buys: its family against the one without it, per size, on every text."""
+    with_, without = label(Curve("main", res.primary)), label(Curve("nomixed", res.primary))
+    lines = []
+    for lb, curves in curves_by_text.items():
+        if not curves.get(without) or not curves.get("shortgpt"):
+            continue
+        a, b = (
+            size_ratios(curves[with_], curves["shortgpt"]),
+            size_ratios(curves[without], curves["shortgpt"]),
+        )
+        common = sorted(set(a) & set(b))
+        if not common:
+            continue
+        ga, gb = (_geomean([r[k] for k in common]) for r in (a, b))
+        wins = sum(a[k] < b[k] for k in common)
+        below = (sum(a[k] < 1 for k in common), sum(b[k] < 1 for k in common))
+        lines.append(
+            f"- {lb}: with the term, {below[0]} of {len(common)} sizes below ShortGPT (geometric mean "
+            f"{ga:.3f}× ShortGPT, worst {max(a.values()):.3f}); without it, {below[1]} ({gb:.3f}×, worst "
+            f"{max(b.values()):.3f}); better with the term at {wins} of {len(common)} sizes"
+        )
+    return lines
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def write_report(res: DemoResults, out: Path) -> str:
     """Write ``report.md``, ``results.json``, ``family-TEXT.png``, ``training.png`` and ``command.txt``."""
     from ..io.atomic import atomic_write_text
-    from ..train.precision import machine
 
-    out, s = demo.out, demo.s
-    teacher_label = s.teacher or OFFLINE_LABEL
-    summaries = {}
-    for name, st in students.items():
-        f = st.parent / "summary.json"
-        summaries[name] = json.loads(f.read_text()) if f.is_file() else {}
-    analysis = results["analysis"]
-    texts = {t.label: t for t in demo.texts}
-    claims = {label: text_claims(demo, per) for label, per in results["texts"].items()}
-    curves = {label: text_rows(demo, per) for label, per in results["texts"].items()}
-    for label in results["texts"]:
-        _plot(curves[label], out / f"family-{label}.png", f"{teacher_label} family on {label}")
-    _training_plot({n: p.parent for n, p in students.items()}, out / "training.png")
-    mach = machine()
-    primary = next(iter(s.orders))
+    texts = {t.label: t for t in res.texts}
+    curves = {t.label: text_rows(res, t) for t in res.texts}
+    claims = {lb: text_claims(res, c) for lb, c in curves.items()}
+    for lb, c in curves.items():
+        _plot(c, out / f"family-{lb}.png", f"{res.teacher} family on {lb}")
+    _training_plot({n: Path(st.run_dir) for n, st in res.students.items()}, out / "training.png")
+    mach = res.machine
 
-    main = summaries.get("main", {})
+    main = res.students["main"].summary if "main" in res.students else {}
     vs, vt = (main.get("val_student") or {}).get("ppl"), (main.get("val_teacher") or {}).get("ppl")
-    lines = [f"# boomerang demo: {teacher_label}", ""]
+    lines = [f"# boomerang demo: {res.teacher}", ""]
     lines += [
-        f"Machine: {mach['cpu']}, {mach['cores']} cores, native bf16: {', '.join(mach['native_bf16']) or 'none'}; "  # type: ignore[arg-type]
-        f"torch {mach['torch']}. {_wall_line(demo)}",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, native bf16: {', '.join(mach['native_bf16']) or 'none'}; "
+        f"torch {mach['torch']}. {_wall_line(res)}",
         "",
-        _dtype_line(results),
+        _dtype_line(res),
         "",
         "## Students",
         "",
         "| student | what | tokens | minutes | tokens/s | precision | validation ppl (student / teacher) |",
         "|---|---|---|---|---|---|---|",
     ]
-    what = {"main": f"the recipe (`{s.recipe}`)", **ABLATIONS}
-    for name, sm in summaries.items():
+    for name, st in res.students.items():
+        sm = st.summary
         v = (sm.get("val_student") or {}).get("ppl")
         t = (sm.get("val_teacher") or {}).get("ppl")
         ratio = f" = {v / t:.2f}×" if v and t else ""
         lines.append(
-            f"| {name} | {what.get(name, name)} | {sm.get('tokens', 0):,} | {sm.get('seconds', 0) / 60:.1f} | "
+            f"| {name} | {st.what} | {sm.get('tokens', 0):,} | {sm.get('seconds', 0) / 60:.1f} | "
             f"{sm.get('tokens_per_s', 0):.0f} | {(sm.get('precision') or '').split(' ')[0]} | "
             f"{_fmt(v)} / {_fmt(t)}{ratio} |"
         )
     if vs and vt:
         lines += ["", f"The main student ends at **{vs / vt:.2f}×** the teacher's validation perplexity."]
-    lines += ["", *_init_lines(demo, students["main"])]
+    lines += ["", *_init_lines(res)]
 
-    labels = list(results["texts"])
+    labels = list(curves)
     lines += [
         "",
         "## Claims",
         "",
-        f"(a)–(c) on the main family in the `{primary}` order (declared before the run); (d) and (e) in the "
-        f"recipe's fixed `{demo.fixed}` order, where the ablation students were swept. Each cell: verdict and the "
-        "numbers behind it.",
+        f"(a)–(c) on the main family in the `{res.primary}` order (declared before the run), judged per distinct "
+        f"size: members the teacher's size are reported apart as teacher-size variants. (d) and (e) in the "
+        f"recipe's fixed `{res.fixed}` order, where the random-init and no-cosine students were swept. Each cell: "
+        "verdict and the numbers behind it.",
         "",
         "| claim | " + " | ".join(f"{lb} ({texts[lb].kind})" for lb in labels) + " |",
         "|---|" + "---|" * len(labels),
@@ -326,11 +403,9 @@ def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any])
     for i, key in enumerate("abcde"):
         cells = [f"**{claims[lb][i].verdict}**: {claims[lb][i].detail}" for lb in labels]
         lines.append(f"| ({key}) {claims[labels[0]][i].title} | " + " | ".join(cells) + " |")
-    why = []
-    for lb in labels:
-        for c in claims[lb]:
-            for reason in reasons(demo, c, curves[lb], analysis):
-                why.append(f"- ({c.key}) on {lb}: {reason}")
+    why = [
+        f"- ({c.key}) on {lb}: {r}" for lb in labels for c in claims[lb] for r in reasons(res, c, curves[lb])
+    ]
     if why:
         lines += [
             "",
@@ -338,46 +413,65 @@ def write_report(demo: Demo, students: dict[str, Path], results: dict[str, Any])
             "",
             *why,
         ]
+    mixed = _mixed_lines(res, curves)
+    if mixed:
+        lines += [
+            "",
+            "## What the mixed-context term buys",
+            "",
+            f"The `nomixed` student is the main recipe without `loss.mixed`, on the same budget, swept in the same "
+            f"`{res.primary}` order (its own, computed the same way). Per size below the teacher, each family's "
+            "perplexity over ShortGPT's at the same parameters:",
+            "",
+            *mixed,
+        ]
 
     for lb in labels:
-        sl = results["texts"][lb][f"main-{primary}"]["slice"][0]
+        sw = texts[lb].sweeps.get(Curve("main", res.primary))
+        sl = sw["slice"][0] if sw else {"name": "?", "offset": 0, "tokens": 0}
+        variants = _variants_line(curves[lb])
         lines += [
             "",
             f"## {lb}: {texts[lb].kind}",
             "",
-            f"Slice: `{sl['name']}`, offset {sl['offset']}, {sl['tokens']:,} tokens (context {s.context}, stride "
-            f"{s.stride}). Perplexity by family member K (K student layers patched in that order) and inference "
-            "parameters; naive drops the teacher layers that the same member lacks.",
+            f"Slice: `{sl['name']}`, offset {sl['offset']}, {sl['tokens']:,} tokens (context {res.context}, stride "
+            f"{res.stride}). By distinct size: each `{res.primary}` family, its ratio to ShortGPT, naive dropping of "
+            "the main member's missing teacher layers, and the pruning baselines:",
+            "",
+            *_size_table(res, curves[lb]),
+            "",
+            "Every swept member, by K (in a `size-aware` order member K is the K-th size):",
             "",
             *_family_table(curves[lb]),
+            *(["", *variants] if variants else []),
             "",
             f"![family on {lb}](family-{lb}.png)",
         ]
     lines += ["", "![training](training.png)", ""]
     text = "\n".join(lines)
 
-    command = s.extra.get("command") or "boomerang demo"
     record = {
-        "teacher": str(teacher_label),
-        "settings": {
-            k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-            for k, v in vars(s).items()
-        },
-        "corpus": {"train": demo.corpus.train, "validation": demo.corpus.validation},
+        "teacher": res.teacher,
+        "settings": res.settings,
+        "corpus": res.corpus,
         "texts": {lb: {"source": texts[lb].source, "kind": texts[lb].kind} for lb in labels},
         "machine": mach,
-        "timings_s": {k: round(v, 1) for k, v in demo.timings.items()},
-        "timings_earlier_runs_s": demo.history,
-        "wall_s": round(demo.wall_time()[0], 1),
-        "students": summaries,
-        "analysis": analysis,
-        "orders": results["orders"],
+        "timings_s": {k: round(v, 1) for k, v in res.timings.items()},
+        "timings_earlier_runs_s": res.history,
+        "wall_s": round(res.wall_s, 1),
+        "students": {n: st.summary for n, st in res.students.items()},
+        "analysis": res.analysis,
+        "orders": res.orders,
         "claims": {lb: [c.as_dict() for c in cs] for lb, cs in claims.items()},
         "curves": curves,
-        "slices": {lb: results["texts"][lb][f"main-{primary}"]["slice"] for lb in labels},
-        "command": command,
+        "slices": {
+            lb: texts[lb].sweeps[Curve("main", res.primary)]["slice"]
+            for lb in labels
+            if Curve("main", res.primary) in texts[lb].sweeps
+        },
+        "command": res.command,
     }
     atomic_write_text(out / "results.json", json.dumps(record, indent=1, default=str) + "\n")
-    atomic_write_text(out / "command.txt", command + "\n")
+    atomic_write_text(out / "command.txt", res.command + "\n")
     atomic_write_text(out / "report.md", text)
     return text
