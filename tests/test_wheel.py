@@ -164,8 +164,9 @@ def test_demo_help_init_and_a_tiny_demo_run_from_the_wheel(installed, tmp_path):
     args = [cli, "demo", "--out", "demo", "--teacher", str(teacher), "--data", str(data), *TINY_DEMO_ARGS]
     _ok(_timed("demo", lambda: _run([*args, *TINY_DEMO_OVERRIDES], work, env)))
     out = work / "demo"
-    res = json.loads((out / "sweeps" / "hamlet" / "main-greedy-kl" / "results.json").read_text())
-    assert sorted(r["K"] for r in res["rows"] if r["method"] == "boomerang") == [0, 1, 2, 3, 4]
+    res = json.loads((out / "sweeps" / "hamlet" / "main-size-aware" / "results.json").read_text())
+    members = sorted((r["K"], r["layers"]) for r in res["rows"] if r["method"] == "boomerang")
+    assert [k for k, _ in members] == list(range(len(members))) and members[-1][1] == 8  # up to the teacher
     assert json.loads((out / "distill" / "summary.json").read_text())["tokens"] == 4096
     claims = json.loads((out / "results.json").read_text())["claims"]
     assert [c["key"] for c in claims["hamlet"]] == list("abcde")  # the packaged texts work from the wheel
