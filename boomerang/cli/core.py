@@ -39,7 +39,7 @@ def info(
     """Architecture, layer count, and for a student its blocks and the parameters of every family size."""
     from ..core.arch import get_arch, n_layers
     from ..core.configs import check_compatible
-    from ..core.params import count_params, family_table, meta_model
+    from ..core.params import count_params, distinct_sizes, family_table, meta_model
     from ..core.plan import recorded_order
     from ..io.consistency import check_checkpoint
     from ..io.loading import load_config, resolve
@@ -110,6 +110,12 @@ def info(
         d.pop("boomerang", None)
         tcfg = type(cfg).from_dict(d)
         exact = False
+    st = Table(title="distinct sizes (whatever the order; single-layer blocks change no size)")
+    for col in ("layers", "trainable", "inference", "e.g. patching"):
+        st.add_column(col, justify="right")
+    for size in distinct_sizes(tcfg, cfg, lm):
+        st.add_row(str(size.layers), fmt_count(size.trainable), fmt_count(size.inference), str(list(size.patched)))
+    console.print(st)
     ft = Table(title=f"family ({order} order){'' if exact else ' — pass --teacher for exact counts'}")
     for col in ("K", "patched student layers", "layers", "trainable", "inference"):
         ft.add_column(col, justify="right")
