@@ -112,7 +112,7 @@ def main() -> None:
 
     shares: dict[str, dict[str, float]] = {p: defaultdict(float) for p in PHASES}
     for ev in prof.events():
-        if ev.name.startswith("phase: ") or ev.cpu_parent is None and not ev.name.startswith("aten::"):
+        if ev.name.startswith("phase: ") or (ev.cpu_parent is None and not ev.name.startswith("aten::")):
             continue
         node, where = ev, None
         while node is not None:

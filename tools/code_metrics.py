@@ -32,7 +32,7 @@ def main() -> None:
                 any_params += sum(1 for p in params if p.annotation is not None and "Any" in ast.unparse(p.annotation))
             if not in_cli:
                 inner_imports += sum(isinstance(x, (ast.Import, ast.ImportFrom)) for x in ast.walk(node) if x is not node)
-            if node.name in ORDER_RESOLVERS or "order" in node.name and node.name.startswith(("resolve", "_resolve")):
+            if node.name in ORDER_RESOLVERS or ("order" in node.name and node.name.startswith(("resolve", "_resolve"))):
                 resolvers.append(f"{rel}:{node.lineno} {node.name}")
     lib = [f for f in funcs if not f[3]]
     cli = [f for f in funcs if f[3]]

@@ -447,7 +447,7 @@ def size_search(
             improved = True
             while improved:
                 improved = False
-                value, subset = best[d]
+                _value, subset = best[d]
                 for move in moves:
                     cand = tuple(sorted(set(subset) ^ set(move)))
                     if cand in memo:
