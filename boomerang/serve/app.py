@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("boomerang.serve")
 
+TRIM_ABOVE = 1 << 16  # bodies this large give their memory back once refused (``_release_memory``)
 PREPARE_THREADS = 2  # requests parsed and tokenized at once (a 1 MiB prompt takes about a second to tokenize)
 STATIC = Path(__file__).parent / "static"
 # the playground loads nothing from anywhere else (no CDN): it works with no network
@@ -133,8 +136,31 @@ def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None =
 
 
 def _prepare(server: Service, kind: Kind, raw: bytes) -> Prepared:
-    """Parse, validate and tokenize a request body (on the thread pool)."""
-    return server.prepare(kind, P.parse(kind, raw))
+    """Parse, validate and tokenize a request body (on the thread pool).
+
+    After refusing a large body, the memory its parsing and tokenizing took goes back to the system."""
+    try:
+        return server.prepare(kind, P.parse(kind, raw))
+    except P.APIError as e:
+        refused = P.APIError(e.status, e.message, type=e.type, param=e.param, code=e.code)
+    # out of the except block: the traceback, and the frames holding the parsed body and its tokens, are gone
+    if len(raw) >= TRIM_ABOVE:
+        _release_memory()
+    raise refused
+
+
+def _release_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing). Without it, a
+    refused 1 MiB prompt leaves tens of MB behind in the allocator's arenas, and RSS creeps up."""
+    global _TRIM
+    if _TRIM is None:
+        library = ctypes.util.find_library("c")
+        _TRIM = getattr(ctypes.CDLL(library), "malloc_trim", False) if library else False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
