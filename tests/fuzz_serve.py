@@ -57,6 +57,29 @@ NULLABLE = {
 }  # fmt: skip
 
 
+class Big:
+    """An integer too long for Python to print (over 4,300 digits), written into the JSON as it is."""
+
+    def __init__(self, digits: str) -> None:
+        self.digits = digits
+
+
+def dumps(body: Any) -> str:
+    """``json.dumps`` that writes ``Big`` integers digit by digit."""
+    bigs: list[str] = []
+
+    def default(o: Any) -> str:
+        if isinstance(o, Big):
+            bigs.append(o.digits)
+            return f"__big{len(bigs) - 1}__"
+        raise TypeError(type(o).__name__)
+
+    text = json.dumps(body, default=default)
+    for i, digits in enumerate(bigs):
+        text = text.replace(f'"__big{i}__"', digits, 1)
+    return text
+
+
 @dataclass
 class Case:
     """One generated request and what the oracle expects of it."""
@@ -80,7 +103,7 @@ class Case:
 
     def describe(self) -> str:
         body = self.body if not isinstance(self.body, bytes) else self.body[:200]
-        text = body if isinstance(body, (str, bytes)) else json.dumps(body, default=str)
+        text = body if isinstance(body, (str, bytes)) else dumps(body)
         return f"{self.category}: {self.method} {self.path} {str(text)[:300]}"
 
 
@@ -186,7 +209,7 @@ class Gen:
         case = self.valid()
         body = case.body
         r = self.rng
-        huge = int("9" * r.randint(21, 6000)) if self.chance(0.5) else 2 ** r.randint(64, 200)
+        huge = Big("9" * r.randint(21, 6000)) if self.chance(0.5) else 2 ** r.randint(64, 200)
         pools: dict[str, list[Any]] = {
             "max_tokens": ["5", True, 5.0, 0, -1, 2**31, huge, [], {}, CONTEXT * 2],
             "temperature": ["0.5", True, -0.1, 2.0001, 1e-300, 5e-5, 5e-324, [], 10**400],
@@ -212,6 +235,7 @@ class Gen:
             body.pop("max_completion_tokens", None)
         if name == "stream" or name == "stream_options":
             case.stream = False
+        case.category = f"bad {name}"
         # a well-formed name of no member is a 404 (as OpenAI answers it), a malformed one a 400
         return case.refuse(name, *((400, 404) if name == "model" else (400,)))
 
@@ -282,20 +306,21 @@ class Gen:
         elif name in ("echo", "suffix", "best_of"):
             name = "temprature"
         case.body[name] = value
+        case.category = "unknown or unsupported field"
         return case.refuse(name[:20])  # an error quotes a long name's prefix only
 
     def deep(self) -> Case:
         case = self.valid()
         depth = self.rng.choice([33, 40, 200, 5000, 20000])
         name = self.rng.choice(["prompt", "logit_bias", "stop", "user", "messages"])
-        text = json.dumps(case.body)[:-1] + f', "{name}": ' + "[" * depth + "]" * depth + "}"
+        text = dumps(case.body)[:-1] + f', "{name}": ' + "[" * depth + "]" * depth + "}"
         return Case("deep nesting", path=case.path, body=text.encode()).refuse(name)
 
     def non_finite(self) -> Case:
         case = self.valid()
         name = self.rng.choice(["temperature", "top_p", "frequency_penalty", "presence_penalty"])
         literal = self.rng.choice(["NaN", "Infinity", "-Infinity", "1e400", "-1e999"])
-        text = json.dumps(case.body)[:-1] + f', "{name}": {literal}' + "}"
+        text = dumps(case.body)[:-1] + f', "{name}": {literal}' + "}"
         return Case("non-finite number", path=case.path, body=text.encode()).refuse(name)
 
     def malformed(self) -> Case:
@@ -329,7 +354,7 @@ class Gen:
             case.body.pop("stream", None)
             case.body.pop("stream_options", None)
             case.stream = False
-            pad = limit - len(json.dumps(case.body | {"user": ""})) - r.randint(0, 100)
+            pad = limit - len(dumps(case.body | {"user": ""})) - r.randint(0, 100)
             case.body["user"] = "u" * pad  # just under the limit: served
             case.category = "body near the limit"
             return case
@@ -528,9 +553,7 @@ def send(
 ) -> tuple[httpx.Response, list[str] | None]:
     base = url.removesuffix("/v1")
     headers = {"content-type": "application/json"}
-    content = (
-        case.body if isinstance(case.body, bytes) else None if case.body is None else json.dumps(case.body)
-    )
+    content = case.body if isinstance(case.body, bytes) else None if case.body is None else dumps(case.body)
     if case.stream:
         with client.stream(
             case.method, base + case.path, content=content, headers=headers, timeout=timeout
