@@ -199,10 +199,8 @@ async function run(m, pane, mode, prompt, options, signal) {
       show();
     });
     if (!complete) fail("The stream ended early: the server went away.");
-    pane.classList.add("done");
     show();
   } catch (e) {
-    pane.classList.add("done");
     if (signal.aborted) {
       stats.textContent += " · stopped";
     } else if (e instanceof TypeError) {
@@ -211,6 +209,8 @@ async function run(m, pane, mode, prompt, options, signal) {
     } else {
       fail(`Something went wrong: ${e.message}`);
     }
+  } finally {
+    pane.classList.add("done");
   }
 }
 
