@@ -42,14 +42,22 @@ def chromium_path() -> str | None:
     )
 
 
+def missing(why: str) -> None:
+    """Skip, unless the environment promises a browser (``.ci/run`` sets BOOMERANG_REQUIRE_BROWSER): then fail."""
+    if os.environ.get("BOOMERANG_REQUIRE_BROWSER"):
+        pytest.fail(f"BOOMERANG_REQUIRE_BROWSER is set, but {why}")
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-    )
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing("playwright is not installed (pip install -e '.[dev]')")
     path = chromium_path()
     if path is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        missing("chromium is not installed (apt-get install -y chromium)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield browser
