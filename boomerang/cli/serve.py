@@ -93,7 +93,6 @@ def serve(
     from ..serve.server import MAX_BODY_RANGE, MAX_GRACE_S, bind
 
     # everything is checked before a model is loaded
-    _stop_on_sigterm()
     parse_dtype(dtype)
     if max_latency_ms is not None and not (
         math.isfinite(max_latency_ms) and 0 < max_latency_ms <= _MAX_LATENCY_MS
@@ -134,6 +133,7 @@ def serve(
         static_order(order, lm)  # unknown names and unreadable order files fail here
     sock = bind(host, port)
     server = None
+    previous = _stop_on_sigterm()
     try:
         http = dict(max_body_bytes=max_body_kb * 1024, grace_s=shutdown_grace)
         server = _load(
@@ -155,17 +155,21 @@ def serve(
         if server is not None:
             server.stop()
         sock.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     console.print("[green]stopped[/]")
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops the command as Ctrl-C does (the server, once it runs, drains on either)."""
+def _stop_on_sigterm() -> Any:
+    """SIGTERM stops the command as Ctrl-C does, also while loading (the server, once it runs, drains on either);
+    returns the handler to restore (None off the main thread, where signals cannot be handled)."""
 
     def interrupt(sig: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _read_template(path: Path | None) -> str | None:

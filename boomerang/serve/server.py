@@ -92,6 +92,12 @@ class FamilyServer(Service):
     def draining(self) -> bool:
         return self._draining.is_set()
 
+    def health(self) -> dict[str, Any]:
+        health = super().health()
+        if self.draining and health["status"] == "ok":
+            health["status"] = "draining"
+        return health
+
     # ---- serving -------------------------------------------------------------------------------------------
     def run(
         self,
