@@ -389,6 +389,24 @@ class Gen:
         case = Case("http", method=method, path=path, status=status)
         return case if status == {200} else case.refuse(None, *status)
 
+    def raw_http(self) -> Case:
+        """Bytes that are not (valid) HTTP: uvicorn answers 400 (or closes the connection), the server goes on. A
+        long header is valid HTTP: served, or refused by h11's size limit."""
+        r = self.rng
+        big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * r.randint(20000, 200000) + b"\r\n\r\n"
+        data, status = r.choice(
+            [
+                (big, (200, 400, 431, -1)),
+                (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(r.randrange(256) for _ in range(100)), (400, -1)),
+                (b"GET\r\n\r\n", (400,)),
+                (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n12345", (400,)),
+                (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", (400,)),
+                (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", (400,)),
+                (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", (400, -1)),
+            ]
+        )  # fmt: skip
+        return Case("not HTTP", raw=lambda url: send_bytes(url, data)).refuse(None, *status)
+
     def disconnect(self) -> Case:
         """A long request whose client goes away: streamed or not, or in the middle of sending its body."""
         streamed = self.chance(0.5)
@@ -409,6 +427,7 @@ GENERATORS: dict[str, tuple[float, str]] = {
     "oversize": (0.05, "oversize"),
     "http": (0.05, "http"),
     "disconnect": (0.02, "disconnect"),
+    "raw_http": (0.02, "raw_http"),
 }
 
 
@@ -423,6 +442,17 @@ def lie_about_length(url: str, size: int) -> int:
         head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
         s.sendall(head.encode() + b"{" * 1024)
         answer = s.recv(4096)
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else -1
+
+
+def send_bytes(url: str, data: bytes) -> int:
+    """Send ``data`` as it is; the status of the answer, or -1 if the server closed the connection without one."""
+    with socket.create_connection(_split(url), timeout=120) as s:
+        try:
+            s.sendall(data)
+            answer = s.recv(4096)
+        except ConnectionError:
+            return -1
     return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else -1
 
 

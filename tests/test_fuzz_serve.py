@@ -28,4 +28,4 @@ def test_fuzz_serve_thousand(tmp_path):
     report = fuzz(1000, seed=0, root=tmp_path)
     _assert_clean(report)
     assert report.requests == 1000 and {c.split(" ")[0] for c in report.by_category} >= {"valid", "bad"}
-    assert len(GENERATORS) == 11
+    assert len(GENERATORS) == 12
