@@ -4,7 +4,7 @@ of responses, stream chunks and errors.
 A body is refused (400, naming the field) before it reaches the model when it is not plain data the code can
 compute with: JSON nested deeper than ``MAX_DEPTH``, integers of more than ``MAX_INT_DIGITS`` digits, ``NaN`` or
 infinite numbers (``1e400``), strings with lone surrogates, a value of the wrong type (``"5"`` or ``true`` is not
-an integer: the models are strict), or a number outside its range. Error messages quote at most a short prefix of
+an integer: the schemas are strict), or a number outside its range. Error messages quote at most a short prefix of
 what the client sent (``clip``).
 """
 
@@ -20,14 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_BODY_BYTES = 1 << 20  # the default request body limit (1 MiB: a full 8K-token context is ~40 KB of text)
 MAX_STOP = 4  # as OpenAI
-MAX_STOP_CHARS = 256  # longer stop strings would make the per-token hold-back check quadratic
+MAX_STOP_CHARS = 256  # bounds the per-token hold-back check (quadratic in a stop string's length)
 MAX_MODEL_CHARS = 64  # the longest member name is max-params:<number>
 MAX_DEPTH = 32  # a valid request nests 5 levels (body, messages, message, content, part)
 MAX_INT_DIGITS = 20  # beyond 64 bits: no field can use it
-MIN_TEMPERATURE = 1e-4  # 0 is greedy; below this, logits / temperature overflows float32 for large logits
-MIN_TOP_P = (
-    1e-9  # below this, the nucleus cut-off underflows in float32 (anything this small keeps one token)
-)
+# 0 is greedy; a positive temperature this small already is, and far smaller ones overflow logits / T in float32
+MIN_TEMPERATURE = 1e-4
+MIN_TOP_P = 1e-9  # smaller ones underflow in float32 (at 1e-9 only the most likely token is kept anyway)
 MAX_TOKENS = 2**31 - 1
 SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as OpenAI's and torch's generators take
 CLIP = 40  # characters of client text an error message quotes
