@@ -46,9 +46,10 @@ async function loadMembers() {
   );
   $("size-min").textContent = `${first.id} ${count(first.parameters)}`;
   $("size-max").textContent = `${last.id} ${count(last.parameters)}`;
+  const params = state.members.map((m) => m.parameters);
   $("family").textContent =
     `${state.members.length} members, ${first.layers} to ${last.layers} layers, ` +
-    `${count(first.parameters)} to ${count(last.parameters)} parameters · order ${first.order}` +
+    `${count(Math.min(...params))} to ${count(Math.max(...params))} parameters · order ${first.order}` +
     (first.context_length ? ` · context ${first.context_length} tokens` : "");
   state.chosen = state.members.length > 1 ? [first.id, last.id] : [first.id];
   showSlider();
