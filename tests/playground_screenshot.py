@@ -27,8 +27,9 @@ def main() -> None:
     ap.add_argument("--prompt", default="What is the capital of France? Answer in one sentence.")
     ap.add_argument("--max-tokens", type=int, default=32)
     args = ap.parse_args()
+    options = ("--threads", "2", "--warm")  # every member built and run once: steady-state tokens/s
     with (
-        CliServer(args.teacher, args.student, "--threads", "2", start_timeout=900) as server,
+        CliServer(args.teacher, args.student, *options, start_timeout=900) as server,
         sync_playwright() as p,
     ):
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
