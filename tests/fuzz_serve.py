@@ -439,7 +439,10 @@ def _split(url: str) -> tuple[str, int]:
 def lie_about_length(url: str, size: int) -> int:
     """Declare a body of ``size`` bytes, send 1 KB of it, and read the answer's status."""
     with socket.create_connection(_split(url), timeout=120) as s:
-        head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        head = (
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n"
+        )
         s.sendall(head.encode() + b"{" * 1024)
         answer = s.recv(4096)
     return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else -1

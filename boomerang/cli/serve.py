@@ -98,7 +98,8 @@ def serve(
         math.isfinite(max_latency_ms) and 0 < max_latency_ms <= _MAX_LATENCY_MS
     ):
         raise BoomerangError(
-            f"--max-latency-ms must be positive and finite, at most {_MAX_LATENCY_MS:.0f} (a day), got {max_latency_ms:g}"
+            f"--max-latency-ms must be positive and finite, at most {_MAX_LATENCY_MS:.0f} (a day), "
+            f"got {max_latency_ms:g}"
         )
     cores = os.cpu_count() or 1
     in_range("--threads", threads, 1, cores, f"this machine has {cores} cores")

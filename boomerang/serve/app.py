@@ -130,7 +130,7 @@ def create_app(
 
 
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """JSON with every non-ASCII character escaped, so that no text (not even a lone surrogate) can fail to encode."""
+    """JSON with every non-ASCII character escaped: no text (not even a lone surrogate) can fail to encode."""
     body = json.dumps(content, separators=(",", ":"))
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 

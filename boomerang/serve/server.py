@@ -179,7 +179,8 @@ def check_http_options(max_body_bytes: int, grace_s: float) -> None:
         or not low <= max_body_bytes <= high
     ):
         raise BoomerangError(
-            f"the request body limit must be {low // 1024} KiB to {high // 1024:,} KiB, got {max_body_bytes!r} bytes"
+            f"the request body limit must be {low // 1024} KiB to {high // 1024:,} KiB, "
+            f"got {max_body_bytes!r} bytes"
         )
     if not (isinstance(grace_s, (int, float)) and math.isfinite(grace_s) and 0 <= grace_s <= MAX_GRACE_S):
         raise BoomerangError(
