@@ -18,9 +18,9 @@ setup: $(STAMP)
 # Unit tests on tiny models plus the real-model smoke tests (SmolLM2-135M, converted offline once).
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not heavy"
+	$(BIN)/python -m pytest -m "not heavy and not llamacpp"
 
-# Everything, including long real-model checks.
+# Everything, including long real-model checks (and the llama.cpp checks, if llama-cpp-python is installed).
 test-all: setup
 	$(BIN)/python -m pytest
 

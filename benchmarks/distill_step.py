@@ -34,7 +34,11 @@ from pathlib import Path
 
 VARIANTS = {
     "baseline": "straightforward: full logits, output_hidden_states, KLDiv(batchmean) over all positions",
+    "before": "the trainer step of an earlier commit (--before REF), run from a git worktree of it",
     "ours": "boomerang trainer step: fused chunked CE/KL from hidden states, hooks",
+    "ours-bf16_copies": "ours under autocast instead of bf16 working copies of the student (train.bf16_copies: false)",
+    "ours-head_buffers": "ours with the head loss allocating its logits buffers afresh on every call",
+    "ours-keep_freed": "ours with glibc's default malloc settings (freed activations go back to the OS)",
     "ours+freeze_embeddings": "ours with the (tied) embedding/LM-head matrix frozen",
     "ours+teacher_cache": "ours with the teacher's outputs precomputed (upper bound of a teacher-output cache)",
     "ours+compile": "ours with torch.compile on every layer's forward (compile time excluded)",
@@ -107,6 +111,17 @@ def child(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     variant, _, precision = args.child.partition("@")
+    before = variant == "before"
+    if variant == "ours-head_buffers":
+        from boomerang.train.losses import HeadBuffers
+
+        HeadBuffers.get = lambda self, name, shape, dtype, device: torch.empty(
+            shape, dtype=dtype, device=device
+        )
+    if variant == "ours-keep_freed":
+        import boomerang.train.trainer as trainer_module
+
+        trainer_module.keep_freed_memory = lambda: False
     train = {
         "precision": precision or "fp32",
         "batch_size": args.batch,
@@ -118,6 +133,8 @@ def child(args: argparse.Namespace) -> dict:
         "gradient_checkpointing": variant == "ours+checkpointing",
         "lean_mlp": variant != "ours-lean_mlp",
     }
+    if not before:
+        train["bf16_copies"] = variant != "ours-bf16_copies"
     raw = {
         "name": "bench",
         "teacher": args.teacher,
@@ -238,6 +255,9 @@ def main() -> None:
         "--precisions", default="fp32", help="fp32, bf16 or both (fp32,bf16): each variant runs in each"
     )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "distill_step.json"))
+    p.add_argument(
+        "--before", default="507920b", help="git ref of the 'before' variant (the step before issue 23)"
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -253,6 +273,12 @@ def main() -> None:
         variants = [f"{v}@{p}" for p in precisions for v in variants]
     peak = matmul_peak(args.threads)
     print(f"matmul peak on {args.threads} threads: {peak} GFLOP/s", flush=True)
+    before_tree = None
+    if any(v.partition("@")[0] == "before" for v in variants):
+        before_tree = Path(tempfile.mkdtemp(prefix="boomerang-before-")) / "tree"
+        repo = Path(__file__).resolve().parents[1]
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-q", str(before_tree), args.before],
+                       check=True)  # fmt: skip
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     common = [
         "--teacher", args.teacher, "--data", args.data, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
@@ -262,9 +288,10 @@ def main() -> None:
     for r in range(args.repeats):
         for v in variants:  # interleaved, so slow drifts in machine load hit every variant alike
             cmd = [sys.executable, __file__, "--child", v, *common]
-            res = subprocess.run(
-                cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-            )
+            env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+            if v.partition("@")[0] == "before":
+                env["PYTHONPATH"] = str(before_tree)
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((x for x in res.stdout.splitlines() if x.startswith("RESULT ")), None)
             if res.returncode or line is None:
                 sys.exit(f"{v} failed:\n{res.stderr[-4000:]}")
@@ -335,6 +362,20 @@ def main() -> None:
                 "loss_rel_diff_last": round(rel[-1], 5),
                 "loss_rel_diff_max": round(max(rel), 5),
             }
+    vs_before = {}  # every variant against the step before issue 23, in the same precision and against its fp32
+    for v in variants:
+        name, _, prec = v.partition("@")
+        key = "before" + (f"@{prec}" if prec else "")
+        if key in summary and name != "before":
+            vs_before[v] = round(summary[v]["tokens_per_s"] / summary[key]["tokens_per_s"], 3)
+    for ref in ("before@fp32", "ours@fp32"):
+        if ref in summary:
+            vs_before[f"vs {ref}"] = {
+                v: round(summary[v]["tokens_per_s"] / summary[ref]["tokens_per_s"], 3) for v in variants
+            }
+    if before_tree is not None:
+        subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "worktree", "remove", "--force",
+                        str(before_tree)], check=False)  # fmt: skip
     if "baseline@fp32" in summary:
         across["vs plain fp32 step"] = {
             v: round(summary[v]["tokens_per_s"] / summary["baseline@fp32"]["tokens_per_s"], 3)
@@ -350,11 +391,14 @@ def main() -> None:
         "summary": summary,
         "ratios_vs_baseline": ratios,
         "levers_vs_ours": levers,
+        "vs_before": vs_before,
         "runs": runs,
     }  # fmt: skip
     import torch
 
-    result["machine"]["torch"] = torch.__version__
+    from boomerang.train.precision import machine
+
+    result["machine"].update(torch=torch.__version__, **{k: v for k, v in machine().items() if k != "torch"})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -365,6 +409,7 @@ def main() -> None:
                 "ratios_vs_baseline": ratios,
                 "levers_vs_ours": levers,
                 "bf16_vs_fp32": across,
+                "vs_before": vs_before,
             },
             indent=2,
         )

@@ -16,25 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from .core.layermap import LayerMap
 from .core.patching import build
-from .core.plan import PatchPlan, reference_patched
+from .core.plan import reference_plan  # the reference's plans (torch-free, in core)
 from .io.loading import load_pair, load_tokenizer
 from .io.sidecar import read_layer_map
-
-
-def reference_plan(
-    layer_map: LayerMap, num_layers_to_patch: int, patch_first_k_layers: bool = False
-) -> PatchPlan:
-    """The plan the reference code builds for these arguments."""
-    patched = reference_patched(layer_map, num_layers_to_patch, patch_first_k_layers)
-    whole_teacher = len(patched) == layer_map.n_student
-    return PatchPlan(
-        layer_map=layer_map,
-        patched=patched,
-        order="reference-first" if patch_first_k_layers else "reference-last",
-        embed_override="teacher" if patch_first_k_layers and not whole_teacher else None,
-    )
 
 
 def build_intermediate_model(

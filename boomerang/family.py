@@ -16,14 +16,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core.layermap import LayerMap
+from .core.params import FamilySize
 from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan, recorded_order
 from .errors import BoomerangError
+from .interrupts import check
 from .io.atomic import atomic_dir, check_writable
-from .io.checkpoints import fmt_bytes, tokenizer_nbytes
+from .io.checkpoints import tokenizer_nbytes
 from .io.safetensors_files import DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded or built
@@ -31,6 +34,7 @@ if TYPE_CHECKING:  # torch and transformers are imported only when a model is lo
     from transformers import PreTrainedModel
 
 MANIFEST = "family.json"
+CARD = "README.md"  # each member's model card, and the family's
 ORDER_FILE = "order.json"
 _MEMBER_OVERHEAD = 1 << 20  # config, generation config, index and safetensors headers, per member (generous)
 
@@ -88,8 +92,10 @@ class Family:
         from .core.patching import check_pair
         from .io.loading import load_config, load_model, load_tokenizer, pair_dtype
         from .io.sidecar import student_layer_map
+        from .io.snapshot import hold_local
 
         self.sources: dict[str, str | None] = {}
+        self.snapshots = hold_local(teacher, student)  # read once: rewritten meanwhile is a clear stop
         models = {}
         if _is_path(teacher) and _is_path(
             student
@@ -124,15 +130,24 @@ class Family:
     # ---- sizes and orders ----------------------------------------------------------------------------------
     @property
     def n_student(self) -> int:
-        """M: the student's layer count (the family has M + 1 sizes, K = 0..M)."""
+        """M: the student's layer count (members K = 0..M in most orders)."""
         return self.layer_map.n_student
 
     @property
-    def sizes(self) -> list[int]:
-        return list(range(self.n_student + 1))
+    def ks(self) -> list[int]:
+        """The members K of the default order: 0..M, or one per distinct size for an order by size."""
+        return list(range(self.default_order.n_members))
+
+    @property
+    def sizes(self) -> list[FamilySize]:
+        """The family's distinct sizes, smallest first: layer count and parameters (patching a single-layer
+        block changes no size, so a student with such blocks has fewer distinct sizes than M + 1)."""
+        from .core.params import distinct_sizes
+
+        return distinct_sizes(self.teacher.config, self.student.config, self.layer_map)
 
     def __len__(self) -> int:
-        return self.n_student + 1
+        return self.default_order.n_members
 
     def __getitem__(self, k: int) -> PreTrainedModel:
         return self.member(k)
@@ -218,10 +233,7 @@ class Family:
     ) -> dict[int, PreTrainedModel]:
         """``{K: model}`` for every size (or the chosen ``sizes``) under ``order``."""
         po = self.order(order)
-        return {k: self.member(k, order=po) for k in self._sizes(sizes)}
-
-    def _sizes(self, sizes: Iterable[int] | None) -> list[int]:
-        return check_sizes(sizes, self.n_student)
+        return {k: self.member(k, order=po) for k in check_sizes(sizes, self.n_student, po)}
 
     def table(self, order: OrderSpec | None = None) -> list[dict[str, Any]]:
         """One row per size: K, patched student layers, layer count, trainable and inference parameters."""
@@ -249,14 +261,18 @@ class Family:
         max_shard_size: int | str = DEFAULT_SHARD_SIZE,
         force: bool = False,
         progress: ExportProgress | None = None,
+        gguf: str | None = None,
+        card: CardOptions | None = None,
     ) -> Path:
-        """Write members as checkpoint directories with ``family.json``, ``order.json`` and a README."""
+        """Write members as checkpoint directories with ``family.json``, ``order.json`` and model cards (and, with
+        ``gguf`` = f32/f16/bf16/q8_0, each member as one GGUF file too); see ``export_family``."""
         from .io.stream import parse_shard_size
 
         parse_shard_size(max_shard_size)
         po = self.order(order)
         writer = _MemoryWriter(self, max_shard_size)
-        return _export(writer, out, po, check_sizes(sizes, self.n_student), force=force, progress=progress)
+        chosen = check_sizes(sizes, self.n_student, po)
+        return _export(writer, out, po, chosen, force=force, progress=progress, gguf=gguf, card=card)
 
     def __repr__(self) -> str:
         return (
@@ -270,19 +286,40 @@ def _is_path(spec: Any) -> bool:
     return isinstance(spec, (str, os.PathLike))
 
 
-def check_sizes(sizes: Iterable[int] | None, m: int) -> list[int]:
+def check_sizes(sizes: Iterable[int] | None, m: int, order: PatchOrder | None = None) -> list[int]:
+    """The chosen members K (all by default), each checked: 0..M, or 0..n-1 for an order by size of n sizes."""
+    last = order.n_members - 1 if order is not None else m
     if sizes is None:
-        return list(range(m + 1))
+        return list(range(last + 1))
     chosen = sorted(set(int(k) for k in sizes))
-    bad = [k for k in chosen if not 0 <= k <= m]
+    bad = [k for k in chosen if not 0 <= k <= last]
     if bad:
-        raise BoomerangError(f"sizes {bad} are out of range: the student has {m} layers, so K is 0..{m}")
+        what = f"order {order.name!r} has {last + 1} sizes" if order is not None and order.by_size else (
+            f"the student has {m} layers"
+        )
+        raise BoomerangError(f"sizes {bad} are out of range: {what}, so K is 0..{last}")
     if not chosen:
         raise BoomerangError("no sizes chosen; give e.g. --sizes 0,4,8")
     return chosen
 
 
 # ---- export ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """What the model cards of an export say beyond the members themselves (each field: None finds it out).
+
+    ``name`` titles the cards (default: the teacher's name + ``-boomerang``); ``base_model`` is the teacher's Hub id
+    and ``license`` its licence (default: ``cards.teacher_info``); ``sweeps`` are sweep results (``results.json``
+    or their directories) whose measurements the cards show (default: a run's ``sweeps/`` folder near the student,
+    see ``cards.sweep_files``).
+    """
+
+    name: str | None = None
+    base_model: str | None = None
+    license: str | None = None
+    sweeps: tuple[str, ...] | None = None
 
 
 class ExportProgress:
@@ -350,6 +387,8 @@ class _MemoryWriter(_Writer):
         model.save_pretrained(directory, max_shard_size=self.max_shard_size)
         if self.family.tokenizer is not None:
             save_tokenizer(directory, self.family.tokenizer_source, self.family.tokenizer)
+        for snap in self.family.snapshots:  # the tokenizer files are read now: still the loaded version?
+            snap.verify()
         progress.advance(nbytes)
         return sorted(p.name for p in directory.iterdir())
 
@@ -368,22 +407,37 @@ def _export(
     force: bool,
     progress: ExportProgress | None,
     resume: Any = None,
+    gguf: str | None = None,
+    card: CardOptions | None = None,
 ) -> Path:
     """Write the members; with ``resume`` (a key naming the sources and settings), members that a killed run of
     the same export completed are kept, so the export continues member by member."""
+    from .cards import sweep_files, sweep_scores, write_cards
     from .core.params import plan_config, plan_params
+    from .io.gguf_export import check_config, check_type, gguf_nbytes
     from .io.order_files import save_order
     from .io.stream import check_free_space, checkpoint_nbytes
 
     out = check_writable(out, force=force)
     progress = progress or ExportProgress()
     lm, m = writer.layer_map, writer.layer_map.n_student
+    if gguf is not None:
+        check_type(gguf)
+        check_config(_config_dict(writer.teacher_config), "the teacher")
     plans = {k: PatchPlan(layer_map=lm, patched=order.patched(k), order=order.name) for k in sizes}
     weights = {
         k: checkpoint_nbytes(plan_config(writer.teacher_config, writer.student_config, p), writer.dtype)
         for k, p in plans.items()
     }
-    need = sum(weights.values()) + len(plans) * (writer.tokenizer_bytes + _MEMBER_OVERHEAD)
+    counts = {k: plan_params(writer.teacher_config, writer.student_config, p) for k, p in plans.items()}
+    gguf_bytes = {k: gguf_nbytes(c.trainable, gguf) if gguf else 0 for k, c in counts.items()}
+    manifest = _manifest(writer, order, card, gguf)
+    manifest["members"] = [{"K": k, "patched_student_layers": list(p.patched)} for k, p in plans.items()]
+    card = card or CardOptions()
+    files, explicit = sweep_files(list(card.sweeps) if card.sweeps else None, writer.student)
+    scores = sweep_scores(files, manifest, explicit=explicit)  # a named sweep of another family fails here
+    need = sum(weights.values()) + sum(gguf_bytes.values())
+    need += len(plans) * (writer.tokenizer_bytes * (2 if gguf else 1) + _MEMBER_OVERHEAD)
     check_free_space(
         out,
         need,
@@ -391,11 +445,12 @@ def _export(
         "Export fewer sizes (--sizes), write a smaller dtype (--dtype bfloat16) or choose another --out.",
     )
     rows = []
-    progress.start(len(plans), sum(weights.values()))
+    progress.start(len(plans), sum(weights.values()) + sum(gguf_bytes.values()))
     if resume is not None:
-        resume = {**resume, "order": order.to_json(), "sizes": sizes, "writer": writer.mode}
+        resume = {**resume, "order": order.to_json(), "sizes": sizes, "writer": writer.mode, "gguf": gguf}
     with atomic_dir(out, force=force, resume=resume) as tmp:
         for k, plan in plans.items():
+            check()
             name = member_dir(k, plan, m)
             progress.member(k, name)
             # a member's directory exists only once complete: one there was finished by an interrupted run
@@ -406,85 +461,101 @@ def _export(
             else:
                 with atomic_dir(tmp / name) as member:
                     files = writer.write(plan, member, progress, weights[k])
-            counts = plan_params(writer.teacher_config, writer.student_config, plan)
-            rows.append(
-                {
-                    "K": k,
-                    "dir": name,
-                    "n_layers": plan.n_layers,
-                    "patched_student_layers": list(plan.patched),
-                    "layer_sources": [[who, j] for who, j in plan.sources],
-                    "teacher_layers": plan.teacher_layers,
-                    "embedding_from": plan.embed_source,
-                    "head_from": plan.head_source,
-                    "params": counts.as_dict(),
-                    "weights_bytes": weights[k],
-                    "files": files,
-                }
-            )
+            row: dict[str, Any] = {
+                "K": k,
+                "dir": name,
+                "n_layers": plan.n_layers,
+                "patched_student_layers": list(plan.patched),
+                "layer_sources": [[who, j] for who, j in plan.sources],
+                "teacher_layers": plan.teacher_layers,
+                "embedding_from": plan.embed_source,
+                "head_from": plan.head_source,
+                "params": counts[k].as_dict(),
+                "weights_bytes": weights[k],
+                "files": sorted({*files, CARD}),
+            }
+            if gguf is not None:
+                row["gguf"] = _write_gguf(tmp, name, gguf, manifest, progress)
+            if k in scores:
+                row["scores"] = scores[k]
+            rows.append(row)
             progress.done_member()
         save_order(order, tmp / ORDER_FILE)
-        manifest = {
-            "format": "boomerang-family",
-            "version": 1,
-            "boomerang_version": _version(),
-            "teacher": writer.teacher,
-            "student": writer.student,
-            "model_type": writer.teacher_config.model_type,
-            "dtype": str(writer.dtype).removeprefix("torch."),
-            "written": writer.mode,
-            "layer_map": lm.to_json(),
-            "n_teacher": lm.n_teacher,
-            "n_student": m,
-            "order": {"name": order.name, "file": ORDER_FILE, "sequence": order.sequence},
-            "members": rows,
-        }
+        manifest["members"] = rows
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        (tmp / "README.md").write_text(_readme(manifest))
+        write_cards(tmp, manifest)
     return out
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    """A config object or a ``config.json`` dict, as a dict."""
+    return config if isinstance(config, dict) else config.to_dict()
+
+
+def _manifest(
+    writer: _Writer, order: PatchOrder, card: CardOptions | None, gguf: str | None
+) -> dict[str, Any]:
+    """``family.json`` without its members."""
+    from .cards import CardInfo, teacher_info
+
+    card = card or CardOptions()
+    found = teacher_info(writer.teacher) if card.base_model is None or card.license is None else CardInfo()
+    info = CardInfo(card.base_model or found.base_model, card.license or found.license)
+    lm = writer.layer_map
+    return {
+        "format": "boomerang-family",
+        "version": 1,
+        "boomerang_version": _version(),
+        "name": card.name or family_name(info.base_model or writer.teacher),
+        "teacher": writer.teacher,
+        "student": writer.student,
+        "model_type": _config_dict(writer.teacher_config)["model_type"],
+        "dtype": str(writer.dtype).removeprefix("torch."),
+        "written": writer.mode,
+        "formats": ["safetensors", *(["gguf"] if gguf else [])],
+        "gguf_type": gguf,
+        "card": info.to_json(),
+        "layer_map": lm.to_json(),
+        "n_teacher": lm.n_teacher,
+        "n_student": lm.n_student,
+        "order": {"name": order.name, "file": ORDER_FILE, "sequence": order.sequence},
+        "members": [],
+    }
+
+
+def family_name(teacher: str | None) -> str:
+    """``HuggingFaceTB/SmolLM2-135M-Instruct`` -> ``SmolLM2-135M-Instruct-boomerang``."""
+    base = Path(str(teacher or "model").rstrip("/")).name or "model"
+    return f"{base.removesuffix('.gguf')}-boomerang"
+
+
+def _write_gguf(
+    tmp: Path, member: str, type: str, manifest: dict[str, Any], progress: ExportProgress
+) -> dict:
+    """A member's GGUF file in the export's ``gguf/`` folder (kept if an interrupted run finished it)."""
+    from .io.gguf_export import GGUF_DIR, export_gguf, gguf_name
+
+    rel = f"{GGUF_DIR}/{gguf_name(member, type)}"
+    path = tmp / rel
+    if not path.is_file():
+        path.parent.mkdir(exist_ok=True)
+        export_gguf(
+            tmp / member,
+            path,
+            type=type,
+            name=f"{manifest['name']} {member}",
+            license=manifest["card"]["license"],
+            progress=progress.advance,
+        )
+    else:
+        progress.advance(path.stat().st_size)
+    return {"file": rel, "type": type, "bytes": path.stat().st_size}
 
 
 def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
-def _readme(manifest: dict[str, Any]) -> str:
-    lines = [
-        "# Boomerang family",
-        "",
-        f"Intermediate models between the student `{manifest['student']}` and the teacher "
-        f"`{manifest['teacher']}` ({manifest['model_type']}, {manifest['dtype']}), built by zero-shot patching: "
-        "member K replaces K student layers by the teacher blocks they stand for "
-        f"(patch order `{manifest['order']['name']}`, saved in `{ORDER_FILE}`). K = 0 is the student and "
-        f"K = {manifest['n_student']} the teacher. Each directory is a standard checkpoint:",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f'model = AutoModelForCausalLM.from_pretrained("{manifest["members"][0]["dir"]}")',
-        "```",
-        "",
-        "| K | directory | layers | patched student layers | trainable params | inference params | weights |",
-        "|--:|:--|--:|:--|--:|--:|--:|",
-    ]
-    for r in manifest["members"]:
-        lines.append(
-            f"| {r['K']} | `{r['dir']}` | {r['n_layers']} | {r['patched_student_layers']} | "
-            f"{_fmt_params(r['params']['trainable'])} | {_fmt_params(r['params']['inference'])} | "
-            f"{fmt_bytes(r['weights_bytes'])} |"
-        )
-    lines += [
-        "",
-        "Trainable parameters count every distinct tensor once; inference parameters count a tied embedding "
-        "twice (input lookup and output projection). `family.json` lists each member's layer sources.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def export_family(
@@ -503,18 +574,25 @@ def export_family(
     force: bool = False,
     progress: ExportProgress | None = None,
     trust_remote_code: bool = False,
+    gguf: str | None = None,
+    card: CardOptions | None = None,
 ) -> Path:
-    """Write every member (or the chosen ``sizes``) of a family as its own checkpoint directory under ``out``.
+    """Write every member (or the chosen ``sizes``) of a family as its own checkpoint directory under ``out``, with
+    ``family.json``, ``order.json`` and a model card (README.md) for the family and for each member.
 
     With two local safetensors checkpoints the members are streamed from disk (``stream=None`` decides; ``True``
     insists, ``False`` loads both models). Data-driven orders need ``data`` (a text source) or ``calibration`` ids.
-    ``order`` defaults to the order the student's config records, else ``last``.
+    ``order`` defaults to the order the student's config records, else ``last``. ``gguf`` (f32, f16, bf16 or q8_0)
+    also writes each member as one GGUF file for llama.cpp, ``gguf/K05-22layers.f16.gguf``
+    (``boomerang.io.gguf_export``). ``card`` sets what the cards say (``CardOptions``).
     """
     from .io.checkpoints import is_local_safetensors
     from .io.stream import StreamBuilder, StreamUnsupported, parse_shard_size
 
     check_writable(out, force=force)
     parse_shard_size(max_shard_size)
+    if gguf is not None:
+        check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code)
     if isinstance(order, str) and order in DATA_ORDERS and data is None and calibration is None:
         raise BoomerangError(
             f"order {order!r} is computed from calibration texts: pass --data PATH (data=...)"
@@ -539,7 +617,7 @@ def export_family(
                 raise
         else:
             po = _stream_order(builder, order, data, calibration, trust_remote_code)
-            sizes_ = check_sizes(sizes, builder.layer_map.n_student)
+            sizes_ = check_sizes(sizes, builder.layer_map.n_student, po)
             key = _resume_key(teacher, student, builder.layer_map, builder.dtype, max_shard_size)
             return _export(
                 _StreamWriter(builder, max_shard_size),
@@ -549,6 +627,8 @@ def export_family(
                 force=force,
                 progress=progress,
                 resume=key,
+                gguf=gguf,
+                card=card,
             )
     fam = Family(
         teacher,
@@ -561,12 +641,35 @@ def export_family(
     po = fam.order(order, data=data)
     if not on_disk:
         return fam.export(
-            out, order=po, sizes=sizes, max_shard_size=max_shard_size, force=force, progress=progress
+            out,
+            order=po,
+            sizes=sizes,
+            max_shard_size=max_shard_size,
+            force=force,
+            progress=progress,
+            gguf=gguf,
+            card=card,
         )
     key = _resume_key(teacher, student, fam.layer_map, fam.teacher.dtype, max_shard_size)  # type: ignore[arg-type]
     writer = _MemoryWriter(fam, max_shard_size)
-    chosen = check_sizes(sizes, fam.n_student)
-    return _export(writer, out, po, chosen, force=force, progress=progress, resume=key)
+    chosen = check_sizes(sizes, fam.n_student, po)
+    return _export(writer, out, po, chosen, force=force, progress=progress, resume=key, gguf=gguf, card=card)
+
+
+def check_gguf_teacher(teacher: Any, gguf: str, *, trust_remote_code: bool = False) -> list[str]:
+    """Fail before any work if a family of ``teacher`` cannot be written as GGUF files of type ``gguf``: the type,
+    the architecture and (for a local checkpoint directory) the tokenizer. Returns notes to show the user."""
+    from .io.checkpoints import expand_alias
+    from .io.gguf_export import check_export, check_type
+
+    check_type(gguf)
+    if not _is_path(teacher):
+        return check_export(_config_dict(teacher.config))
+    from .io.loading import load_config
+
+    config = _config_dict(load_config(teacher, trust_remote_code=trust_remote_code))
+    local = Path(expand_alias(teacher)).expanduser()
+    return check_export(config, local if local.is_dir() else None)
 
 
 def _resume_key(

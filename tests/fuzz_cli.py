@@ -7,7 +7,12 @@ message. Counted:
 * tracebacks: an exception escaping ``boomerang.cli.app.run``, or an exit status other than 0 and 2;
 * silent acceptances: exit 0 on an input the oracle calls invalid;
 * unexplained refusals: exit 2 without a message; missing outputs: exit 0 without the promised output;
+* hangs: an invocation that uses more than ``CPU_LIMIT`` seconds of CPU (SIGPROF stops it);
 * refusals of valid inputs are listed too (they point at an oracle or a validation that is too strict).
+
+The inputs include issue 26's classes: non-finite, mistyped and huge recipe numbers, recipes with a key given
+twice or binary bytes, students in both documented formats, checkpoints whose config contradicts their weights,
+.jsonl text that is not a string, symbolic link loops, and calibration longer than the model's context.
 
 ``tests/test_fuzz_cli.py`` runs a short fuzz in the test suite; the full run (at least 1,000 invocations)::
 
@@ -20,6 +25,7 @@ import argparse
 import json
 import random
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -29,9 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reliability_kit import KEPT, N_TEACHER, Kit, invoke, make_kit
+from reliability_kit import KEPT, N_TEACHER, Kit, Result, invoke, make_kit
 
 M = len(KEPT)
+CONTEXT = 128  # the tiny models' positions: longer calibration is refused
+CPU_LIMIT = 120.0  # CPU seconds one invocation may use before it counts as a hang
 
 
 @dataclass
@@ -148,9 +156,11 @@ class Gen:
     def model(self, case: Case, flag: str | None, *, role: str = "teacher", tokenizer: bool = True) -> str:
         """A model path: mostly the right one, sometimes missing, damaged, a GGUF in name only, or mistyped."""
         good = {"teacher": self.t, "student": self.s}[role]
+        if role == "student" and self.chance(0.2):
+            good = self.kit.root / "round2" / "sidecar_student"  # the published students' format
         r = self.rng.random()
         bad: tuple[str, str] | None = None
-        if r < 0.88:
+        if r < 0.86:
             value = str(good)
         else:
             bad = self.pick(
@@ -161,6 +171,12 @@ class Gen:
                     ("someorg/somemodel", "hub id while offline"),
                     (str(self.kit.path("data.txt")), "a text file as a model"),
                     (str(self.kit.root / "bad"), "a folder without config.json"),
+                ]
+                + [
+                    (str(self.kit.root / "round2" / "three_layers"), "config says 3 layers, weights hold 5"),
+                    (str(self.kit.root / "round2" / "seven_layers"), "config says 7 layers, weights hold 5"),
+                    (str(self.kit.root / "round2" / "wide"), "config's MLP width contradicts the weights"),
+                    (str(self.kit.root / "round2" / "loop_a"), "a symbolic link loop"),
                 ]
                 + ([(str(self.kit.path("no_tokenizer")), "no tokenizer")] if tokenizer else [])
                 + (
@@ -189,6 +205,9 @@ class Gen:
                 (str(self.t / "model.safetensors"), "binary data"),
                 (str(self.kit.root / "missing.txt"), "missing data"),
                 (str(self.kit.path("bad_sidecar")), "a folder without text files"),
+                (str(self.kit.root / "round2" / "number_text.jsonl"), "a .jsonl text that is a number"),
+                (str(self.kit.root / "round2" / "null_text.jsonl"), "a .jsonl text that is null"),
+                (str(self.kit.root / "round2" / "loop_a"), "a symbolic link loop"),
             ]
         )
         case.add(flag, value)
@@ -321,7 +340,7 @@ def g_init(g: Gen) -> Case:
         if not ok:
             c.invalid("--size out of range")
         g.option_int(c, "--calibration-texts", 1, None, (2, 3))
-        g.option_int(c, "--calibration-length", 2, None, (8, 16))
+        g.option_int(c, "--calibration-length", 2, CONTEXT, (8, 16, 500))
     else:
         c.add("--strategy", g.pick(["random", "every", "sometimes"]))
         if c.argv[-1] == "sometimes":
@@ -437,7 +456,7 @@ def g_analyze(g: Gen) -> Case:
     out = g.out_dir(c)
     c.output = _has(out, "summary.json")
     g.option_int(c, "--calibration-texts", 1, None, (1, 2))
-    g.option_int(c, "--calibration-length", 2, None, (8, 16))
+    g.option_int(c, "--calibration-length", 2, CONTEXT, (8, 16, 200))
     if g.chance(0.4):
         value = g.pick(["last", "last,first", "last,,first", "", "first,first", "middle"])
         c.add("--orders", value)
@@ -462,7 +481,7 @@ def g_order(g: Gen) -> Case:
     if name == "last":
         c.invalid("not a data-driven order")
     g.option_int(c, "--calibration-texts", 1, None, (1, 2))
-    g.option_int(c, "--calibration-length", 2, None, (8, 16))
+    g.option_int(c, "--calibration-length", 2, CONTEXT, (8, 16, 129))
     if name == "optimal" and g.chance(0.5):
         value, ok = g.integer(1, None, (3, 12))
         c.add("--max-layers", value)
@@ -482,11 +501,16 @@ def g_distill(g: Gen) -> Case:
     if r < 0.85:
         c.add(str(g.kit.root / "recipe.yaml"))
     else:
+        r2 = g.kit.root / "round2"
         value, why = g.pick(
             [
                 (str(g.kit.root / "bad") + "/", "a folder as the recipe"),
                 (str(g.kit.root / "missing.yaml"), "missing recipe"),
                 (str(g.kit.path("data.txt")), "not a recipe"),
+                (str(r2 / "twice.yaml"), "a recipe key given twice"),
+                (str(r2 / "binary.yaml"), "a binary recipe"),
+                (str(r2 / "latin1.yaml"), "a recipe that is not UTF-8"),
+                (str(r2 / "loop_a"), "a symbolic link loop as the recipe"),
             ]
         )
         c.add(value)
@@ -504,8 +528,14 @@ def g_distill(g: Gen) -> Case:
     overrides = {
         "train.steps=1": True, "loss.kl=0.5": True, "lr=1e-3": True, "train.stepz=1": False, "steps=0": False,
         "=3": False, "noequals": False, "train.batch_size=x": False, "optim.betas=[2, 3]": False,
+        # issue 26: non-finite, mistyped and huge numbers, and keys given twice inside a value
+        "optim.lr=1e400": False, "lr=inf": False, "loss.temperature=.nan": False, "optim.eps=-1e999": False,
+        "optim.betas=[0.9, 1e400]": False, "train.steps='3'": False, "train.steps=true": False,
+        "train.seed=4294967296": False, "train.seed=4294967295": True, "train.batch_size=100000000000000000000": False,
+        "train.threads=100000": False, "train.compile=1": False, "optim.weight_decay=0.05": True,
+        "train={steps: 1, steps: 2}": False, "loss.temperature=2.0": True,
     }  # fmt: skip
-    if g.chance(0.4):
+    if g.chance(0.5):
         item = g.pick(overrides)
         c.add(item)
         if not overrides[item]:
@@ -517,9 +547,22 @@ def g_distill(g: Gen) -> Case:
             g.option_int(c, "--steps", 1, None, (1, 2))
             if any(a in ("train.steps=1", "steps=0") for a in c.argv):
                 c.invalid("train.steps set twice")
-    else:  # a real (two-step) run
+    else:  # a real (two-step) run: its inputs are checked too
         c.add("checkpoint.every=1")
         c.output = _has(out, "student")
+        r2 = g.kit.root / "round2"
+        inputs = {
+            f"student={r2 / 'sidecar_student'}": True, f"student={g.s}": True,
+            f"student={r2 / 'three_layers'}": False, f"student={r2 / 'wide'}": False,
+            f"data.train={r2 / 'number_text.jsonl'}": False, f"data.train={r2 / 'loop_a'}": False,
+            f"data.eval={r2 / 'loop_a'}": False, "data.seq_len=4096": False,
+            "data.heldout_docs=100 data.eval=null": False,
+        }  # fmt: skip
+        if g.chance(0.5):
+            item = g.pick(inputs)
+            c.add(*item.split(" "))
+            if not inputs[item]:
+                c.invalid(f"bad input {item}")
     if g.chance(0.05):
         c.add("--resume", "--force")
         c.invalid("--resume with --force")
@@ -585,6 +628,7 @@ class Report:
     silent_acceptances: list[dict] = field(default_factory=list)
     unexplained: list[dict] = field(default_factory=list)
     missing_output: list[dict] = field(default_factory=list)
+    hangs: list[dict] = field(default_factory=list)
     refused_valid: list[dict] = field(default_factory=list)
     by_command: Counter = field(default_factory=Counter)
     accepted: Counter = field(default_factory=Counter)  # exit 0, by command
@@ -598,6 +642,7 @@ class Report:
             "silent_acceptances": len(self.silent_acceptances),
             "unexplained_refusals": len(self.unexplained),
             "missing_outputs": len(self.missing_output),
+            "hangs": len(self.hangs),
             "refused_valid": len(self.refused_valid),
             "exit_0": self.exits[0],
             "exit_2": self.exits[2],
@@ -605,6 +650,26 @@ class Report:
             "accepted_by_command": dict(sorted(self.accepted.items())),
             "seconds": round(self.seconds, 1),
         }
+
+
+class HangError(BaseException):
+    """An invocation used more CPU time than any command on the tiny models needs."""
+
+
+def limited(argv: list[str], cpu_seconds: float) -> Result:
+    """``invoke``, stopped by ``HangError`` after ``cpu_seconds`` of CPU time (SIGPROF: a process stopped from
+    outside, or waiting, does not count; pytest-timeout's SIGALRM is left alone)."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise HangError(f"over {cpu_seconds} s of CPU")
+
+    previous = signal.signal(signal.SIGPROF, stop)
+    signal.setitimer(signal.ITIMER_PROF, cpu_seconds)
+    try:
+        return invoke(argv)
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def fuzz(
@@ -622,14 +687,16 @@ def fuzz(
     started = time.perf_counter()
     for i in range(n):
         case = GENERATORS[rng.choices(names, weights)[0]][0](g)
-        r = invoke(case.argv)
+        r = limited(case.argv, CPU_LIMIT)
         entry = {"argv": case.argv, "bad": case.bad, "code": r.code, "err": r.err[-600:]}
         report.invocations += 1
         report.by_command[case.command] += 1
         report.exits[r.code] += 1
         if r.code == 0:
             report.accepted[case.command] += 1
-        if r.crashed:
+        if r.traceback is not None and "HangError" in r.traceback:
+            report.hangs.append(entry)
+        elif r.crashed:
             report.tracebacks.append({**entry, "traceback": (r.traceback or "")[-3000:]})
         elif r.code == 0 and case.bad:
             report.silent_acceptances.append(entry)
@@ -667,10 +734,17 @@ def main() -> None:
     summary = report.summary()
     print(json.dumps(summary, indent=1))
     if args.json:
-        details = {k: getattr(report, k) for k in ("tracebacks", "silent_acceptances", "unexplained")}
+        details = {
+            k: getattr(report, k) for k in ("tracebacks", "silent_acceptances", "unexplained", "hangs")
+        }
         details |= {"missing_output": report.missing_output, "refused_valid": report.refused_valid}
         args.json.write_text(json.dumps({"seed": args.seed, **summary, **details}, indent=1) + "\n")
-    bad = summary["tracebacks"] + summary["silent_acceptances"] + summary["unexplained_refusals"]
+    bad = (
+        summary["tracebacks"]
+        + summary["silent_acceptances"]
+        + summary["unexplained_refusals"]
+        + summary["hangs"]
+    )
     sys.exit(1 if bad or summary["missing_outputs"] else 0)
 
 

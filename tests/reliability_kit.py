@@ -86,7 +86,45 @@ def make_kit(root: Path, archs: tuple[str, ...] = ("llama", "qwen3")) -> Kit:
     recipe["train"].update(steps=2, batch_size=2, micro_batch_size=2)
     recipe["init"] = {"strategy": "layers", "layers": list(KEPT)}
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    _round2(root, s_dir)
     return Kit(root)
+
+
+def _round2(root: Path, s_dir: Path) -> None:
+    """Issue 26's inputs, under ``round2/``: both student formats, self-contradicting checkpoints, text that is
+    not text, link loops and recipes that are not recipes."""
+    import os
+
+    r2 = root / "round2"
+    r2.mkdir()
+
+    def student(name: str, edit, sidecar: bool = True) -> None:
+        shutil.copytree(s_dir, r2 / name)
+        cfg = json.loads((r2 / name / "config.json").read_text())
+        edit(cfg)
+        (r2 / name / "config.json").write_text(json.dumps(cfg))
+        if not sidecar:
+            (r2 / name / "student_config.json").unlink()
+
+    def layers(n: int, kept: list[int]):
+        def edit(cfg):
+            cfg["num_hidden_layers"] = n
+            cfg["boomerang"]["layer_map"]["kept"] = kept
+
+        return edit
+
+    student("sidecar_student", lambda c: c.pop("boomerang"))  # the published format: a valid student
+    student("three_layers", layers(3, [0, 2, 4]), sidecar=False)  # says 3 layers, holds 5
+    student("seven_layers", layers(7, [0, 1, 2, 3, 4, 6, 7]), sidecar=False)  # says 7, holds 5
+    student("wide", lambda c: c.update(intermediate_size=128))  # says 128-wide MLPs, holds 64
+    (r2 / "number_text.jsonl").write_text('{"text": "w4 w5 w6"}\n{"text": 5}\n')
+    (r2 / "null_text.jsonl").write_text('{"text": null}\n')
+    os.symlink("loop_b", r2 / "loop_a")
+    os.symlink("loop_a", r2 / "loop_b")
+    recipe = (root / "recipe.yaml").read_text()
+    (r2 / "twice.yaml").write_text(recipe + "train:\n  steps: 3\n")  # a top-level key given twice
+    (r2 / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (r2 / "latin1.yaml").write_bytes(recipe.encode() + b"notes: caf\xe9\n")
 
 
 @dataclass

@@ -89,3 +89,22 @@ def test_wiggles_under_the_tolerance_are_not_inversions():
     c = C.check_monotone(rows("boomerang", [90, 50, 37.0, 37.2, 37.1, 37.3]))  # +0.5% steps near the teacher
     assert c.passed and c.numbers["inversions"] == [] and c.numbers["wiggles"] == 2 and "under 1%" in c.detail
     assert not C.check_monotone(rows("boomerang", [90, 50, 37.0, 38.0, 37.1, 38.5])).passed  # +2.7%, +3.8%
+
+
+def test_teacher_size_variants_are_reported_apart_not_judged():
+    """A K-indexed order that patches single-layer blocks last ends with members the teacher's size: they are
+    teacher-size variants, not intermediate sizes. Here K=3 is such a variant and worse than naive dropping (the
+    teacher); it must not fail (b) or (c), nor count as an inversion in (a)."""
+    fam = rows("boomerang", [50, 30, 12, 10.8, 10], params=[100, 110, 120, 130, 130])
+    fam[-1]["role"] = "teacher"
+    naive = rows("naive", [60, 40, 20, 10, 10], params=[100, 110, 120, 130, 130])
+    assert [r["K"] for r in C.teacher_size_variants(fam)] == [3]
+    assert [r["K"] for r in C.sized(fam)] == [0, 1, 2, 4]
+    b = C.check_naive(fam + naive)
+    assert b.passed and sorted(b.numbers["ratios"]) == [1, 2]
+    shortgpt = [{"method": "shortgpt", "K": k, "ppl": v, "inference": p} for k, v, p in ((0, 80, 100), (4, 10, 130))]
+    laco = [{**r, "method": "laco"} for r in shortgpt]
+    c = C.check_pruning(fam + shortgpt + laco)
+    assert c.passed and sorted(c.numbers["ratios"]["shortgpt"]) == [0, 1, 2]
+    a = C.check_monotone([*fam[:3], {**fam[3], "ppl": 14}, fam[4]])  # the variant worse than K=2: not counted
+    assert a.passed and a.numbers["inversions"] == []

@@ -36,7 +36,7 @@ def test_members_share_storage_and_match_built_copies(fam):
     family, teacher, student, lm = fam
     x = ids()
     sources = storage(teacher) | storage(student)
-    for order, sizes in (("last", family.sizes), ("first", [1, 2])):
+    for order, sizes in (("last", family.ks), ("first", [1, 2])):
         for k in sizes:
             member = family.member(k, order=order)
             assert storage(member) <= sources  # not one new tensor
@@ -60,7 +60,7 @@ def test_members_share_storage_and_match_built_copies(fam):
 def test_all_members_held_add_no_tensor_memory(fam):
     family, teacher, student, lm = fam
     members = family.members()
-    assert sorted(members) == family.sizes == list(range(lm.n_student + 1))
+    assert sorted(members) == family.ks == list(range(lm.n_student + 1))
     held = set().union(*(storage(m) for m in members.values()))
     assert held <= storage(teacher) | storage(student)
     assert family.member(2) is members[2]  # remembered
@@ -112,7 +112,7 @@ def test_plans_orders_and_table():
     po = B.PatchOrder.from_sequence("mine", [1, 0, 3, 2], 4)
     assert family.order(po) is po and family.plan(1, order=po).patched == (1,)
     table = family.table()
-    assert [r["K"] for r in table] == family.sizes
+    assert [r["K"] for r in table] == family.ks
     assert table[2]["patched"] == [0, 1]
     assert table[2]["trainable"] == B.count_params(family.member(2)).trainable
     with pytest.raises(B.BoomerangError, match="out of range"):

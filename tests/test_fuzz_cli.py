@@ -20,7 +20,7 @@ def _assert_clean(report) -> None:
     s = report.summary()
     problems = {
         k: getattr(report, k)[:3]
-        for k in ("tracebacks", "silent_acceptances", "unexplained", "missing_output")
+        for k in ("tracebacks", "silent_acceptances", "unexplained", "missing_output", "hangs")
         if getattr(report, k)
     }
     assert not problems, json.dumps(problems, indent=1)[:6000]

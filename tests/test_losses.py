@@ -126,6 +126,28 @@ def test_cosine_distance_sum_reference():
     assert abs(float(cosine_distance_sum(a, b, real)) - float(ref)) < 1e-6
 
 
+def test_cosine_distance_sum_gradients_match_autograd():
+    """The hand-written backward equals autograd's through F.cosine_similarity, for both inputs (fp64 gradcheck
+    too), and bf16 inputs get bf16 gradients close to the fp32 ones."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(9, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    real = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool)
+    ref = ((1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)) * real).sum()
+    ga, gb = torch.autograd.grad(ref, (a, b))
+    ours = cosine_distance_sum(a, b, real)
+    oa, ob = torch.autograd.grad(ours, (a, b))
+    assert abs(float(ours) - float(ref)) < 1e-6
+    assert torch.allclose(oa, ga, atol=1e-6) and torch.allclose(ob, gb, atol=1e-6)
+    assert oa[2].abs().max() == 0  # padding rows get no gradient
+    w = real.to(torch.float64)
+    assert torch.autograd.gradcheck(lambda x, y: cosine_distance_sum(x, y, w.bool()), (a, b))
+    a16 = a.detach().bfloat16().requires_grad_()
+    (g16,) = torch.autograd.grad(cosine_distance_sum(a16, b.detach().bfloat16(), real), (a16,))
+    assert g16.dtype == torch.bfloat16
+    assert torch.allclose(g16.double(), oa, atol=2e-2, rtol=2e-2)
+
+
 def test_labels_and_counts_skip_padding():
     x = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
@@ -294,3 +316,74 @@ def test_kl_with_minus_infinity_teacher_logits_is_finite():
     assert torch.isfinite(kl) and abs(float(kl) - ref.item()) < 1e-6
     (g,) = torch.autograd.grad(loss, zs)
     torch.testing.assert_close(g, torch.softmax(zs.detach(), -1) - p)
+
+
+# ---- the teacher-context term -----------------------------------------------------------------------------------
+
+
+def _ctx_setup(kept=(0, 2, 4, 5), arch="llama"):
+    from tiny import ids, make_pair
+
+    from boomerang.core.layermap import LayerMap
+    from boomerang.train.losses import DistillLoss, LossConfig, model_outputs
+
+    teacher, student, layer_map = make_pair(arch, 6, kept=kept)
+    assert isinstance(layer_map, LayerMap)
+    cfg = LossConfig(ce=0, kl=0, cos=0, ctx=1.0, ctx_mse=0.5)
+    loss_fn = DistillLoss(cfg, layer_map)
+    x = ids(2, 12)
+    with torch.no_grad():  # as in training: the teacher is frozen
+        t_out = model_outputs(teacher.requires_grad_(False), x, None, loss_fn.keys(1))
+    s_out = model_outputs(student, x, None, loss_fn.keys(0), ctx=loss_fn.ctx_inputs(t_out))
+    return teacher, student, layer_map, loss_fn, x, t_out, s_out
+
+
+def test_ctx_pass_runs_each_student_layer_on_the_teachers_block_input():
+    """ctx:i is student layer i applied to the teacher's state entering its block (layer l_i - 1's output)."""
+    from boomerang.core.spans import run_span
+
+    teacher, student, layer_map, loss_fn, x, t_out, s_out = _ctx_setup()
+    with torch.no_grad():
+        for i, first in enumerate(layer_map.kept):
+            h_in = run_span(teacher, x, stop=first) if first else None
+            if h_in is None:
+                from boomerang.core.spans import embedding_output
+
+                h_in = embedding_output(teacher, x)
+            want = run_span(student, x, start=i, stop=i + 1, hidden=h_in)
+            torch.testing.assert_close(s_out.states[f"ctx:{i}"], want)
+            target = run_span(teacher, x, stop=layer_map.target(i) + 1)
+            torch.testing.assert_close(t_out.states[loss_fn.ctx_pairs[i][1]], target)
+
+
+def test_ctx_term_is_zero_for_a_student_that_is_the_teacher():
+    """With every teacher layer kept and copied unchanged, each student layer reproduces its block exactly."""
+    from tiny import ids, make_teacher
+
+    from boomerang.core.layermap import LayerMap
+    from boomerang.train.initialise import init_student
+    from boomerang.train.losses import DistillLoss, LossConfig, model_outputs
+
+    teacher = make_teacher("llama", 4)
+    student = init_student(teacher, [0, 1, 2, 3])
+    lm = LayerMap(n_teacher=4, kept=(0, 1, 2, 3))
+    loss_fn = DistillLoss(LossConfig(ce=0, kl=0, cos=0, ctx=1.0, ctx_mse=1.0), lm)
+    x = ids(2, 10)
+    t_out = model_outputs(teacher, x, None, loss_fn.keys(1))
+    s_out = model_outputs(student, x, None, loss_fn.keys(0), ctx=loss_fn.ctx_inputs(t_out))
+    out = loss_fn(s_out, t_out, x, None, n_ce=18, n_tok=20)
+    assert out.sums["ctx"] < 1e-5 and out.sums["ctx_mse"] < 1e-10
+
+
+def test_ctx_gradient_reaches_only_the_student_layers():
+    """The teacher-context term trains each student layer alone: no gradient reaches the embedding, the final
+    norm or the head, and every layer gets one."""
+    teacher, student, _layer_map, loss_fn, x, t_out, s_out = _ctx_setup()
+    out = loss_fn(s_out, t_out, x, None, n_ce=22, n_tok=24)
+    assert out.sums["ctx"] > 0 and out.sums["ctx_mse"] > 0 and out.sums["ce"] == 0
+    out.loss.backward()
+    for name, p in student.named_parameters():
+        in_layer = name.startswith("model.layers.")
+        got = p.grad is not None and bool(p.grad.abs().sum() > 0)
+        assert got == in_layer, name
+    assert all(p.grad is None for p in teacher.parameters())

@@ -198,7 +198,86 @@ def test_order_scores_for_builtin_orders_match_direct_computation():
 # ---- serialisation -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["similarity", "greedy-kl", "optimal"])
+# ---- size-aware: one member per distinct size --------------------------------------------------------------------
+
+
+def _brute_force_by_size(teacher, student, lm, x, tied=True):
+    """The lowest-KL patched set for every layer count, over every subset (tied pairs: 0 and M-1 together)."""
+    m, best = lm.n_student, {}
+    for r in range(m + 1):
+        for subset in itertools.combinations(range(m), r):
+            if tied and (0 in subset) != (m - 1 in subset):
+                continue
+            plan = B.PatchPlan(layer_map=lm, patched=subset)
+            kl = direct_kl(teacher, B.patch(teacher, student, lm, subset), x)
+            if plan.n_layers not in best or kl < best[plan.n_layers][0] - 1e-12:
+                best[plan.n_layers] = (kl, subset)
+    return best
+
+
+def test_size_aware_is_the_exhaustive_optimum_per_size():
+    """With few layers every subset is scored: each size's member is the brute-force best of that size; single-
+    layer blocks may come from either model; no member mixes the embedding of one model with the other's head."""
+    teacher, student, lm = make_pair("llama", 8, kept=(0, 1, 3, 6, 7))  # blocks 1, 2, 3, 1, 1 layers
+    perturb(student, 0.3, seed=7)
+    x = ids(3, 10)
+    po = compute_order("size-aware", teacher, student, lm, x)
+    assert po.by_size and po.n_student == 5 and po.sequence is None
+    best = _brute_force_by_size(teacher, student, lm, x)
+    layers = [B.PatchPlan(layer_map=lm, patched=s).n_layers for s in po.subsets]
+    assert layers == sorted(best) == list(range(5, 9))  # every size once, smallest first
+    for subset, kl, n in zip(po.subsets, po.info["kl"], layers, strict=True):
+        assert kl == pytest.approx(best[n][0], abs=1e-6)
+        assert kl == pytest.approx(direct_kl(teacher, B.patch(teacher, student, lm, subset), x), abs=1e-6)
+        assert (0 in subset) == (4 in subset)
+    assert po.info["method"] == "exhaustive" and po.info["kl"][-1] == pytest.approx(0.0, abs=1e-7)
+    # K indexes the sizes: member k is the k-th size, whatever it patches
+    m3 = B.patch(teacher, student, lm, num_patched=3, order=po)
+    assert torch.equal(_logits(m3, x), _logits(B.patch(teacher, student, lm, po.subsets[3]), x))
+    with pytest.raises(BoomerangError, match="4 sizes"):
+        B.patch(teacher, student, lm, num_patched=4, order=po)
+
+
+def test_size_aware_search_beyond_exhaustive(monkeypatch):
+    """Past the exhaustive limit: the multi-layer blocks are enumerated and the single-layer blocks searched. The
+    members still cover every size with exact KLs, and each is at least as good as the best member of its size
+    whose single-layer blocks are all the student's or all the teacher's."""
+    import boomerang.analysis.orders as orders
+
+    teacher, student, lm = make_pair("qwen2", 8, kept=(0, 1, 3, 4, 6, 7))  # blocks 1, 2, 1, 2, 1, 1
+    perturb(student, 0.3, seed=3)
+    x = ids(2, 10)
+    monkeypatch.setattr(orders, "SIZE_EXHAUSTIVE", 4)
+    po = compute_order("size-aware", teacher, student, lm, x)
+    assert po.info["method"].startswith("multi-layer blocks")
+    layers = [B.PatchPlan(layer_map=lm, patched=s).n_layers for s in po.subsets]
+    assert layers == list(range(6, 9))
+    singles = [0, 2, 4, 5]
+    for subset, kl, n in zip(po.subsets, po.info["kl"], layers, strict=True):
+        assert kl == pytest.approx(direct_kl(teacher, B.patch(teacher, student, lm, subset), x), abs=1e-6)
+        for fixed in ((), tuple(singles)):
+            for multi in ((), (1,), (3,), (1, 3)):
+                cand = tuple(sorted({*multi, *fixed}))
+                if B.PatchPlan(layer_map=lm, patched=cand).n_layers == n:
+                    assert kl <= direct_kl(teacher, B.patch(teacher, student, lm, cand), x) + 1e-6
+    best = _brute_force_by_size(teacher, student, lm, x)
+    print("size-aware vs optimum:", [(po.info["kl"][i], best[n][0]) for i, n in enumerate(layers)])
+
+
+def test_family_sizes_are_the_distinct_layer_counts():
+    teacher, student, lm = make_pair("llama", 6, kept=(0, 2, 4, 5))  # blocks 2, 2, 1, 1
+    fam = B.Family(teacher, student, lm)
+    sizes = fam.sizes
+    assert [s.layers for s in sizes] == [4, 5, 6]
+    assert [s.inference for s in sizes] == sorted(s.inference for s in sizes)
+    assert sizes[0].patched == () and sizes[-1].layers == 6
+    for s in sizes:
+        model = fam.member(patched=s.patched)
+        assert sum(p.numel() for p in model.parameters()) == s.trainable
+    assert fam.ks == list(range(5)) and len(fam) == 5  # the default order (last) has M + 1 members
+
+
+@pytest.mark.parametrize("name", ["similarity", "greedy-kl", "optimal", "size-aware"])
 def test_orders_serialise_and_rebuild_identically(tmp_path, name):
     teacher, student, lm = make_pair("qwen3", 6, kept=(0, 2, 4, 5))
     x = ids(2, 10)
@@ -208,7 +287,7 @@ def test_orders_serialise_and_rebuild_identically(tmp_path, name):
     again = load_order(path)
     assert again == po and json.loads(path.read_text())["info"]["calibration"]["texts"] == 2
     assert resolve_order(str(path), lm) == po
-    for k in range(lm.n_student + 1):
+    for k in range(po.n_members):
         a = B.patch(teacher, student, lm, num_patched=k, order=po)
         b = B.patch(teacher, student, lm, num_patched=k, order=again)
         assert torch.equal(_logits(a, x), _logits(b, x))

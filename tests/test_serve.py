@@ -85,7 +85,7 @@ def test_models_lists_every_member_with_layers_and_parameters(served):
     family = server.family
     table = family.table()
     data = client.models.list().data
-    assert [m.id for m in data] == [f"k{k}" for k in family.sizes]
+    assert [m.id for m in data] == [f"k{k}" for k in family.ks]
     for m, row in zip(data, table, strict=True):
         extra = m.model_extra
         assert m.object == "model" and extra["k"] == row["K"]
@@ -153,7 +153,7 @@ def test_raw_stream_is_server_sent_events_ending_with_done(served):
 
 def test_parameter_budgets_pick_the_largest_member_that_fits(served):
     server, _url, client = served
-    params = [server.members.params(k) for k in server.family.sizes]
+    params = [server.members.params(k) for k in server.family.ks]
     # last order on blocks of 2, 2, 1, 1 teacher layers: k1 and k2 (teacher head, untied) have the same size
     assert params[0] < params[1] == params[2] < params[3] < params[4]
     cases = ((params[0], "k0"), (params[1], "k2"), (params[3] - 1, "k2"), (params[4] - 1, "k3"), ("1M", "k4"))
@@ -364,23 +364,26 @@ def test_text_stream_holds_back_what_may_start_a_stop_string():
 
 def test_router_picks_the_largest_member_that_fits_under_load():
     teacher, student, lm = make_pair("llama", tie=True)
-    service = Service(B.Family(teacher, student, lm, tokenizer=tiny_tokenizer()), max_latency_ms=105)
+    service = Service(B.Family(teacher, student, lm, tokenizer=tiny_tokenizer()), max_latency_ms=45)
     router = service.router
     load: list[int] = []
     router.load = lambda: list(load)
-    for k, ms in enumerate(
-        [1.0, 1.0, 1.0, 2.0, 3.0]
-    ):  # measured costs: ms per token, a tenth per prompt token
+    for k, ms in enumerate([1.0, 1.0, 1.0, 4.0, 4.0]):  # measured costs: ms per step, a tenth per prompt token
         router.observe(k, "decode", 1, ms / 1000)
         router.observe(k, "prefill", 10, ms / 1000)
-    # alone, 10 prompt tokens and 10 new ones on the teacher: 10 * 0.3 + 9 * 3 = 30 ms
-    assert router.choose(10, 10).k == 4
-    # three teacher jobs in flight: each token also waits 9 ms; k4: 3 + 9 + 9 * 12 = 120, k3: 2 + 9 + 9 * 11 = 110
-    load[:] = [4, 4, 4]
-    assert abs(router.estimate(2, 10, 10, load) - (0.001 + 0.009 + 9 * 0.010)) < 1e-12
+    router.observe(4, "speculative", 5, 1.0)  # speculative rounds are not decoding steps: ignored
+    # alone, 10 prompt tokens and 10 new ones on the teacher: 10 * 0.4 + 9 * 4 = 40 ms
     d = router.choose(10, 10)
-    assert (d.k, d.fits, d.load) == (2, True, 3)  # k0..k2 have the same size: the most teacher layers wins
-    load[:] = [4] * 20  # nothing fits: the smallest member, reported late
+    assert (d.k, round(d.estimate_ms, 6)) == (4, 40.0)
+    # three teacher requests in flight: a new one joins their batched step, so the teacher still fits
+    load[:] = [4, 4, 4]
+    assert router.choose(10, 10).k == 4
+    # one student request in flight: each token also waits for its step (1 ms); k4 and k3: 4 + 1 + 9 * 5 = 50
+    load[:] = [0]
+    assert abs(router.estimate(2, 10, 10, load) - (0.001 + 0.001 + 9 * 0.002)) < 1e-12
+    d = router.choose(10, 10)
+    assert (d.k, d.fits, d.load) == (2, True, 1)  # k0..k2 have the same size: the most teacher layers wins
+    load[:] = [0, 3, 4]  # nothing fits: the smallest member, reported late
     d = router.choose(10, 10)
     assert d.k == 0 and not d.fits
     # an unmeasured member is estimated from a line in parameter count through the measured ones
@@ -389,7 +392,7 @@ def test_router_picks_the_largest_member_that_fits_under_load():
     router.observe(4, "decode", 1, 0.003)
     p0, p3, p4 = (service.members.params(k) for k in (0, 3, 4))
     assert abs(router.decode_cost(3) - (0.001 + 0.002 * (p3 - p0) / (p4 - p0))) < 1e-9
-    assert router.snapshot()["chosen"] == {"k4": 1, "k2": 1, "k0": 1}
+    assert router.snapshot()["chosen"] == {"k4": 2, "k2": 1, "k0": 1}
 
 
 def test_auto_over_http_names_the_member_it_chose(pair):

@@ -268,19 +268,76 @@ def test_bf16_autocast_path_runs_on_cpu(root, tmp_path):
     assert torch.isfinite(torch.tensor(rec["loss"])) and rec["loss"] > 0
 
 
-def test_bf16_tracks_fp32_over_50_steps(root, tmp_path):
-    """The bf16 step (bf16 teacher, autocast student, bf16 head matmuls) follows the fp32 run's loss curve."""
+@pytest.mark.parametrize("copies", [True, False], ids=["bf16-copies", "autocast"])
+def test_bf16_tracks_fp32_over_50_steps(root, tmp_path, copies):
+    """The bf16 step (bf16 teacher, bf16 working copies of the student or autocast, bf16 head matmuls) follows
+    the fp32 run's loss curve."""
     curves = {}
     for precision in ("fp32", "bf16"):
-        r = parse_recipe(tiny_recipe(root, train={"precision": precision, "steps": 50}))
-        d = Distiller(r, out=tmp_path / precision)
+        train = {"precision": precision, "steps": 50, "bf16_copies": copies}
+        d = Distiller(parse_recipe(tiny_recipe(root, train=train)), out=tmp_path / precision)
         d.setup()
+        assert (d.models.working is not None) == (copies and precision == "bf16")
         curves[precision] = [d.train_step()["loss"] for _ in range(50)]
     a, b = torch.tensor(curves["fp32"]), torch.tensor(curves["bf16"])
     rel = (a - b).abs() / a
-    print(f"bf16 vs fp32 over 50 steps: max relative loss difference {rel.max():.4f}")
+    print(
+        f"bf16 ({'copies' if copies else 'autocast'}) vs fp32 over 50 steps: max relative difference {rel.max():.4f}"
+    )
     assert rel.max() < BF16_TOLERANCE, rel.max()
     assert b[-5:].mean() < 0.9 * b[:5].mean()  # and it learns
+
+
+def test_bf16_working_copies_equal_the_masters_rounded(root, tmp_path):
+    """After every step the bf16 copies are the fp32 master weights rounded to bf16; the embedding and head are
+    the masters themselves (fp32 token gradients); only the masters get gradients and optimizer state."""
+    r = parse_recipe(tiny_recipe(root, train={"precision": "bf16", "steps": 4}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    wc = d.models.working
+    assert wc is not None and wc.pairs
+    emb = d.student.get_input_embeddings().weight
+    assert wc.model.get_input_embeddings().weight is emb and emb.dtype == torch.float32
+    assert all(mp.dtype == torch.float32 and wp.dtype == torch.bfloat16 for mp, wp in wc.pairs)
+    before = {id(mp): mp.detach().clone() for mp, _ in wc.pairs}
+    for _ in range(3):
+        d.train_step()
+        for mp, wp in wc.pairs:
+            assert torch.equal(wp.detach(), mp.detach().to(torch.bfloat16))
+            assert wp.grad is None  # drained into the masters' gradients, which the optimizer then consumed
+    assert any(not torch.equal(before[id(mp)], mp.detach()) for mp, _ in wc.pairs)  # the masters moved
+    opt_params = {id(p) for g in d.optimizer.param_groups for p in g["params"]}
+    assert all(id(mp) in opt_params and id(wp) not in opt_params for mp, wp in wc.pairs)
+
+
+def test_bf16_working_copy_gradients_match_autocast(root, tmp_path):
+    """One backward pass through the working copy gives (nearly) the gradients the autocast path gives."""
+    grads = {}
+    for copies in (True, False):
+        r = parse_recipe(tiny_recipe(root, train={"precision": "bf16", "steps": 2, "bf16_copies": copies}))
+        d = Distiller(r, out=tmp_path / str(copies))
+        d.setup()
+        d.optimizer.step = lambda: None  # keep the gradients for inspection
+        d.optimizer.zero_grad = lambda set_to_none=True: None
+        d.train_step()
+        grads[copies] = {n: p.grad.clone() for n, p in d.student.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name, g in grads[True].items():
+        ref = grads[False][name]
+        cos = torch.nn.functional.cosine_similarity(g.flatten(), ref.flatten(), dim=0)
+        assert cos > 0.98, (name, float(cos))
+
+
+def test_compiled_layers_give_the_same_losses(root, tmp_path):
+    """train.compile (torch.compile of every layer, inductor on CPU) changes speed, not the loss curve."""
+    curves = {}
+    for compiled in (False, True):
+        train = {"precision": "bf16", "steps": 6, "compile": compiled}
+        d = Distiller(parse_recipe(tiny_recipe(root, train=train)), out=tmp_path / str(compiled))
+        d.setup()
+        curves[compiled] = torch.tensor([d.train_step()["loss"] for _ in range(6)])
+    rel = ((curves[True] - curves[False]).abs() / curves[False]).max()
+    assert rel < 0.01, rel
 
 
 def test_bf16_student_is_saved_in_the_teachers_dtype(root, tmp_path):
@@ -532,3 +589,41 @@ def test_recipe_init_strategies(root, tmp_path, init, kept):
     assert list(d.layer_map.kept) == (kept or section["layer_map"]["kept"])
     assert d.layer_map.n_student == (len(kept) if kept else 3)
     assert d.train_step()["loss"] > 0
+
+
+def test_mixed_context_members_train_only_the_student_layers_they_use(root, tmp_path):
+    """loss.mixed: each micro-batch also trains one random family member; the member shares the student's very
+    parameters, so exactly the student layers it keeps get its gradients; draws are reproducible by step."""
+    from boomerang.train.mixed import MixedContext
+    from boomerang.train.models import model_outputs
+
+    r = parse_recipe(tiny_recipe(root, loss={"mixed": 0.5}, train={"steps": 2}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    mixed = d.models.mixed
+    assert mixed is not None
+    again = MixedContext(d.teacher, d.student, d.layer_map, seed=r.train.seed)
+    draws = [mixed.draw(s, a).patched for s in range(1, 6) for a in range(4)]
+    assert draws == [again.draw(s, a).patched for s in range(1, 6) for a in range(4)]
+    assert len(set(draws)) > 3 and all(0 < len(p) < d.layer_map.n_student for p in draws)
+    plan = mixed.draw(2, 1)
+    member = mixed.member(plan)
+    x = d.train_data.take(2).input_ids
+    model_outputs(member, x, None, [], mode="logits").logits.float().logsumexp(-1).sum().backward()
+    for i, layer in enumerate(d.student.model.layers):
+        got = any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in layer.parameters())
+        assert got == (i not in plan.patched), i
+    assert all(p.grad is None for p in d.teacher.parameters())
+    d.student.zero_grad(set_to_none=True)
+    rec = d.train_step()
+    assert rec["mixed_ce"] > 0 and rec["mixed_kl"] > 0
+    main = rec["ce"] + 0.1 * rec["kl"] + d.loss_fn.cos_weight * rec["cos"]
+    assert rec["loss"] == pytest.approx(main + 0.5 * (rec["mixed_ce"] + 0.1 * rec["mixed_kl"]), rel=1e-5)
+
+
+def test_teacher_context_term_trains_and_is_logged(root, tmp_path):
+    r = parse_recipe(tiny_recipe(root, loss={"ctx": 0.2, "ctx_mse": 0.1}, train={"steps": 3}, eval={"every": 0}))
+    summary = distill(r, out=tmp_path / "run")
+    recs = _records(tmp_path / "run")
+    assert all(rec["ctx"] > 0 and rec["ctx_mse"] > 0 for rec in recs)
+    assert summary["train"]["ctx"] > 0 and summary["val_student"]["ctx"] > 0

@@ -216,3 +216,107 @@ def tiny_demo_setup(root: Path) -> tuple[Path, Path]:
 # Small settings for `boomerang demo` on tiny models: 8 steps of 8 x 64 tokens, short sweeps, one thread.
 TINY_DEMO_ARGS = ["--tokens", "4096", "--eval-tokens", "256"]  # the default order: greedy-kl
 TINY_DEMO_OVERRIDES = ["data.seq_len=64", "train.micro_batch_size=8", "eval.blocks=2", "train.threads=1"]
+
+
+# ---- byte-level BPE tokenizers (GGUF export, issue 25) ------------------------------------------------------
+
+BPE_SPECIALS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+)  # ids 0, 1, 2: pad, bos and eos of tiny configs
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_bpe_tokenizer(directory: str | Path | None = None, split: str | None = None, vocab_size: int = 320):
+    """A byte-level BPE tokenizer (GPT-2's pre-tokenizer, or ``Split(split)`` + ByteLevel like Llama 3 / Qwen)
+    trained on a fixed English-like text, with the three specials first; ``len(tok)`` is its vocabulary size."""
+    import random
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    if split is None:
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    tk.decoder = decoders.ByteLevel()
+    rng = random.Random(0)
+    words = [
+        "the",
+        "a",
+        "cat",
+        "sat",
+        "on",
+        "mat",
+        "dog",
+        "ran",
+        "far",
+        "away",
+        "hello",
+        "world",
+        "and",
+        "then",
+    ]
+    text = [
+        " ".join(rng.choice(words) for _ in range(12)) + rng.choice([".", "!", "?", ", 42."])
+        for _ in range(200)
+    ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(BPE_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(text, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",  # as SmolLM2
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    if directory is not None:
+        tok.save_pretrained(directory)
+    return tok
+
+
+def _split(name: str) -> str:
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    return GGUF_PRE_TOKENIZER_SPLITS[name]
+
+
+QWEN_SPLIT, LLAMA3_SPLIT = _split("qwen2"), _split("llama3")
+# per architecture: the tokenizer's pre-tokenizer (None: GPT-2's), llama.cpp's name for it, the GGUF architecture
+GGUF_CASES = {
+    "llama": (None, "gpt-2", "llama"),
+    "mistral": (LLAMA3_SPLIT, "llama3", "llama"),  # llama.cpp's converter writes Mistral as llama too
+    "qwen2": (QWEN_SPLIT, "qwen2", "qwen2"),
+    "qwen3": (QWEN_SPLIT, "qwen2", "qwen3"),
+    "gemma3_text": (None, "gpt-2", "gemma3"),
+}
+BPE_TEXT = "the cat sat on the mat, 42 dogs ran far away! <|im_start|>hello world<|im_end|>"
+
+
+def save_bpe_pair(tmp_path: Path, arch: str, split: str | None = None, **overrides):
+    """A tiny teacher/student pair saved with a byte-level BPE tokenizer (the vocabulary sized to it)."""
+    from boomerang.io.checkpoints import tokenizer_files
+
+    tok = tiny_bpe_tokenizer(split=split)
+    teacher, student, lm = make_pair(arch, vocab_size=len(tok), **overrides)
+    t_dir, s_dir = save_pair(tmp_path, teacher, student, lm)
+    for d in (t_dir, s_dir):
+        for f in tokenizer_files(d):
+            f.unlink()
+        tok.save_pretrained(d)
+    return t_dir, s_dir

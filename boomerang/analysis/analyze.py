@@ -76,7 +76,7 @@ def members(
         )
         key = po.name if po.name not in out else f"{po.name}-{len(out)}"
         row: dict[str, Any] = {
-            "num_patched": list(range(layer_map.n_student + 1)),
+            "num_patched": [len(s) for s in po.subsets],
             "num_layers": [PatchPlan(layer_map=layer_map, patched=s).n_layers for s in po.subsets],
             "patched": [list(s) for s in po.subsets],
             "cosine": order_scores(teacher, student, layer_map, po, ids, evaluator=cos_ev),

@@ -38,6 +38,7 @@ from ..core.layermap import LayerMap
 from ..core.plan import PatchOrder, PatchPlan
 from ..core.spans import forward_ids
 from ..errors import BoomerangError
+from ..interrupts import check
 from .orders import as_calibration, batches, calibration_info, resolve_order
 
 METHODS = ("naive", "shortgpt", "laco")
@@ -96,7 +97,7 @@ def family_layers(
     """Teacher layers of the family member (under ``order``: a name, order file or PatchOrder) of that size."""
     po = resolve_order(order, layer_map)
     sizes = {}
-    for k in range(layer_map.n_student + 1):
+    for k in range(po.n_members):
         plan = PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)
         sizes.setdefault(plan.n_layers, plan)
     if num_layers not in sizes:
@@ -508,6 +509,7 @@ class Laco:
         sim_now = 1.0
         pos = h_top - c
         while pos >= lowest:
+            check()  # the search runs many cheap steps between forwards: stop promptly on Ctrl-C
             k = min(c - 1, len(work.groups) - pos - 1)
             state = (tuple(merges), pos, k)
             if k < 1:

@@ -11,6 +11,11 @@ Data-driven orders are computed from calibration token ids ``[n, length]``:
 * ``shortest-path``: for every size, the best subset under a surrogate of the KL with only adjacent interactions,
   found as shortest paths in an acyclic graph (polynomial: O(M) scored models, O(M^2) graph edges); see
   ``shortest_path_search``. Like ``optimal``, its subsets need not be nested.
+* ``size-aware``: one member per distinct size (layer count), the lowest-KL member of that size. Patching a
+  single-layer block changes no size, so each size's member is free to take those layers from the teacher or the
+  student. Exhaustive over all 2^M subsets where that is at most ``SIZE_EXHAUSTIVE`` models; beyond, every
+  subset of the multi-layer blocks (single-layer blocks all from the student, then all from the teacher), then a
+  local search over the single-layer blocks of each size's best member; see ``size_search``.
 
 ``greedy-kl`` and the shortest-path view of layer choice follow *Understanding Layer Patching in Model Size
 Interpolation* (arXiv 2607.08170), which proves the optimal-subset problem is a shortest-path problem in an acyclic
@@ -350,6 +355,117 @@ def exhaustive_search(ev: PatchEvaluator, *, progress: Progress | None = None) -
     return values
 
 
+SIZE_EXHAUSTIVE = 1 << 12  # size-aware: score every subset up to this many (M <= 12)
+SIZE_ENUMERATION = 1 << 12  # ... else every subset of the multi-layer blocks, up to this many per pass
+
+
+def _restricted_walk(
+    ev: PatchEvaluator,
+    allowed: Callable[[int, int], Sequence[bool]],
+    visit: Callable[[int, list[torch.Tensor], str], None],
+) -> None:
+    """Depth-first over positions 0..M-1 like ``exhaustive_search``, with only the choices ``allowed(i, mask)``
+    (mask: the choices before i); calls ``visit(mask, final states, head source)`` for every complete set."""
+    m = ev.n_student
+
+    def walk(i: int, states: list[torch.Tensor] | None, mask: int) -> None:
+        if i == m:
+            visit(mask, states, "teacher" if mask >> (m - 1) & 1 else "student")  # type: ignore[arg-type]
+            return
+        for patched in allowed(i, mask):
+            h = (ev.embed("teacher" if patched else "student")) if i == 0 else states
+            walk(i + 1, ev.block(i, patched, h), mask | (int(patched) << i))  # type: ignore[arg-type]
+
+    walk(0, None, 0)
+
+
+def size_search(
+    ev: PatchEvaluator, *, tied: bool = True, progress: Progress | None = None
+) -> tuple[list[tuple[int, ...]], list[float], dict[str, Any]]:
+    """For every distinct layer count from the student's to the teacher's, the patched set of that size with the
+    lowest criterion (KL): the members of the ``size-aware`` order, smallest first, and their KL.
+
+    ``tied``: the teacher ties its head to its embedding, so a member whose embedding and head come from
+    different models would need an untied copy of the vocabulary matrix (more parameters than its layer count
+    says); such members are left out (student layers 0 and M-1 are patched together or not at all).
+
+    Where 2^M <= ``SIZE_EXHAUSTIVE`` every subset is scored (the exact optimum per size). Beyond, every subset of
+    the multi-layer blocks is scored twice, with the single-layer blocks all from the student and all from the
+    teacher (a depth-first walk that shares prefixes), and then each size's best set is improved by a local search
+    that moves single-layer blocks between teacher and student (one at a time, or the first and last together when
+    ``tied``) while the KL falls.
+    """
+    m, lm = ev.n_student, ev.layer_map
+    singles = [i for i in range(m) if len(lm.block(i)) == 1]
+    exhaustive = (1 << m) <= SIZE_EXHAUSTIVE
+    multi = m - len(singles)
+    if not exhaustive and (1 << multi) > SIZE_ENUMERATION:
+        raise BoomerangError(
+            f"the size-aware order enumerates the 2^{multi} subsets of this student's {multi} multi-layer blocks, "
+            f"over the limit of {SIZE_ENUMERATION}; use greedy-kl"
+        )
+    best: dict[int, tuple[float, tuple[int, ...]]] = {}  # layer count -> (value, patched set)
+    memo: dict[tuple[int, ...], float] = {}
+    total = (1 << m) if exhaustive else 2 << multi
+    seen = [0]
+
+    def record(subset: tuple[int, ...], value: float) -> None:
+        memo[subset] = value
+        d = ev.depth(subset)
+        cur = best.get(d)
+        if cur is None or value < cur[0] or (value == cur[0] and subset < cur[1]):
+            best[d] = (value, subset)
+        seen[0] += 1
+        if progress:
+            progress(seen[0], max(total, seen[0]))
+
+    def visit(mask: int, states: list[torch.Tensor], head: str) -> None:
+        subset = tuple(i for i in range(m) if mask >> i & 1)
+        if subset not in memo:
+            record(subset, ev.score(head, states, depth=ev.depth(subset)))
+
+    def allowed(fixed: bool | None) -> Callable[[int, int], Sequence[bool]]:
+        def choices(i: int, mask: int) -> Sequence[bool]:
+            if tied and m > 1 and i == m - 1:
+                return (bool(mask & 1),)  # the head from whoever supplies the embedding
+            if fixed is not None and i in singles:
+                return (fixed,)
+            return (False, True)
+
+        return choices
+
+    if exhaustive:
+        _restricted_walk(ev, allowed(None), visit)
+    else:
+        for fixed in (False, True):
+            _restricted_walk(ev, allowed(fixed), visit)
+        scorer = _SubsetScorer(ev)
+        moves = [(j,) for j in singles if not (tied and j in (0, m - 1))]
+        if tied and 0 in singles and m - 1 in singles:
+            moves.append((0, m - 1))
+        for d in sorted(best):
+            improved = True
+            while improved:
+                improved = False
+                value, subset = best[d]
+                for move in moves:
+                    cand = tuple(sorted(set(subset) ^ set(move)))
+                    if cand in memo:
+                        continue
+                    record(cand, scorer(frozenset(cand)))
+                    if best[d][1] == cand:
+                        improved = True
+                        break
+    depths = sorted(best)
+    info = {
+        "method": "exhaustive" if exhaustive else "multi-layer blocks enumerated, single-layer blocks searched",
+        "layers": depths,
+        "tied": tied,
+        "models_scored": len(memo),
+    }
+    return [best[d][1] for d in depths], [best[d][0] for d in depths], info
+
+
 def _mask(subset: Sequence[int]) -> int:
     return sum(1 << i for i in subset)
 
@@ -653,6 +769,12 @@ def compute_order(
         subsets, kl, found = shortest_path_search(_SubsetScorer(ev), m, progress=progress)
         info.update(criterion="kl", kl=kl, **found, evaluations=_evaluations(ev, ev.counts["heads"]))
         return PatchOrder(name="shortest-path", subsets=subsets, info=info)
+    if name == "size-aware":
+        from ..core.patching import is_tied
+
+        subsets, kl, found = size_search(ev, tied=is_tied(teacher), progress=progress)
+        info.update(criterion="kl", kl=kl, **found, evaluations=_evaluations(ev, ev.counts["heads"]))
+        return PatchOrder(name="size-aware", subsets=subsets, info=info, by_size=True, student_layers=m)
 
     values = exhaustive_search(ev, progress=progress)
     subsets = best_subsets(values, m)

@@ -70,7 +70,12 @@ def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_laye
 
 
 def _check_pair(
-    teacher: str, student: str, trust: bool, student_layers: str | None, orders: Sequence[str] = ()
+    teacher: str,
+    student: str,
+    trust: bool,
+    student_layers: str | None,
+    orders: Sequence[str] = (),
+    calibration_length: int | None = None,
 ) -> int:
     """The pair's configs and layer map (and the orders' fit), checked before any weights load; returns M."""
     from ..core.arch import n_layers
@@ -79,10 +84,13 @@ def _check_pair(
     from ..io.loading import load_config
     from ..io.order_files import static_order
 
+    validate.model_source(teacher, "--teacher")
+    validate.model_source(student, "--student")
     tcfg = load_config(teacher, trust_remote_code=trust)
     scfg = load_config(student, trust_remote_code=trust)
     check_compatible(tcfg, scfg)
     validate.tokenizer_source(teacher, "--teacher")
+    validate.within_context("--calibration-length", calibration_length, teacher, trust)
     lm = resolve_layer_map(
         student, scfg, layers=student_layers, n_teacher=n_layers(tcfg), option="--student-layers"
     )
@@ -188,7 +196,9 @@ def prune(
             f"{method} needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
         )
     validate.text_source(data)
+    validate.model_source(teacher, "--teacher")
     validate.tokenizer_source(teacher, "--teacher")
+    validate.within_context("--calibration-length", calibration_length, teacher, trust_remote_code)
     validate.order_option(order, data=False)
     tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
     n = n_layers(tcfg)
@@ -197,10 +207,14 @@ def prune(
     validate.in_range("highest", highest, lowest, n - 1, f"--lowest is {lowest} and the top layer {n - 1}")
     params: dict[str, Any] = {}
     if method == "naive" and student is not None and keep is None:
+        from ..core.configs import check_compatible
+
+        validate.model_source(student, "--student")
         scfg = load_config(student, trust_remote_code=trust_remote_code)
-        params["layer_map"] = resolve_layer_map(
-            student, scfg, layers=student_layers, n_teacher=n, option="--student-layers"
-        )
+        check_compatible(tcfg, scfg)  # the student must be one of this teacher's, as for build and family
+        lm = resolve_layer_map(student, scfg, layers=student_layers, n_teacher=n, option="--student-layers")
+        lm.check_fits(n, n_layers(scfg))
+        params["layer_map"] = lm
         params["order"] = order
     if method == "naive":  # pure arithmetic on the configs: every naive error shows before the teacher loads
         naive_layers(n, num_layers, layers=keep, **params)
@@ -287,7 +301,7 @@ def analyze(
             "analyze needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
         )
     validate.text_source(data)
-    _check_pair(teacher, student, trust_remote_code, student_layers, names)
+    _check_pair(teacher, student, trust_remote_code, student_layers, names, calibration_length)
     t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
     ids = _calibration(
         data, tok, calibration_texts or ANALYSIS_TEXTS, calibration_length or 256, seed, "analyze"
@@ -311,7 +325,8 @@ def analyze(
     for name in summary["orders"]:
         table.add_column(name, justify="right")
     for k in range(lm.n_student + 1):
-        table.add_row(str(k), *(f"{row['cosine'][k]:.4f}" for row in summary["orders"].values()))
+        cells = [row["cosine"][k] if k < len(row["cosine"]) else None for row in summary["orders"].values()]
+        table.add_row(str(k), *("" if c is None else f"{c:.4f}" for c in cells))
     console.print(table)
     console.print(f"[green]wrote[/] {out}: similarity.png, teacher_similarity.png, members.png and JSON")
 
@@ -361,7 +376,7 @@ def order(
             f"--order {name} needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
         )
     validate.text_source(data)
-    m = _check_pair(teacher, student, trust_remote_code, student_layers)
+    m = _check_pair(teacher, student, trust_remote_code, student_layers, (), calibration_length)
     if name == "optimal" and m > max_layers:
         raise BoomerangError(
             f"--order optimal scores all 2^{m} subsets; the student has {m} layers, over "

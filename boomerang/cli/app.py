@@ -9,8 +9,10 @@ import sys
 import click
 import typer
 
+from .. import interrupts
 from ..errors import BoomerangError
-from ..io.atomic import ENVIRONMENT_ERRNOS, write_error
+from ..io.atomic import ENVIRONMENT_ERRNOS, temp_dir_error, write_error
+from ..io.snapshot import reading
 from .common import err_console
 
 app = typer.Typer(
@@ -56,7 +58,9 @@ _ABORT = _classes("Abort", typer.Abort)
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (0 ok, 2 bad input, 130 interrupted)."""
     try:
-        result = app(args=argv, prog_name="boomerang", standalone_mode=False)
+        # every checkpoint a command reads is held (one version, or a clear stop); Ctrl-C always stops it
+        with reading(), interrupts.catching():
+            result = app(args=argv, prog_name="boomerang", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except BoomerangError as e:
         from rich.markup import escape  # messages are plain text: "pkg[extra]" must survive
@@ -73,6 +77,12 @@ def run(argv: list[str] | None = None) -> int:
             )
         return e.exit_code  # type: ignore[attr-defined]
     except OSError as e:  # the environment, not a bug: a full disk, a file-size limit, a read-only path
+        no_temp = temp_dir_error(e)  # no temporary directory (some libraries need one on import)
+        if no_temp is not None:
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/] {escape(str(no_temp))}", highlight=False, soft_wrap=True)
+            return 2
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
         err_console.print(
@@ -80,7 +90,10 @@ def run(argv: list[str] | None = None) -> int:
         )
         return 2
     except (*_ABORT, KeyboardInterrupt):
-        err_console.print("[yellow]interrupted[/]: no partial output was left behind")
+        from rich.markup import escape
+
+        how = interrupts.hint() or "no partial output was left behind; run the command again to start over"
+        err_console.print(f"[yellow]interrupted[/]: {escape(how)}", highlight=False, soft_wrap=True)
         return 130
 
 

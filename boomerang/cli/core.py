@@ -41,6 +41,7 @@ def info(
     from ..core.configs import check_compatible
     from ..core.params import count_params, family_table, meta_model
     from ..core.plan import recorded_order
+    from ..io.consistency import check_checkpoint
     from ..io.loading import load_config, resolve
     from ..io.order_files import static_order
     from ..io.safetensors_files import read_tensors
@@ -50,10 +51,11 @@ def info(
     cfg = load_config(model, trust_remote_code=trust_remote_code)
     order = recorded_order(cfg) if order is None else order  # the order the student records, else last
     where, gguf = resolve(model)
-    if gguf is None and Path(where).is_dir():
-        read_tensors(Path(where))  # damaged or truncated weights fail here, not later in another command
     arch = get_arch(cfg)
     skeleton = meta_model(cfg)
+    if gguf is None and Path(where).is_dir():
+        # damaged or truncated weights, or a config that contradicts them, fail here (not in another command)
+        check_checkpoint(Path(where), cfg, read_tensors(Path(where))[0], skeleton)
     counts = count_params(skeleton)
     t = Table(title=f"{model}", show_header=False)
     t.add_row("architecture", f"{cfg.model_type} ({type(skeleton).__name__})")
@@ -155,6 +157,19 @@ def build(
     max_shard_size: Annotated[
         str, typer.Option("--max-shard-size", help="Largest weight file, e.g. 5GB or 500MB.")
     ] = "50GB",
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="safetensors: a checkpoint directory; gguf: one GGUF file for llama.cpp (--out NAME.gguf).",
+        ),
+    ] = "safetensors",
+    gguf_type: Annotated[
+        str | None,
+        typer.Option(
+            "--gguf-type", help="GGUF weight type: f32, f16 (default), bf16 or q8_0 (with --format gguf)."
+        ),
+    ] = None,
     force: Force = False,
     trust_remote_code: Trust = False,
 ) -> None:
@@ -167,7 +182,11 @@ def build(
     from ..io.order_files import save_order, static_order
     from ..io.safetensors_files import parse_shard_size
 
-    validate.output_dir(out, force)
+    gguf = validate.gguf_format(format, gguf_type)
+    if gguf is None:
+        validate.output_dir(out, force)
+    else:
+        validate.gguf_file(out, force)
     if (num_patched is None) == (patch_layers is None):
         raise BoomerangError("give exactly one of --num-patched K or --patch-layers i,j,...")
     validate.at_least(0, num_patched=num_patched)
@@ -183,6 +202,11 @@ def build(
     validate.text_source(data)
     validate.model_source(teacher, "--teacher")
     validate.model_source(student, "--student")
+    if gguf is not None:
+        from ..family import check_gguf_teacher
+
+        for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code):
+            console.print(f"[yellow]note[/]: {note}")
     can_stream = is_local_safetensors(teacher) and is_local_safetensors(student)
     if stream and not can_stream:
         raise BoomerangError(
@@ -252,15 +276,16 @@ def build(
     save_po = po is not None and order not in BUILTIN_ORDERS
     if builder is not None:
         builder.check_space(plan, out)
-    with atomic_dir(out, force=force) as tmp:
+
+    def write(tmp: Path) -> tuple[Any, str]:
+        """Write the member into the (empty) directory ``tmp``; returns its parameter counts and how."""
         if builder is not None:
             from .common import progress_bars
 
             with progress_bars() as bars:
                 bars.start(1, builder.nbytes(plan))
                 builder.write(plan, tmp, max_shard_size=max_shard_size, progress=bars.advance)
-            c = builder.params(plan)
-            how = "streamed"
+            c, how = builder.params(plan), "streamed"
         else:
             from ..core.params import count_params
             from ..core.patching import build as build_model
@@ -270,10 +295,22 @@ def build(
             model = build_model(t, s, plan)
             model.save_pretrained(tmp, max_shard_size=max_shard_size)
             save_tokenizer(tmp, teacher, trust_remote_code=trust_remote_code)
-            c = count_params(model)
-            how = "built in memory"
+            c, how = count_params(model), "built in memory"
         if save_po:
             save_order(po, tmp / "order.json")
+        return c, how
+
+    if gguf is None:
+        with atomic_dir(out, force=force) as tmp:
+            c, how = write(tmp)
+    else:
+        from ..io.atomic import scratch_dir
+        from ..io.gguf_export import export_gguf
+
+        with scratch_dir(out, "member") as work:
+            c, how = write(work)
+            export_gguf(work, out, type=gguf, name=out.stem, force=force)
+        how += f", written as one {gguf} GGUF file"
     console.print(
         f"[green]wrote[/] {out} ({how}): {plan.n_layers} layers (patched student layers {list(plan.patched)}), "
         f"{fmt_count(c.trainable)} trainable / {fmt_count(c.inference)} inference parameters"

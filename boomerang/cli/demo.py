@@ -93,6 +93,11 @@ def demo(
     command = (
         "boomerang " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
     )
+    from .. import interrupts
+
+    interrupts.resume_hint(
+        f"the stages finished so far are kept in {out}; run the same command again to continue from there"
+    )
     text = run_demo(
         out,
         recipe=recipe,

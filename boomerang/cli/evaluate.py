@@ -166,8 +166,8 @@ def evaluate(
     )  # fmt: skip
     if json_out is not None:
         validate.output_file(json_out, force)
-    validate.text_source(data)
-    validate.text_source(task_data, "--task-data")
+    validate.text_source(data, "--data", text_field)
+    validate.text_source(task_data, "--task-data", text_field)
     validate.text_field(data, text_field)
     if data is not None:
         check_source(data)
@@ -333,9 +333,20 @@ def sweep(
     validate.order_option(order)
     chosen = parse_ints(sizes, "--sizes")
     methods = validate.names(baselines, "--baselines", BASELINES) if baselines is not None else []
-    for source, option in ((data, "--data"), (calibration, "--calibration"), (task_data, "--task-data")):
-        validate.text_source(source, option)
+    for source, option, field in (
+        (data, "--data", text_field),
+        (calibration, "--calibration", "text"),
+        (task_data, "--task-data", text_field),
+    ):
+        validate.text_source(source, option, field)
     validate.text_field(data, text_field)
+    for spec, option in (
+        (teacher, "--teacher"),
+        (student, "--student"),
+        (random_student, "--random-student"),
+    ):
+        if spec is not None:
+            validate.model_source(spec, option)
     validate.tokenizer_source(teacher, "--teacher")
     lm = None
     if layers is not None or layer_map:

@@ -34,6 +34,20 @@ Stream = Annotated[
 ShardSize = Annotated[
     str, typer.Option("--max-shard-size", help="Largest weight file per member, e.g. 5GB or 500MB.")
 ]
+Format = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="safetensors: checkpoint directories; gguf: also each member as one GGUF file for llama.cpp "
+        "(gguf/K05-22layers.f16.gguf), listed in family.json beside the checkpoints.",
+    ),
+]
+GGUFType = Annotated[
+    str | None,
+    typer.Option(
+        "--gguf-type", help="GGUF weight type: f32, f16 (default), bf16 or q8_0 (with --format gguf)."
+    ),
+]
 OrderOpt = Annotated[
     str | None,
     typer.Option(
@@ -57,16 +71,36 @@ def family(
     dtype: Dtype = "auto",
     max_shard_size: ShardSize = "50GB",
     stream: Stream = None,
+    format: Format = "safetensors",
+    gguf_type: GGUFType = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="A sweep of this family (its --out directory or results.json) whose measurements the model cards "
+            "show; repeatable. Default: the sweeps under a run's sweeps/ folder near the student (boomerang demo).",
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The family's name in its model cards.")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--base-model", help="The teacher's Hub id for the cards' base_model (default: found out)."
+        ),
+    ] = None,
+    license: Annotated[
+        str | None, typer.Option(help="The licence for the cards (default: the teacher's, when known).")
+    ] = None,
     force: Force = False,
     trust_remote_code: Trust = False,
 ) -> None:
-    """Write every member of a family (K = 0..M, or --sizes) with family.json, order.json and a README table."""
+    """Write every member of a family (K = 0..M, or --sizes) with family.json, order.json and model cards."""
     from rich.table import Table
 
     from ..core.arch import n_layers
     from ..core.plan import DATA_ORDERS, recorded_order
-    from ..family import MANIFEST, check_sizes, export_family, fmt_bytes
-    from ..io.checkpoints import is_local_safetensors
+    from ..family import MANIFEST, CardOptions, check_gguf_teacher, check_sizes, export_family
+    from ..io.checkpoints import fmt_bytes, is_local_safetensors
     from ..io.loading import load_config, parse_dtype
     from ..io.order_files import static_order
     from ..io.stream import parse_shard_size
@@ -74,6 +108,7 @@ def family(
     validate.output_dir(out, force)
     parse_dtype(dtype)
     parse_shard_size(max_shard_size)
+    gguf = validate.gguf_format(format, gguf_type)
     validate.order_option(order)
     if data is not None and order not in DATA_ORDERS:
         raise BoomerangError(
@@ -87,14 +122,28 @@ def family(
             "weights; drop --stream to load them in memory"
         )
     chosen = parse_ints(sizes, "--sizes")
+    validate.model_source(teacher, "--teacher")
+    validate.model_source(student, "--student")
     tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
     scfg = load_config(student, trust_remote_code=trust_remote_code)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
     order = recorded_order(scfg) if order is None else order  # the order the student records, else last
-    check_sizes(chosen, lm.n_student)
     if order not in DATA_ORDERS:
-        static_order(order, lm)  # an order file or list fits this student?
+        check_sizes(chosen, lm.n_student, static_order(order, lm))  # an order file or list fits this student?
+    else:  # the order's member count is known once it is computed; K can be at most the teacher's layer count
+        check_sizes(chosen, lm.n_teacher)
+    if gguf is not None:
+        for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code):
+            console.print(f"[yellow]note[/]: {note}")
+    if sweep:  # the named sweeps exist and describe this family (student, layer map), before any work
+        from ..cards import sweep_files, sweep_scores
+
+        probe = {"layer_map": lm.to_json(), "student": student, "members": [], "n_student": lm.n_student}
+        sweep_scores(sweep_files(sweep, student)[0], probe, explicit=True)
+    card = CardOptions(
+        name=name, base_model=base_model, license=license, sweeps=tuple(sweep) if sweep else None
+    )
     with progress_bars() as bars:
         path = export_family(
             teacher,
@@ -110,15 +159,18 @@ def family(
             force=force,
             progress=bars,
             trust_remote_code=trust_remote_code,
+            gguf=gguf,
+            card=card,
         )
     import json
 
     manifest = json.loads((path / MANIFEST).read_text())
     t = Table(title=f"{path} ({manifest['written']}, order {manifest['order']['name']})")
-    for col in ("K", "directory", "layers", "patched student layers", "trainable", "inference", "weights"):
+    cols = ["K", "directory", "layers", "patched student layers", "trainable", "inference", "weights"]
+    for col in cols + (["GGUF"] if gguf else []):
         t.add_column(col, justify="right")
     for r in manifest["members"]:
-        t.add_row(
+        cells = [
             str(r["K"]),
             r["dir"],
             str(r["n_layers"]),
@@ -126,10 +178,19 @@ def family(
             fmt_count(r["params"]["trainable"]),
             fmt_count(r["params"]["inference"]),
             fmt_bytes(r["weights_bytes"]),
-        )
+        ]
+        if gguf:
+            cells.append(f"{r['gguf']['file']} ({fmt_bytes(r['gguf']['bytes'])})")
+        t.add_row(*cells)
     console.print(t)
-    total = sum(r["weights_bytes"] for r in manifest["members"])
+    total = sum(r["weights_bytes"] + (r.get("gguf") or {}).get("bytes", 0) for r in manifest["members"])
+    scored = sum(1 for r in manifest["members"] if r.get("scores"))
     console.print(f"[green]wrote[/] {len(manifest['members'])} members ({fmt_bytes(total)}) to {path}")
+    console.print(
+        f"[dim]model cards: README.md and one per member"
+        f"{f'; measurements of {scored} members from the sweeps' if scored else ''}; publish with "
+        f"`boomerang publish {path} USER/NAME`[/]"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -43,6 +43,29 @@ Threads = Annotated[
 Warm = Annotated[
     bool, typer.Option("--warm/--no-warm", help="Build every member and run it once before serving.")
 ]
+Speculative = Annotated[
+    bool,
+    typer.Option(
+        "--speculative/--no-speculative",
+        help="Decode speculatively by default (a request's `speculative` field overrides it).",
+    ),
+]
+Draft = Annotated[
+    str, typer.Option("--draft", help="The member that drafts for speculative decoding: student or kN.")
+]
+MaxGamma = Annotated[int, typer.Option("--max-gamma", help="The most tokens the draft proposes per round.")]
+Gamma = Annotated[
+    int | None,
+    typer.Option(
+        "--gamma", help="Draft this many tokens every round (default: adapt to the acceptance rate)."
+    ),
+]
+MaxBatch = Annotated[
+    int, typer.Option("--max-batch", help="Requests of one member per batched forward pass (1: no batching).")
+]
+Device = Annotated[
+    str, typer.Option("--device", help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N.")
+]
 MaxBody = Annotated[
     int,
     typer.Option(
@@ -79,6 +102,12 @@ def serve(
     dtype: Dtype = "auto",
     threads: Threads = None,
     warm: Warm = False,
+    speculative: Speculative = False,
+    draft: Draft = "student",
+    max_gamma: MaxGamma = 8,
+    gamma: Gamma = None,
+    max_batch: MaxBatch = 16,
+    device: Device = "auto",
     max_body_kb: MaxBody = 1024,
     shutdown_grace: Grace = 5.0,
     log_level: LogLevel = "info",
@@ -90,10 +119,14 @@ def serve(
     from ..core.plan import DATA_ORDERS, recorded_order
     from ..io.loading import load_config, parse_dtype
     from ..io.order_files import static_order
+    from ..serve.options import check_device, check_draft, check_engine_options
     from ..serve.server import MAX_BODY_RANGE, MAX_GRACE_S, bind
 
     # everything is checked before a model is loaded
     parse_dtype(dtype)
+    check_device(device)
+    check_engine_options(max_batch, max_gamma, gamma)
+    check_draft(draft)
     if max_latency_ms is not None and not (
         math.isfinite(max_latency_ms) and 0 < max_latency_ms <= _MAX_LATENCY_MS
     ):
@@ -129,6 +162,7 @@ def serve(
     check_compatible(tcfg, scfg)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    check_draft(draft, lm.n_student)
     order = recorded_order(scfg) if order is None else order  # the order the student records, else last
     if order not in DATA_ORDERS:
         static_order(order, lm)  # unknown names and unreadable order files fail here
@@ -136,9 +170,27 @@ def serve(
     server = None
     previous = _stop_on_sigterm()
     try:
-        http = dict(max_body_bytes=max_body_kb * 1024, grace_s=shutdown_grace)
+        options = dict(
+            speculative=speculative,
+            draft=draft,
+            max_gamma=max_gamma,
+            gamma=gamma,
+            max_batch=max_batch,
+            max_body_bytes=max_body_kb * 1024,
+            grace_s=shutdown_grace,
+        )
         server = _load(
-            teacher, student, lm, order, data, dtype, max_latency_ms, template, trust_remote_code, http
+            teacher,
+            student,
+            lm,
+            order,
+            data,
+            dtype,
+            device,
+            max_latency_ms,
+            template,
+            trust_remote_code,
+            options,
         )
         if threads is not None:
             import torch
@@ -208,23 +260,29 @@ def _load(
     order: str,
     data: str | None,
     dtype: str,
+    device: str,
     max_latency_ms: float | None,
     template: str | None,
     trust_remote_code: bool,
-    http: dict[str, Any],
+    options: dict[str, Any],
 ) -> FamilyServer:
     from ..family import Family
+    from ..serve.options import choose
     from ..serve.server import FamilyServer
 
+    place = choose(dtype, device)
     with console.status("loading the teacher and the student"):
-        family = Family(teacher, student, lm, dtype=dtype, trust_remote_code=trust_remote_code)
+        family = Family(teacher, student, lm, dtype=place.dtype, trust_remote_code=trust_remote_code)
+        if place.device != "cpu":
+            family.to(place.device)
+    console.print(f"precision: {family.teacher.dtype} on {place.device} ({place.reason})")
     if family.tokenizer is None:
         raise BoomerangError(
             f"no tokenizer found for {teacher}: the teacher checkpoint needs its tokenizer files"
         )
     with console.status(f"resolving patch order {order}"):
         po = family.order(order, data=data)
-    server = FamilyServer(family, order=po, max_latency_ms=max_latency_ms, chat_template=template, **http)
+    server = FamilyServer(family, order=po, max_latency_ms=max_latency_ms, chat_template=template, **options)
     if server.router is not None:
         with console.status("measuring members for --max-latency-ms"):
             server.start()

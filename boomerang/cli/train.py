@@ -52,8 +52,11 @@ def init(
         int, typer.Option("--calibration-texts", help="Calibration blocks for similarity/shortgpt.")
     ] = 128,
     calibration_length: Annotated[
-        int, typer.Option("--calibration-length", help="Tokens per calibration block.")
-    ] = 256,
+        int | None,
+        typer.Option(
+            "--calibration-length", help="Tokens per calibration block (default 256, or the model's context)."
+        ),
+    ] = None,
     patch_order: Annotated[
         str | None,
         typer.Option("--patch-order", help="Record the intended patch order (last or first) in the config."),
@@ -93,8 +96,12 @@ def init(
     validate.at_least(2, calibration_length=calibration_length)
     validate.seed(seed)
     validate.text_source(data)
+    validate.model_source(teacher, "--teacher")
     validate.tokenizer_source(teacher, "--teacher")
     _check_student_shape(teacher, strat, kept, every, keep_first, keep_last, size, trust_remote_code)
+    if measured:
+        validate.within_context("--calibration-length", calibration_length, teacher, trust_remote_code)
+        calibration_length = calibration_length or validate.context_default(256, teacher, trust_remote_code)
 
     from transformers.utils import logging as hf_logging
 
@@ -268,9 +275,42 @@ def distill(
             return
         console.print(r.to_yaml(), highlight=False, markup=False)
         return
+    _check_inputs(r)
+    from .. import interrupts
+    from ..io.snapshot import unheld
     from ..train.trainer import distill as run_distill
 
-    run_distill(r, out=out, resume=resume, force=force)
+    run = Path(out or r.out or Path("runs") / (r.name or "distill"))
+    interrupts.resume_hint(
+        f"the run in {run} keeps its checkpoints (checkpoint.every={r.checkpoint.every}); run the same command "
+        "again with --resume to continue from the last one (instead of --force)"
+    )
+    with unheld():  # training keeps what it loaded: a later rewrite of the inputs does not concern it
+        run_distill(r, out=out, resume=resume, force=force)
+
+
+def _check_inputs(r: object) -> None:
+    """The recipe's models and texts, checked before any model loads: local checkpoints agree with their own
+    configs, texts exist and are text, and token lengths fit the teacher's positions."""
+    from ..io.checkpoints import OFFLINE_ALIAS
+    from ..train.recipe import MEASURED
+
+    validate.model_source(r.teacher, "teacher")  # type: ignore[attr-defined]
+    if r.student:  # type: ignore[attr-defined]
+        validate.model_source(r.student, "student")  # type: ignore[attr-defined]
+    d, ini = r.data, r.init  # type: ignore[attr-defined]
+    for source, key in (
+        (d.train, "data.train"),
+        (d.eval, "data.eval"),
+        (ini.calibration, "init.calibration"),
+    ):
+        validate.text_source(source, key, d.text_field)
+    teacher = r.teacher  # type: ignore[attr-defined]
+    if teacher == OFFLINE_ALIAS or Path(teacher).expanduser().is_dir():  # configs of local teachers only
+        validate.within_context("data.seq_len", d.seq_len, teacher)
+        explicit = "calibration_length" in ini.model_fields_set
+        if explicit and ini.strategy in MEASURED and not r.student:  # type: ignore[attr-defined]
+            validate.within_context("init.calibration_length", ini.calibration_length, teacher)
 
 
 def _check_once(overrides: list[str]) -> None:

@@ -174,6 +174,33 @@ def output_file(path: Path, force: bool) -> Path:
     return check_writable(path, force=force, file=True)
 
 
+FORMATS = ("safetensors", "gguf")
+
+
+def gguf_format(format: str, gguf_type: str | None) -> str | None:
+    """``--format`` and ``--gguf-type``: the GGUF type to write, or None for safetensors only."""
+    from ..io.gguf_export import DEFAULT_GGUF_TYPE, GGUF_TYPES
+
+    if format not in FORMATS:
+        raise BoomerangError(f"--format {format!r} is not one of: {', '.join(FORMATS)}")
+    if format != "gguf":
+        if gguf_type is not None:
+            raise BoomerangError("--gguf-type is read only with --format gguf; add --format gguf, or drop it")
+        return None
+    if gguf_type is not None and gguf_type not in GGUF_TYPES:
+        raise BoomerangError(f"--gguf-type {gguf_type!r} is not one of: {', '.join(GGUF_TYPES)}")
+    return gguf_type or DEFAULT_GGUF_TYPE
+
+
+def gguf_file(out: Path, force: bool) -> Path:
+    """A GGUF output file (``--out NAME.gguf``) that can be written."""
+    if Path(out).suffix != ".gguf":
+        raise BoomerangError(
+            f"--format gguf writes one file: give --out a name ending in .gguf (e.g. {out}.gguf)"
+        )
+    return output_file(out, force)
+
+
 def run_dir(out: Path) -> Path:
     """A run directory (``distill``): its place must be writable; dead writers' temporary files are removed."""
     out = Path(out).expanduser()
@@ -186,12 +213,13 @@ def run_dir(out: Path) -> Path:
     return out
 
 
-def text_source(source: str | None, option: str = "--data") -> None:
-    """A text source option: an existing text file or folder (never model weights), ``hf:NAME``, ``builtin:NAME``."""
+def text_source(source: str | None, option: str = "--data", text_field: str = "text") -> None:
+    """A text source option: an existing text file or folder (never model weights, no link loops), ``hf:NAME``,
+    ``builtin:NAME``; the first lines of .jsonl files must hold text in ``text_field``."""
     if source is not None:
         from ..data.textfiles import check_text_source
 
-        check_text_source(source, option)
+        check_text_source(source, option, text_field)
 
 
 def text_field(source: str | None, field: str) -> None:
@@ -210,12 +238,17 @@ def text_field(source: str | None, field: str) -> None:
 
 
 def model_source(spec: str, option: str) -> None:
-    """A model option: a local path must exist (at once, without trying the Hub), a .gguf file must be one."""
+    """A model option: a local path must exist (at once, without trying the Hub), a .gguf file must be one, a
+    checkpoint's config must agree with its weights (headers only)."""
     from ..io.checkpoints import OFFLINE_ALIAS
+    from ..io.consistency import check_files
+    from ..io.textfile import link_loop, loop_error
 
     if spec == OFFLINE_ALIAS:
         return
     path = Path(spec).expanduser()
+    if link_loop(path):
+        raise loop_error(path, option)
     if path.is_file() and path.suffix == ".gguf":
         with path.open("rb") as f:
             if f.read(4) != b"GGUF":
@@ -223,6 +256,8 @@ def model_source(spec: str, option: str) -> None:
                     f"{option} {spec} is not a GGUF file (it does not start with GGUF); download it again, or pass a "
                     "checkpoint directory"
                 )
+    if path.is_dir():
+        check_files(path)  # a config.json that contradicts its weights (layer count, sizes)
 
 
 def tokenizer_source(spec: str, option: str) -> None:
@@ -248,6 +283,30 @@ def recipe_file(path: Path) -> Path:
             f"{path / (found[0] if found else 'recipe.yaml')}"
         )
     return path
+
+
+def within_context(option: str, length: int | None, spec: str, trust_remote_code: bool = False) -> None:
+    """A token length (calibration blocks, training sequences) must fit the model's positions, as ``eval
+    --context`` must: read from its config alone."""
+    from ..core.configs import max_positions
+    from ..io.loading import load_config
+
+    if length is None:
+        return
+    limit = max_positions(load_config(spec, trust_remote_code=trust_remote_code))
+    if limit is not None and length > limit:
+        raise BoomerangError(
+            f"{option} {length} exceeds the model's {limit} positions ({spec}); give {option} {limit} or less"
+        )
+
+
+def context_default(default: int, spec: str, trust_remote_code: bool = False) -> int:
+    """A default token length, shortened to the model's positions if it has fewer."""
+    from ..core.configs import max_positions
+    from ..io.loading import load_config
+
+    limit = max_positions(load_config(spec, trust_remote_code=trust_remote_code))
+    return min(default, limit) if limit else default
 
 
 def teacher_layers(spec: str, trust_remote_code: bool = False) -> int:

@@ -19,6 +19,15 @@ from .layermap import CONFIG_KEY
 _DROP = ("quantization_config", "sliding_window_pattern", "_name_or_path", "architectures_map")
 
 
+def max_positions(config: Any) -> int | None:
+    """The longest sequence a model's positions allow (``max_position_embeddings`` or ``n_positions``), if set."""
+    for field in ("max_position_embeddings", "n_positions"):
+        value = config_value(config, field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def check_compatible(teacher_cfg: Any, student_cfg: Any) -> Arch:
     """Raise a clear error unless the student's layers can stand in for the teacher's; return the adapter."""
     arch = get_arch(teacher_cfg)

@@ -75,13 +75,53 @@ def plan_params(teacher_config: Any, student_config: Any, plan: PatchPlan) -> Pa
     return count_params(meta_model(plan_config(teacher_config, student_config, plan, section=False)))
 
 
+@dataclass(frozen=True)
+class FamilySize:
+    """One distinct size of a family: its layer count and parameters, and a member that has it."""
+
+    layers: int
+    trainable: int
+    inference: int
+    patched: tuple[int, ...]  # the fewest-patched member of this size (patching blocks in order)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "patched": list(self.patched)}
+
+
+def distinct_sizes(teacher_config: Any, student_config: Any, layer_map: LayerMap) -> list[FamilySize]:
+    """Every layer count a member can have (student to teacher), each with its parameters.
+
+    Members whose embedding and head come from different models of a tied pair are left out: they carry an
+    untied copy of the vocabulary matrix, so their parameters are not those of their layer count.
+    """
+    m = layer_map.n_student
+    gains = [len(layer_map.block(i)) - 1 for i in range(m)]
+    reach: dict[int, tuple[int, ...]] = {0: ()}  # extra layers -> fewest blocks reaching them (multi-layer only)
+    for i in (i for i in range(m) if gains[i] > 0):
+        for extra, subset in sorted(reach.items(), reverse=True):
+            cand = extra + gains[i]
+            if cand not in reach or len(subset) + 1 < len(reach[cand]):
+                reach[cand] = (*subset, i)
+    out = []
+    for extra in sorted(reach):
+        patched = reach[extra]
+        if (0 in patched) != (m - 1 in patched) and config_tied(teacher_config):
+            patched = tuple(sorted({*patched, 0, m - 1}))  # the same layer count, tied
+            if sum(gains[i] for i in patched) != extra:
+                continue
+        plan = PatchPlan(layer_map=layer_map, patched=patched)
+        counts = plan_params(teacher_config, student_config, plan)
+        out.append(FamilySize(plan.n_layers, counts.trainable, counts.inference, plan.patched))
+    return out
+
+
 def family_table(
     teacher_config: Any, student_config: Any, layer_map: LayerMap, order: str | PatchOrder = "last"
 ) -> list[dict[str, Any]]:
-    """One row per size K = 0..M: patched student layers, depth and parameter counts."""
+    """One row per member K of the order: patched student layers, depth and parameter counts."""
     po = as_order(order, layer_map.n_student)
     rows = []
-    for k in range(layer_map.n_student + 1):
+    for k in range(po.n_members):
         plan = PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)
         counts = plan_params(teacher_config, student_config, plan)
         rows.append({"K": k, "patched": list(plan.patched), "layers": plan.n_layers, **counts.as_dict()})

@@ -19,11 +19,15 @@ Source = tuple[Who, int]  # (model, layer index in that model)
 
 
 class PatchOrder(BaseModel):
-    """For every size K = 0..M, the set of student layers patched.
+    """The family's members, smallest first: for each one, the set of student layers patched.
 
-    Orders built from a sequence (``last``, ``first``, ``similarity``, ``greedy-kl``) are nested: size K+1 adds
-    one layer to size K. Per-size searches (``optimal``, ``shortest-path``) need not be nested, so subsets are
-    stored per size.
+    Most orders have one member per K = 0..M, member K patching K student layers. Orders built from a sequence
+    (``last``, ``first``, ``similarity``, ``greedy-kl``) are nested: member K+1 adds one layer to member K. Per-size
+    searches (``optimal``, ``shortest-path``) need not be nested, so subsets are stored per member.
+
+    An order ``by_size`` (``size-aware``) has one member per distinct size instead: member k is the best member
+    of the k-th smallest layer count, patching any number of layers (single-layer blocks change no size, so
+    several K share a size). ``student_layers`` then gives M.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -31,6 +35,8 @@ class PatchOrder(BaseModel):
     name: str
     subsets: tuple[tuple[int, ...], ...]
     info: dict[str, Any] = {}
+    by_size: bool = False
+    student_layers: int | None = None
 
     @field_validator("subsets", mode="before")
     @classmethod
@@ -39,9 +45,21 @@ class PatchOrder(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PatchOrder:
-        m = len(self.subsets) - 1
+        m = self.n_student
+        if self.by_size:
+            if self.student_layers is None:
+                raise ValueError(f"order {self.name!r} is by size: give student_layers (M)")
+            if not self.subsets or len(set(self.subsets)) != len(self.subsets):
+                raise ValueError(f"order {self.name!r}: its members must be distinct patched sets")
+        elif self.student_layers is not None and self.student_layers != len(self.subsets) - 1:
+            raise ValueError(
+                f"order {self.name!r}: {len(self.subsets)} members, one per K = 0..M, but student_layers is "
+                f"{self.student_layers}"
+            )
         for k, s in enumerate(self.subsets):
-            if len(s) != k or len(set(s)) != k or any(not 0 <= i < m for i in s):
+            if len(set(s)) != len(s) or any(not 0 <= i < m for i in s):
+                raise ValueError(f"order {self.name!r}: member {k} must patch distinct layers of 0..{m - 1}, got {s}")
+            if not self.by_size and len(s) != k:
                 raise ValueError(
                     f"order {self.name!r}: size {k} must patch {k} distinct layers of 0..{m - 1}, got {s}"
                 )
@@ -49,7 +67,12 @@ class PatchOrder(BaseModel):
 
     @property
     def n_student(self) -> int:
-        return len(self.subsets) - 1
+        return self.student_layers if self.student_layers is not None else len(self.subsets) - 1
+
+    @property
+    def n_members(self) -> int:
+        """How many members the order names (M + 1, or the number of distinct sizes for an order by size)."""
+        return len(self.subsets)
 
     @classmethod
     def from_sequence(cls, name: str, sequence: Sequence[int], n_student: int, **info: Any) -> PatchOrder:
@@ -62,7 +85,9 @@ class PatchOrder(BaseModel):
 
     @property
     def sequence(self) -> list[int] | None:
-        """The order in which layers are added, if the order is nested."""
+        """The order in which layers are added, if the order is nested (one member per K)."""
+        if self.by_size:
+            return None
         seq: list[int] = []
         for a, b in zip(self.subsets, self.subsets[1:], strict=False):
             extra = set(b) - set(a)
@@ -72,23 +97,37 @@ class PatchOrder(BaseModel):
         return seq
 
     def patched(self, k: int) -> tuple[int, ...]:
-        if not 0 <= k <= self.n_student:
+        if not 0 <= k < self.n_members:
+            if self.by_size:
+                raise BoomerangError(
+                    f"member {k} is out of range: order {self.name!r} has {self.n_members} sizes "
+                    f"(0..{self.n_members - 1})"
+                )
             raise BoomerangError(
                 f"num_patched={k} is out of range: the student has {self.n_student} layers (0..{self.n_student})"
             )
         return self.subsets[k]
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "subsets": [list(s) for s in self.subsets], "info": self.info}
+        out: dict[str, Any] = {"name": self.name, "subsets": [list(s) for s in self.subsets], "info": self.info}
+        if self.by_size:
+            out.update(by_size=True, student_layers=self.student_layers)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PatchOrder:
-        return cls(name=data["name"], subsets=data["subsets"], info=data.get("info", {}))
+        return cls(
+            name=data["name"],
+            subsets=data["subsets"],
+            info=data.get("info", {}),
+            by_size=bool(data.get("by_size", False)),
+            student_layers=data.get("student_layers"),
+        )
 
 
 BUILTIN_ORDERS = ("last", "first")
 # need calibration data: see boomerang.analysis.orders
-DATA_ORDERS = ("similarity", "greedy-kl", "shortest-path", "optimal")
+DATA_ORDERS = ("similarity", "greedy-kl", "shortest-path", "optimal", "size-aware")
 
 
 DEFAULT_ORDER = "last"  # for students that record no patch order
@@ -233,11 +272,11 @@ def make_plan(
             raise BoomerangError(f"patched layers {chosen} contain duplicates")
         return PatchPlan(layer_map=layer_map, patched=chosen, order=None)
     assert num_patched is not None
-    if not 0 <= num_patched <= m:
+    po = as_order(order, m)
+    if not po.by_size and not 0 <= num_patched <= m:
         raise BoomerangError(
             f"num_patched={num_patched} is out of range: the student has {m} layers, so use 0..{m}"
         )
-    po = as_order(order, m)
     return PatchPlan(layer_map=layer_map, patched=po.patched(num_patched), order=po.name)
 
 
@@ -262,3 +301,17 @@ def reference_patched(layer_map: LayerMap, k: int, patch_first: bool) -> list[in
     # student layers j >= 1 whose preceding block has 2+ layers; patching keeps student layers [:j]
     multi = [i + 1 for i in range(m - 1) if kept[i + 1] - kept[i] > 1]
     return list(range(m)) if k + 1 > len(multi) else list(range(multi[-(k + 1)], m))
+
+
+def reference_plan(
+    layer_map: LayerMap, num_layers_to_patch: int, patch_first_k_layers: bool = False
+) -> PatchPlan:
+    """The plan the reference ``build_intermediate_model`` builds for these arguments (``boomerang.compat``)."""
+    patched = reference_patched(layer_map, num_layers_to_patch, patch_first_k_layers)
+    whole_teacher = len(patched) == layer_map.n_student
+    return PatchPlan(
+        layer_map=layer_map,
+        patched=patched,
+        order="reference-first" if patch_first_k_layers else "reference-last",
+        embed_override="teacher" if patch_first_k_layers and not whole_teacher else None,
+    )

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..interrupts import check
 from .hooks import capture, layer_list
 
 
 def _normed_outputs(model: nn.Module, ids: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
     """``[len(layers), tokens, hidden]`` unit-norm float32 outputs of ``layers`` for one batch."""
+    check()
     with torch.no_grad(), capture(model, outputs=layers, detach=True) as got:
         model(input_ids=ids, use_cache=False) if getattr(model.config, "is_decoder", True) else model(
             input_ids=ids

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..interrupts import check
 from .arch import get_arch
 from .hooks import StopForward, layer_list
 
@@ -59,6 +60,7 @@ def feed_input(hidden: torch.Tensor, *, clone: bool = False):
 
 def forward_ids(model: nn.Module, ids: torch.Tensor) -> object:
     """The model's forward on token ids, without a KV cache."""
+    check()  # a Ctrl-C stops a search between passes, even if its first KeyboardInterrupt was swallowed
     if get_arch(model.config).encoder:
         return model(input_ids=ids)
     return model(input_ids=ids, use_cache=False)
@@ -81,6 +83,7 @@ def run_span(
     output of layer ``stop - 1`` is returned. ``start == stop`` runs no layer at all (only the head, if asked).
     Call under ``torch.no_grad()`` unless gradients are wanted; the model should be in eval mode.
     """
+    check()
     layers = layer_list(model)
     n = len(layers)
     stop = n if stop is None else stop

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import BoomerangError
+from ..interrupts import check
 from .builtin import builtin_text, is_builtin
 from .corpora import read_texts
 
@@ -27,6 +28,7 @@ def tokenize(texts: Iterable[str], tokenizer: Any, *, add_bos: bool = False) -> 
     """Token ids per document (no special tokens, except BOS first if ``add_bos``)."""
     bos = tokenizer.bos_token_id
     for text in texts:
+        check()  # a Ctrl-C stops tokenising a large corpus between documents
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         yield ([bos] if add_bos and bos is not None else []) + list(ids)
 
@@ -171,6 +173,10 @@ def _fingerprint(source: str | Path | Sequence[str], tokenizer: Any, **options: 
     if is_builtin(spec):  # packaged texts: keyed by their recorded content hashes
         h.update(f"{spec}|{builtin_text(spec).digest()}\n".encode())
     else:
+        from ..io.textfile import link_loop, loop_error
+
+        if link_loop(Path(spec).expanduser()):
+            raise loop_error(spec, "data source")
         path = Path(spec).expanduser().resolve()
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for f in files:
@@ -226,8 +232,11 @@ def tokenized_docs(
         try:
             save_file({"tokens": flat_t, "offsets": torch.tensor(offsets, dtype=torch.int64)}, tmp)
             os.replace(tmp, file)
-        except OSError:
+        except OSError:  # the cache is only a speed-up: a full disk is no reason to stop
             Path(tmp).unlink(missing_ok=True)
+        except BaseException:  # Ctrl-C: no temporary file left behind either
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return docs
 
 
@@ -258,6 +267,7 @@ class ShuffledBlocks:
         return [int(self._order(p // n)[p % n]) for p in range(start, start + count)]
 
     def take(self, count: int) -> Batch:
+        check()  # every training step takes a batch: a Ctrl-C stops the run between steps
         batch = self.blocks.batch(self.indices(self.position, count))
         self.position += count
         return batch
@@ -323,6 +333,7 @@ class StreamingBlocks:
         yield from buf
 
     def take(self, count: int) -> Batch:
+        check()
         if self._it is None:
             self.seek(self.position)
         rows, masks = [], []

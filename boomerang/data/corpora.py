@@ -10,15 +10,15 @@ per line, text in ``text_field``), a list of strings, a Hugging Face dataset wri
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BoomerangError, require
+from ..io.textfile import link_loop, loop_error
 from .builtin import builtin_text, is_builtin
-from .textfiles import check_text_file
+from .textfiles import check_text_file, check_text_source, jsonl_text, text_files, text_value
 
 TEXT_SUFFIXES = (".txt", ".md")
 DEFAULT_TRAIN = "builtin:default-train"  # the packaged training corpus, used when no shared corpora are found
@@ -90,7 +90,10 @@ def find_corpus(data: str | Path | None = None) -> Corpus:
                     f"{path} has only one of train/ and validation/: add the other, or pass the training "
                     f"folder itself (then validated on {DEFAULT_VALIDATION})"
                 )
+            for part in ("train", "validation"):
+                check_text_source(path / part, "--data")
             return Corpus(str(path / "train"), str(path / "validation"))
+        check_text_source(path, "--data")  # text, not weights; no link loops (before anything runs)
     validation = "builtin:devils-dictionary" if spec == DEFAULT_VALIDATION else DEFAULT_VALIDATION
     return Corpus(spec, validation)
 
@@ -115,7 +118,7 @@ def read_texts(
 
 def _read(source: str | Path | Sequence[str], text_field: str) -> Iterator[str]:
     if isinstance(source, (list, tuple)):
-        yield from (str(s) for s in source)
+        yield from (text_value(s, f"text {i} of the list", None) for i, s in enumerate(source))
         return
     spec = str(source)
     if spec.startswith("hf:"):
@@ -125,8 +128,10 @@ def _read(source: str | Path | Sequence[str], text_field: str) -> Iterator[str]:
         yield from (text for _, text in builtin_text(spec).documents())
         return
     path = Path(spec).expanduser()
+    if link_loop(path):
+        raise loop_error(path, "data source")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ".jsonl"))
+        files = [p for p in text_files(path) if p.suffix in (*TEXT_SUFFIXES, ".jsonl")]
         if not files:
             raise BoomerangError(f"{path} contains no .txt, .md or .jsonl files")
         for f in files:
@@ -152,17 +157,8 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
     if path.name.removesuffix(".gz").endswith(".jsonl"):
         with _open(path) as f:
             for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BoomerangError(f"{path}:{n} is not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict) or text_field not in row:
-                    raise BoomerangError(
-                        f"{path}:{n} has no {text_field!r} field; set text_field / --text-field"
-                    )
-                yield str(row[text_field])
+                if line.strip():
+                    yield jsonl_text(line, path, n, text_field)
     else:
         try:
             with _open(path, errors="replace") as f:
@@ -182,7 +178,7 @@ def _read_hf(spec: str, text_field: str) -> Iterator[str]:
             f"could not open Hugging Face dataset {name!r} (config {config}, split {split}): {str(e).splitlines()[0]}. "
             "Offline? Use a local text folder or .jsonl file instead."
         ) from None
-    for row in ds:
+    for i, row in enumerate(ds):
         if text_field not in row:
             raise BoomerangError(f"dataset {name!r} has no {text_field!r} column; columns: {sorted(row)}")
-        yield str(row[text_field])
+        yield text_value(row[text_field], f"dataset {name!r} row {i}", text_field)

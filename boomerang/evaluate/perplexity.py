@@ -34,9 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.configs import max_positions
 from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import TEXT_SUFFIXES, read_texts
 from ..errors import BoomerangError
+from ..interrupts import check
 
 Source = str | Path | Sequence[str]
 TOKEN_PPL = "ppl"
@@ -323,6 +325,7 @@ def batch_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
 
     Only the scored positions go through the LM head.
     """
+    check()  # a Ctrl-C stops an evaluation between batches
     with torch.no_grad():
         if batch.kind == "causal":
             try:
@@ -461,14 +464,6 @@ class Accumulator:
 
 
 # ---- the public API ------------------------------------------------------------------------------------------
-
-
-def max_positions(config: Any) -> int | None:
-    for f in ("max_position_embeddings", "n_positions"):
-        v = getattr(config, f, None)
-        if isinstance(v, int):
-            return v
-    return None
 
 
 def default_metric(config: Any) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..core.hooks import layer_list
 from ..core.spans import feed_input
+from ..interrupts import check
 
 Key = tuple[Hashable, tuple[Hashable, ...], Hashable]  # (embedding, layers, head)
 
@@ -195,6 +196,7 @@ def score(
     results: list[torch.Tensor | None] = [None] * len(models)
     cache: dict[tuple, torch.Tensor] = {}
     for step in steps:
+        check()
         i = step.index
         if step.alias_of is not None:
             results[i] = results[step.alias_of]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BoomerangError
+from .snapshot import release, verify_held
 
 FORCE_HINT = "pass --force (force=True in Python) to replace it, or choose another output"
 RESUME_FILE = ".resume.json"  # inside a resumable temporary directory: what it is a partial copy of
@@ -306,6 +307,19 @@ def write_error(out: str | os.PathLike, e: BaseException) -> BoomerangError:
     )
 
 
+def temp_dir_error(e: BaseException) -> BoomerangError | None:
+    """Python's "no usable temporary directory" (every candidate full or not writable: a full disk), raised by
+    ``tempfile`` wherever a library first needs one (some do on import), as a message with the fix."""
+    text = str(e)
+    if not (isinstance(e, FileNotFoundError) and "No usable temporary directory" in text):
+        return None
+    where = text.partition("found in")[2].strip() or "the temporary folders"
+    return BoomerangError(
+        f"no usable temporary directory: {where} are full or not writable (a full disk?). Free some disk space, "
+        "or set TMPDIR to a writable folder with space, then run the command again"
+    )
+
+
 def is_write_error(e: BaseException) -> bool:
     """An ``OSError`` or safetensors' ``SafetensorError`` (raised on I/O errors while saving)."""
     return isinstance(e, OSError) or type(e).__name__ == "SafetensorError"
@@ -341,8 +355,10 @@ def atomic_dir(out: str | os.PathLike, *, force: bool = False, resume: Any = Non
         yield tmp
         if resume is not None:
             (tmp / RESUME_FILE).unlink()
+        verify_held()  # the inputs this command read did not change meanwhile (boomerang.io.snapshot)
         _claim(tmp, out)
         _finish(tmp, out, force)
+        release(out)  # written by this process: a later read of it is not a concurrent change
     except BaseException as e:
         _remove(
             tmp
@@ -365,6 +381,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = True)
         _ACTIVE.add(tmp.absolute())
         with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
+        verify_held()
         if force:
             os.replace(tmp, path)
         else:
@@ -381,3 +398,51 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = True)
     finally:
         if tmp is not None:
             _ACTIVE.discard(tmp.absolute())
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``out`` to write one file at; it becomes ``out`` only if the block succeeds
+    (checked and claimed like ``atomic_dir``; never over an existing file without ``force``)."""
+    out = check_writable(out, force=force, file=True)
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        clean_orphans(parent, out.name)
+        tmp = parent / f".{out.name}.tmp-{os.getpid()}-{_stamp()}-{secrets.token_hex(3)}"
+        tmp.touch(exist_ok=False)  # visible to a concurrent writer of the same output (``_claim``)
+    except OSError as e:
+        raise write_error(out, e) from None
+    _ACTIVE.add(tmp.absolute())
+    try:
+        _claim(tmp, out)
+        yield tmp
+        _claim(tmp, out)
+        _finish(tmp, out, force)
+    except BaseException as e:
+        _remove(tmp)
+        if is_write_error(e):
+            raise write_error(out, e) from None
+        raise
+    finally:
+        _ACTIVE.discard(tmp.absolute())
+
+
+@contextlib.contextmanager
+def scratch_dir(near: str | os.PathLike, purpose: str) -> Iterator[Path]:
+    """A temporary working directory beside ``near``, removed when the block ends (named like every temporary, so
+    one a killed run left behind is removed by the next run)."""
+    near = Path(near).expanduser()
+    parent, name = near.absolute().parent, f"{near.name}.{purpose}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        clean_orphans(parent, name)
+        tmp = _mkdtemp(parent, name)
+    except OSError as e:
+        raise write_error(near, e) from None
+    _ACTIVE.add(tmp.absolute())
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+        _ACTIVE.discard(tmp.absolute())

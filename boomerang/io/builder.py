@@ -23,7 +23,10 @@ class Builder:
     """What both stream builders share: plans, sizes and the free-space check."""
 
     layer_map: LayerMap | None
-    student: Any  # the student checkpoint: its ``config`` (a model config or a config.json dict)
+    teacher: Any  # the teacher checkpoint: ``path``, ``config`` and its held ``snapshot``
+    student: (
+        Any  # the student checkpoint: its ``config`` (a model config or a config.json dict), ``snapshot``
+    )
 
     def plan(
         self,
@@ -72,7 +75,13 @@ class Builder:
         )
         if tokenizer:
             self._write_tokenizer(directory)
+        self.verify()  # every pass read one version of both checkpoints, or the member is not kept
         return sum(t.nbytes for t in tensors)
+
+    def verify(self) -> None:
+        """Stop (``ChangedWhileRead``) if the teacher's or the student's files changed since they were opened."""
+        for ckpt in (self.teacher, self.student):
+            ckpt.snapshot.verify()
 
     # what each builder does its own way
     _convert: Convert | None = None  # for tensors whose dtype changes

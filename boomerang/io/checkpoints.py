@@ -66,9 +66,16 @@ def is_local_safetensors(spec: str | os.PathLike) -> bool:
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file, or a clear error."""
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
     except OSError as e:
         raise BoomerangError(f"cannot read {path}: {e.strerror or e}") from None
+    return parse_json(raw, path)
+
+
+def parse_json(raw: bytes, path: Path) -> dict[str, Any]:
+    """A JSON object from the bytes of file ``path``, or a clear error."""
+    try:
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BoomerangError(
             f"{path} is not valid JSON ({e}); the checkpoint is damaged: restore the file from its source, or save "
@@ -124,12 +131,15 @@ def tokenizer_nbytes(directory: str | os.PathLike) -> int:
     return sum(q.stat().st_size for p in files for q in ([p] if p.is_file() else p.rglob("*")) if q.is_file())
 
 
-def copy_tokenizer(src: str | os.PathLike, directory: str | os.PathLike) -> bool:
-    """Copy a checkpoint's tokenizer files byte for byte into ``directory``; False if it has none."""
+def copy_tokenizer(src: str | os.PathLike, directory: str | os.PathLike, snapshot: Any = None) -> bool:
+    """Copy a checkpoint's tokenizer files byte for byte into ``directory`` (from ``snapshot``, a held version of
+    ``src``, if given); False if it has none."""
     files = tokenizer_files(src)
     for p in files:
         if p.is_dir():
             shutil.copytree(p, Path(directory) / p.name)
+        elif snapshot is not None:
+            (Path(directory) / p.name).write_bytes(snapshot.read_bytes(p.name))
         else:
             shutil.copyfile(p, Path(directory) / p.name)
     return bool(files)

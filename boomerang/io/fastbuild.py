@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +43,11 @@ from .checkpoints import (
     dtype_name,
     expand_alias,
     is_local_safetensors,
-    read_json,
+    parse_json,
     tokenizer_files,
     transformers_version,
 )
+from .consistency import check_layers, check_saved_shapes
 from .safetensors_files import (
     DEFAULT_SHARD_SIZE,
     ST_DTYPES,
@@ -58,6 +58,7 @@ from .safetensors_files import (
     read_tensors,
 )
 from .sidecar import read_layer_map
+from .snapshot import Snapshot, snapshot_of
 
 _ST_NAME = {torch_name: st for st, (torch_name, _) in ST_DTYPES.items()}  # "float32" -> "F32"
 
@@ -73,14 +74,19 @@ class RawCheckpoint:
     path: Path
     config: dict[str, Any]
     entries: dict[str, TensorRef]
+    snapshot: Snapshot
 
     @classmethod
     def open(cls, spec: str | os.PathLike) -> RawCheckpoint:
         path = Path(expand_alias(spec)).expanduser()
         if not is_local_safetensors(path):
             raise NotFast(f"{spec} is not a local checkpoint directory with safetensors weights")
-        entries, _ = read_tensors(path)
-        return cls(path, read_json(path / CONFIG), entries)
+        snapshot = snapshot_of(path)  # held before the first read: one version, or a clear stop
+        config = parse_json(snapshot.read_bytes(CONFIG), path / CONFIG)
+        entries, _ = read_tensors(path, snapshot)
+        check_layers(path, config, entries)  # a config that contradicts its weights is refused, not built
+        check_saved_shapes(path, config, entries)
+        return cls(path, config, entries, snapshot)
 
 
 def _rank(modules: Sequence[str], name: str) -> tuple[int, int] | None:
@@ -200,7 +206,11 @@ class FastBuilder(Builder):
             _check_config(who, cfg, arch.saved, version)
         check_compatible(tcfg, scfg)
         gen = t.path / GENERATION_CONFIG
-        if not gen.is_file() or read_json(gen).get("transformers_version") != version:
+        if (
+            not gen.is_file()
+            or parse_json(t.snapshot.read_bytes(GENERATION_CONFIG), gen).get("transformers_version")
+            != version
+        ):
             raise NotFast(f"the teacher has no {GENERATION_CONFIG} written by transformers {version}")
         if not tokenizer_files(t.path):
             raise NotFast("the teacher has no tokenizer files")
@@ -282,11 +292,11 @@ class FastBuilder(Builder):
     def _write_configs(self, plan: PatchPlan, directory: Path) -> tuple[list[OutTensor], int]:
         tensors = self.tensors(plan)
         (directory / CONFIG).write_text(self.config_json(plan))
-        shutil.copyfile(self.teacher.path / GENERATION_CONFIG, directory / GENERATION_CONFIG)
+        (directory / GENERATION_CONFIG).write_bytes(self.teacher.snapshot.read_bytes(GENERATION_CONFIG))
         return tensors, sum(t.ref.numel for t in tensors)
 
     def _write_tokenizer(self, directory: Path) -> None:
-        copy_tokenizer(self.teacher.path, directory)
+        copy_tokenizer(self.teacher.path, directory, self.teacher.snapshot)
 
 
 def _check_config(who: str, config: dict[str, Any], saved: Saved, version: str) -> None:

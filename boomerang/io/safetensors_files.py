@@ -13,11 +13,13 @@ import json
 import os
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BoomerangError
+from ..interrupts import check
+from .snapshot import HeldFile, Snapshot, snapshot_of
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -51,7 +53,11 @@ ProgressFn = Callable[[int], None]  # called with the number of bytes just writt
 
 @dataclass(frozen=True)
 class TensorRef:
-    """Where one tensor's bytes are (``file``/``start``), or how to make it (``make``) if no file holds it."""
+    """Where one tensor's bytes are (``file``/``start``), or how to make it (``make``) if no file holds it.
+
+    ``held`` is the file as it was opened when its header was read: its bytes are read through it, so a file
+    replaced meanwhile is never read with this header's offsets (see ``boomerang.io.snapshot``).
+    """
 
     dtype: str  # safetensors dtype name
     shape: tuple[int, ...]
@@ -59,6 +65,7 @@ class TensorRef:
     key: str = ""
     start: int = 0
     make: Callable[[], Any] | None = None  # returns a torch tensor (only the torch side makes tensors)
+    held: HeldFile | None = field(default=None, compare=False, repr=False)
 
     @property
     def numel(self) -> int:
@@ -104,19 +111,20 @@ def _corrupt(path: Path, reason: str) -> BoomerangError:
     )
 
 
-def read_header(path: str | os.PathLike) -> dict[str, TensorRef]:
-    """Every tensor in one safetensors file, without reading any tensor data."""
+def read_header(path: str | os.PathLike, held: HeldFile | None = None) -> dict[str, TensorRef]:
+    """Every tensor in one safetensors file, without reading any tensor data (through ``held``, or the file
+    opened now)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise _corrupt(path, "shorter than its 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(_MAX_HEADER, size - 8):
-                raise _corrupt(path, f"header length {n} does not fit a {size}-byte file")
-            header = json.loads(f.read(n))
+        held = held or HeldFile(path)
+        size = held.size
+        head = held.pread(8, 0)
+        if len(head) < 8:
+            raise _corrupt(path, "shorter than its 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER, size - 8):
+            raise _corrupt(path, f"header length {n} does not fit a {size}-byte file")
+        header = json.loads(held.pread(n, 8))
     except BoomerangError:
         raise
     except OSError as e:
@@ -137,20 +145,21 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorRef]:
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise _corrupt(path, f"bad entry for tensor {key!r}: {info!r}") from None
-        ref = TensorRef(dtype=info["dtype"], shape=shape, file=path, key=key, start=base + begin)
+        ref = TensorRef(dtype=info["dtype"], shape=shape, file=path, key=key, start=base + begin, held=held)
         if not 0 <= begin <= end <= data_size or end - begin != ref.nbytes:
             raise _corrupt(path, f"tensor {key!r} lies outside the file (the file may be truncated)")
         out[key] = ref
     return out
 
 
-def weight_files(path: Path) -> tuple[list[Path], dict[str, Any]]:
+def weight_files(path: Path, snapshot: Snapshot | None = None) -> tuple[list[Path], dict[str, Any]]:
     """A checkpoint directory's safetensors files and its index metadata (empty for a single file)."""
     if (path / INDEX).is_file():
         try:
-            index = json.loads((path / INDEX).read_text())
+            raw = snapshot.read_bytes(INDEX) if snapshot is not None else (path / INDEX).read_bytes()
+            index = json.loads(raw)
             files = sorted(set(index["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, BoomerangError) as e:
             raise BoomerangError(
                 f"cannot load the model in {path}: unreadable {INDEX} ({e}); {REPAIR_HINT}"
             ) from None
@@ -168,12 +177,14 @@ def weight_files(path: Path) -> tuple[list[Path], dict[str, Any]]:
     )
 
 
-def read_tensors(path: Path) -> tuple[dict[str, TensorRef], dict[str, Any]]:
-    """Every tensor of a checkpoint directory (all its files) and its index metadata."""
-    files, metadata = weight_files(path)
+def read_tensors(path: Path, snapshot: Snapshot | None = None) -> tuple[dict[str, TensorRef], dict[str, Any]]:
+    """Every tensor of a checkpoint directory (all its files) and its index metadata, read from ``snapshot``
+    (default: the directory's snapshot in the current scope, see ``boomerang.io.snapshot``)."""
+    snapshot = snapshot or snapshot_of(path)
+    files, metadata = weight_files(path, snapshot)
     entries: dict[str, TensorRef] = {}
     for f in files:
-        entries.update(read_header(f))
+        entries.update(read_header(f, snapshot.file(f.name) if f.parent == path else None))
     return entries, metadata
 
 
@@ -208,26 +219,28 @@ def write_all(fd: int, data: Any) -> None:
         view = view[n:]
 
 
-def copy_bytes(src: Path, start: int, count: int, out_fd: int) -> None:
-    """Append ``count`` bytes at ``start`` of ``src`` to ``out_fd`` (inside the kernel when possible)."""
-    with open(src, "rb") as f:
-        in_fd = f.fileno()
-        done = 0
-        if hasattr(os, "copy_file_range"):
-            try:
-                while done < count:
-                    n = os.copy_file_range(in_fd, out_fd, min(count - done, 1 << 30), start + done)
-                    if n == 0:
-                        break
-                    done += n
-            except OSError:
-                pass  # e.g. across filesystems on old kernels: fall back to reads and writes
-        while done < count:
-            chunk = os.pread(in_fd, min(count - done, _CHUNK), start + done)
-            if not chunk:
-                raise BoomerangError(f"{src} ended early while copying {count} bytes; the file is truncated")
-            write_all(out_fd, chunk)
-            done += len(chunk)
+def copy_bytes(src: Path | HeldFile, start: int, count: int, out_fd: int) -> None:
+    """Append ``count`` bytes at ``start`` of ``src`` (a path, or a held file) to ``out_fd`` (inside the kernel
+    when possible)."""
+    held = src if isinstance(src, HeldFile) else HeldFile(src)
+    in_fd, done = held.fd, 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < count:
+                n = os.copy_file_range(in_fd, out_fd, min(count - done, 1 << 30), start + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError:
+            pass  # e.g. across filesystems on old kernels: fall back to reads and writes
+    while done < count:
+        chunk = os.pread(in_fd, min(count - done, _CHUNK), start + done)
+        if not chunk:
+            raise BoomerangError(
+                f"{held.path} ended early while copying {count} bytes; the file is truncated"
+            )
+        write_all(out_fd, chunk)
+        done += len(chunk)
 
 
 def _write_tensor(t: OutTensor, fd: int, convert: Convert | None) -> None:
@@ -236,7 +249,7 @@ def _write_tensor(t: OutTensor, fd: int, convert: Convert | None) -> None:
         return
     if ref.make is None and ref.dtype == t.dtype:
         assert ref.file is not None
-        copy_bytes(ref.file, ref.start, ref.nbytes, fd)
+        copy_bytes(ref.held or ref.file, ref.start, ref.nbytes, fd)
         return
     if convert is None:
         raise BoomerangError(
@@ -258,6 +271,7 @@ def write_safetensors(
     try:
         write_all(fd, header(ordered, {"format": "pt"}))
         for t in ordered:
+            check()  # a Ctrl-C stops a large write between tensors (the temporary is then removed)
             _write_tensor(t, fd, convert)
             if progress is not None:
                 progress(t.nbytes)

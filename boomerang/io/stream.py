@@ -42,6 +42,7 @@ from .checkpoints import (  # noqa: F401 (re-exported)
     fmt_bytes,
     is_local_safetensors,
 )
+from .consistency import check_checkpoint, model_names
 from .safetensors_files import (  # noqa: F401 (re-exported)
     DEFAULT_SHARD_SIZE,
     INDEX,
@@ -57,6 +58,7 @@ from .safetensors_files import (  # noqa: F401 (re-exported)
     write_weights,
 )
 from .sidecar import read_layer_map
+from .snapshot import HeldFile, snapshot_of
 
 TORCH_DTYPES: dict[str, torch.dtype] = {st: getattr(torch, name) for st, (name, _) in ST_DTYPES.items()}
 ST_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
@@ -87,10 +89,12 @@ class Checkpoint:
         self.path = Path(expand_alias(path)).expanduser()
         if not self.path.exists():
             raise BoomerangError(f"{path} does not exist")
+        self.snapshot = snapshot_of(self.path)  # held before the first read: one version, or a clear stop
         self.config = load_config(self.path, trust_remote_code=trust_remote_code)
-        self.entries, self.index_metadata = read_tensors(self.path)
+        self.entries, self.index_metadata = read_tensors(self.path, self.snapshot)
         self._named: dict[str, TensorRef] | None = None
         self._meta: Any = None
+        check_checkpoint(self.path, self.config, self.entries, self.meta)
 
     @property
     def meta(self) -> Any:
@@ -109,7 +113,8 @@ class Checkpoint:
             return cfg_dtype if isinstance(cfg_dtype, torch.dtype) else parse_dtype(str(cfg_dtype))
         if "dtype" in self.index_metadata:
             return parse_dtype(str(self.index_metadata["dtype"]))
-        first = read_header(min(ref.file for ref in self.entries.values() if ref.file is not None))
+        first_file = min(ref.file for ref in self.entries.values() if ref.file is not None)
+        first = read_header(first_file, self.snapshot.file(first_file.name))
         dtypes = [TORCH_DTYPES[first[k].dtype] for k in sorted(first)]
         floats = [d for d in dtypes if d.is_floating_point]
         return floats[0] if floats else torch.get_default_dtype()
@@ -118,22 +123,17 @@ class Checkpoint:
         """Tensors under the model class's own state-dict names, renamed exactly as ``from_pretrained`` does."""
         if self._named is not None:
             return self._named
-        from transformers.core_model_loading import dot_natural_key, rename_source_key
+        from transformers.core_model_loading import dot_natural_key
 
         meta = self.meta
         expected = meta.state_dict()
-        renamings, converters = _conversions(meta)
-        prefix = meta.base_model_prefix
+        names = model_names(self.entries, meta)
         out: dict[str, TensorRef] = {}
         for key in sorted(self.entries, key=dot_natural_key):
-            name, pattern = rename_source_key(key, renamings, converters, prefix, expected)
-            if name not in expected and key in expected:
-                name, pattern = rename_source_key(
-                    key, [], [], base_model_prefix=prefix, meta_state_dict=expected
-                )
+            name, converted = names[key]
             if name not in expected:
                 continue  # unused keys (e.g. GPT-2's old attention-mask buffers) are ignored, as on load
-            if pattern is not None:
+            if converted:
                 raise StreamUnsupported(
                     f"{self.path}: tensor {key!r} needs a weight conversion when loaded; it cannot be streamed"
                 )
@@ -179,11 +179,10 @@ def _load(ref: TensorRef) -> torch.Tensor:
     if ref.make is not None:
         return ref.make()
     assert ref.file is not None
+    held = ref.held or HeldFile(ref.file)  # the version whose header gave ref.start
     buf = bytearray(ref.nbytes)
-    with open(ref.file, "rb") as f:
-        f.seek(ref.start)
-        if f.readinto(buf) != len(buf):
-            raise BoomerangError(f"{ref.file} ended early while reading {ref.key}; the file is truncated")
+    if buf and os.preadv(held.fd, [buf], ref.start) != len(buf):
+        raise BoomerangError(f"{ref.file} ended early while reading {ref.key}; the file is truncated")
     dtype = TORCH_DTYPES[ref.dtype]
     if not buf:
         return torch.empty(ref.shape, dtype=dtype)

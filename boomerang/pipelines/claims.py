@@ -3,12 +3,16 @@
 Each check takes rows as a sweep writes them (``method``, ``K``, ``inference`` parameters, the metric) and returns a
 ``Claim``. Lower metric values are better (perplexity). Definitions:
 
-- **(a) monotone**: along the family (K = 0..M, parameters non-decreasing) the metric falls, with at most
-  ``MAX_INVERSIONS`` inversions. An inversion is a member at least ``TOLERANCE`` (1%) worse than the member with
-  one layer fewer patched; smaller wiggles (e.g. between equally sized members that swap a single student layer for
-  its teacher layer near the teacher's value) are counted and reported apart.
-- **(b) naive**: every intermediate member (0 < K < M) is below naive layer dropping with the same teacher layers.
-- **(c) pruning**: every member below the teacher (K < M) is below ShortGPT and LaCo at the same parameter count;
+Sizes come first. A family's members are judged by their size (inference parameters): members the size of the
+teacher that are not the teacher itself (the student with only single-layer blocks kept, in a K-indexed order)
+are **teacher-size variants**, reported apart (``teacher_size_variants``), never counted as intermediate sizes.
+
+- **(a) monotone**: along the family, from the student up to the teacher (variants left out), the metric falls,
+  with at most ``MAX_INVERSIONS`` inversions. An inversion is a member at least ``TOLERANCE`` (1%) worse than the
+  member before it; smaller wiggles are counted and reported apart.
+- **(b) naive**: every member of intermediate size (larger than the student, smaller than the teacher) is below
+  naive layer dropping with the same teacher layers.
+- **(c) pruning**: every member smaller than the teacher is below ShortGPT and LaCo at the same parameter count;
   the pruned models' log-metric is interpolated linearly in parameters between their sizes.
 - **(d) random init**: a randomly initialised student distilled on the same budget does not interpolate: each of its
   intermediate members is at least ``RANDOM_FAR`` × the boomerang member of the same K, in the same order.
@@ -70,6 +74,36 @@ def family(rows: Sequence[Row], method: str = "boomerang", metric: str = "ppl") 
     return sorted(out, key=lambda r: r["K"])
 
 
+def _teacher_size(fam: Sequence[Row]) -> float | None:
+    """The teacher's inference parameters: its row's (role ``teacher``), else the family's largest."""
+    sizes = [r.get("inference") for r in fam if r.get("role") == "teacher"]
+    sizes = sizes or [r.get("inference") for r in fam]
+    sizes = [x for x in sizes if x]
+    return max(sizes) if sizes else None
+
+
+def sized(rows: Sequence[Row], method: str = "boomerang", metric: str = "ppl") -> list[Row]:
+    """The family from the student up to the teacher, without teacher-size variants (see the module's text)."""
+    fam = family(rows, method, metric)
+    top = _teacher_size(fam)
+    if top is None:
+        return fam
+    keep = [r for r in fam if (r.get("inference") or 0) < top]
+    teacher = [r for r in fam if r.get("role") == "teacher"] or [r for r in fam if r.get("inference") == top][-1:]
+    return keep + teacher[-1:]
+
+
+def teacher_size_variants(rows: Sequence[Row], method: str = "boomerang", metric: str = "ppl") -> list[Row]:
+    """Members the size of the teacher that are not the teacher (a K-indexed order patching single-layer blocks
+    last): variants of the teacher's size, not intermediate sizes."""
+    fam = family(rows, method, metric)
+    top = _teacher_size(fam)
+    if top is None:
+        return []
+    kept = sized(rows, method, metric)
+    return [r for r in fam if r.get("inference") == top and r not in kept]
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
@@ -101,7 +135,7 @@ def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None
 
 
 def check_monotone(rows: Sequence[Row], metric: str = "ppl", label: str = "") -> Claim:
-    fam = family(rows, metric=metric)
+    fam = sized(rows, metric=metric)
     if len(fam) < 3:
         return Claim("a", TITLES["a"], None, "fewer than three members were evaluated")
     vals = [r[metric] for r in fam]
@@ -121,12 +155,13 @@ def check_monotone(rows: Sequence[Row], metric: str = "ppl", label: str = "") ->
 
 
 def check_naive(rows: Sequence[Row], metric: str = "ppl") -> Claim:
-    fam = {r["K"]: r for r in family(rows, metric=metric)}
+    members = sized(rows, metric=metric)
+    fam = {r["K"]: r for r in members}
     naive = {r["K"]: r for r in family(rows, "naive", metric)}
     if not fam or not naive:
         return Claim("b", TITLES["b"], None, "naive layer dropping was not evaluated")
-    m = max(fam)
-    ks = [k for k in sorted(fam) if 0 < k < m and k in naive]
+    low, top = min(r.get("inference") or 0 for r in members), max(r.get("inference") or 0 for r in members)
+    ks = [k for k, r in sorted(fam.items()) if low < (r.get("inference") or 0) < top and k in naive]
     if not ks:
         return Claim("b", TITLES["b"], None, "no intermediate member has a naive counterpart")
     ratios = {k: fam[k][metric] / naive[k][metric] for k in ks}
@@ -144,11 +179,11 @@ def check_naive(rows: Sequence[Row], metric: str = "ppl") -> Claim:
 def check_pruning(
     rows: Sequence[Row], metric: str = "ppl", methods: Sequence[str] = ("shortgpt", "laco")
 ) -> Claim:
-    fam = family(rows, metric=metric)
+    fam = sized(rows, metric=metric)
     if not fam:
         return Claim("c", TITLES["c"], None, "no family members")
-    m = max(r["K"] for r in fam)
-    members = [r for r in fam if r["K"] < m and r.get("inference")]
+    top = max(r.get("inference") or 0 for r in fam)
+    members = [r for r in fam if r.get("inference") and r["inference"] < top]
     parts, failed, numbers = [], {}, {}
     present = [meth for meth in methods if family(rows, meth, metric)]
     if not present:

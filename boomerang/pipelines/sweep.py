@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import BoomerangError
 from ..evaluate.perplexity import METRIC_LABELS, EvalSpec, check_source, prepare
 from ..evaluate.reuse import work
+from ..family import check_sizes
 from .sweep_eval import GroupEvaluator, OnBatch, SweepProgress, describe_model, make_lm_eval
 from .sweep_inputs import (
     BASELINES,
@@ -101,7 +102,6 @@ class Sweep:
         trust_remote_code: bool = False,
     ) -> None:
         from ..core.configs import check_compatible
-        from ..family import check_sizes
         from ..io.atomic import check_writable
 
         self.out = Path(out)
@@ -124,6 +124,10 @@ class Sweep:
         if calibration is not None:
             check_source(calibration)
 
+        from ..io.snapshot import hold_local
+
+        # held from the first read: a checkpoint rewritten before the models load is a clear stop
+        self.snapshots = hold_local(teacher, student, random_student)
         # configs, layer map and evaluation settings, without loading weights
         self.teacher_config = model_config(teacher, trust_remote_code=trust_remote_code)
         self.student_config = model_config(student, trust_remote_code=trust_remote_code)
@@ -138,7 +142,9 @@ class Sweep:
             rcfg = model_config(random_student, trust_remote_code=trust_remote_code)
             check_compatible(self.teacher_config, rcfg)
             check_layer_map(self.layer_map, self.teacher_config, rcfg, "random-init student")
-        self.sizes = check_sizes(sizes, self.layer_map.n_student)
+        # members K: checked against the order once it is resolved (an order by size has its own count)
+        self.size_request = None if sizes is None else check_sizes(sizes, self.layer_map.n_teacher)
+        self.sizes: list[int] = []
         self.spec = (spec or EvalSpec()).resolved(self.teacher_config)
         self.task_names, self.task_paths, self.task_defaults = lm_eval_tasks(self.tasks, self.teacher_config)
         check_order_name(order)
@@ -154,6 +160,8 @@ class Sweep:
             dtype=self.dtype,
             trust_remote_code=self.trust_remote_code,
         )
+        for snap in self.snapshots:  # every model and tokenizer came from the version validated above
+            snap.verify()
         self.teacher, self.student, self.tokenizer, self.dtype = m.teacher, m.student, m.tokenizer, m.dtype
         self.docs, self.batches = prepare(self.data, self.tokenizer, self.spec)
         n, length = self.calibration_shape
@@ -166,6 +174,7 @@ class Sweep:
         if self.restart and self.partial.exists():
             shutil.rmtree(self.partial)
         self.po = resolve_order(self.partial, self.order_spec, m.family, self.calibration)
+        self.sizes = check_sizes(self.size_request, self.layer_map.n_student, self.po)
         self.state = SweepState.load(
             self.partial,
             fingerprint(self._settings(), self.batches),

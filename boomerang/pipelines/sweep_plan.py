@@ -115,9 +115,9 @@ def plan_rows(
             by_key[key] = name
         return name
 
-    plans = {k: PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name) for k in sizes}
+    plans = {k: PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name) for k in sizes if k < po.n_members}
     for k, plan in plans.items():
-        role = "student" if k == 0 else "teacher" if k == m else ""
+        role = "student" if not plan.patched else "teacher" if plan.num_patched == m else ""
         name = unit(f"boomerang K={k}", plan_key(plan), lambda p=plan: family.member(plan=p))
         rows.append(Row("boomerang", k, name, plan, role))
     for method in baselines:

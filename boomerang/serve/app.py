@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -68,6 +68,9 @@ def create_app(
 
     async def health(request: Request) -> Response:
         return _json(server.health())
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(server.metrics(), media_type="text/plain; version=0.0.4")
 
     async def models(request: Request) -> Response:
         return _json({"object": "list", "data": server.model_list()})
@@ -115,6 +118,7 @@ def create_app(
         Route("/", page),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Route("/health", health),
+        Route("/metrics", metrics),
         Route("/v1/models", models),
         Route("/v1/models/{name:path}", model),
         Route("/v1/completions", completions, methods=["POST"]),

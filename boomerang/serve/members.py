@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
+from .runner import Runner, shared_layers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -64,6 +65,8 @@ class MemberSet:
         self.m = family.n_student
         self.context = context_length(family.teacher.config)
         self._built: set[int] = set()
+        self._runners: dict[int, Runner] = {}
+        self._shared: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
 
     # ---- names ---------------------------------------------------------------------------------------------
@@ -120,6 +123,20 @@ class MemberSet:
             model = self.family.member(k, order=self.order)
             self._built.add(k)
         return model
+
+    def runner(self, k: int) -> Runner:
+        """Member K as the engine runs it (``boomerang.serve.runner``)."""
+        runner = self._runners.get(k)
+        if runner is None:
+            runner = self._runners[k] = Runner(self.model(k))
+        return runner
+
+    def shared_layers(self, a: int, b: int) -> int:
+        """How many leading layers members ``a`` and ``b`` share (the same tensors, the same embedding)."""
+        key = (min(a, b), max(a, b))
+        if key not in self._shared:
+            self._shared[key] = shared_layers(self.model(a), self.model(b))
+        return self._shared[key]
 
     def built(self, k: int) -> bool:
         return k in self._built

@@ -95,6 +95,7 @@ class _Request(BaseModel):
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     user: str | None = None
     ignore_eos: bool = False  # an extension (as in vLLM): generate max_tokens tokens whatever the model says
+    speculative: bool | None = None  # an extension: draft with a smaller member (None: the server's default)
     # accepted only at their neutral values (``unsupported``)
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
@@ -251,7 +252,7 @@ def parse(kind: Literal["completion", "chat"], raw: bytes) -> CompletionRequest 
         raise APIError(
             400,
             f"{', '.join(bad)}: not supported by this server (supported: model, prompt/messages, max_tokens, "
-            "temperature, top_p, stop, seed, stream, stream_options, n=1)",
+            "temperature, top_p, stop, seed, stream, stream_options, n=1, ignore_eos, speculative)",
             param=bad[0],
         )
     return request

@@ -1,17 +1,21 @@
 """Latency-budget routing: a request for ``auto`` gets the largest member whose estimated latency, under the
 load in flight when it arrives, stays within ``--max-latency-ms``.
 
-The estimate follows the engine's schedule (``boomerang.serve.engine``): every job in flight takes one step per
-turn, so each token of a new request waits for one decoding step of every other job in flight. For member K,
-with a prompt of P tokens, ``max_tokens`` = N and jobs in flight on members J:
+The estimate follows the engine's schedule (``boomerang.serve.engine``): in every round each member with requests
+in flight takes one batched step, so each token of a new request waits for one step of every *other* member in
+flight (requests on its own member share its step). For member K, with a prompt of P tokens, ``max_tokens`` = N
+and requests in flight on members J:
 
-    latency(K) = P * prefill(K) + others + (N - 1) * (decode(K) + others),   others = sum of decode(j) over J
+    latency(K) = P * prefill(K) + others + (N - 1) * (decode(K) + others),   others = sum of decode(j), j in set(J) - {K}
 
-``decode(K)`` (seconds per token) and ``prefill(K)`` (seconds per prompt token) are running averages of the
-engine's own measured steps (forward pass, sampling, detokenizing and handing over the text). A member not measured yet is estimated by a least-squares line in parameter count
-through the members that were (``calibrate`` measures the student, a middle member and the teacher at start).
-The estimate is conservative: it assumes every job in flight keeps running for the whole request and that the
-request generates all N tokens. If no member fits, the smallest one is used (the request is served, late).
+``decode(K)`` (seconds per batched step) and ``prefill(K)`` (seconds per prompt token) are running averages of the
+engine's own measured steps (forward pass, sampling, detokenizing and handing over the text; a step of more
+requests costs a little more, and the average follows the batch sizes the member actually sees). Speculative
+rounds are not part of these averages: the estimate is that of plain decoding. A member not measured yet is
+estimated by a least-squares line in parameter count through the members that were (``calibrate`` measures the
+student, a middle member and the teacher at start). The estimate is conservative: it assumes every member in
+flight keeps running for the whole request and that the request generates all N tokens. If no member fits, the
+smallest one is used (the request is served, late).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class Router:
 
     # ---- measurements --------------------------------------------------------------------------------------
     def observe(self, k: int, kind: str, tokens: int, seconds: float) -> None:
+        if kind not in ("prefill", "decode"):
+            return
         table, value = (
             (self._prefill, seconds / max(tokens, 1)) if kind == "prefill" else (self._decode, seconds)
         )
@@ -111,7 +117,7 @@ class Router:
     # ---- decisions -----------------------------------------------------------------------------------------
     def estimate(self, k: int, prompt_tokens: int, max_tokens: int, load: list[int]) -> float:
         """Estimated seconds from arrival to the last token of a request on member K (see the module docstring)."""
-        others = sum(self.decode_cost(j) for j in load)
+        others = sum(self.decode_cost(j) for j in set(load) - {k})
         first = prompt_tokens * self.prefill_cost(k) + others
         return first + (max_tokens - 1) * (self.decode_cost(k) + others)
 

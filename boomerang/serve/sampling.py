@@ -34,14 +34,26 @@ class Sampling:
         return g
 
 
+def probabilities(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """The distribution a sampled request draws from: softmax of ``logits / temperature`` ``[..., vocab]``, cut to
+    the nucleus (the most likely tokens whose mass reaches ``top_p``; the top token is always kept)."""
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
+        sorted_probs[before >= sampling.top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token from ``probs`` ``[vocab]`` (need not be normalised)."""
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
 def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
     """The next token from the last position's ``logits`` ``[vocab]``."""
     if sampling.greedy:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        before = sorted_probs.cumsum(0) - sorted_probs  # mass of the tokens ranked above each one
-        sorted_probs[before >= sampling.top_p] = 0.0  # keeps the top token always
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return draw(probabilities(logits, sampling), generator)

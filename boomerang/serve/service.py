@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BoomerangError
-from .engine import Engine, Job, Sink
+from .engine import GAMMA, MAX_BATCH, MAX_GAMMA, Engine, Job, Sink
 from .members import AUTO, MemberSet, UnknownMember
+from .options import check_engine_options
 from .protocol import APIError, ChatRequest, CompletionRequest, clip
 from .router import Decision, Router
 from .sampling import Sampling
@@ -39,13 +40,17 @@ class Prepared:
     stream: bool
     include_usage: bool
     decision: Decision | None = None
+    speculative: bool = False
 
 
 class Service:
     """Every member of ``family`` (under ``order``), ready to take requests; see the module docstring.
 
     ``max_latency_ms`` enables ``auto`` (``boomerang.serve.router``); ``chat_template`` (Jinja text) replaces
-    the tokenizer's own.
+    the tokenizer's own. ``max_batch``: requests of one member per forward pass (1: no batching).
+    ``speculative``: requests decode speculatively unless they say otherwise; ``draft``: the member that drafts
+    (a name such as ``student`` or ``k2``; the student by default); ``max_gamma``: the most tokens it drafts per
+    round; ``gamma``: a fixed number of tokens it drafts per round (default: γ adapts to the acceptance rate).
     """
 
     def __init__(
@@ -55,16 +60,40 @@ class Service:
         order: str | PatchOrder | None = None,
         max_latency_ms: float | None = None,
         chat_template: str | None = None,
+        max_batch: int = MAX_BATCH,
+        speculative: bool = False,
+        draft: str = "student",
+        max_gamma: int = MAX_GAMMA,
+        gamma: int | None = None,
     ) -> None:
         if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
             raise BoomerangError(f"--max-latency-ms must be a positive number, got {max_latency_ms}")
+        check_engine_options(max_batch, max_gamma, gamma)
         self.family = family
         self.members = MemberSet(family, family.order(order))
         self.tokens = Tokens(family.tokenizer, chat_template)
         self.tokens.add_eos(getattr(getattr(family.teacher, "generation_config", None), "eos_token_id", None))
         self.vocab = int(family.teacher.config.vocab_size)
         self.router: Router | None = None
-        self.engine = Engine(self.members, self.tokens)
+        self.speculative = speculative
+        try:
+            draft_k = self.members.resolve(draft)
+        except BoomerangError as e:
+            raise BoomerangError(f"--draft: {e}") from None
+        if draft_k >= self.members.m:
+            raise BoomerangError(
+                f"--draft {draft} is the teacher: the draft must be a smaller member (e.g. student or "
+                f"k{max(0, self.members.m // 2)})"
+            )
+        self.engine = Engine(
+            self.members,
+            self.tokens,
+            max_batch=max_batch,
+            draft=draft_k,
+            max_gamma=max_gamma,
+            gamma=gamma or min(GAMMA, max_gamma),
+            adaptive=gamma is None,
+        )
         if max_latency_ms is not None:
             self.router = Router(self.members, max_latency_ms, self.engine.load)
             self.engine.observer = self.router.observe
@@ -129,7 +158,8 @@ class Service:
             k = decision.k
         stream = bool(request.stream)
         usage = bool(stream and request.stream_options and request.stream_options.include_usage)
-        return Prepared(kind, k, prompt, sampling, stream, usage, decision)
+        speculative = self.speculative if request.speculative is None else request.speculative
+        return Prepared(kind, k, prompt, sampling, stream, usage, decision, speculative)
 
     def _member(self, model: str) -> int:
         try:
@@ -174,11 +204,20 @@ class Service:
     def submit(self, prepared: Prepared, sink: Sink) -> Job:
         if not self.engine.running:
             raise APIError(503, "the server is not running (starting or shutting down)", type="server_error")
-        return self.engine.submit(Job(prepared.k, prepared.prompt, prepared.sampling, sink))
+        job = Job(prepared.k, prepared.prompt, prepared.sampling, sink, speculative=prepared.speculative)
+        return self.engine.submit(job)
 
     # ---- information ---------------------------------------------------------------------------------------
+    def describe(self, k: int) -> dict[str, Any]:
+        """Member K's ``/v1/models`` entry with what the engine measured: requests, tokens, batch sizes, and
+        speculative decoding on it (per draft: acceptance rate, tokens per round)."""
+        info = self.members.describe(k)
+        info["stats"] = self.engine.stats(k)
+        info["speculative"] = self.engine.spec.for_target(k)
+        return info
+
     def model_list(self) -> list[dict[str, Any]]:
-        data = [self.members.describe(k) for k in range(self.members.m + 1)]
+        data = [self.describe(k) for k in range(self.members.m + 1)]
         if self.router is not None:
             data.append(
                 {
@@ -195,7 +234,7 @@ class Service:
     def model_info(self, name: str) -> dict[str, Any]:
         if self.router is not None and name.strip().lower() == AUTO:
             return self.model_list()[-1]
-        return self.members.describe(self._member(name))
+        return self.describe(self._member(name))
 
     def health(self) -> dict[str, Any]:
         built = [self.members.name(k) for k in range(self.members.m + 1) if self.members.built(k)]
@@ -205,6 +244,60 @@ class Service:
             "built": built,
             "in_flight": len(self.engine.load()),
             "peak_in_flight": self.engine.peak_active,
+            "peak_batch": self.engine.peak_batch,
+            "kv_cache_bytes": self.engine.kv_bytes,
+            "peak_kv_cache_bytes": self.engine.peak_kv_bytes,
+            "max_batch": self.engine.max_batch,
+            "speculative": {"default": self.speculative, "draft": self.members.name(self.engine.draft or 0)},
             "order": self.members.order.name,
             "routing": self.router.snapshot() if self.router is not None else None,
         }
+
+    def metrics(self) -> str:
+        """Counters in Prometheus' text format (``GET /metrics``)."""
+        lines = []
+
+        def metric(name: str, kind: str, help: str, rows: list[tuple[str, float]]) -> None:
+            lines.extend([f"# HELP boomerang_{name} {help}", f"# TYPE boomerang_{name} {kind}"])
+            lines.extend(f"boomerang_{name}{{{labels}}} {value:g}" for labels, value in rows)
+
+        ks = range(self.members.m + 1)
+        stats = {k: self.engine.stats(k) for k in ks}
+        member = self.members.name
+        for key, kind, help in (
+            ("requests", "counter", "Requests submitted per member."),
+            ("prompt_tokens", "counter", "Prompt tokens per member."),
+            ("completion_tokens", "counter", "Generated tokens per member."),
+            ("decode_steps", "counter", "Decoding forward passes per member (batched or speculative)."),
+        ):
+            metric(f"{key}_total", kind, help, [(f'member="{member(k)}"', stats[k][key]) for k in ks])
+        metric(
+            "mean_batch",
+            "gauge",
+            "Mean requests per decoding pass, per member.",
+            [(f'member="{member(k)}"', stats[k]["mean_batch"]) for k in ks if stats[k]["mean_batch"]],
+        )
+        pairs = [(k, p) for k in ks for p in self.engine.spec.for_target(k)]
+        for key, help in (
+            ("proposed", "Draft tokens proposed."),
+            ("accepted", "Draft tokens accepted."),
+            ("rounds", "Speculative rounds."),
+        ):
+            metric(
+                f"speculative_{key}_total",
+                "counter",
+                help,
+                [(f'member="{member(k)}",draft="{p["draft"]}"', p[key]) for k, p in pairs],  # type: ignore[misc]
+            )
+        metric(
+            "speculative_acceptance_rate",
+            "gauge",
+            "Accepted over proposed draft tokens.",
+            [
+                (f'member="{member(k)}",draft="{p["draft"]}"', p["acceptance_rate"])
+                for k, p in pairs
+                if p["proposed"]
+            ],
+        )  # type: ignore[misc]
+        metric("in_flight", "gauge", "Requests in flight.", [("", len(self.engine.load()))])
+        return "\n".join(lines) + "\n"

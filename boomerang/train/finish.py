@@ -21,9 +21,14 @@ def save_final_student(
 ) -> None:
     """Record the run in the student's ``boomerang`` config section, undo the training-only switches (gradient
     checkpointing, lean MLPs, no KV cache) and save it in the teacher checkpoint's dtype."""
+    from ..core.layermap import student_section
     from .initialise import save_student
 
-    section = dict(model.config.boomerang or {})
+    # a student whose layer map is only in student_config.json (the published format) has no section yet
+    section = dict(getattr(model.config, "boomerang", None) or {})
+    if section.get("role") != "student" or "layer_map" not in section:
+        section = {**student_section(models.layer_map, recipe.teacher), **section, "role": "student"}
+        section["layer_map"] = models.layer_map.to_json()
     section["distill"] = {
         "recipe": recipe.name,
         "steps": state.step,
@@ -59,7 +64,11 @@ def run_summary(
         "seconds": round(s.elapsed, 1),
         "tokens_per_s": round(s.tokens / max(s.elapsed, 1e-9), 1),
         "skipped_steps": s.skipped,
-        "train": {k: round(float(np.mean([h[k] for h in recent])), 5) for k in ("loss", "ce", "kl", "cos")}
+        "train": {
+            k: round(float(np.mean([h[k] for h in recent])), 5)
+            for k in ("loss", "ce", "kl", "cos", "ctx", "ctx_mse")
+            if recent and k in recent[0]
+        }
         if recent
         else None,
         "val_student": s.last_eval,

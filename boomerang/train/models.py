@@ -14,7 +14,9 @@ from ..core.layermap import LayerMap
 from ..errors import BoomerangError
 from .lean import lean_mlps
 from .losses import DistillLoss, ModelOutputs, head_mode_problem, model_outputs
+from .mixed import MixedContext
 from .recipe import Recipe
+from .working_copy import WorkingCopy
 
 
 class LossForward(nn.Module):
@@ -24,8 +26,13 @@ class LossForward(nn.Module):
         super().__init__()
         self.model, self.keys, self.mode = model, keys, mode
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutputs:
-        return model_outputs(self.model, input_ids, attention_mask, self.keys, mode=self.mode)  # type: ignore[arg-type]
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        ctx: dict[int, torch.Tensor] | None = None,
+    ) -> ModelOutputs:
+        return model_outputs(self.model, input_ids, attention_mask, self.keys, mode=self.mode, ctx=ctx)  # type: ignore[arg-type]
 
 
 def untie_head(model: nn.Module) -> bool:
@@ -106,9 +113,21 @@ class RunModels:
     save_dtype: torch.dtype  # the teacher checkpoint's stored dtype: the student is saved in it
     s_fwd: LossForward
     t_fwd: LossForward | None
+    working: WorkingCopy | None = (
+        None  # bf16 working copy the forward passes run on (fp32 masters: ``student``)
+    )
+    mixed: MixedContext | None = None  # draws the family members of the mixed-context term
+    member_loss: DistillLoss | None = None
+
+    @property
+    def trained(self) -> nn.Module:
+        """The module the training forward and backward passes run on."""
+        return self.working.model if self.working is not None else self.student
 
 
-def prepare_models(recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[str], None]) -> RunModels:
+def prepare_models(
+    recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[str], None], world: int = 1
+) -> RunModels:
     """Load the teacher (bf16 under bf16 precision), load or initialise the student (fp32), apply the recipe's
     freezing / untying / checkpointing / lean-MLP switches and choose the loss path."""
     from ..core.arch import get_arch, n_layers
@@ -156,8 +175,25 @@ def prepare_models(recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[st
     if tr.fused_loss and problem:
         raise BoomerangError(f"train.fused_loss is on, but {problem}; set train.fused_loss: false")
     mode = "logits" if (problem or tr.fused_loss is False) else "head"
-    s_fwd = LossForward(student, loss_fn.keys(0), mode)
+    working = None
+    if bf16 and not fsdp and tr.bf16_copies is not False:  # FSDP2 has its own bf16 compute policy
+        working = WorkingCopy(student)
+    elif tr.bf16_copies and not bf16:
+        note("train.bf16_copies is not used: this run computes in fp32")
+    elif tr.bf16_copies and fsdp:
+        note("train.bf16_copies is not used under FSDP (its mixed-precision policy computes in bf16)")
+    trained = working.model if working is not None else student
+    s_fwd = LossForward(trained, loss_fn.keys(0), mode)
     t_fwd = LossForward(teacher, loss_fn.keys(1), mode) if loss_fn.needs_teacher else None
+    member_loss = loss_fn.member_loss()
+    mixed = None
+    if member_loss is not None:
+        if world > 1:
+            raise BoomerangError(
+                "loss.mixed trains random family members in one process only; run without accelerate launch "
+                "or set loss.mixed=0"
+            )
+        mixed = MixedContext(teacher, trained, lm, seed=r.train.seed)
     return RunModels(
         teacher,
         student,
@@ -171,6 +207,9 @@ def prepare_models(recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[st
         save_dtype,
         s_fwd,
         t_fwd,
+        working,
+        mixed,
+        member_loss,
     )
 
 

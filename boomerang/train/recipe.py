@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import BoomerangError
 from ..io.loading import OFFLINE_ALIAS as OFFLINE_TEACHER  # noqa: F401 (re-exported)
+from ..io.textfile import read_text_file
 from .losses import LossConfig
+from .recipe_values import DuplicateKey, check_values, load_yaml, nonfinite
 
 
 class _Section(BaseModel):
@@ -131,6 +133,12 @@ class TrainSection(_Section):
     )
     lean_mlp: bool = Field(
         True, description="keep half of each gated MLP's activations, recompute the rest (exact; see lean.py)"
+    )
+    bf16_copies: bool | None = Field(
+        None,
+        description="under bf16: run the student's forward and backward on bf16 copies of its layers (fp32 "
+        "master weights for the optimizer) instead of casting every weight on every forward; default: on, "
+        "except under FSDP",
     )
     compile: bool = Field(False, description="torch.compile the student")
     fused_loss: bool | None = Field(
@@ -251,7 +259,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise BoomerangError(f"cannot read override {item!r}: write key=value, e.g. train.steps=20")
         path = _resolve_key(key.strip())
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
+        except DuplicateKey as e:
+            raise BoomerangError(f"override {item!r}: {e}") from None
         except yaml.YAMLError:
             value = raw
         node = data
@@ -291,10 +301,16 @@ def parse_recipe(data: dict[str, Any], overrides: list[str] | None = None, *, wh
     if not isinstance(data, dict):
         raise BoomerangError(f"recipe {where} must be a YAML mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, list(overrides or []))
+    problems = check_values(Recipe, data)  # types as declared, finite numbers, usable integers
+    if problems:
+        raise BoomerangError(f"invalid recipe {where or '(inline)'}:\n  - " + "\n  - ".join(problems))
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise _format_errors(e, where or "(inline)") from None
+    bad = nonfinite(recipe.model_dump())
+    if bad:
+        raise BoomerangError(f"invalid recipe {where or '(inline)'}: {', '.join(bad)} must be finite numbers")
     recipe = recipe.model_copy(
         update={
             "teacher": _expand(recipe.teacher),
@@ -317,7 +333,7 @@ def _recipe_text(spec: str | Path) -> tuple[str, str, str]:
     """``(text, where, stem)`` of a recipe file, or of a packaged recipe named ``NAME`` (or ``NAME.yaml``)."""
     path = Path(spec).expanduser()
     if path.is_file():
-        return path.read_text(), str(path), path.stem
+        return read_text_file(path, "the recipe", "give a recipe YAML file"), str(path), path.stem
     name = str(spec).removesuffix(".yaml")
     names = packaged_recipes()
     if name in names:
@@ -336,7 +352,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """
     text, where, stem = _recipe_text(path)
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
+    except DuplicateKey as e:
+        raise BoomerangError(f"recipe {where}: {e}") from None
     except yaml.YAMLError as e:
         raise BoomerangError(f"recipe {where} is not valid YAML: {e}") from None
     recipe = parse_recipe(data, overrides, where=where)

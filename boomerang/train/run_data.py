@@ -65,6 +65,7 @@ def prepare_data(recipe: Recipe, tokenizer: Any, acc: Any) -> RunData:
             docs = tokenized_docs(d.train, tok, cache_dir=d.cache_dir, **opts)
         eval_docs = docs[: d.heldout_docs]
         train_docs = docs[d.heldout_docs + d.skip_docs :]
+        _check_documents(d, len(docs), train_docs)
         blocks = docs_to_blocks(train_docs, d.seq_len, eos, packing=d.packing, pad=pad)
         train_data = ShuffledBlocks(blocks, seed=recipe.train.seed)
         data_desc = (
@@ -89,7 +90,7 @@ def prepare_data(recipe: Recipe, tokenizer: Any, acc: Any) -> RunData:
                     eval_docs = tokenized_docs(d.eval, tok, cache_dir=d.cache_dir, **opts)
             eval_blocks = docs_to_blocks(eval_docs, d.seq_len, eos, packing=d.packing, pad=pad).head(n_eval)
         if len(eval_blocks) == 0:
-            raise BoomerangError(f"the validation data has fewer than seq_len={d.seq_len} tokens")
+            raise BoomerangError(_short_validation(d, eval_docs))
         src = d.eval or f"the first {d.heldout_docs} documents of {d.train}"
         how = "packed" if d.packing else "one padded document each"
         eval_slice = {
@@ -111,3 +112,41 @@ def prepare_data(recipe: Recipe, tokenizer: Any, acc: Any) -> RunData:
     if tr.max_tokens:
         limits.append(max(1, math.ceil(tr.max_tokens / tokens_per_step)))
     return RunData(train_data, eval_blocks, eval_slice, data_desc, min(limits), tokens_per_step)
+
+
+def _check_documents(d: Any, n_docs: int, train_docs: list[list[int]]) -> None:
+    """The training documents left after the held-out and skipped ones must give at least one block; say which
+    setting took them if not."""
+    taken = d.heldout_docs + d.skip_docs
+    settings = " + ".join(f"data.{k}={getattr(d, k)}" for k in ("heldout_docs", "skip_docs") if getattr(d, k))
+    if taken and taken >= n_docs:
+        raise BoomerangError(
+            f"{settings} leaves no training documents: {d.train} has {n_docs}. Hold out or skip fewer "
+            "documents, or give the validation texts separately as data.eval"
+        )
+    tokens = sum(len(doc) + 1 for doc in train_docs)  # each followed by EOS when packed
+    if d.packing and tokens < d.seq_len:
+        after = f" after {settings}" if taken else ""
+        raise BoomerangError(
+            f"the training data is shorter than one sequence: {_docs(len(train_docs))} of {d.train}{after} "
+            f"hold {tokens} tokens, fewer than data.seq_len={d.seq_len}. Give more text, lower data.seq_len"
+            + (", or hold out or skip fewer documents" if taken else "")
+        )
+
+
+def _short_validation(d: Any, eval_docs: list[list[int]]) -> str:
+    tokens = sum(len(doc) + 1 for doc in eval_docs)
+    if d.eval:
+        return (
+            f"the validation data {d.eval} is shorter than one sequence (fewer than data.seq_len={d.seq_len} "
+            "tokens); give more validation text or lower data.seq_len"
+        )
+    return (
+        f"the held-out {_docs(len(eval_docs))} (data.heldout_docs={d.heldout_docs}: the first documents of "
+        f"{d.train}) hold {tokens} tokens, fewer than one sequence of data.seq_len={d.seq_len}; hold out more "
+        "documents, lower data.seq_len, or give validation texts as data.eval"
+    )
+
+
+def _docs(n: int) -> str:
+    return f"{n} document{'' if n == 1 else 's'}"

@@ -116,11 +116,19 @@ class TeacherCache:
                 if t is not o.hidden:  # head mode's "norm" state is the hidden state itself: stored once
                     flat[f"{micro}/{key}"] = t
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(tmp))
-        os.replace(tmp, path)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(tmp))
+            os.replace(tmp, path)
+        except BaseException:  # a write error or Ctrl-C leaves no temporary file behind
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _atomic_json(path: Path, value: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(value, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -35,11 +35,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.allocator import keep_freed_memory
 from ..errors import BoomerangError
 from . import sharding
 from .checkpointing import STATE, Checkpointer, RunState, list_checkpoints
 from .finish import run_summary, save_final_student, write_summary
-from .losses import ModelOutputs, token_counts
+from .finite import check_finite
+from .losses import ModelOutputs, model_outputs, token_counts
 from .models import compile_layers, optimizer_groups, prepare_models
 from .precision import choose_precision
 from .recipe import Recipe
@@ -83,6 +85,8 @@ class Distiller:
         # several processes without GPUs: accelerate only picks the gloo (MULTI_CPU) path when told cpu=True
         cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         self.acc = acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=cpu)
+        if acc.device.type == "cpu":
+            keep_freed_memory()  # no page faults for activations freed and re-allocated every step
         self.main = acc.is_main_process
         self.world = acc.num_processes
         self.rank = acc.process_index
@@ -115,8 +119,9 @@ class Distiller:
         acc.wait_for_everyone()
         set_seed(r.train.seed)
 
-        m = prepare_models(r, bf16=precision == "bf16", fsdp=self.fsdp, note=self._note)
+        m = prepare_models(r, bf16=precision == "bf16", fsdp=self.fsdp, note=self._note, world=self.world)
         self.models = m
+        self._check_finite(m.student, "training did not start")
         self.teacher, self.student, self.tokenizer = m.teacher, m.student, m.tokenizer
         self.teacher_path, self.layer_map, self.loss_fn, self.mode = (
             m.teacher_path,
@@ -177,7 +182,7 @@ class Distiller:
             # the frozen teacher is simply placed (no gradients: never DDP-wrapped)
             self.t_mod = self.t_fwd.to(acc.device) if self.t_fwd is not None else None
         if self.recipe.train.compile:
-            compile_layers(self.student)
+            compile_layers(self.models.trained)
             compile_layers(self.teacher)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.tcache = self._teacher_cache()
@@ -215,11 +220,18 @@ class Distiller:
             err_console.print(f"[dim]{msg}[/]", highlight=False)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
+    def _check_finite(self, model: nn.Module, when: str) -> None:
+        state = getattr(self, "state", None) or RunState()  # none yet while setting up
+        check_finite(model, acc=self.acc, state=state, recipe=self.recipe, out=self.out, when=when)
+
     def _save_checkpoint(self) -> None:
+        self._check_finite(self.student, "this checkpoint was not saved")
         self.checkpointer.save(self.student, self.s_mod, self.optimizer, self.scheduler, self.state)
 
     def _load_checkpoint(self, path: Path) -> None:
         self.checkpointer.load(path, self.student, self.optimizer, self.scheduler, self.state)
+        if self.models.working is not None:
+            self.models.working.sync()
         self.train_data.seek(self.state.data_position)
 
     # -- steps ------------------------------------------------------------------------------------------------------
@@ -245,7 +257,7 @@ class Distiller:
         acc, r = self.acc, self.recipe
         batch = self.train_data.take(r.train.batch_size)  # identical on every process
         n_ce, n_tok = token_counts(batch.input_ids, batch.attention_mask)
-        sums = {"ce": 0.0, "kl": 0.0, "cos": 0.0, "n_ce": 0.0, "n_tok": 0.0}
+        sums = {"ce": 0.0, "kl": 0.0, "cos": 0.0, "ctx": 0.0, "ctx_mse": 0.0, "n_ce": 0.0, "n_tok": 0.0}
         micro = list(self._micro_batches(batch))
         step = self.state.step + 1
         cached = self.tcache.load(step) if self.tcache is not None else None
@@ -262,15 +274,21 @@ class Distiller:
                     t_out = self._teacher(mb.input_ids, mask)
                     if self.tcache is not None and self.tcache.writable and t_out is not None:
                         fresh[a] = t_out
-                s_out = self.s_mod(mb.input_ids, mask)
+                s_out = self.s_mod(mb.input_ids, mask, self.loss_fn.ctx_inputs(t_out))
                 with acc.autocast():
                     out = self.loss_fn(
                         s_out, t_out, mb.input_ids, mask, n_ce=n_ce, n_tok=n_tok, scale=self.world
                     )
                 self._release_teacher()
                 acc.backward(out.loss)
+                if self.models.mixed is not None and t_out is not None:
+                    self._mixed_step(step, a, mb.input_ids, mask, t_out, out.sums, n_ce, n_tok)
+            # the bf16 working copy's gradients go into the fp32 masters' after each backward pass; with DDP
+            # only after the last one, which all-reduces what the micro-batches accumulated
+            if self.models.working is not None and (last or self.world == 1):
+                self.models.working.drain_grads()
             for k, v in out.sums.items():
-                sums[k] += v
+                sums[k] = sums.get(k, 0.0) + v
             del s_out, t_out, out
         if fresh:
             self.tcache.save(step, fresh)  # type: ignore[union-attr]
@@ -288,6 +306,8 @@ class Distiller:
         lr = self.scheduler.get_last_lr()[0]
         if ok:
             self.optimizer.step()
+            if self.models.working is not None:
+                self.models.working.sync()
         with warnings.catch_warnings():  # a skipped update still advances the schedule
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
@@ -303,6 +323,28 @@ class Distiller:
             self.state.skipped += 1
             rec["skipped"] = True
         return rec
+
+    def _mixed_step(
+        self,
+        step: int,
+        micro: int,
+        ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        t_out: ModelOutputs,
+        sums: dict[str, float],
+        n_ce: int,
+        n_tok: int,
+    ) -> None:
+        """The mixed-context term: forward and backward of one random family member; its sums go into ``sums``."""
+        mixed, member_loss = self.models.mixed, self.models.member_loss
+        assert mixed is not None and member_loss is not None
+        member = mixed.member(mixed.draw(step, micro))
+        with self.acc.autocast():
+            m_out = model_outputs(member, ids, mask, [], mode=self.mode)  # type: ignore[arg-type]
+            lo = member_loss(m_out, t_out, ids, mask, n_ce=n_ce, n_tok=n_tok)
+        self.acc.backward(lo.loss)
+        sums["mixed_ce"] = lo.sums["ce"]
+        sums["mixed_kl"] = lo.sums["kl"]
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
         """Loss terms and perplexity on the validation blocks (the student, or ``model`` alone for CE)."""
@@ -358,6 +400,7 @@ class Distiller:
                         f"abort after {r.train.max_nonfinite})"
                     )
                     self.log.write(rec)
+                    self._check_finite(self.student, "training stopped")
                     if s.skipped > r.train.max_nonfinite:
                         raise BoomerangError(
                             f"aborting at step {s.step}: {s.skipped} steps had a non-finite loss or gradient "
@@ -367,7 +410,7 @@ class Distiller:
                 elif s.step % r.log.every == 0 or s.step == self.total_steps:
                     self.log.write(rec)
                 terms = " ".join(
-                    f"{k} {rec[k]:.4g}" for k in ("loss", "ce", "kl", "cos") if rec.get(k) is not None
+                    f"{k} {rec[k]:.4g}" for k in ("loss", "ce", "kl", "cos", "ctx") if rec.get(k) is not None
                 )
                 progress.update(task, completed=s.step, terms=terms, speed=f"{tok_s:,.0f} tok/s")
                 if self.eval_blocks is not None and r.eval.every and s.step % r.eval.every == 0:
@@ -420,6 +463,7 @@ class Distiller:
         """Save the final student and the summary (on the main process); returns the summary."""
         acc = self.acc
         acc.wait_for_everyone()
+        self._check_finite(self.student, "the student was not saved")
         # FSDP: gathering the full weights is collective (rank 0 gets them)
         state_dict = sharding.full_model_state(self.student) if self.fsdp else None
         summary: dict[str, Any] = {}

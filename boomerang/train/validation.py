@@ -57,7 +57,7 @@ class Validator:
         t_mod = self.t_mod
         if model is not None and t_mod is None:
             t_mod = LossForward(model.to(acc.device), [], self.mode)
-        sums = {"ce": 0.0, "kl": 0.0, "cos": 0.0, "n_ce": 0.0, "n_tok": 0.0}
+        sums = {"ce": 0.0, "kl": 0.0, "cos": 0.0, "ctx": 0.0, "ctx_mse": 0.0, "n_ce": 0.0, "n_tok": 0.0}
         student = self.s_mod if self.fsdp else acc.unwrap_model(self.s_mod)  # no DDP buffer syncs
         ce_only = DistillLoss(LossConfig(kl=0, cos=0, chunk_tokens=self.chunk_tokens), self.layer_map)
         was_training = student.training
@@ -76,12 +76,12 @@ class Validator:
                     if self.t_mod is not None:
                         with acc.autocast():
                             t_out = self.t_mod(b.input_ids, b.attention_mask)
-                    s_out = student(b.input_ids, b.attention_mask)
+                    s_out = student(b.input_ids, b.attention_mask, self.loss_fn.ctx_inputs(t_out))
                     with acc.autocast():
                         lo = self.loss_fn(s_out, t_out, b.input_ids, b.attention_mask, n_ce=n_ce, n_tok=n_tok)
                 self._release_teacher()
                 for k, v in lo.sums.items():
-                    sums[k] += v
+                    sums[k] = sums.get(k, 0.0) + v
         finally:
             student.train(was_training)
             if self.fsdp:  # no backward follows to reshard the student's head

@@ -1,0 +1,122 @@
+"""Running one member: batched forward passes over per-sequence caches (``boomerang.serve.kv``), and the two
+tricks speculative decoding inside a family uses when draft and target share their first layers: capturing the
+draft's hidden states after the shared layers, and running the target from there (``inject``), so that the target
+neither recomputes those layers nor keeps a second copy of their KV cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import kv
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+def layer_list(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The model's transformer blocks (where the architecture adapter says they are)."""
+    from ..core.arch import get_arch
+
+    return model.get_submodule(get_arch(model.config).layers)  # type: ignore[return-value]
+
+
+def _storage(module: torch.nn.Module) -> list[tuple[int, tuple[int, ...]]]:
+    return [(t.data_ptr(), tuple(t.shape)) for t in (*module.parameters(), *module.buffers())]
+
+
+def shared_layers(a: PreTrainedModel, b: PreTrainedModel) -> int:
+    """How many leading layers ``a`` and ``b`` share (the same tensors, behind the same token embedding).
+
+    Such layers compute the same hidden states and the same keys and values in both models for the same tokens.
+    """
+    if type(a) is not type(b):
+        return 0
+    ea, eb = a.get_input_embeddings(), b.get_input_embeddings()
+    if ea is None or eb is None or _storage(ea) != _storage(eb):
+        return 0
+    n = 0
+    for la, lb in zip(layer_list(a), layer_list(b), strict=False):
+        attn_a, attn_b = (getattr(layer, "self_attn", None) for layer in (la, lb))
+        window = [getattr(x, "sliding_window", None) for x in (attn_a, attn_b)]
+        if _storage(la) != _storage(lb) or window[0] != window[1]:
+            break
+        n += 1
+    return n
+
+
+class Runner:
+    """One member's model, run by the engine (one thread)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        kv.enable(model)
+        self.model = model
+        self.layers = layer_list(model)
+        self.n_layers = len(self.layers)
+        self.device = model.device
+        self._mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # skips mask building
+
+    def cache(self, hint: int = 0) -> kv.SeqCache:
+        return kv.SeqCache(self.n_layers, hint)
+
+    @torch.inference_mode()
+    def forward(
+        self, rows: Sequence[kv.SeqCache], tokens: Sequence[Sequence[int]], *, last_only: bool = False
+    ) -> torch.Tensor:
+        """Logits ``[rows, positions, vocab]`` (float32, on the CPU) for ``tokens`` (the same count per row) after each row's
+        cached positions; the caches take the new positions. ``last_only``: the last position's logits only."""
+        step = kv.Step(rows, len(tokens[0]))
+        ids = torch.tensor([list(t) for t in tokens], dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=ids,
+            position_ids=step.position_ids(self.device),
+            past_key_values=step,
+            attention_mask=self._mask,
+            use_cache=True,
+            logits_to_keep=1 if last_only else 0,
+            boomerang_step=step,
+        )
+        step.done()
+        return out.logits.float().cpu()
+
+    @contextlib.contextmanager
+    def capture(self, n_shared: int) -> Iterator[list[torch.Tensor]]:
+        """Collect the hidden states entering layer ``n_shared`` in every forward pass inside the block."""
+        seen: list[torch.Tensor] = []
+        if n_shared <= 0:
+            yield seen
+            return
+
+        def hook(module: Any, args: Any, output: Any) -> None:
+            seen.append(output[0] if isinstance(output, tuple) else output)
+
+        handle = self.layers[n_shared - 1].register_forward_hook(hook)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def inject(self, n_shared: int, hidden: torch.Tensor | None) -> Iterator[None]:
+        """Inside the block, the first ``n_shared`` layers do no work: the hidden states entering layer
+        ``n_shared`` are ``hidden`` (captured from a model that shares those layers), and their KV cache is the
+        one that model filled (a cache made with ``SeqCache.sharing``)."""
+        if n_shared <= 0 or hidden is None:
+            yield
+            return
+        stubbed = self.layers[:n_shared]
+
+        def stub(*args: Any, **kwargs: Any) -> torch.Tensor:
+            return hidden
+
+        for layer in stubbed:
+            layer.forward = stub  # an instance attribute: nn.Module.__call__ finds it first
+        try:
+            yield
+        finally:
+            for layer in stubbed:
+                del layer.forward
