@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,6 +15,7 @@ from ..errors import BoomerangError
 from ..ui import fmt_count
 from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, resolve_layer_map
 from .family import OrderOpt
+from .validate import in_range, real
 
 if TYPE_CHECKING:
     from ..core.layermap import LayerMap
@@ -61,11 +66,26 @@ MaxBatch = Annotated[
 Device = Annotated[
     str, typer.Option("--device", help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N.")
 ]
+MaxBody = Annotated[
+    int,
+    typer.Option(
+        "--max-body-kb",
+        help="The largest request body, in KiB; a larger one is refused (413) before it is read.",
+    ),
+]
+Grace = Annotated[
+    float,
+    typer.Option(
+        "--shutdown-grace",
+        help="Seconds that requests in flight may finish after SIGINT or SIGTERM; then they are ended.",
+    ),
+]
 LogLevel = Annotated[
     str, typer.Option("--log-level", help="uvicorn's log level: critical, error, warning, info, debug.")
 ]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_MAX_LATENCY_MS = 86_400_000.0  # a day
 
 
 def serve(
@@ -88,6 +108,8 @@ def serve(
     gamma: Gamma = None,
     max_batch: MaxBatch = 16,
     device: Device = "auto",
+    max_body_kb: MaxBody = 1024,
+    shutdown_grace: Grace = 5.0,
     log_level: LogLevel = "info",
     trust_remote_code: Trust = False,
 ) -> None:
@@ -97,18 +119,26 @@ def serve(
     from ..core.plan import DATA_ORDERS, recorded_order
     from ..io.loading import load_config, parse_dtype
     from ..io.order_files import static_order
+    from ..serve.options import check_device, check_draft, check_engine_options
+    from ..serve.server import MAX_BODY_RANGE, MAX_GRACE_S, bind
 
     # everything is checked before a model is loaded
-    from ..serve.options import check_device, check_draft, check_engine_options
-
     parse_dtype(dtype)
     check_device(device)
     check_engine_options(max_batch, max_gamma, gamma)
     check_draft(draft)
-    if max_latency_ms is not None and max_latency_ms <= 0:
-        raise BoomerangError(f"--max-latency-ms must be positive, got {max_latency_ms:g}")
-    if threads is not None and threads < 1:
-        raise BoomerangError(f"--threads must be at least 1, got {threads}")
+    if max_latency_ms is not None and not (
+        math.isfinite(max_latency_ms) and 0 < max_latency_ms <= _MAX_LATENCY_MS
+    ):
+        raise BoomerangError(
+            f"--max-latency-ms must be positive and finite, at most {_MAX_LATENCY_MS:.0f} (a day), "
+            f"got {max_latency_ms:g}"
+        )
+    cores = os.cpu_count() or 1
+    in_range("--threads", threads, 1, cores, f"this machine has {cores} cores")
+    low, high = (b // 1024 for b in MAX_BODY_RANGE)
+    in_range("--max-body-kb", max_body_kb, low, high, "a request body is 1 KiB to 1 GiB")
+    real("--shutdown-grace", shutdown_grace, 0.0, MAX_GRACE_S)
     if log_level.lower() not in _LOG_LEVELS:
         raise BoomerangError(f"unknown --log-level {log_level!r}; use one of {', '.join(_LOG_LEVELS)}")
     template = _read_template(chat_template)
@@ -136,12 +166,18 @@ def serve(
     order = recorded_order(scfg) if order is None else order  # the order the student records, else last
     if order not in DATA_ORDERS:
         static_order(order, lm)  # unknown names and unreadable order files fail here
-    from ..serve.server import bind
-
     sock = bind(host, port)
+    server = None
+    previous = _stop_on_sigterm()
     try:
-        engine = dict(
-            speculative=speculative, draft=draft, max_gamma=max_gamma, gamma=gamma, max_batch=max_batch
+        options = dict(
+            speculative=speculative,
+            draft=draft,
+            max_gamma=max_gamma,
+            gamma=gamma,
+            max_batch=max_batch,
+            max_body_bytes=max_body_kb * 1024,
+            grace_s=shutdown_grace,
         )
         server = _load(
             teacher,
@@ -154,7 +190,7 @@ def serve(
             max_latency_ms,
             template,
             trust_remote_code,
-            engine,
+            options,
         )
         if threads is not None:
             import torch
@@ -165,21 +201,56 @@ def serve(
             server.start()
             with console.status("warming every member"):
                 server.engine.warm(list(range(server.members.m + 1)))
-        server.run(sock=sock, log_level=log_level.lower())
-    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, and usually passes the signal on
+        server.run(sock=sock, log_level=log_level.lower())  # returns after SIGINT or SIGTERM, drained
+    except KeyboardInterrupt:  # while loading or warming
         pass
     finally:
+        if server is not None:
+            server.stop()
         sock.close()
-    console.print("[green]stopped[/]")  # also when uvicorn returns without re-raising the signal
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    console.print("[green]stopped[/]")
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM stops the command as Ctrl-C does, also while loading (the server, once it runs, drains on either);
+    returns the handler to restore (None off the main thread, where signals cannot be handled)."""
+
+    def interrupt(sig: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _read_template(path: Path | None) -> str | None:
+    """The template's text, compiled once here: a syntax error stops the command before any loading."""
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise BoomerangError(f"cannot read --chat-template {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise BoomerangError(
+            f"--chat-template {path} is not a text file (not UTF-8): give a Jinja template such as the "
+            "chat_template.jinja of a tokenizer"
+        ) from None
+    if not text.strip():
+        raise BoomerangError(f"--chat-template {path} is empty: give a Jinja chat template")
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(text)
+    except Exception as e:  # jinja2's TemplateSyntaxError (with its line), or anything else it refuses
+        line = getattr(e, "lineno", None)
+        where = f" (line {line})" if line else ""
+        raise BoomerangError(
+            f"--chat-template {path} is not a valid Jinja template{where}: {str(e)[:200]}; fix it and start again"
+        ) from None
+    return text
 
 
 def _load(
@@ -193,7 +264,7 @@ def _load(
     max_latency_ms: float | None,
     template: str | None,
     trust_remote_code: bool,
-    engine: dict[str, Any],
+    options: dict[str, Any],
 ) -> FamilyServer:
     from ..family import Family
     from ..serve.options import choose
@@ -211,7 +282,7 @@ def _load(
         )
     with console.status(f"resolving patch order {order}"):
         po = family.order(order, data=data)
-    server = FamilyServer(family, order=po, max_latency_ms=max_latency_ms, chat_template=template, **engine)
+    server = FamilyServer(family, order=po, max_latency_ms=max_latency_ms, chat_template=template, **options)
     if server.router is not None:
         with console.status("measuring members for --max-latency-ms"):
             server.start()

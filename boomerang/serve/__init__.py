@@ -2,5 +2,6 @@
 
 ``members`` (member names), ``sampling`` (sampling and stop strings), ``engine`` (the one generation thread),
 ``router`` (latency-budget routing of ``auto``), ``protocol`` (request validation, response shapes), ``app`` (the
-Starlette application) and ``server`` (``FamilyServer``: all of it together, run with uvicorn).
+Starlette application, with the playground page of ``static/`` at ``/``) and ``server`` (``FamilyServer``: all of it
+together, run with uvicorn, shut down gracefully).
 """

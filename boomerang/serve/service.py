@@ -1,12 +1,13 @@
 """The HTTP-free core of a server: a family's members, the engine and the router, turning validated requests
 into engine jobs (``Service.prepare`` and ``Service.submit``) and answering the informational endpoints.
 
-Requests are validated and tokenized on the caller's thread (the server's event loop); the generation runs on
+Requests are validated and tokenized on the caller's thread (the server's thread pool); the generation runs on
 the engine's thread (``boomerang.serve.engine``). ``boomerang.serve.server.FamilyServer`` puts it behind HTTP.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,7 +15,7 @@ from ..errors import BoomerangError
 from .engine import GAMMA, MAX_BATCH, MAX_GAMMA, Engine, Job, Sink
 from .members import AUTO, MemberSet, UnknownMember
 from .options import check_engine_options
-from .protocol import APIError, ChatRequest, CompletionRequest
+from .protocol import APIError, ChatRequest, CompletionRequest, clip
 from .router import Decision, Router
 from .sampling import Sampling
 from .text import NoChatTemplate, Tokens
@@ -65,8 +66,8 @@ class Service:
         max_gamma: int = MAX_GAMMA,
         gamma: int | None = None,
     ) -> None:
-        if max_latency_ms is not None and max_latency_ms <= 0:
-            raise BoomerangError(f"--max-latency-ms must be positive, got {max_latency_ms}")
+        if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
+            raise BoomerangError(f"--max-latency-ms must be a positive number, got {max_latency_ms}")
         check_engine_options(max_batch, max_gamma, gamma)
         self.family = family
         self.members = MemberSet(family, family.order(order))
@@ -197,7 +198,7 @@ class Service:
             raise APIError(400, str(e), param="messages") from None
         except Exception as e:  # the template itself refused the messages (e.g. roles out of order)
             raise APIError(
-                400, f"messages: the chat template cannot render them: {e}", param="messages"
+                400, f"messages: the chat template cannot render them: {clip(str(e), 200)}", param="messages"
             ) from None
 
     def submit(self, prepared: Prepared, sink: Sink) -> Job:

@@ -3,6 +3,7 @@ that stop at stop strings."""
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,9 @@ class NoChatTemplate(BoomerangError):
 class Tokens:
     """The family's tokenizer, shared by the request handlers (encoding) and the engine thread (decoding).
 
-    A fast tokenizer's settings are Rust state that an encode call may change, so every call holds one lock.
+    A fast tokenizer's settings are Rust state that an encode call may change, so every call holds a lock.
+    Requests are encoded on a copy of the tokenizer under a lock of its own, so that a long prompt (a second to
+    tokenize) never holds up the engine's decoding.
     """
 
     def __init__(self, tokenizer: Any, chat_template: str | None = None) -> None:
@@ -29,6 +32,7 @@ class Tokens:
         self.tokenizer = tokenizer
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
         self._lock = threading.Lock()
+        self._encoder, self._encoding = copy.deepcopy(tokenizer), threading.Lock()
         ids = {getattr(tokenizer, "eos_token_id", None)}
         self.eos_ids = {int(i) for i in ids if i is not None}
         self.bos_id: int | None = getattr(tokenizer, "bos_token_id", None)
@@ -40,8 +44,8 @@ class Tokens:
         self.eos_ids.update(int(i) for i in ([ids] if isinstance(ids, int) else ids))
 
     def encode(self, text: str) -> list[int]:
-        with self._lock:
-            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        with self._encoding:
+            return list(self._encoder(text, add_special_tokens=True)["input_ids"])
 
     def chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The token ids of ``messages`` rendered by the chat template, ending with the assistant's turn."""
@@ -50,11 +54,11 @@ class Tokens:
                 "this model's tokenizer has no chat template, so chat messages cannot be rendered: use "
                 "/v1/completions, or start the server with --chat-template FILE"
             )
-        with self._lock:
-            text = self.tokenizer.apply_chat_template(
+        with self._encoding:
+            text = self._encoder.apply_chat_template(
                 messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
             )
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return list(self._encoder(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
         with self._lock:
