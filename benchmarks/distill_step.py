@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+PRECISIONS = ("", "fp32", "bf16")
 VARIANTS = {
     "baseline": "straightforward: full logits, output_hidden_states, KLDiv(batchmean) over all positions",
     "before": "the trainer step of an earlier commit (--before REF), run from a git worktree of it",
@@ -250,7 +251,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (>= 1)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"any of {', '.join(VARIANTS)}; VARIANT@bf16 or @fp32 runs it in that precision only",
+    )
     p.add_argument(
         "--precisions", default="fp32", help="fp32, bf16 or both (fp32,bf16): each variant runs in each"
     )
@@ -265,12 +270,17 @@ def main() -> None:
         return
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [
+        v for v in variants if v.partition("@")[0] not in VARIANTS or v.partition("@")[2] not in PRECISIONS
+    ]
     if unknown:
-        sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        sys.exit(f"unknown variants {unknown}; choose from {list(VARIANTS)}, optionally @fp32 or @bf16")
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    if precisions != ["fp32"]:  # variant@precision
-        variants = [f"{v}@{p}" for p in precisions for v in variants]
+    if precisions != ["fp32"]:  # variant@precision; a variant that names its precision runs in that one only
+        variants = [
+            v for p in precisions for v in dict.fromkeys(v if "@" in v else f"{v}@{p}" for v in variants)
+        ]
+        variants = list(dict.fromkeys(variants))
     peak = matmul_peak(args.threads)
     print(f"matmul peak on {args.threads} threads: {peak} GFLOP/s", flush=True)
     before_tree = None
@@ -338,15 +348,16 @@ def main() -> None:
             "step_peak_x": round(s["step_peak_mb"] / max(base["step_peak_mb"], 1e-9), 3),
             "loss_abs_diff": abs(s["first_loss"]["loss"] - base["first_loss"]["loss"]),
         }
-    levers = {}
-    if "ours" in summary:  # what each lever buys on top of our step
-        ours = summary["ours"]
-        for v in variants:
-            if v.startswith(("ours+", "ours-")):
-                levers[v] = {
-                    "throughput_x": round(summary[v]["tokens_per_s"] / ours["tokens_per_s"], 3),
-                    "peak_rss_x": round(summary[v]["peak_rss_mb"] / ours["peak_rss_mb"], 3),
-                }
+    levers = {}  # what each lever buys on top of our step in the same precision
+    for v in variants:
+        name, _, prec = v.partition("@")
+        ours_key = "ours" + (f"@{prec}" if prec else "")
+        if name.startswith(("ours+", "ours-")) and ours_key in summary:
+            ours = summary[ours_key]
+            levers[v] = {
+                "throughput_x": round(summary[v]["tokens_per_s"] / ours["tokens_per_s"], 3),
+                "peak_rss_x": round(summary[v]["peak_rss_mb"] / ours["peak_rss_mb"], 3),
+            }
     across = {}  # each variant in bf16 against itself in fp32: speed and the loss after every step
     for v in variants:
         name, _, prec = v.partition("@")

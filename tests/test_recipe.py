@@ -138,8 +138,13 @@ def test_shipped_recipes_pass_the_cli_dry_run(name, capsys):
     from boomerang.cli.app import run
 
     assert run(["distill", str(RECIPES / f"{name}.yaml"), "--dry-run"]) == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out)
     assert printed["name"] == name and parse_recipe(printed) == load_recipe(RECIPES / f"{name}.yaml")
+    # what precision the run would use, and why (a YAML comment, so the output stays a recipe)
+    chosen = out.strip().splitlines()[-1]
+    assert chosen.startswith(f"# train.precision: {printed['train']['precision']} -> "), chosen
+    assert chosen.endswith(")") and ("fp32 (" in chosen or "bf16 (" in chosen)
 
 
 def test_packaged_recipes_load_by_name(tmp_path, monkeypatch, capsys):

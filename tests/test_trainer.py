@@ -621,9 +621,12 @@ def test_mixed_context_members_train_only_the_student_layers_they_use(root, tmp_
     assert rec["loss"] == pytest.approx(main + 0.5 * (rec["mixed_ce"] + 0.1 * rec["mixed_kl"]), rel=1e-5)
 
 
-def test_teacher_context_term_trains_and_is_logged(root, tmp_path):
+def test_teacher_context_term_trains_and_is_logged(root, tmp_path, capsys):
     r = parse_recipe(tiny_recipe(root, loss={"ctx": 0.2, "ctx_mse": 0.1}, train={"steps": 3}, eval={"every": 0}))
     summary = distill(r, out=tmp_path / "run")
+    plan = " ".join(capsys.readouterr().out.split())
+    # the printed plan names every loss term that is on, and the precision with the reason it was chosen
+    assert "+ ctx 0.2 + ctx-mse 0.1;" in plan and "fp32 (set in the recipe);" in plan, plan
     recs = _records(tmp_path / "run")
     assert all(rec["ctx"] > 0 and rec["ctx_mse"] > 0 for rec in recs)
     assert summary["train"]["ctx"] > 0 and summary["val_student"]["ctx"] > 0

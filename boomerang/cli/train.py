@@ -274,6 +274,15 @@ def distill(
             _print_memory_plan(r, plan_recipe(r, gpus, capacity))
             return
         console.print(r.to_yaml(), highlight=False, markup=False)
+        from ..train.precision import choose_precision
+
+        chosen = choose_precision(r.train.precision)  # type: ignore[attr-defined]
+        console.print(
+            f"# train.precision: {r.train.precision} -> {chosen.name} ({chosen.reason})",  # type: ignore[attr-defined]
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         return
     _check_inputs(r)
     from .. import interrupts

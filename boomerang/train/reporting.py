@@ -83,6 +83,12 @@ def progress_bar(*, enabled: bool) -> Any:
     )
 
 
+def loss_extras(loss: Any) -> list[tuple[str, float]]:
+    """The optional loss terms that are on, as (name, weight): teacher-context and mixed-context."""
+    named = (("ctx", "ctx"), ("ctx-mse", "ctx_mse"), ("mixed", "mixed"))
+    return [(name, float(getattr(loss, key, 0.0) or 0.0)) for name, key in named if getattr(loss, key, 0.0)]
+
+
 def plan_lines(
     recipe: Recipe,
     models: RunModels,
@@ -108,8 +114,9 @@ def plan_lines(
         f"{c.trainable / 1e6:.1f}M parameters trained"
         + (f"; frozen: {', '.join(m.frozen)}" if m.frozen else ""),
         f"loss      ce {r.loss.ce} + kl {r.loss.kl} (τ={r.loss.temperature}) + cos {m.loss_fn.cos_weight:.4g} × "
-        f"{len(m.loss_fn.pairs)} pairs; {'fused head' if m.mode == 'head' else 'full logits'}, "
-        f"chunks of {r.loss.chunk_tokens} tokens",
+        f"{len(m.loss_fn.pairs)} pairs"
+        + "".join(f" + {name} {w:g}" for name, w in loss_extras(r.loss))
+        + f"; {'fused head' if m.mode == 'head' else 'full logits'}, chunks of {r.loss.chunk_tokens} tokens",
         f"data      {data.description}; seq_len {r.data.seq_len}"
         + (
             f"; validation: the first {len(data.eval_blocks)} blocks ({data.eval_blocks.n_tokens:,} tokens) "

@@ -451,7 +451,7 @@ class Distiller:
                 trainable=sum(p.numel() for p in self.params),
                 world=self.world,
                 accum=self.accum,
-                precision=self.precision,
+                precision=f"{self.precision} ({self.precision_choice.reason})",
                 warmup=self.warmup,
                 out=self.out,
                 shards=self.shards,

@@ -1,0 +1,128 @@
+"""Which loss trains student layers for the teacher's context? (issue 22: the teacher- and mixed-context terms)
+
+Large family members use student layers among teacher layers, but the paper's loss trains them only in the
+student's own context. Three students are distilled from the demo's init, on the same data order, seed and budget
+(the demo's: 163,840 tokens):
+
+* ``cos``: the paper's loss (CE + KL + cosine), ``loss.mixed=0``;
+* ``ctx``: plus the teacher-context term ``loss.ctx`` (each student layer also run on the teacher's hidden state
+  entering its block, pulled towards the teacher's block end), ``loss.mixed=0``;
+* ``mixed``: plus the mixed-context term ``loss.mixed=1`` (each micro-batch also trains one random family member,
+  its student layers among teacher blocks): the ``smollm2-cpu`` recipe's default.
+
+For each it reports validation perplexity (Pride and Prejudice), the training speed, and every "alone" member: one
+multi-layer student block among teacher layers (every other block patched back), the situation of the members just
+below the teacher's size. Those are scored on the first ``--tokens`` tokens of two out-of-domain texts beside
+ShortGPT at the same number of layers.
+
+    python benchmarks/losses.py                         # -> benchmarks/results/losses.json
+
+Students are kept in ``--work`` (shared with ``benchmarks/cosine_budget.py``, whose ``cos`` student at the demo's
+budget with ``loss.mixed=0`` is this one's ``cos``) and reused. Nothing here is tuned on the evaluated texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cosine_budget import KEPT, RESULTS, boomerang, distil
+
+VARIANTS = {
+    "cos": ["loss.mixed=0"],
+    "ctx": ["loss.mixed=0", "loss.ctx=0.5"],
+    "mixed": ["loss.mixed=1.0"],
+}
+TEXTS = ("builtin:hamlet", "builtin:devils-dictionary")
+
+
+def measure(run: Path, args: argparse.Namespace, shortgpt: dict[str, dict[int, float]]) -> dict:
+    import torch
+
+    from boomerang.analysis.baselines import prune_to
+    from boomerang.data import calibration_ids
+    from boomerang.evaluate.perplexity import perplexity
+    from boomerang.family import patch
+    from boomerang.io.loading import load_pair, load_tokenizer
+    from boomerang.io.offline import offline_teacher
+    from boomerang.io.sidecar import student_layer_map
+
+    teacher_dir = offline_teacher()
+    tok = load_tokenizer(teacher_dir)
+    teacher, student = load_pair(teacher_dir, run / "student", dtype="bfloat16")
+    layer_map = student_layer_map(student)
+
+    def ppl(model: torch.nn.Module, text: str) -> float:
+        return perplexity(model, text, tok, context=512, stride=384, max_tokens=args.tokens).value
+
+    alone = {}
+    with torch.no_grad():
+        for i in range(layer_map.n_student):
+            block = layer_map.block(i)
+            if len(block) == 1:
+                continue  # a single-layer block alone is a teacher-size variant, not a smaller model
+            layers = layer_map.n_teacher - len(block) + 1
+            member = patch(teacher, student, layer_map, patched=set(range(layer_map.n_student)) - {i})
+            row = {"layers": layers}
+            for text in TEXTS:
+                if layers not in shortgpt[text]:
+                    calib = calibration_ids(args.train, tok, n=16, length=256)
+                    shortgpt[text][layers] = ppl(
+                        prune_to(teacher, "shortgpt", num_layers=layers, calibration=calib), text
+                    )
+                p = ppl(member, text)
+                row[text] = {
+                    "ppl": p,
+                    "shortgpt": shortgpt[text][layers],
+                    "ratio": p / shortgpt[text][layers],
+                }
+            alone[f"[{block[0]},{block[-1] + 1})"] = row
+    return alone
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("runs/cosine-budget"))
+    ap.add_argument("--budget", type=int, default=163840, help="distillation tokens per student")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {','.join(VARIANTS)}")
+    ap.add_argument("--tokens", type=int, default=2048, help="evaluated tokens of each text")
+    ap.add_argument("--train", default="../shared/data/corpora/train")
+    ap.add_argument("--validation", default="../shared/data/corpora/validation")
+    ap.add_argument("--out", type=Path, default=RESULTS / "losses.json")
+    args = ap.parse_args()
+    args.overrides = []
+    names = [v for v in args.variants.split(",") if v]
+    if unknown := [v for v in names if v not in VARIANTS]:
+        ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not (args.work / "init" / "config.json").is_file():
+        boomerang("init", "--teacher", "smollm2-offline", "--layers", KEPT, "--out", str(args.work / "init"),
+                  "--force", log=args.work / "init.log")  # fmt: skip
+    shortgpt: dict[str, dict[int, float]] = {t: {} for t in TEXTS}
+    result: dict = {"init": KEPT, "budget": args.budget, "tokens": args.tokens, "variants": {}}
+    for name in names:
+        run, val = distil(args.work, name, args.budget, VARIANTS[name], args)
+        summary = json.loads((run / "summary.json").read_text())
+        alone = measure(run, args, shortgpt)
+        result["variants"][name] = {
+            "overrides": VARIANTS[name],
+            "val_ppl": val,
+            "tokens_per_s": summary.get("tokens_per_s"),
+            "alone": alone,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        cells = " ".join(
+            f"{blk}:{row['builtin:hamlet']['ratio']:.2f}/{row['builtin:devils-dictionary']['ratio']:.2f}"
+            for blk, row in alone.items()
+        )
+        print(
+            f"{name:6s} val {val:6.2f} | {summary.get('tokens_per_s')} tok/s | alone vs ShortGPT {cells}",
+            flush=True,
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
