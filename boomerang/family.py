@@ -534,6 +534,7 @@ def _write_gguf(
 ) -> dict:
     """A member's GGUF file in the export's ``gguf/`` folder (kept if an interrupted run finished it)."""
     from .io.gguf_export import GGUF_DIR, export_gguf, gguf_name
+    from .io.snapshot import release
 
     rel = f"{GGUF_DIR}/{gguf_name(member, type)}"
     path = tmp / rel
@@ -547,6 +548,7 @@ def _write_gguf(
             license=manifest["card"]["license"],
             progress=progress.advance,
         )
+        release(tmp / member)  # our own output, read back: its card is written next, not a concurrent change
     else:
         progress.advance(path.stat().st_size)
     return {"file": rel, "type": type, "bytes": path.stat().st_size}

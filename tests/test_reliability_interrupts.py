@@ -79,6 +79,8 @@ def _stages(kit, out: Path) -> dict:
 
     t, s = (str(p) for p in kit.pair("llama"))
     d, o, cal = str(kit.corpus), str(out), ["--calibration-texts", "4", "--calibration-length", "16"]
+    # similarity stages read calibration texts 8 at a time: 24 texts give 3 steps to interrupt at
+    sim = ["--calibration-texts", "24", "--calibration-length", "16"]
     nothing = "no partial output was left behind"
     sweep = [
         "sweep",
@@ -98,23 +100,23 @@ def _stages(kit, out: Path) -> dict:
     return {
         "build": (["build", "--teacher", t, "--student", s, "-k", "2", "--out", o], (st_files, "_write_tensor", 3), nothing, None),
         "family": (["family", "--teacher", t, "--student", s, "--out", o], (st_files, "_write_tensor", 20), nothing, None),
-        "init": (["init", "--teacher", t, "--strategy", "similarity", "--size", "3", "--data", d, *cal, "--out", o],
+        "init": (["init", "--teacher", t, "--strategy", "similarity", "--size", "3", "--data", d, *sim, "--out", o],
                  (similarity, "_normed_outputs", 1), nothing, None),
         "prune laco": (["prune", "--teacher", t, "--method", "laco", "-n", "4", "--data", d, *cal, "--out", o],
                        (baselines.Laco, "similarity", 2), nothing, None),
-        "prune shortgpt": (["prune", "--teacher", t, "--method", "shortgpt", "-n", "4", "--data", d, *cal, "--out", o],
+        "prune shortgpt": (["prune", "--teacher", t, "--method", "shortgpt", "-n", "4", "--data", d, *sim, "--out", o],
                            (baselines, "forward_ids", 1), nothing, None),
         "order": (["order", "--teacher", t, "--student", s, "--data", d, *cal, "--out", o + ".json"],
                   (spans, "run_span", 3), nothing, None),
-        "analyze": (["analyze", "--teacher", t, "--student", s, "--data", d, *cal, "--out", o],
+        "analyze": (["analyze", "--teacher", t, "--student", s, "--data", d, *sim, "--out", o],
                     (similarity, "_normed_outputs", 1), nothing, None),
-        "eval": (["eval", t, "--data", d, "--max-tokens", "64", "--context", "16"], (perplexity, "batch_nll", 2), nothing, None),
+        "eval": (["eval", t, "--data", d, "--max-tokens", "512", "--context", "16"], (perplexity, "batch_nll", 2), nothing, None),
         "sweep": ([*sweep, "--sizes", "0,2,5"], (sweep_eval, "batch_nll", 2), "run the same command again to resume",
                   f".{out.name}.partial"),
         "sweep laco": ([*sweep, "--sizes", "2", "--baselines", "laco", "--calibration-samples", "4"],
                        (baselines.Laco, "similarity", 2), "run the same command again to resume", f".{out.name}.partial"),
         "distill": (["distill", str(kit.root / "recipe.yaml"), "--out", o, "train.steps=4", "checkpoint.every=1"],
-                    (blocks.ShuffledBlocks, "take", 3), "again with --resume", out.name),
+                    (blocks.ShuffledBlocks, "take", 2), "again with --resume", out.name),
     }  # fmt: skip
 
 

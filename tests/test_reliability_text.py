@@ -276,7 +276,7 @@ def test_a_binary_chat_template_or_recipe_gets_a_clear_error(tmp_path, content, 
         (["order", "--calibration-length", "200"], "--calibration-length 200"),
         (["distill", "data.seq_len=4096"], "data.seq_len 4096"),
         (
-            ["distill", "init.strategy=similarity", "init.size=3", "init.calibration_length=256"],
+            ["distill", "init.strategy=similarity", "init.layers=null", "init.size=3", "init.calibration_length=256"],
             "init.calibration_length 256",
         ),
         (["eval", "--context", "500"], "--context 500"),

@@ -61,6 +61,9 @@ def run(argv: list[str] | None = None) -> int:
         # every checkpoint a command reads is held (one version, or a clear stop); Ctrl-C always stops it
         with reading(), interrupts.catching():
             result = app(args=argv, prog_name="boomerang", standalone_mode=False)
+            # typer >= 0.29 turns Ctrl-C into a silent ``Exit(130)``: say how to carry on all the same
+            if interrupts.pending():
+                return _interrupted()
         return result if isinstance(result, int) else 0
     except BoomerangError as e:
         from rich.markup import escape  # messages are plain text: "pkg[extra]" must survive
@@ -90,11 +93,16 @@ def run(argv: list[str] | None = None) -> int:
         )
         return 2
     except (*_ABORT, KeyboardInterrupt):
-        from rich.markup import escape
+        return _interrupted()
 
-        how = interrupts.hint() or "no partial output was left behind; run the command again to start over"
-        err_console.print(f"[yellow]interrupted[/]: {escape(how)}", highlight=False, soft_wrap=True)
-        return 130
+
+def _interrupted() -> int:
+    """Say that the command was interrupted and how to carry on; exit status 130."""
+    from rich.markup import escape
+
+    how = interrupts.hint() or "no partial output was left behind; run the command again to start over"
+    err_console.print(f"[yellow]interrupted[/]: {escape(how)}", highlight=False, soft_wrap=True)
+    return 130
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import BoomerangError
 from ..io.loading import OFFLINE_ALIAS as OFFLINE_TEACHER  # noqa: F401 (re-exported)
-from ..io.textfile import read_text_file
+from ..io.textfile import link_loop, read_text_file
 from .losses import LossConfig
 from .recipe_values import DuplicateKey, check_values, load_yaml, nonfinite
 
@@ -332,7 +332,7 @@ def packaged_recipes() -> list[str]:
 def _recipe_text(spec: str | Path) -> tuple[str, str, str]:
     """``(text, where, stem)`` of a recipe file, or of a packaged recipe named ``NAME`` (or ``NAME.yaml``)."""
     path = Path(spec).expanduser()
-    if path.is_file():
+    if path.is_file() or link_loop(path):
         return read_text_file(path, "the recipe", "give a recipe YAML file"), str(path), path.stem
     name = str(spec).removesuffix(".yaml")
     names = packaged_recipes()

@@ -160,8 +160,10 @@ class _NoHead(nn.Module):
         super().__init__()
         self.fwd = fwd
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
-        out = self.fwd(input_ids, attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, ctx: Any = None
+    ) -> Any:
+        out = self.fwd(input_ids, attention_mask, ctx)
         out.head_weight = None
         return out
 
@@ -173,8 +175,10 @@ class ShardedForward:
         self.model, self.head = model, getattr(fwd, "mode", "head") == "head"
         self.root = shard(_NoHead(fwd), model, bf16_compute=bf16_compute, mesh=mesh)
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
-        out = self.root(input_ids, attention_mask)
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, ctx: Any = None
+    ) -> Any:
+        out = self.root(input_ids, attention_mask, ctx)  # ctx: the teacher-context pass's inputs (loss.ctx)
         if self.head:
             out.head_weight = gathered_weight(self.model.get_output_embeddings())  # type: ignore[operator]
         return out
