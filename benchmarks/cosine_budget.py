@@ -71,16 +71,22 @@ def measure(run: Path, args: argparse.Namespace) -> dict:
     with torch.no_grad():
         summary = analyze(teacher, student, lm, ids, run / "analysis", orders=("first",), force=True)
         fam = Family(teacher, student, lm, order="first")
-        ppl = [
-            perplexity(fam.member(k), args.text, tok, context=512, stride=384, max_tokens=args.tokens).value
-            for k in fam.ks
-        ]
+        texts = {}
+        for text in args.text.split(","):
+            ppl = [
+                perplexity(fam.member(k), text, tok, context=512, stride=384, max_tokens=args.tokens).value
+                for k in fam.ks
+            ]
+            texts[text] = {
+                "first_order_ppl": ppl,
+                "inversions": len(inversions(ppl, 0.01)),
+                "excess_tv": excess_variation(ppl),
+            }
     return {
         "block_end_similarity": summary["block_end_similarity"],
         "mean_block_end_similarity": sum(summary["block_end_similarity"]) / lm.n_student,
-        "first_order_ppl": ppl,
-        "inversions": len(inversions(ppl, 0.01)),
-        "excess_tv": excess_variation(ppl),
+        **texts[args.text.split(",")[0]],  # the first text's, at the top level
+        "texts": texts,
     }
 
 
@@ -91,7 +97,9 @@ def main() -> None:
         "--budgets", default="163840,655360", help="distillation tokens per student, comma-separated"
     )
     ap.add_argument(
-        "--text", default="../shared/data/corpora/validation", help="where smoothness is measured"
+        "--text",
+        default="../shared/data/corpora/validation,builtin:hamlet,builtin:devils-dictionary",
+        help="where smoothness is measured (comma-separated; the first is also reported at the top level)",
     )
     ap.add_argument("--tokens", type=int, default=2048, help="evaluated tokens of --text")
     ap.add_argument("--train", default="../shared/data/corpora/train")
@@ -126,6 +134,10 @@ def main() -> None:
             f"{n['excess_tv']:.3f}",
             flush=True,
         )
+        for text in c["texts"]:
+            ct, nt = c["texts"][text], n["texts"][text]
+            print(f"    {text}: inversions {ct['inversions']} vs {nt['inversions']} | excess TV "
+                  f"{ct['excess_tv']:.3f} vs {nt['excess_tv']:.3f}", flush=True)  # fmt: skip
     print(f"wrote {args.out}")
 
 
