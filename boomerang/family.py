@@ -294,8 +294,10 @@ def check_sizes(sizes: Iterable[int] | None, m: int, order: PatchOrder | None = 
     chosen = sorted(set(int(k) for k in sizes))
     bad = [k for k in chosen if not 0 <= k <= last]
     if bad:
-        what = f"order {order.name!r} has {last + 1} sizes" if order is not None and order.by_size else (
-            f"the student has {m} layers"
+        what = (
+            f"order {order.name!r} has {last + 1} sizes"
+            if order is not None and order.by_size
+            else (f"the student has {m} layers")
         )
         raise BoomerangError(f"sizes {bad} are out of range: {what}, so K is 0..{last}")
     if not chosen:
@@ -420,7 +422,7 @@ def _export(
 
     out = check_writable(out, force=force)
     progress = progress or ExportProgress()
-    lm, m = writer.layer_map, writer.layer_map.n_student
+    lm = writer.layer_map
     if gguf is not None:
         check_type(gguf)
         check_config(_config_dict(writer.teacher_config), "the teacher")
@@ -451,31 +453,9 @@ def _export(
     with atomic_dir(out, force=force, resume=resume) as tmp:
         for k, plan in plans.items():
             check()
-            name = member_dir(k, plan, m)
-            progress.member(k, name)
-            # a member's directory exists only once complete: one there was finished by an interrupted run
-            if (tmp / name).is_dir():
-                progress.resumed(k, name)
-                progress.advance(weights[k])
-                files = sorted(p.name for p in (tmp / name).iterdir())
-            else:
-                with atomic_dir(tmp / name) as member:
-                    files = writer.write(plan, member, progress, weights[k])
-            row: dict[str, Any] = {
-                "K": k,
-                "dir": name,
-                "n_layers": plan.n_layers,
-                "patched_student_layers": list(plan.patched),
-                "layer_sources": [[who, j] for who, j in plan.sources],
-                "teacher_layers": plan.teacher_layers,
-                "embedding_from": plan.embed_source,
-                "head_from": plan.head_source,
-                "params": counts[k].as_dict(),
-                "weights_bytes": weights[k],
-                "files": sorted({*files, CARD}),
-            }
+            row = _write_member(writer, tmp, k, plan, progress, weights[k], counts[k].as_dict())
             if gguf is not None:
-                row["gguf"] = _write_gguf(tmp, name, gguf, manifest, progress)
+                row["gguf"] = _write_gguf(tmp, row["dir"], gguf, manifest, progress)
             if k in scores:
                 row["scores"] = scores[k]
             rows.append(row)
@@ -485,6 +465,42 @@ def _export(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         write_cards(tmp, manifest)
     return out
+
+
+def _write_member(
+    writer: _Writer,
+    tmp: Path,
+    k: int,
+    plan: PatchPlan,
+    progress: ExportProgress,
+    nbytes: int,
+    params: dict[str, int],
+) -> dict[str, Any]:
+    """Member ``k``'s directory in the export's temporary directory (kept if an interrupted run finished it),
+    and its row of ``family.json``."""
+    name = member_dir(k, plan, plan.layer_map.n_student)
+    progress.member(k, name)
+    # a member's directory exists only once complete: one there was finished by an interrupted run
+    if (tmp / name).is_dir():
+        progress.resumed(k, name)
+        progress.advance(nbytes)
+        files = sorted(p.name for p in (tmp / name).iterdir())
+    else:
+        with atomic_dir(tmp / name) as member:
+            files = writer.write(plan, member, progress, nbytes)
+    return {
+        "K": k,
+        "dir": name,
+        "n_layers": plan.n_layers,
+        "patched_student_layers": list(plan.patched),
+        "layer_sources": [[who, j] for who, j in plan.sources],
+        "teacher_layers": plan.teacher_layers,
+        "embedding_from": plan.embed_source,
+        "head_from": plan.head_source,
+        "params": params,
+        "weights_bytes": nbytes,
+        "files": sorted({*files, CARD}),
+    }
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -589,7 +605,7 @@ def export_family(
     (``boomerang.io.gguf_export``). ``card`` sets what the cards say (``CardOptions``).
     """
     from .io.checkpoints import is_local_safetensors
-    from .io.stream import StreamBuilder, StreamUnsupported, parse_shard_size
+    from .io.stream import parse_shard_size
 
     check_writable(out, force=force)
     parse_shard_size(max_shard_size)
@@ -605,57 +621,53 @@ def export_family(
         raise BoomerangError(
             "streaming needs the teacher and the student as local checkpoint directories with safetensors weights"
         )
-    if stream is not False and can:
-        try:
-            builder = StreamBuilder(
-                teacher,  # type: ignore[arg-type]
-                student,  # type: ignore[arg-type]
-                layer_map,
-                dtype=dtype,
-                trust_remote_code=trust_remote_code,
-            )
-        except StreamUnsupported:
-            if stream:
-                raise
-        else:
-            po = _stream_order(builder, order, data, calibration, trust_remote_code)
-            sizes_ = check_sizes(sizes, builder.layer_map.n_student, po)
-            key = _resume_key(teacher, student, builder.layer_map, builder.dtype, max_shard_size)
-            return _export(
-                _StreamWriter(builder, max_shard_size),
-                out,
-                po,
-                sizes_,
-                force=force,
-                progress=progress,
-                resume=key,
-                gguf=gguf,
-                card=card,
-            )
-    fam = Family(
-        teacher,
-        student,
-        layer_map,
-        dtype=dtype,
-        calibration=calibration,
-        trust_remote_code=trust_remote_code,
-    )
-    po = fam.order(order, data=data)
-    if not on_disk:
-        return fam.export(
-            out,
-            order=po,
-            sizes=sizes,
-            max_shard_size=max_shard_size,
-            force=force,
-            progress=progress,
-            gguf=gguf,
-            card=card,
+    builder = _stream_builder(teacher, student, layer_map, dtype, stream, trust_remote_code) if can else None
+    writer: _Writer
+    if builder is not None:
+        po = _stream_order(builder, order, data, calibration, trust_remote_code)
+        key = _resume_key(teacher, student, builder.layer_map, builder.dtype, max_shard_size)  # type: ignore[arg-type]
+        writer, n_student = _StreamWriter(builder, max_shard_size), builder.layer_map.n_student
+    else:
+        fam = Family(
+            teacher,
+            student,
+            layer_map,
+            dtype=dtype,
+            calibration=calibration,
+            trust_remote_code=trust_remote_code,
         )
-    key = _resume_key(teacher, student, fam.layer_map, fam.teacher.dtype, max_shard_size)  # type: ignore[arg-type]
-    writer = _MemoryWriter(fam, max_shard_size)
-    chosen = check_sizes(sizes, fam.n_student, po)
+        po = fam.order(order, data=data)
+        if not on_disk:
+            return fam.export(
+                out, order=po, sizes=sizes, max_shard_size=max_shard_size, force=force, progress=progress,
+                gguf=gguf, card=card,
+            )  # fmt: skip
+        key = _resume_key(teacher, student, fam.layer_map, fam.teacher.dtype, max_shard_size)  # type: ignore[arg-type]
+        writer, n_student = _MemoryWriter(fam, max_shard_size), fam.n_student
+    chosen = check_sizes(sizes, n_student, po)
     return _export(writer, out, po, chosen, force=force, progress=progress, resume=key, gguf=gguf, card=card)
+
+
+def _stream_builder(
+    teacher: Any,
+    student: Any,
+    layer_map: LayerMap | None,
+    dtype: Any,
+    stream: bool | None,
+    trust_remote_code: bool,
+) -> Any:
+    """A stream builder of two local safetensors checkpoints, or None where streaming is off or unsupported
+    (``stream=True`` insists: unsupported is then an error)."""
+    from .io.stream import StreamBuilder, StreamUnsupported
+
+    if stream is False:
+        return None
+    try:
+        return StreamBuilder(teacher, student, layer_map, dtype=dtype, trust_remote_code=trust_remote_code)
+    except StreamUnsupported:
+        if stream:
+            raise
+        return None
 
 
 def check_gguf_teacher(teacher: Any, gguf: str, *, trust_remote_code: bool = False) -> list[str]:

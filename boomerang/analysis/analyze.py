@@ -240,48 +240,61 @@ def analyze(
         **(meta or {}),
     }
     with atomic_dir(out, force=force) as tmp:
-        _dump(
-            tmp / "similarity.json",
-            {
-                "description": "mean per-token cosine similarity, student layer i output (rows) vs teacher layer j output (columns)",
-                "calibration": cal,
-                "layer_map": layer_map.to_json(),
-                "block_start": list(layer_map.kept),
-                "block_end": layer_map.targets,
-                "matrix": st.tolist(),
-            },
-        )
-        plot_student_teacher(st, layer_map, tmp / "similarity.png")
-        _dump(
-            tmp / "teacher_similarity.json",
-            {
-                "description": "mean per-token cosine similarity between teacher layer outputs",
-                "calibration": cal,
-                "matrix": tt.tolist(),
-            },
-        )
-        plot_teacher_self(tt, tmp / "teacher_similarity.png", layer_map=layer_map)
-        (tmp / "orders").mkdir()
-        for name, row in curves.items():
-            _dump(tmp / "orders" / f"{name}.json", row["order"])
-        _dump(
-            tmp / "members.json",
-            {
-                "description": "mean per-token cosine similarity between each member's final normed hidden states and the "
-                "teacher's"
-                + (", and KL(teacher || member) per token" if kl else "")
-                + "; the orders themselves are in orders/<name>.json",
-                "calibration": cal,
-                "orders": {
-                    name: {k: v for k, v in row.items() if k != "order"} for name, row in curves.items()
-                },
-            },
-        )
-        plot_members(curves, tmp / "members.png")
-        if kl:
-            plot_members(curves, tmp / "members_kl.png", key="kl")
+        _write_analysis(tmp, st, tt, curves, layer_map, cal, kl=kl)
         _dump(tmp / "summary.json", summary)
     return summary
+
+
+def _write_analysis(
+    tmp: Path,
+    st: torch.Tensor,
+    tt: torch.Tensor,
+    curves: dict[str, Any],
+    layer_map: LayerMap,
+    cal: dict[str, Any],
+    *,
+    kl: bool,
+) -> None:
+    """The similarity matrices, the orders and the member curves, as JSON and plots, into ``tmp``."""
+    _dump(
+        tmp / "similarity.json",
+        {
+            "description": "mean per-token cosine similarity, student layer i output (rows) vs teacher layer j "
+            "output (columns)",
+            "calibration": cal,
+            "layer_map": layer_map.to_json(),
+            "block_start": list(layer_map.kept),
+            "block_end": layer_map.targets,
+            "matrix": st.tolist(),
+        },
+    )
+    plot_student_teacher(st, layer_map, tmp / "similarity.png")
+    _dump(
+        tmp / "teacher_similarity.json",
+        {
+            "description": "mean per-token cosine similarity between teacher layer outputs",
+            "calibration": cal,
+            "matrix": tt.tolist(),
+        },
+    )
+    plot_teacher_self(tt, tmp / "teacher_similarity.png", layer_map=layer_map)
+    (tmp / "orders").mkdir()
+    for name, row in curves.items():
+        _dump(tmp / "orders" / f"{name}.json", row["order"])
+    _dump(
+        tmp / "members.json",
+        {
+            "description": "mean per-token cosine similarity between each member's final normed hidden states and "
+            "the teacher's"
+            + (", and KL(teacher || member) per token" if kl else "")
+            + "; the orders themselves are in orders/<name>.json",
+            "calibration": cal,
+            "orders": {name: {k: v for k, v in row.items() if k != "order"} for name, row in curves.items()},
+        },
+    )
+    plot_members(curves, tmp / "members.png")
+    if kl:
+        plot_members(curves, tmp / "members_kl.png", key="kl")
 
 
 def _dump(path: Path, data: Any) -> None:

@@ -439,31 +439,44 @@ def size_search(
     else:
         for fixed in (False, True):
             _restricted_walk(ev, allowed(fixed), visit)
-        scorer = _SubsetScorer(ev)
         moves = [(j,) for j in singles if not (tied and j in (0, m - 1))]
         if tied and 0 in singles and m - 1 in singles:
             moves.append((0, m - 1))
-        for d in sorted(best):
-            improved = True
-            while improved:
-                improved = False
-                _value, subset = best[d]
-                for move in moves:
-                    cand = tuple(sorted(set(subset) ^ set(move)))
-                    if cand in memo:
-                        continue
-                    record(cand, scorer(frozenset(cand)))
-                    if best[d][1] == cand:
-                        improved = True
-                        break
+        _local_search(best, memo, record, _SubsetScorer(ev), moves)
     depths = sorted(best)
     info = {
-        "method": "exhaustive" if exhaustive else "multi-layer blocks enumerated, single-layer blocks searched",
+        "method": "exhaustive"
+        if exhaustive
+        else "multi-layer blocks enumerated, single-layer blocks searched",
         "layers": depths,
         "tied": tied,
         "models_scored": len(memo),
     }
     return [best[d][1] for d in depths], [best[d][0] for d in depths], info
+
+
+def _local_search(
+    best: dict[int, tuple[float, tuple[int, ...]]],
+    memo: dict[tuple[int, ...], float],
+    record: Callable[[tuple[int, ...], float], None],
+    scorer: Callable[[frozenset[int]], float],
+    moves: list[tuple[int, ...]],
+) -> None:
+    """Improve each size's best set in place: apply a move (flip single-layer blocks between teacher and student)
+    while that lowers the criterion; ``record`` scores a new set into ``best`` and ``memo``."""
+    for d in sorted(best):
+        improved = True
+        while improved:
+            improved = False
+            _value, subset = best[d]
+            for move in moves:
+                cand = tuple(sorted(set(subset) ^ set(move)))
+                if cand in memo:
+                    continue
+                record(cand, scorer(frozenset(cand)))
+                if best[d][1] == cand:
+                    improved = True
+                    break
 
 
 def _mask(subset: Sequence[int]) -> int:

@@ -28,7 +28,7 @@ Texts = Annotated[
 ]
 Length = Annotated[int | None, typer.Option("--calibration-length", help="Tokens per calibration block.")]
 Seed = Annotated[int, typer.Option(help="Seed for drawing calibration blocks.")]
-Batch = Annotated[int, typer.Option("--batch-size", help="Calibration blocks per forward pass.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Calibration blocks per forward pass.")]
 StudentLayers = Annotated[
     str | None,
     typer.Option("--student-layers", help="Student's kept teacher layers, if it carries no layer map."),
@@ -126,7 +126,7 @@ def prune(
     calibration_texts: Texts = None,
     calibration_length: Length = None,
     seed: Seed = 0,
-    batch_size: Batch = 8,
+    batch_size: BatchSize = 8,
     recompute: Annotated[
         bool,
         typer.Option("--recompute", help="shortgpt: re-measure BI on the pruned model after every removal."),
@@ -278,7 +278,7 @@ def analyze(
     calibration_texts: Texts = None,
     calibration_length: Length = None,
     seed: Seed = 0,
-    batch_size: Batch = 8,
+    batch_size: BatchSize = 8,
     dtype: Dtype = "auto",
     force: Force = False,
     trust_remote_code: Trust = False,
@@ -350,7 +350,7 @@ def order(
     calibration_texts: Texts = None,
     calibration_length: Length = None,
     seed: Seed = 0,
-    batch_size: Batch = 8,
+    batch_size: BatchSize = 8,
     dtype: Dtype = "auto",
     force: Force = False,
     trust_remote_code: Trust = False,

@@ -114,7 +114,9 @@ def info(
     for col in ("layers", "trainable", "inference", "e.g. patching"):
         st.add_column(col, justify="right")
     for size in distinct_sizes(tcfg, cfg, lm):
-        st.add_row(str(size.layers), fmt_count(size.trainable), fmt_count(size.inference), str(list(size.patched)))
+        st.add_row(
+            str(size.layers), fmt_count(size.trainable), fmt_count(size.inference), str(list(size.patched))
+        )
     console.print(st)
     ft = Table(title=f"family ({order} order){'' if exact else ' — pass --teacher for exact counts'}")
     for col in ("K", "patched student layers", "layers", "trainable", "inference"):

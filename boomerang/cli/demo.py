@@ -46,13 +46,20 @@ def demo(
             "(no mixed-context term)."
         ),
     ] = ",".join(D.ablations),
-    eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Tokens per text and model.")] = D.eval_tokens,
+    eval_tokens: Annotated[
+        int, typer.Option("--eval-tokens", help="Tokens per text and model.")
+    ] = D.eval_tokens,
     calibration_samples: Annotated[
         int, typer.Option(help="Calibration blocks (training data) for orders, analysis and pruning.")
     ] = D.calibration_samples,
-    calibration_length: Annotated[int, typer.Option(help="Tokens per calibration block.")] = D.calibration_length,
+    calibration_length: Annotated[
+        int, typer.Option(help="Tokens per calibration block.")
+    ] = D.calibration_length,
     order_texts: Annotated[
-        int, typer.Option(help="Calibration blocks that KL-scored orders (size-aware, greedy-kl) score models on.")
+        int,
+        typer.Option(
+            help="Calibration blocks that KL-scored orders (size-aware, greedy-kl) score models on."
+        ),
     ] = D.order_texts,
     recipe: Annotated[
         str | None,

@@ -58,7 +58,9 @@ class PatchOrder(BaseModel):
             )
         for k, s in enumerate(self.subsets):
             if len(set(s)) != len(s) or any(not 0 <= i < m for i in s):
-                raise ValueError(f"order {self.name!r}: member {k} must patch distinct layers of 0..{m - 1}, got {s}")
+                raise ValueError(
+                    f"order {self.name!r}: member {k} must patch distinct layers of 0..{m - 1}, got {s}"
+                )
             if not self.by_size and len(s) != k:
                 raise ValueError(
                     f"order {self.name!r}: size {k} must patch {k} distinct layers of 0..{m - 1}, got {s}"
@@ -109,7 +111,11 @@ class PatchOrder(BaseModel):
         return self.subsets[k]
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "subsets": [list(s) for s in self.subsets], "info": self.info}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "subsets": [list(s) for s in self.subsets],
+            "info": self.info,
+        }
         if self.by_size:
             out.update(by_size=True, student_layers=self.student_layers)
         return out

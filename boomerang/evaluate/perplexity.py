@@ -171,7 +171,7 @@ def load_documents(
 
 
 @dataclass
-class Batch:
+class ScoreBatch:
     """One forward pass: ``input_ids [B, L]`` and what to score in it.
 
     causal: ``positions [n]`` are the window positions whose logits are needed (the same for every row) and
@@ -216,7 +216,7 @@ def _check_window(context: int, stride: int, max_positions: int | None) -> None:
 
 def _group(
     rows: list[tuple[tuple, list[int], Any, Any, int]], batch_size: int, make: Callable
-) -> list[Batch]:
+) -> list[ScoreBatch]:
     """Rows with the same shape key are batched together (so no padding is ever needed)."""
     by_shape: dict[tuple, list] = {}
     for row in rows:
@@ -237,7 +237,7 @@ def causal_batches(
     batch_size: int = 4,
     bos_id: int | None = None,
     eos_id: int | None = None,
-) -> list[Batch]:
+) -> list[ScoreBatch]:
     """All windows of all documents, batched by shape. ``bos_id``/``eos_id`` are added when given."""
     _check_window(context, stride, None)
     rows = []
@@ -247,11 +247,11 @@ def causal_batches(
             length = e - b
             rows.append(((length, e - s), seq[b:e], s - b, None, d))
 
-    def make(group: list) -> Batch:
+    def make(group: list) -> ScoreBatch:
         _, n = group[0][0]
         first = group[0][2]
         ids = torch.tensor([r[1] for r in group], dtype=torch.long)
-        return Batch(
+        return ScoreBatch(
             "causal",
             ids,
             torch.arange(first - 1, first - 1 + n),
@@ -274,7 +274,7 @@ def mlm_special_ids(tokenizer: Any) -> tuple[int, int, int]:
 
 def mlm_batches(
     docs: Sequence[Document], tokenizer: Any, *, context: int, batch_size: int = 64
-) -> list[Batch]:
+) -> list[ScoreBatch]:
     """Every token of every ``[CLS] chunk [SEP]`` masked in turn; copies batched by length."""
     if context < 3:
         raise BoomerangError(f"--context must be at least 3 for pseudo-perplexity, got {context}")
@@ -286,11 +286,11 @@ def mlm_batches(
             for p in range(1, len(seq) - 1):
                 rows.append(((len(seq),), seq, p, seq[p], d))
 
-    def make(group: list) -> Batch:
+    def make(group: list) -> ScoreBatch:
         ids = torch.tensor([r[1] for r in group], dtype=torch.long)
         pos = torch.tensor([r[2] for r in group], dtype=torch.long)
         ids[torch.arange(len(group)), pos] = mask
-        return Batch(
+        return ScoreBatch(
             "mlm", ids, pos, torch.tensor([r[3] for r in group]), torch.tensor([r[4] for r in group])
         )
 
@@ -320,7 +320,7 @@ def _encoder_head(model: nn.Module) -> nn.Module | None:
     return model.get_submodule(arch.head[0]) if arch is not None and len(arch.head) == 1 else None
 
 
-def batch_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
+def batch_nll(model: nn.Module, batch: ScoreBatch) -> torch.Tensor:
     """Per-token NLL (nats, float32) of the batch's targets: ``[B, n]`` (causal) or ``[B]`` (mlm).
 
     Only the scored positions go through the LM head.
@@ -434,7 +434,7 @@ class Accumulator:
         self.nll = torch.zeros(n_docs, dtype=torch.float64)
         self.count = torch.zeros(n_docs, dtype=torch.long)
 
-    def add(self, batch: Batch, nll: torch.Tensor) -> None:
+    def add(self, batch: ScoreBatch, nll: torch.Tensor) -> None:
         per_row = nll.double().reshape(nll.shape[0], -1)
         self.nll.index_add_(0, batch.docs, per_row.sum(1))
         self.count.index_add_(0, batch.docs, torch.full_like(batch.docs, per_row.shape[1]))
@@ -524,7 +524,7 @@ class EvalSpec:
 
 def prepare(
     source: Source | Sequence[Document], tokenizer: Any, spec: EvalSpec
-) -> tuple[list[Document], list[Batch]]:
+) -> tuple[list[Document], list[ScoreBatch]]:
     """The slice's documents and batches for a resolved ``spec``."""
     if isinstance(source, (list, tuple)) and source and isinstance(source[0], Document):
         docs = list(source)  # type: ignore[arg-type]

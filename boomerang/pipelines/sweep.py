@@ -33,17 +33,17 @@ from .sweep_inputs import (
     BASELINES,
     PRUNED,
     TaskOptions,
+    carried_layer_map,
     check_baselines,
     check_layer_map,
     check_order_name,
     lm_eval_tasks,
     load_models,
     model_config,
-    student_layer_map,
 )
 from .sweep_output import lm_eval_columns, lm_eval_labels, result_rows, to_csv, to_markdown, write_results
-from .sweep_plan import Calibration, Row, Unit, groups, plan_rows, pruned_baseline, resolve_order
-from .sweep_state import STATE_VERSION, SweepState, fingerprint, partial_dir, probe, source_name
+from .sweep_plan import Calibration, Row, Unit, groups, plan_rows, pruned_baseline, sweep_order
+from .sweep_state import STATE_VERSION, SweepState, partial_dir, probe, source_name, sweep_fingerprint
 
 __all__ = [
     "BASELINES",
@@ -132,7 +132,7 @@ class Sweep:
         self.teacher_config = model_config(teacher, trust_remote_code=trust_remote_code)
         self.student_config = model_config(student, trust_remote_code=trust_remote_code)
         check_compatible(self.teacher_config, self.student_config)
-        self.layer_map = layer_map or student_layer_map(student, self.student_config)
+        self.layer_map = layer_map or carried_layer_map(student, self.student_config)
         if order is None:  # the order the student records (init writes the recipe's patch_order), else last
             from ..core.plan import recorded_order
 
@@ -173,11 +173,11 @@ class Sweep:
         )
         if self.restart and self.partial.exists():
             shutil.rmtree(self.partial)
-        self.po = resolve_order(self.partial, self.order_spec, m.family, self.calibration)
+        self.po = sweep_order(self.partial, self.order_spec, m.family, self.calibration)
         self.sizes = check_sizes(self.size_request, self.layer_map.n_student, self.po)
         self.state = SweepState.load(
             self.partial,
-            fingerprint(self._settings(), self.batches),
+            sweep_fingerprint(self._settings(), self.batches),
             restart=self.restart,
             log=self.progress.log,
         )

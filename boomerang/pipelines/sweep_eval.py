@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BoomerangError
-from ..evaluate.perplexity import Batch, batch_nll
+from ..evaluate.perplexity import ScoreBatch, batch_nll
 from ..evaluate.reuse import Scored, schedule, score
 from .sweep_inputs import TaskOptions
 from .sweep_plan import Unit
@@ -103,7 +103,7 @@ class GroupEvaluator:
     def __init__(
         self,
         state: SweepState,
-        batches: list[Batch],
+        batches: list[ScoreBatch],
         *,
         reuse: bool,
         progress: SweepProgress,

@@ -62,7 +62,7 @@ def model_config(spec: Any, *, trust_remote_code: bool) -> Any:
     return spec.config
 
 
-def student_layer_map(spec: Any, config: Any) -> Any:
+def carried_layer_map(spec: Any, config: Any) -> Any:
     """The layer map the student carries (its config section or ``student_config.json``)."""
     from ..core.layermap import LayerMap
     from ..io.sidecar import read_layer_map

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..core.plan import PatchOrder
 from ..errors import BoomerangError
 from ..evaluate.reuse import Key, layers_key, plan_key
 
@@ -49,8 +50,9 @@ class Calibration:
         return self._ids
 
 
-def resolve_order(partial: Path, order_spec: Any, family: Any, calibration: Calibration) -> Any:
-    """The sweep's PatchOrder: the one saved in ``partial`` when resuming, else resolved and saved there."""
+def sweep_order(partial: Path, order_spec: Any, family: Any, calibration: Calibration) -> PatchOrder:
+    """The sweep's PatchOrder: the one saved in ``partial`` when resuming, else resolved by ``family.order`` (the
+    one resolver, ``analysis.orders.resolve_order``) and saved there."""
     from ..io.order_files import load_order, save_order
 
     saved, saved_spec = partial / "order.json", partial / "order_spec.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BoomerangError
-from ..evaluate.perplexity import Batch
+from ..evaluate.perplexity import ScoreBatch
 
 STATE_VERSION = 1
 
@@ -36,7 +36,7 @@ def source_name(spec: Any, model: Any) -> str:
     return getattr(model, "name_or_path", "") or f"<in-memory {model.config.model_type}>"
 
 
-def fingerprint(settings: dict[str, Any], batches: Sequence[Batch]) -> str:
+def sweep_fingerprint(settings: dict[str, Any], batches: Sequence[ScoreBatch]) -> str:
     """The hash of a sweep's settings (JSON) and of every token of its batches."""
     h = hashlib.sha256()
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())

@@ -120,7 +120,7 @@ def _partition(n: int, size: int, score, combine, identity: float) -> tuple[floa
     return best[size][n], sorted(kept)
 
 
-def resolve_layer_map(
+def strategy_layer_map(
     teacher_layers: int,
     strategy: str = "every",
     *,
@@ -196,7 +196,7 @@ def init_student(
             from ..core.similarity import similarity_matrix
 
             sim = similarity_matrix(teacher, calibration)
-        lm = resolve_layer_map(
+        lm = strategy_layer_map(
             n,
             strategy,
             every=every,
@@ -208,24 +208,8 @@ def init_student(
         )
         if strategy in ("every", "random"):
             info.update(every=every, keep_first=keep_first, keep_last=keep_last)
-        if sim is not None and strategy == "shortgpt":
-            bi = block_influence_from_similarity(sim)
-            dropped = [j for j in range(n) if j not in set(lm.kept)]
-            info.update(
-                objective="min summed block influence of the dropped layers",
-                max_block=max_block,
-                dropped_block_influence=round(sum(bi[j] for j in dropped), 6),
-                block_influence=[None] + [round(v, 6) for v in bi[1:]],
-                calibration_shape=list(calibration.shape),  # type: ignore[union-attr]
-            )
-        elif sim is not None:
-            scores = block_similarities(sim.clone().fill_diagonal_(1.0), lm.kept)
-            info.update(
-                objective="max min block similarity",
-                min_block_similarity=round(min(scores), 6),
-                block_similarity=[round(x, 6) for x in scores],
-                calibration_shape=list(calibration.shape),  # type: ignore[union-attr]
-            )
+        if sim is not None:
+            info.update(_measured_info(strategy, sim, lm, calibration, max_block))  # type: ignore[arg-type]
     if lm.n_teacher != n:
         raise BoomerangError(
             f"the layer map is for a {lm.n_teacher}-layer teacher, but the teacher has {n} layers"
@@ -250,6 +234,29 @@ def init_student(
     student.requires_grad_(True)  # trainable even when the teacher is frozen
     student.train(teacher.training)
     return student
+
+
+def _measured_info(
+    strategy: str, sim: torch.Tensor, lm: LayerMap, calibration: torch.Tensor, max_block: int | None
+) -> dict[str, Any]:
+    """What a measured init (``shortgpt``, ``similarity``) records about its choice in the student's config."""
+    if strategy == "shortgpt":
+        bi = block_influence_from_similarity(sim)
+        dropped = [j for j in range(lm.n_teacher) if j not in set(lm.kept)]
+        return {
+            "objective": "min summed block influence of the dropped layers",
+            "max_block": max_block,
+            "dropped_block_influence": round(sum(bi[j] for j in dropped), 6),
+            "block_influence": [None] + [round(v, 6) for v in bi[1:]],
+            "calibration_shape": list(calibration.shape),
+        }
+    scores = block_similarities(sim.clone().fill_diagonal_(1.0), lm.kept)
+    return {
+        "objective": "max min block similarity",
+        "min_block_similarity": round(min(scores), 6),
+        "block_similarity": [round(x, 6) for x in scores],
+        "calibration_shape": list(calibration.shape),
+    }
 
 
 def _reinitialised(model: PreTrainedModel, seed: int) -> PreTrainedModel:

@@ -340,7 +340,7 @@ def plan(teacher: ModelShape, student: ModelShape, run: RunShape, gpus: int, str
     n = gpus if fsdp else 1
     mode = ("bf16" if fsdp else "autocast") if run.bf16 else "fp32"
     tb = 2 if run.bf16 else 4  # teacher weights and outputs
-    T, d, V = run.tokens, student.hidden, student.vocab
+    T, d = run.tokens, student.hidden
     notes: list[str] = []
 
     # trainable student parameters
@@ -354,24 +354,7 @@ def plan(teacher: ModelShape, student: ModelShape, run: RunShape, gpus: int, str
     c: dict[str, float] = {}
     c["teacher weights"] = teacher.params * tb / n if run.needs_teacher else 0.0
     c["student weights"] = student.params * 4 / n
-    # bf16 working copies
-    if not run.bf16:
-        copies = 0.0
-    elif fsdp:  # boomerang.train.sharding's units: 2 layers gathered at a time (one prefetched) ...
-        copies = (
-            2 * student.layer_params * 2 + student.head_unit_params * 2
-        )  # ... + the head, forward to backward
-        if run.needs_teacher:  # the teacher's head is gathered from its forward until the loss is computed
-            copies += 2 * teacher.layer_params * 2 + teacher.head_unit_params * 2
-    else:
-        layers = (
-            1 if ac else student.layers
-        )  # autocast's copies are saved by every layer (one when recomputing)
-        lean_down = d * student.intermediate if run.lean_mlp and student.family in ("llama", "gemma") else 0
-        copies = (
-            layers * (student.layer_matrix_params - lean_down) * 2 + V * d * 2
-        )  # + the head's, in the loss
-    c["working copies"] = copies
+    c["working copies"] = _working_copies(teacher, student, run, fsdp=fsdp, ac=ac)
     grads = trainable * 4 / n
     if not fsdp and gpus > 1:
         grads += trainable * 4  # DDP's bucket buffers (gradient_as_bucket_view=False)
@@ -398,25 +381,51 @@ def plan(teacher: ModelShape, student: ModelShape, run: RunShape, gpus: int, str
         c["teacher outputs"] = states + T * (3 * teacher.intermediate + 4 * teacher.hidden) * tb
     else:
         c["teacher outputs"] = 0.0
-    # the loss
+    kept, chunk = _loss_buffers(student, run, notes)
+    c["loss buffers"] = kept + chunk
+    parts = {"activations.saved": saved, "activations.recompute": recompute, "activations.cosine": cosine,
+             "loss.kept": kept, "loss.chunks": chunk}  # fmt: skip
+    return Plan(strategy, gpus, c, notes, capacity, parts)
+
+
+def _working_copies(
+    teacher: ModelShape, student: ModelShape, run: RunShape, *, fsdp: bool, ac: bool
+) -> float:
+    """Bytes of the bf16 copies of weights that exist at once (0 in fp32)."""
+    d, V = student.hidden, student.vocab
+    if not run.bf16:
+        return 0.0
+    if fsdp:
+        # boomerang.train.sharding's units: 2 layers gathered at a time (one prefetched), plus the head from the
+        # forward to the backward pass
+        copies = 2 * student.layer_params * 2 + student.head_unit_params * 2
+        if run.needs_teacher:  # the teacher's head is gathered from its forward until the loss is computed
+            copies += 2 * teacher.layer_params * 2 + teacher.head_unit_params * 2
+        return copies
+    # autocast's copies are saved by every layer (one when recomputing), plus the head's, in the loss
+    layers = 1 if ac else student.layers
+    lean_down = d * student.intermediate if run.lean_mlp and student.family in ("llama", "gemma") else 0
+    return layers * (student.layer_matrix_params - lean_down) * 2 + V * d * 2
+
+
+def _loss_buffers(student: ModelShape, run: RunShape, notes: list[str]) -> tuple[float, float]:
+    """Bytes the loss keeps until the backward pass, and bytes of its per-chunk buffers."""
+    T, d, V = run.tokens, student.hidden, student.vocab
+    tb = 2 if run.bf16 else 4
     C = min(run.chunk_tokens, T)
     kl = run.kl and run.needs_teacher
     # fp32 [chunk × vocab] buffers live at once (measured with torch.profiler): a chunk's logits, the teacher's,
     # its probabilities and a log-sum-exp temporary; with several chunks the previous chunk's overlap the next's
     buffers = (2.25 + 2 * kl) if T > C else (1.25 + 1.25 * kl)
     if run.fused_loss:
-        kept = T * d * 4 + (
-            V * d * 4 if run.trainable_head else 0
-        )  # grads of h and of the head, kept to backward
+        # the gradients of h and of the head, kept to the backward pass
+        kept = T * d * 4 + (V * d * 4 if run.trainable_head else 0)
         chunk = C * V * (4 * buffers + (2 * (1 + kl) if run.bf16 else 0))
     else:  # full logits of both models, plus their gradient
         kept = T * V * (4 + (4 if run.bf16 else 0)) + (T * V * tb if kl else 0)
         chunk = C * V * 4 * buffers
         notes.append("train.fused_loss is off: full [tokens × vocab] logits are kept")
-    c["loss buffers"] = kept + chunk
-    parts = {"activations.saved": saved, "activations.recompute": recompute, "activations.cosine": cosine,
-             "loss.kept": kept, "loss.chunks": chunk}  # fmt: skip
-    return Plan(strategy, gpus, c, notes, capacity, parts)
+    return kept, chunk
 
 
 def plans(teacher: ModelShape, student: ModelShape, run: RunShape, gpus: int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from .losses import DistillLoss, ModelOutputs, head_mode_problem, model_outputs
 from .mixed import MixedContext
 from .recipe import Recipe
 from .working_copy import WorkingCopy
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class LossForward(nn.Module):
@@ -125,18 +128,12 @@ class RunModels:
         return self.working.model if self.working is not None else self.student
 
 
-def prepare_models(
-    recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[str], None], world: int = 1
-) -> RunModels:
-    """Load the teacher (bf16 under bf16 precision), load or initialise the student (fp32), apply the recipe's
-    freezing / untying / checkpointing / lean-MLP switches and choose the loss path."""
-    from ..core.arch import get_arch, n_layers
-    from ..core.configs import check_compatible
+def _load_teacher(r: Recipe, bf16: bool) -> tuple[PreTrainedModel, Any, str, torch.dtype]:
+    """The frozen teacher (bf16 under bf16 precision), its tokenizer, its path and the dtype it is stored in."""
+    from ..core.arch import get_arch
     from ..io.loading import load_config, load_model, load_tokenizer, stored_dtype
-    from ..io.sidecar import student_layer_map
     from .recipe import resolve_model_spec
 
-    r = recipe
     teacher_path = resolve_model_spec(r.teacher)
     save_dtype = stored_dtype(load_config(teacher_path))
     teacher = load_model(teacher_path, dtype=torch.bfloat16 if bf16 else torch.float32)
@@ -146,6 +143,17 @@ def prepare_models(
         )
     tokenizer = load_tokenizer(teacher_path)
     teacher.eval().requires_grad_(False)
+    return teacher, tokenizer, teacher_path, save_dtype
+
+
+def _load_student(r: Recipe, teacher: PreTrainedModel, tokenizer: Any) -> tuple[PreTrainedModel, LayerMap]:
+    """The recipe's student (fp32), loaded or initialised from the teacher, and its layer map."""
+    from ..core.arch import n_layers
+    from ..core.configs import check_compatible
+    from ..io.loading import load_model
+    from ..io.sidecar import student_layer_map
+    from .recipe import resolve_model_spec
+
     if r.student:
         student = load_model(resolve_model_spec(r.student), dtype=torch.float32)
         check_compatible(teacher.config, student.config)
@@ -155,8 +163,24 @@ def prepare_models(
                 f"the student's layer map ({lm.describe()}) does not fit this teacher/student"
             )
     else:
-        student = init_from_recipe(recipe, teacher, tokenizer)
+        student = init_from_recipe(r, teacher, tokenizer)
         lm = student_layer_map(student)
+    return student, lm
+
+
+def prepare_models(
+    recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[str], None], world: int = 1
+) -> RunModels:
+    """Load the teacher (bf16 under bf16 precision), load or initialise the student (fp32), apply the recipe's
+    freezing / untying / checkpointing / lean-MLP switches and choose the loss path."""
+    r = recipe
+    if r.loss.mixed and (r.loss.ce or r.loss.kl) and world > 1:  # before loading anything
+        raise BoomerangError(
+            "loss.mixed trains random family members in one process only; run without accelerate launch "
+            "or set loss.mixed=0"
+        )
+    teacher, tokenizer, teacher_path, save_dtype = _load_teacher(r, bf16)
+    student, lm = _load_student(r, teacher, tokenizer)
     student = student.float().requires_grad_(True)
     tr = r.train
     if tr.untie_head and not untie_head(student):
@@ -186,14 +210,7 @@ def prepare_models(
     s_fwd = LossForward(trained, loss_fn.keys(0), mode)
     t_fwd = LossForward(teacher, loss_fn.keys(1), mode) if loss_fn.needs_teacher else None
     member_loss = loss_fn.member_loss()
-    mixed = None
-    if member_loss is not None:
-        if world > 1:
-            raise BoomerangError(
-                "loss.mixed trains random family members in one process only; run without accelerate launch "
-                "or set loss.mixed=0"
-            )
-        mixed = MixedContext(teacher, trained, lm, seed=r.train.seed)
+    mixed = MixedContext(teacher, trained, lm, seed=r.train.seed) if member_loss is not None else None
     return RunModels(
         teacher,
         student,

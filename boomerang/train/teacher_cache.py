@@ -26,7 +26,7 @@ from .losses import ModelOutputs
 META = "cache.json"
 
 
-def fingerprint(recipe: Any, *, teacher_path: str, precision: str, keys: list[str]) -> dict[str, Any]:
+def cache_fingerprint(recipe: Any, *, teacher_path: str, precision: str, keys: list[str]) -> dict[str, Any]:
     """What the cached outputs depend on (the recipe's data and batch layout, the teacher, the precision)."""
     d, t = recipe.data, recipe.train
     return {

@@ -49,8 +49,7 @@ from .reporting import MetricsLog, plan_lines, print_lines, print_summary, progr
 from .run_data import prepare_data
 from .run_dir import check_resumable, resume_point
 from .schedule import make_scheduler, warmup_steps
-from .teacher_cache import TeacherCache
-from .teacher_cache import fingerprint as cache_fingerprint
+from .teacher_cache import TeacherCache, cache_fingerprint
 from .validation import Validator, reduce_sums
 
 __all__ = ["PAUSE_ENV", "STATE", "Distiller", "distill", "list_checkpoints"]
