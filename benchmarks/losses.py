@@ -10,10 +10,13 @@ student's own context. Three students are distilled from the demo's init, on the
 * ``mixed``: plus the mixed-context term ``loss.mixed=1`` (each micro-batch also trains one random family member,
   its student layers among teacher blocks): the ``smollm2-cpu`` recipe's default.
 
-For each it reports validation perplexity (Pride and Prejudice), the training speed, and every "alone" member: one
-multi-layer student block among teacher layers (every other block patched back), the situation of the members just
-below the teacher's size. Those are scored on the first ``--tokens`` tokens of two out-of-domain texts beside
-ShortGPT at the same number of layers.
+For each it reports validation perplexity (Pride and Prejudice), the training speed, and, on the first ``--tokens``
+tokens of two out-of-domain texts, beside ShortGPT at the same number of layers:
+
+* the whole family in the ``size-aware`` order (as the demo computes it: the best member of every distinct size by
+  KL on 4 x 256 training tokens), one member per size from the student to the teacher;
+* every "alone" member: one multi-layer student block among teacher layers (every other block patched back), the
+  situation of the members just below the teacher's size.
 
     python benchmarks/losses.py                         # -> benchmarks/results/losses.json
 
@@ -41,9 +44,10 @@ def measure(run: Path, args: argparse.Namespace, shortgpt: dict[str, dict[int, f
     import torch
 
     from boomerang.analysis.baselines import prune_to
+    from boomerang.analysis.orders import compute_order
     from boomerang.data import calibration_ids
     from boomerang.evaluate.perplexity import perplexity
-    from boomerang.family import patch
+    from boomerang.family import Family, patch
     from boomerang.io.loading import load_pair, load_tokenizer
     from boomerang.io.offline import offline_teacher
     from boomerang.io.sidecar import student_layer_map
@@ -56,6 +60,32 @@ def measure(run: Path, args: argparse.Namespace, shortgpt: dict[str, dict[int, f
     def ppl(model: torch.nn.Module, text: str) -> float:
         return perplexity(model, text, tok, context=512, stride=384, max_tokens=args.tokens).value
 
+    def shortgpt_ppl(layers: int, text: str) -> float:
+        if layers not in shortgpt[text]:
+            calib = calibration_ids(args.train, tok, n=16, length=256)
+            pruned = (
+                teacher
+                if layers == layer_map.n_teacher
+                else prune_to(teacher, "shortgpt", num_layers=layers, calibration=calib)
+            )
+            shortgpt[text][layers] = ppl(pruned, text)
+        return shortgpt[text][layers]
+
+    sizes = {}
+    with torch.no_grad():
+        ids = calibration_ids(args.train, tok, n=16, length=256)
+        order = compute_order("size-aware", teacher, student, layer_map, ids, max_texts=4)
+        fam = Family(teacher, student, layer_map, order=order)
+        for k in fam.ks:
+            member = fam.member(k)
+            layers = member.config.num_hidden_layers
+            row = {"K": k, "patched": list(order.subsets[k])}
+            for text in TEXTS:
+                p, sg = ppl(member, text), shortgpt_ppl(layers, text)
+                row[text] = {"ppl": p, "shortgpt": sg, "ratio": p / sg}
+            sizes[layers] = row
+            fam.clear()
+
     alone = {}
     with torch.no_grad():
         for i in range(layer_map.n_student):
@@ -66,19 +96,10 @@ def measure(run: Path, args: argparse.Namespace, shortgpt: dict[str, dict[int, f
             member = patch(teacher, student, layer_map, patched=set(range(layer_map.n_student)) - {i})
             row = {"layers": layers}
             for text in TEXTS:
-                if layers not in shortgpt[text]:
-                    calib = calibration_ids(args.train, tok, n=16, length=256)
-                    shortgpt[text][layers] = ppl(
-                        prune_to(teacher, "shortgpt", num_layers=layers, calibration=calib), text
-                    )
-                p = ppl(member, text)
-                row[text] = {
-                    "ppl": p,
-                    "shortgpt": shortgpt[text][layers],
-                    "ratio": p / shortgpt[text][layers],
-                }
+                p, sg = ppl(member, text), shortgpt_ppl(layers, text)
+                row[text] = {"ppl": p, "shortgpt": sg, "ratio": p / sg}
             alone[f"[{block[0]},{block[-1] + 1})"] = row
-    return alone
+    return {"sizes": sizes, "alone": alone}
 
 
 def main() -> None:
@@ -104,23 +125,22 @@ def main() -> None:
     for name in names:
         run, val = distil(args.work, name, args.budget, VARIANTS[name], args)
         summary = json.loads((run / "summary.json").read_text())
-        alone = measure(run, args, shortgpt)
+        measured = measure(run, args, shortgpt)
         result["variants"][name] = {
             "overrides": VARIANTS[name],
             "val_ppl": val,
             "tokens_per_s": summary.get("tokens_per_s"),
-            "alone": alone,
+            **measured,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
-        cells = " ".join(
-            f"{blk}:{row['builtin:hamlet']['ratio']:.2f}/{row['builtin:devils-dictionary']['ratio']:.2f}"
-            for blk, row in alone.items()
-        )
-        print(
-            f"{name:6s} val {val:6.2f} | {summary.get('tokens_per_s')} tok/s | alone vs ShortGPT {cells}",
-            flush=True,
-        )
+        print(f"{name:6s} val {val:6.2f} | {summary.get('tokens_per_s')} tok/s", flush=True)
+        for what, rows in (("size", measured["sizes"]), ("alone", measured["alone"])):
+            cells = " ".join(
+                f"{key}:{row['builtin:hamlet']['ratio']:.2f}/{row['builtin:devils-dictionary']['ratio']:.2f}"
+                for key, row in rows.items()
+            )
+            print(f"    {what} vs ShortGPT (Hamlet/Devil's): {cells}", flush=True)
     print(f"wrote {args.out}")
 
 

@@ -351,18 +351,34 @@ def write_report(res: DemoResults, out: Path) -> str:
     """Write ``report.md``, ``results.json``, ``family-TEXT.png``, ``training.png`` and ``command.txt``."""
     from ..io.atomic import atomic_write_text
 
-    texts = {t.label: t for t in res.texts}
     curves = {t.label: text_rows(res, t) for t in res.texts}
     claims = {lb: text_claims(res, c) for lb, c in curves.items()}
     for lb, c in curves.items():
         _plot(c, out / f"family-{lb}.png", f"{res.teacher} family on {lb}")
     _training_plot({n: Path(st.run_dir) for n, st in res.students.items()}, out / "training.png")
-    mach = res.machine
+    lines = [
+        *_student_lines(res),
+        *_claim_lines(res, curves, claims),
+        *_mixed_section(res, curves),
+        *(line for t in res.texts for line in _text_section(res, t, curves[t.label])),
+        "",
+        "![training](training.png)",
+        "",
+    ]
+    text = "\n".join(lines)
+    record = _record(res, curves, claims)
+    atomic_write_text(out / "results.json", json.dumps(record, indent=1, default=str) + "\n")
+    atomic_write_text(out / "command.txt", res.command + "\n")
+    atomic_write_text(out / "report.md", text)
+    return text
 
-    main = res.students["main"].summary if "main" in res.students else {}
-    vs, vt = (main.get("val_student") or {}).get("ppl"), (main.get("val_teacher") or {}).get("ppl")
-    lines = [f"# boomerang demo: {res.teacher}", ""]
-    lines += [
+
+def _student_lines(res: DemoResults) -> list[str]:
+    """The report's title, machine and precision lines, the students' table and the init."""
+    mach = res.machine
+    lines = [
+        f"# boomerang demo: {res.teacher}",
+        "",
         f"Machine: {mach['cpu']}, {mach['cores']} cores, native bf16: {', '.join(mach['native_bf16']) or 'none'}; "
         f"torch {mach['torch']}. {_wall_line(res)}",
         "",
@@ -383,12 +399,20 @@ def write_report(res: DemoResults, out: Path) -> str:
             f"{sm.get('tokens_per_s', 0):.0f} | {(sm.get('precision') or '').split(' ')[0]} | "
             f"{_fmt(v)} / {_fmt(t)}{ratio} |"
         )
+    main = res.students["main"].summary if "main" in res.students else {}
+    vs, vt = (main.get("val_student") or {}).get("ppl"), (main.get("val_teacher") or {}).get("ppl")
     if vs and vt:
         lines += ["", f"The main student ends at **{vs / vt:.2f}×** the teacher's validation perplexity."]
-    lines += ["", *_init_lines(res)]
+    return [*lines, "", *_init_lines(res)]
 
+
+def _claim_lines(
+    res: DemoResults, curves: dict[str, dict[str, Rows]], claims: dict[str, list[Claim]]
+) -> list[str]:
+    """The claims table, one column per text, and the reasons for the failed ones."""
+    texts = {t.label: t for t in res.texts}
     labels = list(curves)
-    lines += [
+    lines = [
         "",
         "## Claims",
         "",
@@ -413,49 +437,63 @@ def write_report(res: DemoResults, out: Path) -> str:
             "",
             *why,
         ]
+    return lines
+
+
+def _mixed_section(res: DemoResults, curves: dict[str, dict[str, Rows]]) -> list[str]:
+    """The main family against the no-mixed-context ablation's, per size (nothing without that ablation)."""
     mixed = _mixed_lines(res, curves)
-    if mixed:
-        lines += [
-            "",
-            "## What the mixed-context term buys",
-            "",
-            f"The `nomixed` student is the main recipe without `loss.mixed`, on the same budget, swept in the same "
-            f"`{res.primary}` order (its own, computed the same way). Per size below the teacher, each family's "
-            "perplexity over ShortGPT's at the same parameters:",
-            "",
-            *mixed,
-        ]
+    if not mixed:
+        return []
+    return [
+        "",
+        "## What the mixed-context term buys",
+        "",
+        f"The `nomixed` student is the main recipe without `loss.mixed`, on the same budget, swept in the same "
+        f"`{res.primary}` order (its own, computed the same way). Per size below the teacher, each family's "
+        "perplexity over ShortGPT's at the same parameters:",
+        "",
+        *mixed,
+    ]
 
-    for lb in labels:
-        sw = texts[lb].sweeps.get(Curve("main", res.primary))
-        sl = sw["slice"][0] if sw else {"name": "?", "offset": 0, "tokens": 0}
-        variants = _variants_line(curves[lb])
-        lines += [
-            "",
-            f"## {lb}: {texts[lb].kind}",
-            "",
-            f"Slice: `{sl['name']}`, offset {sl['offset']}, {sl['tokens']:,} tokens (context {res.context}, stride "
-            f"{res.stride}). By distinct size: each `{res.primary}` family, its ratio to ShortGPT, naive dropping of "
-            "the main member's missing teacher layers, and the pruning baselines:",
-            "",
-            *_size_table(res, curves[lb]),
-            "",
-            "Every swept member, by K (in a `size-aware` order member K is the K-th size):",
-            "",
-            *_family_table(curves[lb]),
-            *(["", *variants] if variants else []),
-            "",
-            f"![family on {lb}](family-{lb}.png)",
-        ]
-    lines += ["", "![training](training.png)", ""]
-    text = "\n".join(lines)
 
-    record = {
+def _text_section(res: DemoResults, text: TextResult, rows: dict[str, Rows]) -> list[str]:
+    """One evaluated text: its slice, the table by distinct size, every member by K and the plot."""
+    lb = text.label
+    sw = text.sweeps.get(Curve("main", res.primary))
+    sl = sw["slice"][0] if sw else {"name": "?", "offset": 0, "tokens": 0}
+    variants = _variants_line(rows)
+    return [
+        "",
+        f"## {lb}: {text.kind}",
+        "",
+        f"Slice: `{sl['name']}`, offset {sl['offset']}, {sl['tokens']:,} tokens (context {res.context}, stride "
+        f"{res.stride}). By distinct size: each `{res.primary}` family, its ratio to ShortGPT, naive dropping of "
+        "the main member's missing teacher layers, and the pruning baselines:",
+        "",
+        *_size_table(res, rows),
+        "",
+        "Every swept member, by K (in a `size-aware` order member K is the K-th size):",
+        "",
+        *_family_table(rows),
+        *(["", *variants] if variants else []),
+        "",
+        f"![family on {lb}](family-{lb}.png)",
+    ]
+
+
+def _record(
+    res: DemoResults, curves: dict[str, dict[str, Rows]], claims: dict[str, list[Claim]]
+) -> dict[str, Any]:
+    """``results.json``: the settings, every student's summary, the curves and the claims."""
+    texts = {t.label: t for t in res.texts}
+    main = Curve("main", res.primary)
+    return {
         "teacher": res.teacher,
         "settings": res.settings,
         "corpus": res.corpus,
-        "texts": {lb: {"source": texts[lb].source, "kind": texts[lb].kind} for lb in labels},
-        "machine": mach,
+        "texts": {lb: {"source": t.source, "kind": t.kind} for lb, t in texts.items()},
+        "machine": res.machine,
         "timings_s": {k: round(v, 1) for k, v in res.timings.items()},
         "timings_earlier_runs_s": res.history,
         "wall_s": round(res.wall_s, 1),
@@ -464,14 +502,6 @@ def write_report(res: DemoResults, out: Path) -> str:
         "orders": res.orders,
         "claims": {lb: [c.as_dict() for c in cs] for lb, cs in claims.items()},
         "curves": curves,
-        "slices": {
-            lb: texts[lb].sweeps[Curve("main", res.primary)]["slice"]
-            for lb in labels
-            if Curve("main", res.primary) in texts[lb].sweeps
-        },
+        "slices": {lb: t.sweeps[main]["slice"] for lb, t in texts.items() if main in t.sweeps},
         "command": res.command,
     }
-    atomic_write_text(out / "results.json", json.dumps(record, indent=1, default=str) + "\n")
-    atomic_write_text(out / "command.txt", res.command + "\n")
-    atomic_write_text(out / "report.md", text)
-    return text
