@@ -153,8 +153,17 @@ class Gen:
             case.invalid("out is an existing directory")
         return out
 
-    def model(self, case: Case, flag: str | None, *, role: str = "teacher", tokenizer: bool = True) -> str:
-        """A model path: mostly the right one, sometimes missing, damaged, a GGUF in name only, or mistyped."""
+    def model(
+        self,
+        case: Case,
+        flag: str | None,
+        *,
+        role: str = "teacher",
+        tokenizer: bool = True,
+        paired: bool = True,
+    ) -> str:
+        """A model path: mostly the right one, sometimes missing, damaged, a GGUF in name only, or mistyped.
+        ``paired``: the student is used beside the Llama teacher (a Qwen3 student is then a bad input)."""
         good = {"teacher": self.t, "student": self.s}[role]
         if role == "student" and self.chance(0.2):
             good = self.kit.root / "round2" / "sidecar_student"  # the published students' format
@@ -185,7 +194,11 @@ class Gen:
                     else []
                 )
                 + ([(str(self.kit.path("two_maps")), "two layer maps")] if role == "student" else [])
-                + ([(str(self.qs), "a Qwen3 student for a Llama teacher")] if role == "student" else [])
+                + (
+                    [(str(self.qs), "a Qwen3 student for a Llama teacher")]
+                    if role == "student" and paired
+                    else []
+                )
             )
             value = bad[0]
             case.invalid(f"{role}: {bad[1]}")
@@ -244,10 +257,13 @@ def _has(path: Path, *names: str) -> Callable[[], bool]:
 def g_info(g: Gen) -> Case:
     c = Case("info", ["info"])
     role = g.pick(["teacher", "student"])
-    g.model(c, None, role=role, tokenizer=False)
+    with_teacher = g.chance(
+        0.2
+    )  # a student alone is described on its own, with --teacher beside that teacher
+    g.model(c, None, role=role, tokenizer=False, paired=with_teacher)
     if g.chance(0.3):
         g.order(c, inline=False, student=role == "student")  # a teacher has no family table to fit
-    if g.chance(0.2):
+    if with_teacher:
         c.add("--teacher", str(g.t))
     if g.chance(0.15):
         layers = g.int_list(c, "--layers", N_TEACHER - 1, need_zero=True)
