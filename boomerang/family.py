@@ -97,9 +97,8 @@ class Family:
         self.sources: dict[str, str | None] = {}
         self.snapshots = hold_local(teacher, student)  # read once: rewritten meanwhile is a clear stop
         models = {}
-        if _is_path(teacher) and _is_path(
-            student
-        ):  # one common dtype (a bf16 student beside an fp32 teacher)
+        # one common dtype (a bf16 student beside an fp32 teacher)
+        if _is_path(teacher) and _is_path(student):
             dtype = pair_dtype(
                 load_config(teacher, trust_remote_code=trust_remote_code),
                 load_config(student, trust_remote_code=trust_remote_code),

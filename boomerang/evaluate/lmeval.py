@@ -67,9 +67,8 @@ METRIC_LABELS = {
     "acc": "lm-eval accuracy",
     "acc_norm": "lm-eval length-normalised accuracy",
 }
-_END = re.compile(
-    r"^(?P<word>[^\W_]*[^\W\d_][^\W_]*)[.!?]+[\"'”’)]*$"
-)  # a word (with a letter), then . ! or ?
+# a word (with a letter), then . ! or ?
+_END = re.compile(r"^(?P<word>[^\W_]*[^\W\d_][^\W_]*)[.!?]+[\"'”’)]*$")
 
 
 def metric_label(metric: str) -> str:

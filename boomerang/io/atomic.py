@@ -360,9 +360,8 @@ def atomic_dir(out: str | os.PathLike, *, force: bool = False, resume: Any = Non
         _finish(tmp, out, force)
         release(out)  # written by this process: a later read of it is not a concurrent change
     except BaseException as e:
-        _remove(
-            tmp
-        )  # only a killed process leaves its temporary directory (an orphan, or resumable progress)
+        # only a killed process leaves its temporary directory (an orphan, or resumable progress)
+        _remove(tmp)
         if is_write_error(e):
             raise write_error(out, e) from None
         raise

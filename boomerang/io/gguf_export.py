@@ -54,9 +54,8 @@ class _Arch:
 
 GGUF_ARCHS: dict[str, _Arch] = {
     "llama": _Arch("LLAMA", permute_qk=True, rope_freqs=True),
-    "mistral": _Arch(
-        "LLAMA", permute_qk=True, rope_freqs=True
-    ),  # llama.cpp's converter writes Mistral as llama
+    # llama.cpp's converter writes Mistral as llama
+    "mistral": _Arch("LLAMA", permute_qk=True, rope_freqs=True),
     "qwen2": _Arch("QWEN2", full_heads=True),
     "qwen3": _Arch("QWEN3"),
     "gemma3_text": _Arch(

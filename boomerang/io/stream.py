@@ -270,9 +270,8 @@ class StreamBuilder(Builder):
         layer_map.check_fits(n_layers(tcfg), n_layers(scfg))
         self.layer_map: LayerMap = layer_map
         wanted = parse_dtype(dtype)
-        if (
-            wanted is None
-        ):  # theirs, or for a mixed pair the wider of the two (e.g. a bf16 student, fp32 teacher)
+        # theirs, or for a mixed pair the wider of the two (e.g. a bf16 student, fp32 teacher)
+        if wanted is None:
             td, sd = self.teacher.dtype, self.student.dtype
             wanted = getattr(
                 torch, common_dtype_name(dtype_name(td) or "float32", dtype_name(sd) or "float32")

@@ -143,9 +143,10 @@ def load_models(
 
     tr = trust_remote_code
     if isinstance(teacher, (str, Path)) and isinstance(student, (str, Path)):
+        # one common dtype (a bf16 student beside an fp32 teacher)
         dtype = pair_dtype(
             load_config(teacher, trust_remote_code=tr), load_config(student, trust_remote_code=tr), dtype
-        )  # one common dtype (a bf16 student beside an fp32 teacher)
+        )
 
     def model(spec: Any) -> Any:
         if isinstance(spec, (str, Path)):

@@ -380,9 +380,8 @@ class Engine:
         t0 = time.perf_counter()
         try:
             logits = runner.forward([j.cache for j in jobs], [[j.tokens[-1]] for j in jobs])[:, -1]  # type: ignore[misc]
-        except (
-            Exception
-        ):  # find the failing job: one at a time (a failed pass leaves the caches' lengths as they were)
+        except Exception:
+            # find the failing job: one at a time (a failed pass leaves the caches' lengths as they were)
             for job in jobs:
                 self._guarded(job, self._decode_one)
             return
@@ -407,9 +406,8 @@ class Engine:
         shared = self.members.shared_layers(d, k)
         pair = self.spec.pair(d, k, shared)
         s = job.sampling
-        adaptive = self.adaptive and (
-            s.greedy or s.seed is None
-        )  # a seeded sampled request keeps γ: it repeats
+        # a seeded sampled request keeps γ: it repeats
+        adaptive = self.adaptive and (s.greedy or s.seed is None)
         state = SpecState(d, shared, pair, self.gamma, adaptive)
         state.cache = drun.cache(hint)
         job.cache = SeqCache.sharing(state.cache, shared, trun.n_layers, hint) if shared else trun.cache(hint)

@@ -221,9 +221,8 @@ class ModelShape:
             return 4 * w if mode == "fp32" else (consumers if mode == "autocast" else 1) * 2 * w
 
         if self.family in ("llama", "gemma"):
-            if (
-                self.family == "llama"
-            ):  # input (fp32, or an fp32 copy), 1/rms, normalised (in the input's dtype)
+            # input (fp32, or an fp32 copy), 1/rms, normalised (in the input's dtype)
+            if self.family == "llama":
 
                 def norm(w: int, b: int) -> int:
                     return 4 * w + 4 + b * w
@@ -243,9 +242,8 @@ class ModelShape:
             return a
         # LayerNorm: input (own dtype) + mean and 1/std
         if self.family == "neox":
-            a = (
-                (r * d + 8) + lin_in(d, 1) + c * 3 * q + c * 2 * q + lse + 2 * c * q
-            )  # qkv, roped q/k, out, copy
+            # qkv, roped q/k, out, copy
+            a = (r * d + 8) + lin_in(d, 1) + c * 3 * q + c * 2 * q + lse + 2 * c * q
             a += 8 if self.parallel_residual else r * d + 8  # the second LayerNorm (same input if parallel)
             return a + lin_in(d, 1) + 2 * c * i  # GELU input and output
         # GPT-2: q, k, v are views of c_attn's output; gelu_new keeps 4 intermediates + c_proj's input
@@ -562,12 +560,13 @@ def plan_recipe(recipe: Recipe, gpus: int, capacity: float | None = None) -> Rec
 
 # ---- what to tell the user -------------------------------------------------------------------------------------
 
+# fastest first: sharding costs communication, checkpointing compute
 PREFERENCE = (
     "ddp",
     "fsdp",
     "ddp+ac",
     "fsdp+ac",
-)  # fastest first: sharding costs communication, checkpointing compute
+)
 
 
 def recipe_strategy(recipe: Recipe) -> str:

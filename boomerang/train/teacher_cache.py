@@ -92,9 +92,8 @@ class TeacherCache:
             elif key in self.keys:
                 o.states[key] = t
         for o in out.values():
-            if (
-                "norm" in self.keys and "norm" not in o.states
-            ):  # head mode: the normed state is the hidden one
+            # head mode: the normed state is the hidden one
+            if "norm" in self.keys and "norm" not in o.states:
                 o.states["norm"] = o.hidden  # type: ignore[assignment]
         self.hits += 1
         return out

@@ -486,9 +486,8 @@ class Distiller:
                 shards=self.shards,
                 precision=f"{self.precision} ({self.precision_choice.reason})",
             )
-            if (
-                self.tcache is not None
-            ):  # steps whose teacher outputs came from the cache / were written to it
+            # steps whose teacher outputs came from the cache / were written to it
+            if self.tcache is not None:
                 summary["teacher_cache"] = {
                     "dir": str(self.tcache.dir),
                     "read_steps": self.tcache.hits,
