@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # torch and transformers are imported only when a model is lo
     import torch
     from transformers import PreTrainedModel
 
+    from .hints import Calibration, ModelSpec
+
 MANIFEST = "family.json"
 CARD = "README.md"  # each member's model card, and the family's
 ORDER_FILE = "order.json"
@@ -152,7 +154,12 @@ class Family:
         return self.member(k)
 
     def order(
-        self, order: OrderSpec | None = None, *, data: Any = None, calibration: Any = None, **options: Any
+        self,
+        order: OrderSpec | None = None,
+        *,
+        data: Any = None,
+        calibration: Calibration | None = None,
+        **options: Any,
     ) -> PatchOrder:
         """Resolve (and remember) a patch order: a name, a JSON file, a sequence of student layers or a PatchOrder.
 
@@ -578,7 +585,7 @@ def export_family(
     order: OrderSpec | None = None,
     sizes: Iterable[int] | None = None,
     data: Any = None,
-    calibration: Any = None,
+    calibration: Calibration | None = None,
     dtype: str | torch.dtype | None = None,
     max_shard_size: int | str = DEFAULT_SHARD_SIZE,
     stream: bool | None = None,
@@ -662,7 +669,7 @@ def _stream_builder(
         return None
 
 
-def check_gguf_teacher(teacher: Any, gguf: str, *, trust_remote_code: bool = False) -> list[str]:
+def check_gguf_teacher(teacher: ModelSpec, gguf: str, *, trust_remote_code: bool = False) -> list[str]:
     """Fail before any work if a family of ``teacher`` cannot be written as GGUF files of type ``gguf``: the type,
     the architecture and (for a local checkpoint directory) the tokenizer. Returns notes to show the user."""
     from .io.gguf_export import check_export, check_type

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "boomerang"
 # module or a subpackage (with everything in it); "boomerang" is the package's own __init__ (version and lazy
 # exports only).
 LAYERS = [
-    # base: the error type, consoles and number formats, Ctrl-C handling
-    ("boomerang", "boomerang.errors", "boomerang.ui", "boomerang.interrupts"),
+    # base: the error type, type names for signatures, consoles and number formats, Ctrl-C handling
+    ("boomerang", "boomerang.errors", "boomerang.hints", "boomerang.ui", "boomerang.interrupts"),
     ("boomerang.core",),  # pure model plumbing: adapters, layer maps, plans, configs, patching, hooks
     ("boomerang.io",),  # files, loading, the offline teacher, sidecars, order files, stream builders
     ("boomerang.data",),  # corpora and token blocks

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,22 +31,27 @@ from .orders import (
     similarity_order,
 )
 
+if TYPE_CHECKING:
+    from ..hints import Calibration, Model
 
-def student_teacher(student: Any, teacher: Any, calibration: Any, *, batch_size: int = 8) -> torch.Tensor:
+
+def student_teacher(
+    student: Model, teacher: Model, calibration: Calibration, *, batch_size: int = 8
+) -> torch.Tensor:
     """``S[i, j]``: cos(student layer i output, teacher layer j output), ``[M, N]``."""
     return similarity_matrix(student, as_calibration(calibration), teacher, batch_size=batch_size)
 
 
-def teacher_self(teacher: Any, calibration: Any, *, batch_size: int = 8) -> torch.Tensor:
+def teacher_self(teacher: Model, calibration: Calibration, *, batch_size: int = 8) -> torch.Tensor:
     """``S[i, j]``: cos(teacher layer i output, teacher layer j output), ``[N, N]``."""
     return similarity_matrix(teacher, as_calibration(calibration), batch_size=batch_size)
 
 
 def members(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     layer_map: LayerMap,
-    calibration: Any,
+    calibration: Calibration,
     orders: Sequence[str | PatchOrder] = ("last", "first"),
     *,
     kl: bool = False,
@@ -194,10 +199,10 @@ def plot_members(curves: dict[str, dict[str, Any]], path: str | Path, *, key: st
 
 
 def analyze(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     layer_map: LayerMap,
-    calibration: Any,
+    calibration: Calibration,
     out: str | Path,
     *,
     orders: Sequence[str | PatchOrder] = ("last", "first"),

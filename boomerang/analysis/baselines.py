@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from ..core.spans import forward_ids
 from ..errors import BoomerangError
 from ..interrupts import check
 from .orders import as_calibration, batches, calibration_info, resolve_order
+
+if TYPE_CHECKING:
+    from ..hints import Calibration, Tokenizer
 
 METHODS = ("naive", "shortgpt", "laco")
 LACO_MERGE_GRID = (3, 4, 5, 6)
@@ -200,7 +203,7 @@ def clear_cache(model: nn.Module | None = None) -> None:
 # ---- ShortGPT -------------------------------------------------------------------------------------------------
 
 
-def block_influence(model: nn.Module, calibration: Any, *, batch_size: int = 8) -> list[float]:
+def block_influence(model: nn.Module, calibration: Calibration, *, batch_size: int = 8) -> list[float]:
     """``BI_i = 1 - mean over calibration tokens of cos(input of layer i, output of layer i)``, per layer."""
     ids = as_calibration(calibration)
     layers = layer_list(model)
@@ -236,7 +239,7 @@ class ShortGPTResult:
 def shortgpt(
     teacher: PreTrainedModel,
     num_layers: int,
-    calibration: Any,
+    calibration: Calibration,
     *,
     recompute: bool = False,
     batch_size: int = 8,
@@ -288,7 +291,7 @@ def _measure(
 def prune_shortgpt(
     teacher: PreTrainedModel,
     num_layers: int,
-    calibration: Any,
+    calibration: Calibration,
     *,
     recompute: bool = False,
     batch_size: int = 8,
@@ -607,7 +610,7 @@ class Laco:
         return best, tried
 
 
-def laco_search(teacher: PreTrainedModel, calibration: Any, *, batch_size: int = 8) -> Laco:
+def laco_search(teacher: PreTrainedModel, calibration: Calibration, *, batch_size: int = 8) -> Laco:
     """A (cached) LaCo search for this teacher and calibration set."""
     ids = as_calibration(calibration)
     return _memo(
@@ -619,7 +622,7 @@ def laco_search(teacher: PreTrainedModel, calibration: Any, *, batch_size: int =
 
 def prune_laco(
     teacher: PreTrainedModel,
-    calibration: Any,
+    calibration: Calibration,
     *,
     num_layers: int | None = None,
     merge_layers: int | None = None,
@@ -670,7 +673,7 @@ def prune_to(
     *,
     layers: Sequence[int] | None = None,
     num_layers: int | None = None,
-    calibration: Any = None,
+    calibration: Calibration | None = None,
     **params: Any,
 ) -> PreTrainedModel:
     """A pruned teacher by ``method`` (naive, shortgpt or laco); see the module docstring.
@@ -716,7 +719,7 @@ def prune_to(
 
 
 def save_pruned(
-    model: PreTrainedModel, out: str | Path, *, tokenizer: Any = None, force: bool = False
+    model: PreTrainedModel, out: str | Path, *, tokenizer: Tokenizer | None = None, force: bool = False
 ) -> Path:
     """Write a pruned model (and tokenizer) as a standard checkpoint, atomically."""
     from ..io.atomic import atomic_dir

@@ -31,7 +31,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -39,6 +39,9 @@ from ..core.layermap import LayerMap
 from ..core.plan import DATA_ORDERS, PatchOrder
 from ..errors import BoomerangError
 from ..io.order_files import static_order
+
+if TYPE_CHECKING:
+    from ..hints import Calibration, Model
 
 Progress = Callable[[int, int], None]  # (done, total)
 # Default cap on calibration blocks for KL-scored searches: every scored model runs the full-vocabulary LM head,
@@ -60,9 +63,9 @@ def resolve_order(
     order: str | PatchOrder | Sequence[int],
     layer_map: LayerMap,
     *,
-    teacher: Any = None,
-    student: Any = None,
-    calibration: Any = None,
+    teacher: Model | None = None,
+    student: Model | None = None,
+    calibration: Calibration | None = None,
     **options: Any,
 ) -> PatchOrder:
     """A ``PatchOrder`` from a name, a JSON file path, a sequence of student layers, or a PatchOrder."""
@@ -675,7 +678,7 @@ class _SubsetScorer:
 
 
 def layer_similarity(
-    teacher: Any, student: Any, layer_map: LayerMap, calibration: Any, *, batch_size: int = 8
+    teacher: Model, student: Model, layer_map: LayerMap, calibration: Calibration, *, batch_size: int = 8
 ) -> list[float]:
     """For each student layer i, mean per-token cosine between its output and teacher layer ``target(i)``'s."""
     from ..core.similarity import similarity_matrix
@@ -703,11 +706,11 @@ def similarity_order(sims: Sequence[float], layer_map: LayerMap, **info: Any) ->
 
 
 def order_scores(
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     layer_map: LayerMap,
     order: str | PatchOrder | Sequence[int],
-    calibration: Any,
+    calibration: Calibration,
     *,
     criterion: Criterion = "kl",
     batch_size: int = 8,
@@ -726,10 +729,10 @@ def order_scores(
 
 def compute_order(
     name: str,
-    teacher: Any,
-    student: Any,
+    teacher: Model,
+    student: Model,
     layer_map: LayerMap,
-    calibration: Any,
+    calibration: Calibration,
     *,
     batch_size: int = 8,
     max_layers: int = 12,

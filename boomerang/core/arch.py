@@ -10,16 +10,19 @@ plain ``config.json`` dicts (the torch-free fast build reads those).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..errors import BoomerangError
 
+if TYPE_CHECKING:
+    from ..hints import Config
+
 LEAVES = ("weight", "bias")  # tensors of a module, in the order modules register them
 
 
-def config_value(config: Any, key: str, default: Any = None) -> Any:
+def config_value(config: Config, key: str, default: Any = None) -> Any:
     """A field of a config object or of a ``config.json`` dict."""
     if isinstance(config, Mapping):
         return config.get(key, default)
@@ -265,7 +268,7 @@ register(
 FOREIGN_STUDENTS = {("bert", "distilbert")}
 
 
-def get_arch(config: Any) -> Arch:
+def get_arch(config: Config | str) -> Arch:
     """The adapter for a config (or a model_type string), or a clear error listing the supported ones."""
     model_type = config if isinstance(config, str) else config_value(config, "model_type")
     if model_type in ARCHS:
@@ -286,14 +289,14 @@ def get_arch(config: Any) -> Arch:
 ENCODER_TYPES = {"bert", "distilbert"}  # model types loaded as masked LMs (the rest as causal LMs)
 
 
-def model_class(config: Any) -> type:
+def model_class(config: Config) -> type:
     """The transformers Auto class that builds ``config``'s model (imports transformers when called)."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     return AutoModelForMaskedLM if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
 
 
-def n_layers(config: Any) -> int:
+def n_layers(config: Config) -> int:
     """Number of transformer layers of a config, whatever the field is called."""
     for field in ("num_hidden_layers", "n_layer", "n_layers"):
         value = config_value(config, field)

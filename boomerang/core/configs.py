@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from .arch import FOREIGN_STUDENTS, Arch, config_value, get_arch, n_layers
 from .encoders import check_distilbert_student
 from .layermap import CONFIG_KEY
 
+if TYPE_CHECKING:
+    from ..hints import Config
+
 # Keys never carried into a derived config.
 _DROP = ("quantization_config", "sliding_window_pattern", "_name_or_path", "architectures_map")
 
 
-def max_positions(config: Any) -> int | None:
+def max_positions(config: Config) -> int | None:
     """The longest sequence a model's positions allow (``max_position_embeddings`` or ``n_positions``), if set."""
     for field in ("max_position_embeddings", "n_positions"):
         value = config_value(config, field)

@@ -8,11 +8,14 @@ and is aligned during distillation with the output of the block's last layer, ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from ..errors import BoomerangError
+
+if TYPE_CHECKING:
+    from ..hints import Config
 
 CONFIG_KEY = "boomerang"  # section of config.json holding the layer map and provenance
 SIDECAR = "student_config.json"  # the reference implementation's file beside published students
@@ -170,7 +173,7 @@ class LayerMap(BaseModel):
         return cls.from_kept(kept, n)
 
     @classmethod
-    def from_config(cls, config: Any) -> LayerMap | None:
+    def from_config(cls, config: Config) -> LayerMap | None:
         """The student map stored in a config's ``boomerang`` section, if any."""
         section = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
         if not isinstance(section, dict) or section.get("role") != "student" or "layer_map" not in section:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ..hints import Config
+
 
 @dataclass(frozen=True)
 class ParamCount:
@@ -39,17 +41,19 @@ def count_params(model: nn.Module) -> ParamCount:
     return ParamCount(trainable, trainable + (head.weight.numel() if tied else 0))
 
 
-def config_tied(config: Any) -> bool:
+def config_tied(config: Config) -> bool:
     return bool(config_value(config, "tie_word_embeddings", False))
 
 
-def plan_tied(teacher_config: Any, student_config: Any, plan: PatchPlan) -> bool:
+def plan_tied(teacher_config: Config, student_config: Config, plan: PatchPlan) -> bool:
     """Whether the member ties its head to its embedding: both from one model whose own head is tied."""
     configs = {"teacher": teacher_config, "student": student_config}
     return plan.embed_source == plan.head_source and config_tied(configs[plan.head_source])
 
 
-def plan_config(teacher_config: Any, student_config: Any, plan: PatchPlan, *, section: bool = True) -> Any:
+def plan_config(
+    teacher_config: Config, student_config: Config, plan: PatchPlan, *, section: bool = True
+) -> Any:
     """The config of the model ``plan`` describes, from the two configs alone (``config.json`` dicts give a dict)."""
     configs = {"teacher": teacher_config, "student": student_config}
     tie = plan_tied(teacher_config, student_config, plan)
@@ -58,7 +62,7 @@ def plan_config(teacher_config: Any, student_config: Any, plan: PatchPlan, *, se
     )
 
 
-def meta_model(config: Any, dtype: torch.dtype | None = None) -> nn.Module:
+def meta_model(config: Config, dtype: torch.dtype | None = None) -> nn.Module:
     """A weightless (meta-device) model of ``config``, built the way ``from_pretrained`` builds it (in ``dtype``)."""
     import copy
 
@@ -71,7 +75,7 @@ def meta_model(config: Any, dtype: torch.dtype | None = None) -> nn.Module:
         return model_class(cfg).from_config(cfg, dtype=dtype) if dtype else model_class(cfg).from_config(cfg)
 
 
-def plan_params(teacher_config: Any, student_config: Any, plan: PatchPlan) -> ParamCount:
+def plan_params(teacher_config: Config, student_config: Config, plan: PatchPlan) -> ParamCount:
     return count_params(meta_model(plan_config(teacher_config, student_config, plan, section=False)))
 
 
@@ -88,7 +92,7 @@ class FamilySize:
         return {**asdict(self), "patched": list(self.patched)}
 
 
-def distinct_sizes(teacher_config: Any, student_config: Any, layer_map: LayerMap) -> list[FamilySize]:
+def distinct_sizes(teacher_config: Config, student_config: Config, layer_map: LayerMap) -> list[FamilySize]:
     """Every layer count a member can have (student to teacher), each with its parameters.
 
     Members whose embedding and head come from different models of a tied pair are left out: they carry an
@@ -118,7 +122,7 @@ def distinct_sizes(teacher_config: Any, student_config: Any, layer_map: LayerMap
 
 
 def family_table(
-    teacher_config: Any, student_config: Any, layer_map: LayerMap, order: str | PatchOrder = "last"
+    teacher_config: Config, student_config: Config, layer_map: LayerMap, order: str | PatchOrder = "last"
 ) -> list[dict[str, Any]]:
     """One row per member K of the order: patched student layers, depth and parameter counts."""
     po = as_order(order, layer_map.n_student)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy as _copy
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from .encoders import to_bert_layout
 from .layermap import LayerMap
 from .plan import PatchPlan
 
+if TYPE_CHECKING:
+    from ..hints import Config
+
 
 def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """All parameters and buffers (persistent or not), tied names included."""
@@ -30,7 +33,7 @@ def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def canonical_tensors(model: PreTrainedModel, arch: Arch, teacher_config: Any) -> dict[str, torch.Tensor]:
+def canonical_tensors(model: PreTrainedModel, arch: Arch, teacher_config: Config) -> dict[str, torch.Tensor]:
     """A model's tensors under the teacher architecture's names (DistilBERT is renamed into BERT's layout)."""
     if model.config.model_type == arch.model_type:
         return named_tensors(model)

@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from ..errors import BoomerangError
 from .layermap import CONFIG_KEY, LayerMap
+
+if TYPE_CHECKING:
+    from ..hints import Config
 
 Who = Literal["teacher", "student"]
 Source = tuple[Who, int]  # (model, layer index in that model)
@@ -139,7 +142,7 @@ DATA_ORDERS = ("similarity", "greedy-kl", "shortest-path", "optimal", "size-awar
 DEFAULT_ORDER = "last"  # for students that record no patch order
 
 
-def recorded_order(config: Any) -> str:
+def recorded_order(config: Config) -> str:
     """The patch order a student's config records (``boomerang.patch_order``, written by ``init`` from the
     recipe's ``patch_order``), else ``last``: the default of ``build``, ``family``, ``sweep``, ``Family`` and
     ``patch``. ``config`` is a model config or a ``config.json`` dict."""

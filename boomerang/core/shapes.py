@@ -9,15 +9,18 @@ A test checks the shapes against transformers' own (meta-device) models.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .arch import ARCHS, Arch, config_value
+
+if TYPE_CHECKING:
+    from ..hints import Config
 
 # model types whose layers live elsewhere than an adapter says (students of another architecture)
 _LAYERS = {"distilbert": "distilbert.transformer.layer"}
 
 
-def layers_path(config: Any) -> str | None:
+def layers_path(config: Config) -> str | None:
     """Where a config's model keeps its layers (``model.layers``), or None if boomerang does not know."""
     model_type = config_value(config, "model_type")
     arch = ARCHS.get(model_type)
@@ -44,7 +47,7 @@ def _int(config: Any, *keys: str) -> int | None:
     return None
 
 
-def saved_shapes(config: Any, arch: Arch) -> dict[str, tuple[int, ...]] | None:
+def saved_shapes(config: Config, arch: Arch) -> dict[str, tuple[int, ...]] | None:
     """Weight shapes of a canonical checkpoint of ``config``: non-layer tensors by full name, layer tensors by
     their name inside a layer (``self_attn.q_proj.weight``). None when the architecture has no formula."""
     if arch.saved is None:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,8 +23,11 @@ from ..interrupts import check
 from .builtin import builtin_text, is_builtin
 from .corpora import read_texts
 
+if TYPE_CHECKING:
+    from ..hints import Tokenizer
 
-def tokenize(texts: Iterable[str], tokenizer: Any, *, add_bos: bool = False) -> Iterator[list[int]]:
+
+def tokenize(texts: Iterable[str], tokenizer: Tokenizer, *, add_bos: bool = False) -> Iterator[list[int]]:
     """Token ids per document (no special tokens, except BOS first if ``add_bos``)."""
     bos = tokenizer.bos_token_id
     for text in texts:
@@ -44,7 +47,7 @@ def pack(docs: Iterable[list[int]], block_size: int, eos_id: int) -> Iterator[li
             buf = buf[block_size:]
 
 
-def eos_id(tokenizer: Any) -> int:
+def eos_id(tokenizer: Tokenizer) -> int:
     eos = tokenizer.eos_token_id
     if eos is None:
         eos = tokenizer.sep_token_id  # BERT-family tokenizers
@@ -55,7 +58,7 @@ def eos_id(tokenizer: Any) -> int:
 
 def calibration_ids(
     source: str | Path | Sequence[str],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     n: int = 128,
     length: int = 256,
@@ -104,7 +107,7 @@ class Batch:
         return int(self.attention_mask.sum()) if self.attention_mask is not None else self.input_ids.numel()
 
 
-def pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Tokenizer) -> int:
     pid = tokenizer.pad_token_id
     return int(pid) if pid is not None else eos_id(tokenizer)
 
@@ -197,7 +200,7 @@ def default_cache_dir() -> Path:
 
 def tokenized_docs(
     source: str | Path | Sequence[str],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     text_field: str = "text",
     add_bos: bool = False,

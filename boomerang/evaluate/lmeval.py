@@ -35,9 +35,12 @@ import re
 import string
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError, require
+
+if TYPE_CHECKING:
+    from ..hints import Model, Tokenizer
 
 CLOZE = "boomerang_cloze"
 WORDPPL = "boomerang_wordppl"
@@ -476,7 +479,7 @@ def _keep_tensors(model: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def lm_eval_generation(model: Any) -> Iterator[None]:
+def lm_eval_generation(model: Model) -> Iterator[None]:
     """Clear ``GENERATION_RESETS`` in the model's generation config for the block (the reference sets them to None
     before lm-eval), then restore them: lm-eval's ``max_gen_toks`` and greedy decoding apply, not the checkpoint's."""
     config = getattr(model, "generation_config", None)
@@ -532,7 +535,7 @@ class LMEval:
             )
         return self._manager
 
-    def run(self, model: Any, tokenizer: Any) -> dict[str, dict[str, float]]:
+    def run(self, model: Model, tokenizer: Tokenizer) -> dict[str, dict[str, float]]:
         """``{task: {metric: value}}`` (lm-eval's metric names, filter suffix dropped when it is ``none``)."""
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
@@ -586,8 +589,8 @@ def tidy_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, floa
 
 
 def run_lm_eval(
-    model: Any,
-    tokenizer: Any,
+    model: Model,
+    tokenizer: Tokenizer,
     tasks: Sequence[str],
     *,
     data: Any = None,

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import TEXT_SUFFIXES, read_texts
 from ..errors import BoomerangError
 from ..interrupts import check
+
+if TYPE_CHECKING:
+    from ..hints import Config, Model, Tokenizer
 
 Source = str | Path | Sequence[str]
 TOKEN_PPL = "ppl"
@@ -127,13 +130,13 @@ class Document:
     doc_tokens: int  # the document's length in tokens
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
+def encode(tokenizer: Tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def load_documents(
     source: Source,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     *,
     offset: int = 0,
     max_tokens: int | None = None,
@@ -262,7 +265,7 @@ def causal_batches(
     return _group(rows, batch_size, make)
 
 
-def mlm_special_ids(tokenizer: Any) -> tuple[int, int, int]:
+def mlm_special_ids(tokenizer: Tokenizer) -> tuple[int, int, int]:
     ids = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id)
     if any(i is None for i in ids):
         raise BoomerangError(
@@ -273,7 +276,7 @@ def mlm_special_ids(tokenizer: Any) -> tuple[int, int, int]:
 
 
 def mlm_batches(
-    docs: Sequence[Document], tokenizer: Any, *, context: int, batch_size: int = 64
+    docs: Sequence[Document], tokenizer: Tokenizer, *, context: int, batch_size: int = 64
 ) -> list[ScoreBatch]:
     """Every token of every ``[CLS] chunk [SEP]`` masked in turn; copies batched by length."""
     if context < 3:
@@ -304,7 +307,7 @@ class _Stop(Exception):
     pass
 
 
-def is_encoder(config: Any) -> bool:
+def is_encoder(config: Config) -> bool:
     """True for masked LMs (BERT family), whether or not boomerang can patch them."""
     from ..core.arch import ARCHS, ENCODER_TYPES
 
@@ -466,7 +469,7 @@ class Accumulator:
 # ---- the public API ------------------------------------------------------------------------------------------
 
 
-def default_metric(config: Any) -> str:
+def default_metric(config: Config) -> str:
     return PSEUDO_PPL if is_encoder(config) else TOKEN_PPL
 
 
@@ -485,7 +488,7 @@ class EvalSpec:
     batch_size: int | None = None
     text_field: str = "text"
 
-    def resolved(self, config: Any) -> EvalSpec:
+    def resolved(self, config: Config) -> EvalSpec:
         """Fill defaults from the model config and validate (before any heavy work)."""
         metric = default_metric(config) if self.metric == "auto" else self.metric
         if metric not in (TOKEN_PPL, PSEUDO_PPL):
@@ -523,7 +526,7 @@ class EvalSpec:
 
 
 def prepare(
-    source: Source | Sequence[Document], tokenizer: Any, spec: EvalSpec
+    source: Source | Sequence[Document], tokenizer: Tokenizer, spec: EvalSpec
 ) -> tuple[list[Document], list[ScoreBatch]]:
     """The slice's documents and batches for a resolved ``spec``."""
     if isinstance(source, (list, tuple)) and source and isinstance(source[0], Document):
@@ -574,7 +577,7 @@ def _model_and_tokenizer(model: Any, tokenizer: Any, dtype: Any) -> tuple[nn.Mod
 def evaluate(
     model: nn.Module | str | Path,
     data: Source | Sequence[Document],
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     *,
     metric: str = "auto",
     context: int | None = None,
@@ -615,11 +618,13 @@ def evaluate(
     return acc.result(spec.metric, docs, spec.settings(), time.perf_counter() - t0)
 
 
-def perplexity(model: Any, data: Any, tokenizer: Any = None, **kw: Any) -> PerplexityResult:
+def perplexity(model: Model, data: Any, tokenizer: Tokenizer | None = None, **kw: Any) -> PerplexityResult:
     """Token perplexity of a causal LM (see ``evaluate``)."""
     return evaluate(model, data, tokenizer, metric=TOKEN_PPL, **kw)
 
 
-def pseudo_perplexity(model: Any, data: Any, tokenizer: Any = None, **kw: Any) -> PerplexityResult:
+def pseudo_perplexity(
+    model: Model, data: Any, tokenizer: Tokenizer | None = None, **kw: Any
+) -> PerplexityResult:
     """Masked-LM pseudo-perplexity of a BERT-family model (see ``evaluate``)."""
     return evaluate(model, data, tokenizer, metric=PSEUDO_PPL, **kw)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.arch import ARCHS, n_layers
 from ..core.shapes import bias_shape, layer_indices, layers_path, saved_shapes
 from ..errors import BoomerangError
 from .safetensors_files import TensorRef
+
+if TYPE_CHECKING:
+    from ..hints import Config
 
 FIX = (
     "the checkpoint contradicts itself: restore the config.json that came with these weights (or the weights "
@@ -32,7 +35,7 @@ def _files(entries: Mapping[str, TensorRef], names: Any = None) -> str:
     return ", ".join(files) or "its weights"
 
 
-def check_layers(path: Path, config: Any, entries: Mapping[str, TensorRef]) -> None:
+def check_layers(path: Path, config: Config, entries: Mapping[str, TensorRef]) -> None:
     """Refuse weights holding more or fewer layers than ``config`` says (for architectures boomerang knows)."""
     where = layers_path(config)
     if where is None:
@@ -97,7 +100,7 @@ def model_names(entries: Mapping[str, TensorRef], meta: Any) -> dict[str, tuple[
     return out
 
 
-def check_checkpoint(path: Path, config: Any, entries: Mapping[str, TensorRef], meta: Any = None) -> None:
+def check_checkpoint(path: Path, config: Config, entries: Mapping[str, TensorRef], meta: Any = None) -> None:
     """Refuse a checkpoint whose config contradicts its weights: the layer count, then every tensor's shape
     against a weightless model of the config (``meta``, built if not given)."""
     check_layers(path, config, entries)

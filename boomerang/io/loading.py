@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
@@ -36,6 +36,9 @@ from .offline import (  # noqa: F401 (re-exported: the alias and cache are torch
 )
 from .safetensors_files import REPAIR_HINT, read_tensors
 from .snapshot import snapshot_of
+
+if TYPE_CHECKING:
+    from ..hints import Config, Tokenizer
 
 DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_NAMES.items()}
 
@@ -222,14 +225,14 @@ def load_model(
     return model
 
 
-def stored_dtype(config: Any) -> torch.dtype:
+def stored_dtype(config: Config) -> torch.dtype:
     """The dtype a checkpoint's weights are stored in, from its config (fp32 when the config names none)."""
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
     return parse_dtype(str(value).removeprefix("torch.")) or torch.float32
 
 
 def pair_dtype(
-    teacher_config: Any, student_config: Any, dtype: str | torch.dtype | None = None
+    teacher_config: Config, student_config: Config, dtype: str | torch.dtype | None = None
 ) -> torch.dtype | None:
     """The one dtype to load a teacher and its student in.
 
@@ -287,7 +290,7 @@ def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False) 
 def save_tokenizer(
     directory: str | os.PathLike,
     source: str | os.PathLike | None,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     *,
     trust_remote_code: bool = False,
 ) -> None:

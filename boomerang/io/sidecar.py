@@ -16,8 +16,12 @@ from ..errors import BoomerangError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from ..hints import Config
 
-def read_layer_map(student: str | Path, config: Any = None, *, allow_hub: bool = True) -> LayerMap | None:
+
+def read_layer_map(
+    student: str | Path, config: Config | None = None, *, allow_hub: bool = True
+) -> LayerMap | None:
     """Find a student's layer map: the ``boomerang`` config section, else the reference sidecar file.
 
     ``student`` is a local directory or a Hub id; ``config`` is its (already loaded) config, if at hand.
@@ -74,7 +78,7 @@ def sidecar_layer_map(path: Path) -> LayerMap:
         ) from None
 
 
-def config_layer_map(config: Any, where: str) -> LayerMap | None:
+def config_layer_map(config: Config, where: str) -> LayerMap | None:
     """The student layer map in a config's ``boomerang`` section (None if it has none), or a clear error."""
     try:
         return LayerMap.from_config(config)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -59,6 +59,9 @@ from .safetensors_files import (  # noqa: F401 (re-exported)
 )
 from .sidecar import read_layer_map
 from .snapshot import HeldFile, snapshot_of
+
+if TYPE_CHECKING:
+    from ..hints import Config, Model
 
 TORCH_DTYPES: dict[str, torch.dtype] = {st: getattr(torch, name) for st, (name, _) in ST_DTYPES.items()}
 ST_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
@@ -150,7 +153,7 @@ class Checkpoint:
         self._named = out
         return out
 
-    def canonical(self, arch: Arch, teacher_config: Any) -> dict[str, TensorRef]:
+    def canonical(self, arch: Arch, teacher_config: Config) -> dict[str, TensorRef]:
         """Tensors under the teacher architecture's names (a DistilBERT student is renamed into BERT's layout)."""
         named = self.named()
         kind = self.config.model_type
@@ -204,12 +207,12 @@ def _saved_state(model: Any) -> dict[str, torch.Tensor]:
     return remove_tied_weights_from_state_dict(state, model)
 
 
-def checkpoint_nbytes(config: Any, dtype: torch.dtype | None = None) -> int:
+def checkpoint_nbytes(config: Config, dtype: torch.dtype | None = None) -> int:
     """Bytes of weights ``save_pretrained`` writes for a model of ``config`` loaded in ``dtype``."""
     return sum(t.numel() * t.element_size() for t in _saved_state(meta_model(config, dtype)).values())
 
 
-def saved_names(model: Any) -> dict[str, str]:
+def saved_names(model: Model) -> dict[str, str]:
     """For a (meta) model: file name -> state-dict name of every tensor ``save_pretrained`` writes, in its order."""
     from transformers.core_model_loading import revert_weight_conversion
 
@@ -306,7 +309,7 @@ class StreamBuilder(Builder):
     def _check_plan(self, plan: PatchPlan) -> None:
         plan.layer_map.check_fits(n_layers(self.teacher.config), n_layers(self.student.config))
 
-    def tensors(self, plan: PatchPlan, config: Any = None) -> tuple[list[OutTensor], Any]:
+    def tensors(self, plan: PatchPlan, config: Config | None = None) -> tuple[list[OutTensor], Any]:
         """Every output tensor (in save order) with its source, and the member's meta model."""
         cfg = config if config is not None else self.config(plan)
         meta = meta_model(cfg, self.dtype)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import Corpus, find_corpus
@@ -41,6 +41,9 @@ from ..io.sidecar import read_layer_map, student_layer_map
 from ..ui import err_console
 from .demo_report import OFFLINE_LABEL, TOTAL, write_report
 from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
+
+if TYPE_CHECKING:
+    from ..hints import Model, Tokenizer
 
 DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
 DEFAULT_TEXTS = ("validation", "builtin:hamlet", "builtin:devils-dictionary")
@@ -317,7 +320,7 @@ class Demo:
         return out
 
     # -- measurements ----------------------------------------------------------------------------------------------
-    def calibration(self, tokenizer: Any) -> Any:
+    def calibration(self, tokenizer: Tokenizer) -> Any:
         from ..data import calibration_ids
 
         s = self.s
@@ -325,7 +328,7 @@ class Demo:
             self.corpus.train, tokenizer, n=s.calibration_samples, length=s.calibration_length
         )
 
-    def analyze(self, teacher: Any, student: Any, layer_map: Any, ids: Any) -> dict[str, Any]:
+    def analyze(self, teacher: Model, student: Model, layer_map: Any, ids: Any) -> dict[str, Any]:
         from ..analysis.analyze import analyze
 
         dest = self.out / "analysis"
@@ -337,7 +340,7 @@ class Demo:
         return json.loads((dest / "summary.json").read_text())
 
     def order(
-        self, name: str, teacher: Any, student: Any, layer_map: Any, ids: Any, who: str = "main"
+        self, name: str, teacher: Model, student: Model, layer_map: Any, ids: Any, who: str = "main"
     ) -> Path:
         """A data-driven order of a student, computed once and saved (every sweep reads the file)."""
         from ..analysis.orders import compute_order
@@ -349,7 +352,9 @@ class Demo:
             save_order(compute_order(name, teacher, student, layer_map, ids, max_texts=n), path)
         return path
 
-    def sweep(self, text: EvalText, tag: str, teacher: Any, student: Any, order: Any, **options: Any) -> dict:
+    def sweep(
+        self, text: EvalText, tag: str, teacher: Model, student: Model, order: Any, **options: Any
+    ) -> dict:
         from ..evaluate.perplexity import EvalSpec
         from .sweep import sweep
 
@@ -450,7 +455,7 @@ class Demo:
             self._eval_dtype = "bfloat16" if choose_precision("auto").bf16 else "float32"
         return self._eval_dtype
 
-    def dtype_check(self, text: EvalText, tokenizer: Any) -> dict[str, Any] | None:
+    def dtype_check(self, text: EvalText, tokenizer: Tokenizer) -> dict[str, Any] | None:
         """The teacher's perplexity on the first text's slice in fp32 and in the evaluation dtype."""
         from ..evaluate.perplexity import perplexity
         from ..io.loading import load_model

@@ -22,7 +22,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from ..evaluate.perplexity import METRIC_LABELS, EvalSpec, check_source, prepare
@@ -44,6 +44,9 @@ from .sweep_inputs import (
 from .sweep_output import lm_eval_columns, lm_eval_labels, result_rows, to_csv, to_markdown, write_results
 from .sweep_plan import Calibration, Row, Unit, groups, plan_rows, pruned_baseline, sweep_order
 from .sweep_state import STATE_VERSION, SweepState, partial_dir, probe, source_name, sweep_fingerprint
+
+if TYPE_CHECKING:
+    from ..hints import ModelSpec
 
 __all__ = [
     "BASELINES",
@@ -286,6 +289,8 @@ class Sweep:
         }
 
 
-def sweep(teacher: Any, student: Any, data: Any, out: str | Path, **options: Any) -> dict[str, Any]:
+def sweep(
+    teacher: ModelSpec, student: ModelSpec, data: Any, out: str | Path, **options: Any
+) -> dict[str, Any]:
     """Run a family sweep and write its results into ``out`` (see the module docstring and ``Sweep``)."""
     return Sweep(teacher, student, data, out, **options).run()

@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from ..evaluate.perplexity import ScoreBatch, batch_nll
@@ -15,6 +15,9 @@ from ..evaluate.reuse import Scored, schedule, score
 from .sweep_inputs import TaskOptions
 from .sweep_plan import Unit
 from .sweep_state import SweepState
+
+if TYPE_CHECKING:
+    from ..hints import Model
 
 OnBatch = Callable[[str, int, int], None]  # (group, batches done, batches in group)
 
@@ -68,7 +71,7 @@ class SweepProgress:
             self._bar.console.print(message, highlight=False)
 
 
-def describe_model(model: Any) -> dict[str, Any]:
+def describe_model(model: Model) -> dict[str, Any]:
     """Layer count, parameter counts and (for pruned baselines) the teacher layers kept."""
     from ..core.hooks import layer_list
     from ..core.params import count_params
@@ -186,7 +189,7 @@ class GroupEvaluator:
         for s in models:
             self.lm_eval(s.name, s.model)
 
-    def lm_eval(self, name: str, model: Any) -> None:
+    def lm_eval(self, name: str, model: Model) -> None:
         """lm-eval's results for one model, once (saved at once: it is the slow part)."""
         if not self.task_names or name in self.state.lm_eval:
             return

@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
+
+if TYPE_CHECKING:
+    from ..hints import Config, ModelSpec, Tokenizer
 
 BASELINES = ("naive", "shortgpt", "laco", "random-student")
 PRUNED = ("shortgpt", "laco")  # built by boomerang.analysis.baselines.prune_to
@@ -62,7 +65,7 @@ def model_config(spec: Any, *, trust_remote_code: bool) -> Any:
     return spec.config
 
 
-def carried_layer_map(spec: Any, config: Any) -> Any:
+def carried_layer_map(spec: Any, config: Config) -> Any:
     """The layer map the student carries (its config section or ``student_config.json``)."""
     from ..core.layermap import LayerMap
     from ..io.sidecar import read_layer_map
@@ -77,7 +80,7 @@ def carried_layer_map(spec: Any, config: Any) -> Any:
     return lm
 
 
-def check_layer_map(lm: Any, teacher_config: Any, config: Any, what: str) -> None:
+def check_layer_map(lm: Any, teacher_config: Config, config: Config, what: str) -> None:
     """The layer map fits the teacher and this student (``what`` names the student in the message)."""
     from ..core.arch import n_layers
 
@@ -89,7 +92,7 @@ def check_layer_map(lm: Any, teacher_config: Any, config: Any, what: str) -> Non
         )
 
 
-def lm_eval_tasks(tasks: TaskOptions, teacher_config: Any) -> tuple[list[str], Any, Any]:
+def lm_eval_tasks(tasks: TaskOptions, teacher_config: Config) -> tuple[list[str], Any, Any]:
     """lm-eval's task names, include paths and the tasks needing defaults (nothing without tasks)."""
     if not tasks.tasks:
         return [], (), None
@@ -128,12 +131,12 @@ class SweepModels:
 
 
 def load_models(
-    teacher: Any,
-    student: Any,
+    teacher: ModelSpec,
+    student: ModelSpec,
     random_student: Any,
     layer_map: Any,
     *,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     dtype: Any,
     trust_remote_code: bool,
 ) -> SweepModels:

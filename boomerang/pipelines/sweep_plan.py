@@ -7,13 +7,16 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..core.plan import PatchOrder
 from ..errors import BoomerangError
 from ..evaluate.reuse import Key, layers_key, plan_key
+
+if TYPE_CHECKING:
+    from ..hints import Model
 
 
 @dataclass
@@ -93,7 +96,7 @@ def plan_rows(
     baselines: Sequence[str],
     *,
     family: Any,
-    teacher: Any,
+    teacher: Model,
     random: Any,
     pruned: Callable[[str, int], Any],
 ) -> tuple[list[Row], dict[str, Unit]]:
@@ -162,7 +165,9 @@ def groups(units: dict[str, Unit]) -> dict[str, list[Unit]]:
     return out
 
 
-def pruned_baseline(teacher: Any, method: str, n_layers: int, calibration: torch.Tensor, params: dict) -> Any:
+def pruned_baseline(
+    teacher: Model, method: str, n_layers: int, calibration: torch.Tensor, params: dict
+) -> Any:
     """``method`` (shortgpt, laco) applied to the teacher down to ``n_layers`` layers."""
     from ..analysis.baselines import prune_to
 

@@ -7,10 +7,13 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from ..evaluate.perplexity import ScoreBatch
+
+if TYPE_CHECKING:
+    from ..hints import Model, ModelSpec
 
 STATE_VERSION = 1
 
@@ -20,7 +23,7 @@ def partial_dir(out: str | Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def probe(model: Any) -> str:
+def probe(model: Model) -> str:
     """A cheap fingerprint of an in-memory model's weights (for refusing to resume onto other weights)."""
     params = list(model.parameters())
     h = hashlib.sha256()
@@ -29,7 +32,7 @@ def probe(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def source_name(spec: Any, model: Any) -> str:
+def source_name(spec: Any, model: ModelSpec) -> str:
     """A model's path as given, or its ``name_or_path`` (an in-memory model)."""
     if isinstance(spec, (str, Path)):
         return str(spec)

@@ -26,10 +26,13 @@ exactly as before.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..hints import Model
 
 ATTENTION = "boomerang_rows"
 MIN_CAPACITY = 64  # positions a fresh cache holds before its first growth
@@ -130,7 +133,7 @@ class Step:
         return torch.tensor([[s + j for j in range(self.q)] for s in self.starts], device=device)
 
 
-def enable(model: Any) -> None:
+def enable(model: Model) -> None:
     """Make ``model`` use ``ATTENTION`` (it behaves as with SDPA outside the engine)."""
     _register()
     if getattr(model.config, "_attn_implementation", None) != ATTENTION:

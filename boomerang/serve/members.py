@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from ..core.plan import PatchOrder
     from ..family import Family
+    from ..hints import Config
 
 AUTO = "auto"
 BUDGET_PREFIX = "max-params:"
@@ -42,7 +43,7 @@ def parse_count(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def context_length(config: Any) -> int | None:
+def context_length(config: Config) -> int | None:
     """The longest sequence (prompt + completion) the model's positions allow, if its config says."""
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, key, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -15,9 +15,18 @@ from .checkpointing import RunState
 from .models import RunModels
 from .recipe import Recipe
 
+if TYPE_CHECKING:
+    from ..hints import Tokenizer
+
 
 def save_final_student(
-    model: nn.Module, student_dir: Path, *, recipe: Recipe, state: RunState, models: RunModels, tokenizer: Any
+    model: nn.Module,
+    student_dir: Path,
+    *,
+    recipe: Recipe,
+    state: RunState,
+    models: RunModels,
+    tokenizer: Tokenizer,
 ) -> None:
     """Record the run in the student's ``boomerang`` config section, undo the training-only switches (gradient
     checkpointing, lean MLPs, no KV cache) and save it in the teacher checkpoint's dtype."""

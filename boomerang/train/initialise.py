@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import PreTrainedModel
@@ -32,6 +32,9 @@ from ..core.patching import assemble
 from ..errors import BoomerangError
 from ..io.sidecar import write_sidecar
 from .recipe import MEASURED
+
+if TYPE_CHECKING:
+    from ..hints import Tokenizer
 
 Strategy = Literal["every", "layers", "random", "similarity", "shortgpt"]
 STRATEGIES: tuple[str, ...] = ("every", "layers", "random", "similarity", "shortgpt")
@@ -274,7 +277,7 @@ def save_student(
     student: PreTrainedModel,
     out: str | Path,
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     force: bool = False,
 ) -> Path:
     """Write a student checkpoint atomically: safetensors, config (with its layer map), tokenizer, sidecar."""

@@ -21,6 +21,8 @@ from .working_copy import WorkingCopy
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from ..hints import Tokenizer
+
 
 class LossForward(nn.Module):
     """A model's forward pass as one module, so that DDP/FSDP wrappers see every call."""
@@ -230,7 +232,7 @@ def prepare_models(
     )
 
 
-def init_from_recipe(recipe: Recipe, teacher: nn.Module, tokenizer: Any) -> nn.Module:
+def init_from_recipe(recipe: Recipe, teacher: nn.Module, tokenizer: Tokenizer) -> nn.Module:
     """The student the recipe's ``init`` section describes."""
     from ..data import calibration_ids
     from .initialise import init_student

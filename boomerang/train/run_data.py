@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from ..data.corpora import read_texts
 from ..errors import BoomerangError
 from .recipe import Recipe
 
+if TYPE_CHECKING:
+    from ..hints import Tokenizer
+
 
 @dataclass
 class RunData:
@@ -34,7 +37,7 @@ class RunData:
     tokens_per_step: float
 
 
-def prepare_data(recipe: Recipe, tokenizer: Any, acc: Any) -> RunData:
+def prepare_data(recipe: Recipe, tokenizer: Tokenizer, acc: Any) -> RunData:
     """Tokenise (or stream) the training data, pick the validation blocks and size the run."""
     d = recipe.data
     streaming = d.streaming if d.streaming is not None else d.train.startswith("hf:")
