@@ -307,6 +307,7 @@ def analyze(
         data, tok, calibration_texts or ANALYSIS_TEXTS, calibration_length or 256, seed, "analyze"
     )
     with _status("analysing") as status:
+        meta = {"teacher": teacher, "student": student}
         summary = run_analysis(
             t,
             s,
@@ -318,17 +319,22 @@ def analyze(
             batch_size=batch_size,
             force=force,
             status=status,
-            meta={"teacher": teacher, "student": student},
+            meta=meta,
         )
+    console.print(_members_table(summary, lm.n_student))
+    console.print(f"[green]wrote[/] {out}: similarity.png, teacher_similarity.png, members.png and JSON")
+
+
+def _members_table(summary: dict, n_student: int) -> Table:
+    """The last-layer cosine of every member to the teacher, one column per order."""
     table = Table(title="last-layer cosine similarity to the teacher, by number of patched layers")
     table.add_column("K", justify="right")
     for name in summary["orders"]:
         table.add_column(name, justify="right")
-    for k in range(lm.n_student + 1):
+    for k in range(n_student + 1):
         cells = [row["cosine"][k] if k < len(row["cosine"]) else None for row in summary["orders"].values()]
         table.add_row(str(k), *("" if c is None else f"{c:.4f}" for c in cells))
-    console.print(table)
-    console.print(f"[green]wrote[/] {out}: similarity.png, teacher_similarity.png, members.png and JSON")
+    return table
 
 
 def order(

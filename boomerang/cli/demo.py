@@ -89,13 +89,12 @@ def demo(
         list[str] | None, typer.Argument(help="Recipe overrides key=value, e.g. optim.lr=1e-3.")
     ] = None,
 ) -> None:
-    """Distil a student and its two ablations, sweep the family beside naive dropping, ShortGPT and LaCo on
-    in-domain and out-of-domain text, and check the paper's claims (report.md)."""
-    import shlex
-    import sys
-
+    """Distil a student and its ablations (random init, no cosine term, no mixed-context term), sweep every
+    distinct size beside naive dropping, ShortGPT and LaCo on in-domain and out-of-domain text, and check the
+    paper's claims (report.md)."""
+    from .. import interrupts
     from ..pipelines.demo import export_evidence, run_demo
-    from .validate import names, output_dir, positive
+    from .validate import output_dir, positive
 
     positive(
         tokens=tokens,
@@ -106,15 +105,44 @@ def demo(
     )
     if export is not None:
         output_dir(export, force)
-    command = (
-        "boomerang " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
-    )
-    from .. import interrupts
-
     interrupts.resume_hint(
         f"the stages finished so far are kept in {out}; run the same command again to continue from there"
     )
-    settings = DemoSettings(
+    settings = _settings(
+        recipe, teacher, tokens, orders, texts, baselines, ablations, eval_tokens, calibration_samples,
+        calibration_length, order_texts, overrides,
+    )  # fmt: skip
+    text = run_demo(out, settings, data=data)
+    console.print(text, markup=False, highlight=False)
+    console.print(f"\n[green]report[/] {out / 'report.md'}")
+    if export is not None:
+        console.print(f"[green]evidence[/] {export_evidence(out, export, force=force)}")
+
+
+def _settings(
+    recipe: str | None,
+    teacher: str | None,
+    tokens: int,
+    orders: str,
+    texts: str,
+    baselines: str,
+    ablations: str,
+    eval_tokens: int,
+    calibration_samples: int,
+    calibration_length: int,
+    order_texts: int,
+    overrides: list[str] | None,
+) -> DemoSettings:
+    """The demo's settings from its options (comma-separated lists checked here), with the command line."""
+    import shlex
+    import sys
+
+    from .validate import names
+
+    command = (
+        "boomerang " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
+    )
+    return DemoSettings(
         recipe=recipe or D.recipe,
         teacher=teacher,
         tokens=tokens,
@@ -129,11 +157,6 @@ def demo(
         overrides=tuple(overrides or ()),
         extra={"command": command} if command else {},
     )
-    text = run_demo(out, settings, data=data)
-    console.print(text, markup=False, highlight=False)
-    console.print(f"\n[green]report[/] {out / 'report.md'}")
-    if export is not None:
-        console.print(f"[green]evidence[/] {export_evidence(out, export, force=force)}")
 
 
 def register(app: typer.Typer) -> None:
