@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.table import Table
 from ..errors import BoomerangError
 from . import validate
 from .common import Dtype, Trust, console, parse_ints
+
+if TYPE_CHECKING:
+    from ..train.recipe import Recipe
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
 
@@ -240,16 +243,9 @@ def distill(
     """Distil a student from its teacher (paper Eq. 1) as a recipe describes."""
     from ..train.recipe import load_recipe
 
-    extra = list(overrides or [])
-    for key, value in (
-        ("train.steps", steps),
-        ("train.max_tokens", max_tokens),
-        ("teacher", teacher),
-        ("student", student),
-        ("train.seed", seed),
-    ):
-        if value is not None:
-            extra.append(f"{key}={value}")
+    named = {"train.steps": steps, "train.max_tokens": max_tokens, "teacher": teacher, "student": student}
+    named["train.seed"] = seed
+    extra = [*(overrides or []), *(f"{k}={v}" for k, v in named.items() if v is not None)]
     if resume and force:
         raise BoomerangError("give --resume or --force, not both")
     _check_once(extra)
@@ -268,21 +264,7 @@ def distill(
     # the trainer's own rule for the run directory; its place must be writable, dead runs' temporaries go
     validate.run_dir(Path(out or r.out or Path("runs") / (r.name or "distill")))
     if dry_run:
-        if gpus is not None:
-            from ..train.memory import plan_recipe
-
-            _print_memory_plan(r, plan_recipe(r, gpus, capacity))
-            return
-        console.print(r.to_yaml(), highlight=False, markup=False)
-        from ..train.precision import choose_precision
-
-        chosen = choose_precision(r.train.precision)  # type: ignore[attr-defined]
-        console.print(
-            f"# train.precision: {r.train.precision} -> {chosen.name} ({chosen.reason})",  # type: ignore[attr-defined]
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        _dry_run(r, gpus, capacity)
         return
     _check_inputs(r)
     from .. import interrupts
@@ -296,6 +278,25 @@ def distill(
     )
     with unheld():  # training keeps what it loaded: a later rewrite of the inputs does not concern it
         run_distill(r, out=out, resume=resume, force=force)
+
+
+def _dry_run(r: Recipe, gpus: int | None, capacity: float | None) -> None:
+    """Print the resolved recipe and the precision it would train in, or (with --gpus) the memory plan."""
+    if gpus is not None:
+        from ..train.memory import plan_recipe
+
+        _print_memory_plan(r, plan_recipe(r, gpus, capacity))
+        return
+    from ..train.precision import choose_precision
+
+    console.print(r.to_yaml(), highlight=False, markup=False)
+    chosen = choose_precision(r.train.precision)
+    console.print(
+        f"# train.precision: {r.train.precision} -> {chosen.name} ({chosen.reason})",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _check_inputs(r: object) -> None:
