@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,6 +13,9 @@ from rich.table import Table
 from ..errors import BoomerangError
 from . import validate
 from .common import Dtype, Trust, console, err_console, parse_ints, resolve_layer_map
+
+if TYPE_CHECKING:
+    from ..core.plan import PatchOrder
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
 
@@ -364,8 +367,6 @@ def order(
     """Compute a data-driven patch order and save it as JSON. Calibrates on 4 blocks of 256 tokens by default
     (similarity: 32); every model greedy-kl/shortest-path/optimal scores runs the full-vocabulary LM head, so their
     cost grows linearly with --calibration-texts (see docs/analysis.md)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from ..analysis.orders import KL_TEXTS, SIMILARITY_TEXTS, compute_order
     from ..core.plan import DATA_ORDERS
     from ..io.order_files import save_order
@@ -397,18 +398,7 @@ def order(
         seed,
         f"--order {name}",
     )
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-    ) as bar:
-        task = bar.add_task(f"{name}: scoring patched models", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with _search_bar(f"{name}: scoring patched models") as progress:
         po = compute_order(
             name,
             t,
@@ -423,6 +413,28 @@ def order(
             progress=progress,
         )
     save_order(po, out, force=force)
+    console.print(_order_table(name, po))
+    console.print(f"[green]wrote[/] {out}")
+
+
+@contextlib.contextmanager
+def _search_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for an order search; yields its ``progress(done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _order_table(name: str, po: PatchOrder) -> Table:
+    """Every member of an order: its patched student layers and KL (and greedy KL, for optimal)."""
     table = Table(title=f"order {name}")
     table.add_column("K", justify="right")
     table.add_column("patched student layers")
@@ -438,8 +450,7 @@ def order(
         if "greedy_kl" in po.info:
             row.append(f"{po.info['greedy_kl'][k]:.5f}")
         table.add_row(*row)
-    console.print(table)
-    console.print(f"[green]wrote[/] {out}")
+    return table
 
 
 def register(app: typer.Typer) -> None:
