@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -77,17 +77,8 @@ def init(
 
     if strat not in STRATEGIES:
         raise BoomerangError(f"unknown --strategy {strat!r}; use one of: {', '.join(STRATEGIES)}")
-    if kept and strat != "layers":
-        raise BoomerangError(f"--layers cannot be combined with --strategy {strat}")
     measured = strat in ("similarity", "shortgpt")
-    if measured and data is None:
-        raise BoomerangError(f"--strategy {strat} needs calibration texts: pass --data PATH")
-    if not measured and (size is not None or data is not None):
-        raise BoomerangError("--size and --data only apply to --strategy similarity or shortgpt")
-    if max_block is not None and strat != "shortgpt":
-        raise BoomerangError("--max-block only applies to --strategy shortgpt")
-    if patch_order is not None and patch_order not in ("last", "first"):
-        raise BoomerangError(f"--patch-order must be last or first, not {patch_order!r}")
+    _check_strategy_options(strat, measured, kept, data, size, max_block, patch_order)
     validate.positive(
         every=every,
         keep_first=keep_first,
@@ -108,8 +99,6 @@ def init(
 
     from transformers.utils import logging as hf_logging
 
-    from ..core.layermap import LayerMap
-    from ..core.params import count_params
     from ..data.blocks import calibration_ids
     from ..io.loading import load_model, load_tokenizer
     from ..train.initialise import init_student, save_student
@@ -138,6 +127,36 @@ def init(
         max_block=max_block,
     )
     save_student(student, out, tokenizer=tok, force=force)
+    _print_student(student, out, strat)
+
+
+def _check_strategy_options(
+    strat: str,
+    measured: bool,
+    kept: list[int] | None,
+    data: str | None,
+    size: int | None,
+    max_block: int | None,
+    patch_order: str | None,
+) -> None:
+    """The options that only some init strategies take."""
+    if kept and strat != "layers":
+        raise BoomerangError(f"--layers cannot be combined with --strategy {strat}")
+    if measured and data is None:
+        raise BoomerangError(f"--strategy {strat} needs calibration texts: pass --data PATH")
+    if not measured and (size is not None or data is not None):
+        raise BoomerangError("--size and --data only apply to --strategy similarity or shortgpt")
+    if max_block is not None and strat != "shortgpt":
+        raise BoomerangError("--max-block only applies to --strategy shortgpt")
+    if patch_order is not None and patch_order not in ("last", "first"):
+        raise BoomerangError(f"--patch-order must be last or first, not {patch_order!r}")
+
+
+def _print_student(student: Any, out: Path, strat: str) -> None:
+    """The written student's blocks (with each block's similarity, for a measured init) and its size."""
+    from ..core.layermap import LayerMap
+    from ..core.params import count_params
+
     lm = LayerMap.from_config(student.config)
     assert lm is not None
     info = student.config.boomerang["init"]
