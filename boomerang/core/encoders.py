@@ -17,6 +17,8 @@ from ..errors import BoomerangError
 if TYPE_CHECKING:
     import torch
 
+    from ..hints import Config
+
 _LAYER = {
     "attention.q_lin": "attention.self.query",
     "attention.k_lin": "attention.self.key",
@@ -54,7 +56,7 @@ def bert_names(name: str) -> list[str]:
     return []
 
 
-def synthesized(bert_config: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+def synthesized(bert_config: Config) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Tensors BERT has and DistilBERT lacks, as functions of a reference tensor (for dtype and device)."""
     import torch
 
@@ -73,7 +75,7 @@ def synthesized(bert_config: Any) -> dict[str, Callable[[torch.Tensor], torch.Te
     }
 
 
-def to_bert_layout(tensors: dict[str, torch.Tensor], bert_config: Any) -> dict[str, torch.Tensor]:
+def to_bert_layout(tensors: dict[str, torch.Tensor], bert_config: Config) -> dict[str, torch.Tensor]:
     """Rename a DistilBertForMaskedLM's tensors (parameters and buffers) into BertForMaskedLM's layout."""
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
@@ -85,7 +87,7 @@ def to_bert_layout(tensors: dict[str, torch.Tensor], bert_config: Any) -> dict[s
     return out
 
 
-def check_distilbert_student(bert_config: Any, distil_config: Any) -> None:
+def check_distilbert_student(bert_config: Config, distil_config: Config) -> None:
     """DistilBERT and BERT layers are interchangeable only if these agree."""
     pairs = {
         "hidden size (dim)": (bert_config.hidden_size, distil_config.dim),
@@ -102,7 +104,7 @@ def check_distilbert_student(bert_config: Any, distil_config: Any) -> None:
         raise BoomerangError("the DistilBERT student does not match the BERT teacher: " + "; ".join(bad))
 
 
-def bert_layout_config(distil_config: Any, bert_config: Any) -> Any:
+def bert_layout_config(distil_config: Config, bert_config: Config) -> Any:
     """A BertConfig describing the DistilBERT student (for counting and for K=0)."""
     d = bert_config.to_dict()
     d["num_hidden_layers"] = distil_config.n_layers

@@ -163,7 +163,7 @@ def load_config(spec: str | os.PathLike, *, trust_remote_code: bool = False) -> 
     return cfg
 
 
-def drop_remote_code(cfg: Any) -> None:
+def drop_remote_code(cfg: Config) -> None:
     """Forget a config's ``auto_map``: without --trust-remote-code the model is transformers' own class, so every
     checkpoint written from it is a standard one, and must not point at code it does not ship."""
     if "auto_map" in cfg.__dict__:

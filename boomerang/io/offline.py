@@ -20,6 +20,8 @@ from .atomic import atomic_dir
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from ..hints import Config
+
 OFFLINE_ALIAS = "smollm2-offline"  # names the converted offline SmolLM2-135M-Instruct teacher everywhere
 # boomerang's cache: the converted offline teacher, token caches, lm-eval's task list
 DEFAULT_CACHE = Path(os.environ.get("BOOMERANG_CACHE", Path.home() / ".cache" / "boomerang"))
@@ -87,7 +89,7 @@ def _convert(gguf: Path, out: Path) -> None:
         tok.save_pretrained(tmp)
 
 
-def strip_quantization(cfg: Any) -> None:
+def strip_quantization(cfg: Config) -> None:
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
 

@@ -43,6 +43,7 @@ from .demo_report import OFFLINE_LABEL, TOTAL, write_report
 from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
 
 if TYPE_CHECKING:
+    from ..core.layermap import LayerMap
     from ..hints import Model, Tokenizer
 
 DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
@@ -328,7 +329,7 @@ class Demo:
             self.corpus.train, tokenizer, n=s.calibration_samples, length=s.calibration_length
         )
 
-    def analyze(self, teacher: Model, student: Model, layer_map: Any, ids: Any) -> dict[str, Any]:
+    def analyze(self, teacher: Model, student: Model, layer_map: LayerMap, ids: Any) -> dict[str, Any]:
         from ..analysis.analyze import analyze
 
         dest = self.out / "analysis"
@@ -340,7 +341,7 @@ class Demo:
         return json.loads((dest / "summary.json").read_text())
 
     def order(
-        self, name: str, teacher: Model, student: Model, layer_map: Any, ids: Any, who: str = "main"
+        self, name: str, teacher: Model, student: Model, layer_map: LayerMap, ids: Any, who: str = "main"
     ) -> Path:
         """A data-driven order of a student, computed once and saved (every sweep reads the file)."""
         from ..analysis.orders import compute_order

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BoomerangError
 
 if TYPE_CHECKING:
+    from ..core.layermap import LayerMap
     from ..hints import Config, ModelSpec, Tokenizer
 
 BASELINES = ("naive", "shortgpt", "laco", "random-student")
@@ -30,7 +31,7 @@ class TaskOptions:
     builtin: dict[str, Any] = field(default_factory=dict)  # options of make_cloze_task / make_wordppl_task
 
 
-def check_baselines(baselines: Sequence[str], random_student: Any) -> list[str]:
+def check_baselines(baselines: Sequence[str], random_student: ModelSpec) -> list[str]:
     """The requested baselines, known and once each (``random-student`` is added when its student is given)."""
     names = [b.strip() for b in baselines if b.strip()]
     unknown = [b for b in names if b not in BASELINES]
@@ -54,7 +55,7 @@ def check_baselines(baselines: Sequence[str], random_student: Any) -> list[str]:
     return chosen
 
 
-def model_config(spec: Any, *, trust_remote_code: bool) -> Any:
+def model_config(spec: ModelSpec, *, trust_remote_code: bool) -> Any:
     """The config of a checkpoint path or of an in-memory model (no weights are loaded)."""
     from ..io.loading import load_config
 
@@ -65,7 +66,7 @@ def model_config(spec: Any, *, trust_remote_code: bool) -> Any:
     return spec.config
 
 
-def carried_layer_map(spec: Any, config: Config) -> Any:
+def carried_layer_map(spec: ModelSpec, config: Config) -> Any:
     """The layer map the student carries (its config section or ``student_config.json``)."""
     from ..core.layermap import LayerMap
     from ..io.sidecar import read_layer_map
@@ -133,8 +134,8 @@ class SweepModels:
 def load_models(
     teacher: ModelSpec,
     student: ModelSpec,
-    random_student: Any,
-    layer_map: Any,
+    random_student: ModelSpec,
+    layer_map: LayerMap,
     *,
     tokenizer: Tokenizer,
     dtype: Any,
@@ -151,7 +152,7 @@ def load_models(
             load_config(teacher, trust_remote_code=tr), load_config(student, trust_remote_code=tr), dtype
         )
 
-    def model(spec: Any) -> Any:
+    def model(spec: ModelSpec) -> Any:
         if isinstance(spec, (str, Path)):
             return load_model(spec, dtype=dtype, trust_remote_code=tr)
         return spec.eval()

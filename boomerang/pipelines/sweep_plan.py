@@ -16,6 +16,8 @@ from ..errors import BoomerangError
 from ..evaluate.reuse import Key, layers_key, plan_key
 
 if TYPE_CHECKING:
+    from ..core.layermap import LayerMap
+    from ..family import Family
     from ..hints import Model
 
 
@@ -53,7 +55,7 @@ class Calibration:
         return self._ids
 
 
-def sweep_order(partial: Path, order_spec: Any, family: Any, calibration: Calibration) -> PatchOrder:
+def sweep_order(partial: Path, order_spec: Any, family: Family, calibration: Calibration) -> PatchOrder:
     """The sweep's PatchOrder: the one saved in ``partial`` when resuming, else resolved by ``family.order`` (the
     one resolver, ``analysis.orders.resolve_order``) and saved there."""
     from ..io.order_files import load_order, save_order
@@ -90,12 +92,12 @@ def sweep_order(partial: Path, order_spec: Any, family: Any, calibration: Calibr
 
 
 def plan_rows(
-    layer_map: Any,
+    layer_map: LayerMap,
     po: Any,
     sizes: Sequence[int],
     baselines: Sequence[str],
     *,
-    family: Any,
+    family: Family,
     teacher: Model,
     random: Any,
     pruned: Callable[[str, int], Any],

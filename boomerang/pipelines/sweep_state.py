@@ -32,7 +32,7 @@ def probe(model: Model) -> str:
     return h.hexdigest()[:16]
 
 
-def source_name(spec: Any, model: ModelSpec) -> str:
+def source_name(spec: ModelSpec, model: ModelSpec) -> str:
     """A model's path as given, or its ``name_or_path`` (an in-memory model)."""
     if isinstance(spec, (str, Path)):
         return str(spec)

@@ -11,12 +11,16 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..io.atomic import atomic_dir
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
 
 STATE = "state.json"
 
@@ -154,7 +158,12 @@ class Checkpointer:
         self.main, self.world, self.rank = acc.is_main_process, acc.num_processes, acc.process_index
 
     def save(
-        self, model: torch.nn.Module, wrapped: Any, optimizer: Any, scheduler: Any, state: RunState
+        self,
+        model: torch.nn.Module,
+        wrapped: Any,
+        optimizer: Optimizer,
+        scheduler: LRScheduler,
+        state: RunState,
     ) -> None:
         """Write ``step-N`` for ``state.step``. Under FSDP every process gathers its shards onto rank 0, which
         writes the same files as an unsharded run."""
@@ -193,7 +202,12 @@ class Checkpointer:
         acc.wait_for_everyone()
 
     def load(
-        self, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: RunState
+        self,
+        path: Path,
+        model: torch.nn.Module,
+        optimizer: Optimizer,
+        scheduler: LRScheduler,
+        state: RunState,
     ) -> None:
         """Restore everything saved by ``save`` into the given objects (RNG only for the same world size).
         Under FSDP rank 0 reads the files and every process receives its shards."""

@@ -4,13 +4,18 @@ naming the step, the likely cause and the last good checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import BoomerangError
 from .checkpointing import RunState, list_checkpoints
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from ..train.recipe import Recipe
 
 
 def nonfinite_parameters(model: nn.Module) -> list[str]:
@@ -24,7 +29,9 @@ def nonfinite_parameters(model: nn.Module) -> list[str]:
     return bad
 
 
-def check_finite(model: nn.Module, *, acc: Any, state: RunState, recipe: Any, out: Path, when: str) -> None:
+def check_finite(
+    model: nn.Module, *, acc: Accelerator, state: RunState, recipe: Recipe, out: Path, when: str
+) -> None:
     """Raise (on every process alike) if any weight of ``model`` is not finite; ``when`` says what is not done."""
     bad = nonfinite_parameters(model)
     count = len(bad)
@@ -45,7 +52,7 @@ def last_update(state: RunState) -> int | None:
     return done[-1] if done else None
 
 
-def likely_cause(state: RunState, recipe: Any) -> str:
+def likely_cause(state: RunState, recipe: Recipe) -> str:
     step = last_update(state)
     if state.step == 0 or (step is None and state.skipped >= state.step):
         source = f"the student checkpoint {recipe.student}" if recipe.student else "the initialised student"

@@ -24,6 +24,8 @@ from ..errors import BoomerangError
 from .recipe import Recipe
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
+
     from ..hints import Tokenizer
 
 
@@ -37,7 +39,7 @@ class RunData:
     tokens_per_step: float
 
 
-def prepare_data(recipe: Recipe, tokenizer: Tokenizer, acc: Any) -> RunData:
+def prepare_data(recipe: Recipe, tokenizer: Tokenizer, acc: Accelerator) -> RunData:
     """Tokenise (or stream) the training data, pick the validation blocks and size the run."""
     d = recipe.data
     streaming = d.streaming if d.streaming is not None else d.train.startswith("hf:")

@@ -16,17 +16,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import BoomerangError
 from .losses import ModelOutputs
 
+if TYPE_CHECKING:
+    from ..train.recipe import Recipe
+
 META = "cache.json"
 
 
-def cache_fingerprint(recipe: Any, *, teacher_path: str, precision: str, keys: list[str]) -> dict[str, Any]:
+def cache_fingerprint(
+    recipe: Recipe, *, teacher_path: str, precision: str, keys: list[str]
+) -> dict[str, Any]:
     """What the cached outputs depend on (the recipe's data and batch layout, the teacher, the precision)."""
     d, t = recipe.data, recipe.train
     return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,8 +15,11 @@ from . import sharding
 from .losses import DistillLoss, LossConfig, LossOutput, token_counts
 from .models import LossForward
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
-def reduce_sums(acc: Any, sums: dict[str, float]) -> dict[str, float]:
+
+def reduce_sums(acc: Accelerator, sums: dict[str, float]) -> dict[str, float]:
     """``sums`` added over every process (as float64; one process: unchanged)."""
     keys = sorted(sums)
     if acc.num_processes == 1:
