@@ -1,5 +1,5 @@
 """Names for the types that public signatures share: a loaded model, a model or its path, a config (object or
-``config.json`` dict), a tokenizer and calibration token ids.
+``config.json`` dict), a tokenizer, calibration token ids and a dtype.
 
 They exist for readers and type checkers only: modules import them under ``TYPE_CHECKING``, so naming a model in
 a signature never imports torch or transformers.
@@ -22,3 +22,4 @@ if TYPE_CHECKING:
     Config: TypeAlias = PretrainedConfig | dict[str, Any]  # a model config, or a config.json dict
     Tokenizer: TypeAlias = PreTrainedTokenizerBase
     Calibration: TypeAlias = torch.Tensor | Sequence[Sequence[int]]  # token ids [n_texts, length]
+    DType: TypeAlias = str | torch.dtype  # "auto", "bfloat16", "bf16", ... or a torch dtype

@@ -4,7 +4,7 @@ progress bars."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,9 @@ from ..errors import BoomerangError
 from ..io.sidecar import config_layer_map, read_layer_map
 from ..ui import console, err_console  # noqa: F401 (the command modules import both consoles from here)
 from .validate import parse_ints
+
+if TYPE_CHECKING:
+    from ..hints import Config
 
 # Options shared by several commands: one definition each.
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")]
@@ -31,7 +34,7 @@ OrderData = Annotated[
 
 def resolve_layer_map(
     student: str | Path | None,
-    student_config: Any,
+    student_config: Config,
     *,
     layers: str | None = None,
     preset: str | None = None,

@@ -31,7 +31,7 @@ def max_positions(config: Config) -> int | None:
     return None
 
 
-def check_compatible(teacher_cfg: Any, student_cfg: Any) -> Arch:
+def check_compatible(teacher_cfg: Config, student_cfg: Config) -> Arch:
     """Raise a clear error unless the student's layers can stand in for the teacher's; return the adapter."""
     arch = get_arch(teacher_cfg)
     t_type, s_type = config_value(teacher_cfg, "model_type"), config_value(student_cfg, "model_type")
@@ -65,7 +65,7 @@ def _layers_key(d: dict[str, Any]) -> str:
 
 
 def derive_config(
-    base: Any,
+    base: Config,
     configs: dict[str, Any],
     sources: Sequence[tuple[str, int]],
     *,

@@ -41,7 +41,7 @@ from ..errors import BoomerangError
 from ..interrupts import check
 
 if TYPE_CHECKING:
-    from ..hints import Config, Model, Tokenizer
+    from ..hints import Config, DType, Model, Tokenizer
 
 Source = str | Path | Sequence[str]
 TOKEN_PPL = "ppl"
@@ -589,7 +589,7 @@ def evaluate(
     add_eos: bool = False,
     batch_size: int | None = None,
     text_field: str = "text",
-    dtype: Any = None,
+    dtype: DType | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
     """Token perplexity (causal LMs) or pseudo-perplexity (masked LMs) of ``model`` on a slice of ``data``.

@@ -10,11 +10,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from .offline import OFFLINE_ALIAS, offline_dir, offline_teacher
 from .safetensors_files import INDEX, WEIGHTS
+
+if TYPE_CHECKING:
+    from ..hints import DType
 
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -95,7 +98,7 @@ def transformers_version() -> str:
     return version("transformers")
 
 
-def dtype_name(dtype: Any) -> str | None:
+def dtype_name(dtype: DType) -> str | None:
     """``"bf16"`` or ``torch.bfloat16`` -> ``"bfloat16"``; None or "auto" -> None (keep the checkpoint's dtype)."""
     if dtype is None or dtype == "auto":
         return None

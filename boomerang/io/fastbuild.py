@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.arch import LEAVES, Arch, Saved, get_arch, n_layers, route
 from ..core.configs import check_compatible
@@ -59,6 +59,9 @@ from .safetensors_files import (
 )
 from .sidecar import read_layer_map
 from .snapshot import Snapshot, snapshot_of
+
+if TYPE_CHECKING:
+    from ..hints import DType
 
 _ST_NAME = {torch_name: st for st, (torch_name, _) in ST_DTYPES.items()}  # "float32" -> "F32"
 
@@ -191,7 +194,7 @@ class FastBuilder(Builder):
         student: str | os.PathLike,
         layer_map: LayerMap | None = None,
         *,
-        dtype: Any = None,
+        dtype: DType | None = None,
     ) -> FastBuilder:
         """The fast builder for this pair, or ``NotFast`` saying why it cannot build it exactly."""
         t, s = RawCheckpoint.open(teacher), RawCheckpoint.open(student)
@@ -335,7 +338,7 @@ def open_builder(
     student: str | os.PathLike,
     layer_map: LayerMap | None = None,
     *,
-    dtype: Any = None,
+    dtype: DType | None = None,
     trust_remote_code: bool = False,
     fast: bool | None = None,
 ) -> Builder:
@@ -366,7 +369,7 @@ def stream_build(
     order: str | PatchOrder | Sequence[int] | None = None,
     patched: Iterable[int] | None = None,
     layer_map: LayerMap | None = None,
-    dtype: Any = None,
+    dtype: DType | None = None,
     max_shard_size: int | str = DEFAULT_SHARD_SIZE,
     force: bool = False,
     progress: ProgressFn | None = None,

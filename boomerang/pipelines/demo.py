@@ -44,7 +44,7 @@ from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
 
 if TYPE_CHECKING:
     from ..core.layermap import LayerMap
-    from ..hints import Model, Tokenizer
+    from ..hints import Calibration, Model, Tokenizer
 
 DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
 DEFAULT_TEXTS = ("validation", "builtin:hamlet", "builtin:devils-dictionary")
@@ -329,7 +329,9 @@ class Demo:
             self.corpus.train, tokenizer, n=s.calibration_samples, length=s.calibration_length
         )
 
-    def analyze(self, teacher: Model, student: Model, layer_map: LayerMap, ids: Any) -> dict[str, Any]:
+    def analyze(
+        self, teacher: Model, student: Model, layer_map: LayerMap, ids: Calibration
+    ) -> dict[str, Any]:
         from ..analysis.analyze import analyze
 
         dest = self.out / "analysis"
@@ -341,7 +343,13 @@ class Demo:
         return json.loads((dest / "summary.json").read_text())
 
     def order(
-        self, name: str, teacher: Model, student: Model, layer_map: LayerMap, ids: Any, who: str = "main"
+        self,
+        name: str,
+        teacher: Model,
+        student: Model,
+        layer_map: LayerMap,
+        ids: Calibration,
+        who: str = "main",
     ) -> Path:
         """A data-driven order of a student, computed once and saved (every sweep reads the file)."""
         from ..analysis.orders import compute_order

@@ -12,7 +12,7 @@ from ..errors import BoomerangError
 
 if TYPE_CHECKING:
     from ..core.layermap import LayerMap
-    from ..hints import Config, ModelSpec, Tokenizer
+    from ..hints import Config, DType, ModelSpec, Tokenizer
 
 BASELINES = ("naive", "shortgpt", "laco", "random-student")
 PRUNED = ("shortgpt", "laco")  # built by boomerang.analysis.baselines.prune_to
@@ -81,7 +81,7 @@ def carried_layer_map(spec: ModelSpec, config: Config) -> Any:
     return lm
 
 
-def check_layer_map(lm: Any, teacher_config: Config, config: Config, what: str) -> None:
+def check_layer_map(lm: LayerMap, teacher_config: Config, config: Config, what: str) -> None:
     """The layer map fits the teacher and this student (``what`` names the student in the message)."""
     from ..core.arch import n_layers
 
@@ -138,7 +138,7 @@ def load_models(
     layer_map: LayerMap,
     *,
     tokenizer: Tokenizer,
-    dtype: Any,
+    dtype: DType,
     trust_remote_code: bool,
 ) -> SweepModels:
     """Load (or take) the models in one common dtype, the tokenizer, and build the families."""

@@ -17,7 +17,7 @@ from ..evaluate.reuse import Key, layers_key, plan_key
 
 if TYPE_CHECKING:
     from ..core.layermap import LayerMap
-    from ..family import Family
+    from ..family import Family, OrderSpec
     from ..hints import Model
 
 
@@ -55,7 +55,7 @@ class Calibration:
         return self._ids
 
 
-def sweep_order(partial: Path, order_spec: Any, family: Family, calibration: Calibration) -> PatchOrder:
+def sweep_order(partial: Path, order_spec: OrderSpec, family: Family, calibration: Calibration) -> PatchOrder:
     """The sweep's PatchOrder: the one saved in ``partial`` when resuming, else resolved by ``family.order`` (the
     one resolver, ``analysis.orders.resolve_order``) and saved there."""
     from ..io.order_files import load_order, save_order
@@ -93,13 +93,13 @@ def sweep_order(partial: Path, order_spec: Any, family: Family, calibration: Cal
 
 def plan_rows(
     layer_map: LayerMap,
-    po: Any,
+    po: PatchOrder,
     sizes: Sequence[int],
     baselines: Sequence[str],
     *,
     family: Family,
     teacher: Model,
-    random: Any,
+    random: Family,
     pruned: Callable[[str, int], Any],
 ) -> tuple[list[Row], dict[str, Unit]]:
     """The rows (every member and baseline at every size) and the distinct units they need.
