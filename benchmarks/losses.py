@@ -19,6 +19,10 @@ tokens of two out-of-domain texts, beside ShortGPT at the same number of layers:
   situation of the members just below the teacher's size.
 
     python benchmarks/losses.py                         # -> benchmarks/results/losses.json
+    python benchmarks/losses.py --init 0,1,2,5,8,10,13,15,18,20,21,23,24,27,28,29 --variants mixed \
+        --work runs/nested-dp --out benchmarks/results/losses-nested-dp.json   # the init `--isolate 1` gives
+    python benchmarks/losses.py --init 0,1,2,5,8,10,13,15,16,19,20,23,24,27,28,29 --variants mixed \
+        --work runs/nested --out benchmarks/results/losses-nested.json   # a hand-made variant (15 kept, 21 dropped)
 
 Students are kept in ``--work`` (shared with ``benchmarks/cosine_budget.py``, whose ``cos`` student at the demo's
 budget with ``loss.mixed=0`` is this one's ``cos``) and reused. Nothing here is tuned on the evaluated texts.
@@ -110,6 +114,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2048, help="evaluated tokens of each text")
     ap.add_argument("--train", default="../shared/data/corpora/train")
     ap.add_argument("--validation", default="../shared/data/corpora/validation")
+    ap.add_argument(
+        "--init", default=KEPT, help="the student's kept teacher layers (default: the demo's init)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "losses.json")
     args = ap.parse_args()
     args.overrides = []
@@ -117,11 +124,17 @@ def main() -> None:
     if unknown := [v for v in names if v not in VARIANTS]:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     args.work.mkdir(parents=True, exist_ok=True)
-    if not (args.work / "init" / "config.json").is_file():
-        boomerang("init", "--teacher", "smollm2-offline", "--layers", KEPT, "--out", str(args.work / "init"),
+    if (args.work / "init" / "config.json").is_file():
+        from boomerang.io.sidecar import read_layer_map
+
+        cached = ",".join(map(str, read_layer_map(args.work / "init").kept))
+        if cached != args.init:
+            ap.error(f"{args.work} holds students of init {cached}, not {args.init}; pass another --work")
+    else:
+        boomerang("init", "--teacher", "smollm2-offline", "--layers", args.init, "--out", str(args.work / "init"),
                   "--force", log=args.work / "init.log")  # fmt: skip
     shortgpt: dict[str, dict[int, float]] = {t: {} for t in TEXTS}
-    result: dict = {"init": KEPT, "budget": args.budget, "tokens": args.tokens, "variants": {}}
+    result: dict = {"init": args.init, "budget": args.budget, "tokens": args.tokens, "variants": {}}
     for name in names:
         run, val = distil(args.work, name, args.budget, VARIANTS[name], args)
         summary = json.loads((run / "summary.json").read_text())

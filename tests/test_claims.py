@@ -102,7 +102,9 @@ def test_teacher_size_variants_are_reported_apart_not_judged():
     assert [r["K"] for r in C.sized(fam)] == [0, 1, 2, 4]
     b = C.check_naive(fam + naive)
     assert b.passed and sorted(b.numbers["ratios"]) == [1, 2]
-    shortgpt = [{"method": "shortgpt", "K": k, "ppl": v, "inference": p} for k, v, p in ((0, 80, 100), (4, 10, 130))]
+    shortgpt = [
+        {"method": "shortgpt", "K": k, "ppl": v, "inference": p} for k, v, p in ((0, 80, 100), (4, 10, 130))
+    ]
     laco = [{**r, "method": "laco"} for r in shortgpt]
     c = C.check_pruning(fam + shortgpt + laco)
     assert c.passed and sorted(c.numbers["ratios"]["shortgpt"]) == [0, 1, 2]

@@ -150,7 +150,9 @@ def test_info_on_student_and_teacher(dirs, capsys):
     assert "student blocks" in out and "family (last order)" in out and "[0, 2)" in out
     assert "distinct sizes" in out
     sizes = out.split("distinct sizes")[1].split("family (")[0]
-    lines = [ln for ln in sizes.splitlines() if ln.strip().startswith("│") and ln.split("│")[1].strip().isdigit()]
+    lines = [
+        ln for ln in sizes.splitlines() if ln.strip().startswith("│") and ln.split("│")[1].strip().isdigit()
+    ]
     assert [int(ln.split("│")[1]) for ln in lines] == list(range(4, 7))  # kept (0, 2, 4, 5) of 6 layers
     assert run(["info", str(t_dir)]) == 0
     assert "not a boomerang student" in capsys.readouterr().out

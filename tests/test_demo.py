@@ -89,9 +89,13 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
         assert verdicts["d"] in ("PASS", "FAIL") and verdicts["e"] in ("PASS", "FAIL"), (text, claims)
         # the default order (size-aware, computed on training text) and the recipe's fixed order (first)
         want = {"main (size-aware)", "main (first)", "naive", "shortgpt", "laco"}
-        assert want | {"random init (first)", "no cosine (first)", "no mixed-context (size-aware)"} <= set(curves)
+        assert want | {"random init (first)", "no cosine (first)", "no mixed-context (size-aware)"} <= set(
+            curves
+        )
         layers = [r["layers"] for r in sorted(curves["main (size-aware)"], key=lambda r: r["K"])]
-        assert layers == sorted(set(layers)) and layers[-1] == 8  # one member per distinct size, up to the teacher
+        assert (
+            layers == sorted(set(layers)) and layers[-1] == 8
+        )  # one member per distinct size, up to the teacher
     assert res["slices"]["hamlet"][0]["name"] == "builtin:hamlet"
     assert res["slices"]["validation"][0]["name"].startswith("doc")  # the validation/ folder
     report = (out / "report.md").read_text()

@@ -327,3 +327,100 @@ def test_cli_and_recipe_shortgpt_init(teacher_dir, tmp_path, capsys):
         parse_recipe({**base, "init": {"strategy": "shortgpt", "size": 16, "max_block": 3}}).init.max_block
         == 3
     )
+
+
+# ---- shortgpt with isolated layers: the largest members start as ShortGPT's ------------------------------------
+
+
+def _isolate_brute_force(bi, size, max_block, alone):
+    n = len(bi)
+    best = None
+    for rest in itertools.combinations(range(1, n), size - 1):
+        kept = [0, *rest]
+        blocks = list(zip(kept, [*kept[1:], n], strict=True))
+        if max_block is not None and any(b - a > max_block for a, b in blocks):
+            continue
+        if any((r - 1, r + 1) not in blocks for r in alone):
+            continue
+        cost = sum(bi[j] for j in range(1, n) if j not in rest)
+        if best is None or cost < best - 1e-12:
+            best = cost
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_isolated_layers_sit_alone_in_two_layer_blocks_at_least_cost(seed):
+    from boomerang.train.initialise import block_influence_from_similarity, isolated_layers, shortgpt_layers
+
+    g = torch.Generator().manual_seed(seed)
+    n = 10
+    sim = torch.rand(n, n, generator=g)
+    sim = (sim + sim.T) / 2
+    bi = block_influence_from_similarity(sim)
+    order = sorted(range(1, n), key=lambda j: bi[j])
+    for size, cap, k in [(5, 3, 1), (6, 3, 2), (4, None, 1), (5, None, 2)]:
+        alone = isolated_layers(bi, k)
+        assert len(alone) == k and alone[0] == min(alone) and order[0] in alone  # ShortGPT's first drop
+        kept = shortgpt_layers(sim, size, cap, isolate=k)
+        blocks = list(zip(kept, [*kept[1:], n], strict=True))
+        assert all((r - 1, r + 1) in blocks for r in alone)
+        cost = sum(bi[j] for j in range(1, n) if j not in kept)
+        assert cost == pytest.approx(_isolate_brute_force(bi, size, cap, alone))
+    assert shortgpt_layers(sim, 5, 3, isolate=0) == shortgpt_layers(sim, 5, 3)
+    with pytest.raises(BoomerangError, match="isolated layers"):
+        shortgpt_layers(sim, n - 1, None, isolate=2)  # one dropped layer cannot make two 2-layer blocks
+
+
+def test_with_isolate_the_member_one_layer_short_is_shortgpts_model():
+    """Patched everywhere but the isolated block, the untrained student is ShortGPT's pruned model, logit for logit."""
+    from boomerang.analysis.baselines import prune_shortgpt
+    from boomerang.family import patch
+
+    teacher = make_teacher("llama", 8)
+    calib = ids(4, 16, seed=3)
+    student = init_student(teacher, "shortgpt", size=4, calibration=calib, max_block=3, isolate=1)
+    lm = LayerMap.from_config(student.config)
+    (r,) = student.config.boomerang["init"]["isolated"]
+    i = next(i for i in range(lm.n_student) if list(lm.block(i)) == [r - 1, r])
+    member = patch(teacher, student, lm, patched=set(range(lm.n_student)) - {i})
+    pruned = prune_shortgpt(teacher, 7, calib)
+    x = ids(2, 12, seed=5)
+    with torch.no_grad():
+        assert torch.equal(member(x).logits, pruned(x).logits)
+    with pytest.raises(BoomerangError, match="isolate only goes with"):
+        init_student(teacher, "similarity", size=3, calibration=calib, isolate=1)
+
+
+def test_cli_and_recipe_take_isolate(teacher_dir, tmp_path, capsys):
+    from boomerang.train.recipe import parse_recipe
+
+    corpus = tiny_corpus(tmp_path / "calib", 6)
+    base = [
+        "init",
+        "--teacher",
+        str(teacher_dir),
+        "--strategy",
+        "shortgpt",
+        "--size",
+        "3",
+        "--data",
+        str(corpus),
+    ]
+    base += ["--calibration-texts", "4", "--calibration-length", "16"]
+    out = tmp_path / "iso"
+    assert run([*base, "--isolate", "1", "--out", str(out)]) == 0
+    kept = list(read_layer_map(out).kept)
+    assert any(b - a == 2 for a, b in zip(kept, [*kept[1:], 6], strict=True))
+    for bad, msg in [
+        (["--isolate", "9"], "--isolate 9 is out of range"),
+        (["--isolate", "-1"], "at least 0"),
+    ]:
+        assert run([*base, *bad, "--out", str(tmp_path / "x")]) == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+    every = ["init", "--teacher", str(teacher_dir), "--out", str(tmp_path / "y"), "--isolate", "1"]
+    assert run(every) == 2 and "--isolate only applies" in capsys.readouterr().err
+    recipe = {"name": "r", "teacher": "t", "data": {"train": "x"}}
+    assert parse_recipe({**recipe, "init": {"strategy": "shortgpt", "isolate": 1}}).init.isolate == 1
+    with pytest.raises(Exception, match="isolate only applies"):
+        parse_recipe({**recipe, "init": {"strategy": "every", "isolate": 1}})

@@ -368,7 +368,9 @@ def test_router_picks_the_largest_member_that_fits_under_load():
     router = service.router
     load: list[int] = []
     router.load = lambda: list(load)
-    for k, ms in enumerate([1.0, 1.0, 1.0, 4.0, 4.0]):  # measured costs: ms per step, a tenth per prompt token
+    for k, ms in enumerate(
+        [1.0, 1.0, 1.0, 4.0, 4.0]
+    ):  # measured costs: ms per step, a tenth per prompt token
         router.observe(k, "decode", 1, ms / 1000)
         router.observe(k, "prefill", 10, ms / 1000)
     router.observe(4, "speculative", 5, 1.0)  # speculative rounds are not decoding steps: ignored

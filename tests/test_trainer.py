@@ -622,7 +622,9 @@ def test_mixed_context_members_train_only_the_student_layers_they_use(root, tmp_
 
 
 def test_teacher_context_term_trains_and_is_logged(root, tmp_path, capsys):
-    r = parse_recipe(tiny_recipe(root, loss={"ctx": 0.2, "ctx_mse": 0.1}, train={"steps": 3}, eval={"every": 0}))
+    r = parse_recipe(
+        tiny_recipe(root, loss={"ctx": 0.2, "ctx_mse": 0.1}, train={"steps": 3}, eval={"every": 0})
+    )
     summary = distill(r, out=tmp_path / "run")
     plan = " ".join(capsys.readouterr().out.split())
     # the printed plan names every loss term that is on, and the precision with the reason it was chosen

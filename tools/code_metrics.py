@@ -10,7 +10,14 @@ import ast
 import sys
 from pathlib import Path
 
-ORDER_RESOLVERS = ("resolve_order", "recorded_order", "builtin_order", "as_order", "static_order", "_stream_order")
+ORDER_RESOLVERS = (
+    "resolve_order",
+    "recorded_order",
+    "builtin_order",
+    "as_order",
+    "static_order",
+    "_stream_order",
+)
 
 
 def main() -> None:
@@ -29,10 +36,16 @@ def main() -> None:
             params = [p for p in params if p.arg not in ("self", "cls")]
             funcs.append((n, len(params), f"{rel}:{node.lineno} {node.name}", in_cli))
             if not node.name.startswith("_"):
-                any_params += sum(1 for p in params if p.annotation is not None and "Any" in ast.unparse(p.annotation))
+                any_params += sum(
+                    1 for p in params if p.annotation is not None and "Any" in ast.unparse(p.annotation)
+                )
             if not in_cli:
-                inner_imports += sum(isinstance(x, (ast.Import, ast.ImportFrom)) for x in ast.walk(node) if x is not node)
-            if node.name in ORDER_RESOLVERS or ("order" in node.name and node.name.startswith(("resolve", "_resolve"))):
+                inner_imports += sum(
+                    isinstance(x, (ast.Import, ast.ImportFrom)) for x in ast.walk(node) if x is not node
+                )
+            if node.name in ORDER_RESOLVERS or (
+                "order" in node.name and node.name.startswith(("resolve", "_resolve"))
+            ):
                 resolvers.append(f"{rel}:{node.lineno} {node.name}")
     lib = [f for f in funcs if not f[3]]
     cli = [f for f in funcs if f[3]]

@@ -45,6 +45,13 @@ def init(
     max_block: Annotated[
         int | None, typer.Option("--max-block", help="shortgpt: the longest teacher block per student layer.")
     ] = None,
+    isolate: Annotated[
+        int,
+        typer.Option(
+            help="shortgpt: give the first N layers ShortGPT drops a 2-layer block each (the members 1..N layers "
+            "short of the teacher then start as ShortGPT's)."
+        ),
+    ] = 0,
     data: Annotated[
         str | None,
         typer.Option(
@@ -78,7 +85,7 @@ def init(
     if strat not in STRATEGIES:
         raise BoomerangError(f"unknown --strategy {strat!r}; use one of: {', '.join(STRATEGIES)}")
     measured = strat in ("similarity", "shortgpt")
-    _check_strategy_options(strat, measured, kept, data, size, max_block, patch_order)
+    _check_strategy_options(strat, measured, kept, data, size, max_block, patch_order, isolate)
     validate.positive(
         every=every,
         keep_first=keep_first,
@@ -86,13 +93,13 @@ def init(
         calibration_texts=calibration_texts,
         max_block=max_block,
     )
-    validate.at_least(0, keep_last=keep_last)
+    validate.at_least(0, keep_last=keep_last, isolate=isolate)
     validate.at_least(2, calibration_length=calibration_length)
     validate.seed(seed)
     validate.text_source(data)
     validate.model_source(teacher, "--teacher")
     validate.tokenizer_source(teacher, "--teacher")
-    _check_student_shape(teacher, strat, kept, every, keep_first, keep_last, size, trust_remote_code)
+    _check_student_shape(teacher, strat, kept, every, keep_first, keep_last, size, trust_remote_code, isolate)
     if measured:
         validate.within_context("--calibration-length", calibration_length, teacher, trust_remote_code)
         calibration_length = calibration_length or validate.context_default(256, teacher, trust_remote_code)
@@ -125,6 +132,7 @@ def init(
         teacher_name=teacher,
         patch_order=patch_order,
         max_block=max_block,
+        isolate=isolate,
     )
     save_student(student, out, tokenizer=tok, force=force)
     _print_student(student, out, strat)
@@ -138,6 +146,7 @@ def _check_strategy_options(
     size: int | None,
     max_block: int | None,
     patch_order: str | None,
+    isolate: int = 0,
 ) -> None:
     """The options that only some init strategies take."""
     if kept and strat != "layers":
@@ -148,6 +157,8 @@ def _check_strategy_options(
         raise BoomerangError("--size and --data only apply to --strategy similarity or shortgpt")
     if max_block is not None and strat != "shortgpt":
         raise BoomerangError("--max-block only applies to --strategy shortgpt")
+    if isolate and strat != "shortgpt":
+        raise BoomerangError("--isolate only applies to --strategy shortgpt")
     if patch_order is not None and patch_order not in ("last", "first"):
         raise BoomerangError(f"--patch-order must be last or first, not {patch_order!r}")
 
@@ -192,6 +203,7 @@ def _check_student_shape(
     keep_last: int,
     size: int | None,
     trust_remote_code: bool,
+    isolate: int = 0,
 ) -> None:
     """Refuse, from the teacher's config alone, a student that cannot be made or would be the whole teacher."""
     from ..core.layermap import LayerMap
@@ -203,6 +215,7 @@ def _check_student_shape(
     validate.in_range("keep_last", keep_last, 0, n, why)
     if strategy in ("similarity", "shortgpt"):
         validate.in_range("size", size, 1, n - 1, f"{why} and a student keeps fewer")
+        validate.in_range("isolate", isolate, 0, n // 2, f"{why}; each isolated layer needs a 2-layer block")
         return
     lm = LayerMap.from_kept(kept, n) if kept else LayerMap.every(n, every, keep_first, keep_last)
     if lm.n_student >= n:

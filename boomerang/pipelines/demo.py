@@ -535,8 +535,14 @@ class Demo:
                 sweeps[Curve(student, order)] = res
             texts.append(TextResult(t.label, t.source, t.kind, sweeps))
         init = self.recipe.init
-        shape = f"`{init.strategy}`" + (
-            f" (blocks of at most {init.max_block} layers)" if init.max_block else ""
+        shape = (
+            f"`{init.strategy}`"
+            + (f" (blocks of at most {init.max_block} layers)" if init.max_block else "")
+            + (
+                f" ({init.isolate} isolated: {init.isolate}-layer-short members start as ShortGPT's)"
+                if init.isolate
+                else ""
+            )
         )
         lm = read_layer_map(students["main"], allow_hub=False)
         total, runs = self.wall_time()

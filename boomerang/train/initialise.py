@@ -9,7 +9,9 @@ Strategies:
 - ``shortgpt`` (the init the paper leaves to future work, §3.5): the layers ShortGPT keeps at size M, i.e. the
   M−1 layers besides layer 0 with the largest block influence BI_i = 1 − cos(input of layer i, output of layer i)
   on calibration data; equivalently the partition minimising the summed BI of the dropped layers. ``max_block``
-  caps the block length (the same DP under that constraint), trading ShortGPT's long blocks for a finer family.
+  caps the block length (the same DP under that constraint), trading ShortGPT's long blocks for a finer family;
+  ``isolate`` gives the first layers ShortGPT drops 2-layer blocks of their own, so the largest members start as
+  ShortGPT's models of their size.
 - ``similarity`` (appendix E.2): for a target size M, the kept layers that maximise the *minimum* over blocks of
   the cosine similarity between the output of the block's first layer and the output of its last layer
   (teacher self-similarity on calibration data). Ties are broken by the largest total similarity. Both are
@@ -76,9 +78,27 @@ def block_influence_from_similarity(sim: torch.Tensor) -> list[float]:
     return [float("nan")] + [1.0 - float(sim[i - 1, i]) for i in range(1, sim.shape[0])]
 
 
-def shortgpt_layers(sim: torch.Tensor, size: int, max_block: int | None = None) -> list[int]:
+def isolated_layers(bi: Sequence[float], count: int) -> list[int]:
+    """The first ``count`` layers in ShortGPT's removal order (lowest BI first, layer 0 never) that can each have a
+    2-layer block of their own: no two adjacent."""
+    chosen: list[int] = []
+    for j in sorted(range(1, len(bi)), key=lambda j: (bi[j], j)):
+        if len(chosen) == count:
+            break
+        if all(abs(j - c) >= 2 for c in chosen):
+            chosen.append(j)
+    return sorted(chosen)
+
+
+def shortgpt_layers(
+    sim: torch.Tensor, size: int, max_block: int | None = None, isolate: int = 0
+) -> list[int]:
     """Kept layers minimising the summed block influence of the dropped layers (layer 0 always kept): ShortGPT's
-    choice at ``size`` layers, or with ``max_block`` the best choice whose blocks are at most that long."""
+    choice at ``size`` layers, or with ``max_block`` the best choice whose blocks are at most that long.
+
+    ``isolate`` = k puts each of the first k layers ShortGPT drops in a 2-layer block of its own ([r−1, r+1)), so
+    that the family's members 1..k layers short of the teacher start as ShortGPT's models of those sizes (each
+    patches one such block alone). The DP then minimises the summed BI under that constraint too."""
     n = sim.shape[0]
     if not 1 <= size <= n:
         raise BoomerangError(f"student size {size} is out of range for a {n}-layer teacher (1..{n})")
@@ -88,6 +108,12 @@ def shortgpt_layers(sim: torch.Tensor, size: int, max_block: int | None = None) 
             f"{-(-n // size)} or more, or the size"
         )
     bi = block_influence_from_similarity(sim.double())
+    alone = isolated_layers(bi, isolate) if isolate else []
+    if len(alone) < isolate:
+        raise BoomerangError(
+            f"init isolate={isolate}: only {len(alone)} of the {n}-layer teacher's layers can each have a 2-layer "
+            f"block of their own; lower isolate"
+        )
     prefix = [0.0]
     for v in bi[1:]:
         prefix.append(prefix[-1] + v)
@@ -95,9 +121,16 @@ def shortgpt_layers(sim: torch.Tensor, size: int, max_block: int | None = None) 
     def score(i: int, j: int) -> float:  # block [i, j): layer i kept, i+1..j-1 dropped
         if max_block is not None and j - i > max_block:
             return _NEG
+        if any(i == r or (i < r < j and (i, j) != (r - 1, r + 1)) for r in alone):
+            return _NEG  # an isolated layer is dropped, alone in [r−1, r+1)
         return -(prefix[j - 1] - prefix[i])
 
-    _, kept = _partition(n, size, score, lambda a, b: a + b, 0.0)
+    best, kept = _partition(n, size, score, lambda a, b: a + b, 0.0)
+    if best == _NEG:
+        raise BoomerangError(
+            f"no {size}-layer student has blocks of at most {max_block} layers with {isolate} isolated layers; "
+            f"lower isolate or raise max_block"
+        )
     return kept
 
 
@@ -134,12 +167,15 @@ def strategy_layer_map(
     size: int | None = None,
     similarity: torch.Tensor | None = None,
     max_block: int | None = None,
+    isolate: int = 0,
 ) -> LayerMap:
     """The layer map a strategy gives for an N-layer teacher (``similarity`` needs the similarity matrix)."""
     if strategy not in STRATEGIES:
         raise BoomerangError(f"unknown init strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}")
     if max_block is not None and strategy != "shortgpt":
         raise BoomerangError(f"max_block only goes with the 'shortgpt' strategy, not {strategy!r}")
+    if isolate and strategy != "shortgpt":
+        raise BoomerangError(f"isolate only goes with the 'shortgpt' strategy, not {strategy!r}")
     if strategy == "layers":
         if not layers:
             raise BoomerangError("the 'layers' strategy needs the kept teacher layers, e.g. --layers 0,2,4,5")
@@ -154,7 +190,7 @@ def strategy_layer_map(
         if similarity is None:
             raise BoomerangError(f"the {strategy!r} strategy needs the teacher's layer similarity matrix")
         if strategy == "shortgpt":
-            return LayerMap.from_kept(shortgpt_layers(similarity, size, max_block), teacher_layers)
+            return LayerMap.from_kept(shortgpt_layers(similarity, size, max_block, isolate), teacher_layers)
         return LayerMap.from_kept(similarity_layers(similarity, size), teacher_layers)
     return LayerMap.every(teacher_layers, every=every, keep_first=keep_first, keep_last=keep_last)
 
@@ -173,6 +209,7 @@ def init_student(
     patch_order: str | None = None,
     reinitialise: bool = False,
     max_block: int | None = None,
+    isolate: int = 0,
 ) -> PreTrainedModel:
     """A student initialised from ``teacher`` (which is left untouched; the student owns its tensors).
 
@@ -208,11 +245,12 @@ def init_student(
             size=size,
             similarity=sim,
             max_block=max_block,
+            isolate=isolate,
         )
         if strategy in ("every", "random"):
             info.update(every=every, keep_first=keep_first, keep_last=keep_last)
         if sim is not None:
-            info.update(_measured_info(strategy, sim, lm, calibration, max_block))  # type: ignore[arg-type]
+            info.update(_measured_info(strategy, sim, lm, calibration, max_block, isolate))  # type: ignore[arg-type]
     if lm.n_teacher != n:
         raise BoomerangError(
             f"the layer map is for a {lm.n_teacher}-layer teacher, but the teacher has {n} layers"
@@ -240,7 +278,12 @@ def init_student(
 
 
 def _measured_info(
-    strategy: str, sim: torch.Tensor, lm: LayerMap, calibration: torch.Tensor, max_block: int | None
+    strategy: str,
+    sim: torch.Tensor,
+    lm: LayerMap,
+    calibration: torch.Tensor,
+    max_block: int | None,
+    isolate: int = 0,
 ) -> dict[str, Any]:
     """What a measured init (``shortgpt``, ``similarity``) records about its choice in the student's config."""
     if strategy == "shortgpt":
@@ -249,6 +292,7 @@ def _measured_info(
         return {
             "objective": "min summed block influence of the dropped layers",
             "max_block": max_block,
+            **({"isolated": isolated_layers(bi, isolate)} if isolate else {}),
             "dropped_block_influence": round(sum(bi[j] for j in dropped), 6),
             "block_influence": [None] + [round(v, 6) for v in bi[1:]],
             "calibration_shape": list(calibration.shape),

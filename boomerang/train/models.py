@@ -261,4 +261,5 @@ def init_from_recipe(recipe: Recipe, teacher: nn.Module, tokenizer: Tokenizer) -
         teacher_name=r.teacher,
         patch_order=r.patch_order,
         max_block=ini.max_block,
+        isolate=ini.isolate,
     )

@@ -50,6 +50,13 @@ class InitSection(_Section):
     max_block: int | None = Field(
         None, ge=1, description="shortgpt: the longest teacher block one student layer may stand for"
     )
+    isolate: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="shortgpt: give the first N layers ShortGPT drops a 2-layer block each, so the members 1..N "
+        "layers short of the teacher start as ShortGPT's models of their size",
+    )
     calibration: str | None = Field(
         None, description="calibration texts for similarity and shortgpt (default: data.train)"
     )
@@ -63,6 +70,8 @@ class InitSection(_Section):
             raise ValueError("init.strategy 'layers' needs init.layers (the kept teacher layers)")
         if self.max_block is not None and self.strategy != "shortgpt":
             raise ValueError(f"init.max_block only applies to strategy shortgpt, not {self.strategy!r}")
+        if self.isolate and self.strategy != "shortgpt":
+            raise ValueError(f"init.isolate only applies to strategy shortgpt, not {self.strategy!r}")
         if self.layers and self.strategy != "layers":
             raise ValueError(
                 f"init.layers is set but init.strategy is {self.strategy!r}; use strategy: layers"
