@@ -215,7 +215,15 @@ def _check_student_shape(
     validate.in_range("keep_last", keep_last, 0, n, why)
     if strategy in ("similarity", "shortgpt"):
         validate.in_range("size", size, 1, n - 1, f"{why} and a student keeps fewer")
-        validate.in_range("isolate", isolate, 0, n // 2, f"{why}; each isolated layer needs a 2-layer block")
+        m = size or LayerMap.every(n, every, keep_first, keep_last).n_student
+        validate.in_range(
+            "isolate",
+            isolate,
+            0,
+            min(n // 2, n - m),
+            f"a {m}-layer student of {n} layers drops {n - m}, and "
+            "each isolated layer is one of them, alone in a 2-layer block",
+        )
         return
     lm = LayerMap.from_kept(kept, n) if kept else LayerMap.every(n, every, keep_first, keep_last)
     if lm.n_student >= n:
