@@ -237,13 +237,17 @@ def test_cli_init_bad_input(teacher_dir, tmp_path, capsys):
 # ---- shortgpt: the layers ShortGPT keeps, optionally with a cap on block length ---------------------------------
 
 
-def _shortgpt_brute_force(bi, size, max_block):
+def _shortgpt_brute_force(bi, size, max_block, alone=()):
+    """Least summed BI of the dropped layers over every kept set, with blocks of at most ``max_block`` layers and
+    each layer of ``alone`` dropped alone in [r − 1, r + 1)."""
     n = len(bi)
     best = None
     for rest in itertools.combinations(range(1, n), size - 1):
         kept = [0, *rest]
-        ends = [*kept[1:], n]
-        if max_block is not None and any(b - a > max_block for a, b in zip(kept, ends, strict=True)):
+        blocks = list(zip(kept, [*kept[1:], n], strict=True))
+        if max_block is not None and any(b - a > max_block for a, b in blocks):
+            continue
+        if any((r - 1, r + 1) not in blocks for r in alone):
             continue
         cost = sum(bi[j] for j in range(1, n) if j not in rest)
         if best is None or cost < best[0] - 1e-12:
@@ -332,22 +336,6 @@ def test_cli_and_recipe_shortgpt_init(teacher_dir, tmp_path, capsys):
 # ---- shortgpt with isolated layers: the largest members start as ShortGPT's ------------------------------------
 
 
-def _isolate_brute_force(bi, size, max_block, alone):
-    n = len(bi)
-    best = None
-    for rest in itertools.combinations(range(1, n), size - 1):
-        kept = [0, *rest]
-        blocks = list(zip(kept, [*kept[1:], n], strict=True))
-        if max_block is not None and any(b - a > max_block for a, b in blocks):
-            continue
-        if any((r - 1, r + 1) not in blocks for r in alone):
-            continue
-        cost = sum(bi[j] for j in range(1, n) if j not in rest)
-        if best is None or cost < best - 1e-12:
-            best = cost
-    return best
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_isolated_layers_sit_alone_in_two_layer_blocks_at_least_cost(seed):
     from boomerang.train.initialise import block_influence_from_similarity, isolated_layers, shortgpt_layers
@@ -365,7 +353,7 @@ def test_isolated_layers_sit_alone_in_two_layer_blocks_at_least_cost(seed):
         blocks = list(zip(kept, [*kept[1:], n], strict=True))
         assert all((r - 1, r + 1) in blocks for r in alone)
         cost = sum(bi[j] for j in range(1, n) if j not in kept)
-        assert cost == pytest.approx(_isolate_brute_force(bi, size, cap, alone))
+        assert cost == pytest.approx(_shortgpt_brute_force(bi, size, cap, alone)[0])
     assert shortgpt_layers(sim, 5, 3, isolate=0) == shortgpt_layers(sim, 5, 3)
     with pytest.raises(BoomerangError, match="isolated layers"):
         shortgpt_layers(sim, n - 1, None, isolate=2)  # one dropped layer cannot make two 2-layer blocks
