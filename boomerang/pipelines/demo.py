@@ -538,11 +538,7 @@ class Demo:
         shape = (
             f"`{init.strategy}`"
             + (f" (blocks of at most {init.max_block} layers)" if init.max_block else "")
-            + (
-                f" ({init.isolate} isolated: {init.isolate}-layer-short members start as ShortGPT's)"
-                if init.isolate
-                else ""
-            )
+            + (f" (ShortGPT's first {init.isolate} drops alone in 2-layer blocks)" if init.isolate else "")
         )
         lm = read_layer_map(students["main"], allow_hub=False)
         total, runs = self.wall_time()
