@@ -85,7 +85,7 @@ def compare(orders: dict, reference: str) -> dict:
 
 def run_orders(teacher, student, lm, ids, held_out, *, repeats: int, batch: int, exhaustive: bool) -> dict:
     from boomerang.analysis.orders import compute_order, order_scores
-    from boomerang.core.plan import builtin_order
+    from boomerang.core.plan import PatchOrder
 
     names = ["greedy-kl", "shortest-path"] + (["optimal"] if exhaustive else [])
     computed, seconds = {}, {n: [] for n in names}
@@ -104,7 +104,7 @@ def run_orders(teacher, student, lm, ids, held_out, *, repeats: int, batch: int,
             print(f"repeat {r}: {name} {seconds[name][-1]:.1f}s", flush=True)
     out = {}
     for name in ("last", "first", *names):
-        po = computed.get(name) or builtin_order(name, lm.n_student)
+        po = computed.get(name) or PatchOrder.builtin(name, lm.n_student)
         kl = po.info.get("kl") or order_scores(teacher, student, lm, po, ids, batch_size=batch)
         row = {"subsets": [list(s) for s in po.subsets], "nested": po.sequence is not None, "kl": kl}
         if name in seconds:

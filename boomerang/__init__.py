@@ -53,6 +53,7 @@ _EXPORTS = {
     "save_pruned": "analysis.baselines",
     "analyze": "analysis.analyze",
     "compute_order": "analysis.orders",
+    "resolve_order": "analysis.resolve",
     "load_order": "io.order_files",
     "save_order": "io.order_files",
     "run_demo": "pipelines.demo",

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .analysis.resolve import resolve_order
 from .cards import CardInfo, sweep_files, sweep_scores, teacher_info, write_cards
 from .core.layermap import LayerMap
 from .core.params import FamilySize, distinct_sizes, family_table, plan_config, plan_params
-from .core.plan import DATA_ORDERS, PatchOrder, PatchPlan, make_plan, recorded_order
+from .core.plan import OrderSpec, PatchOrder, PatchPlan, is_data_order, make_plan
 from .errors import BoomerangError
 from .interrupts import check
 from .io.atomic import atomic_dir, check_writable
@@ -43,8 +44,6 @@ MANIFEST = "family.json"
 CARD = "README.md"  # each member's model card, and the family's
 ORDER_FILE = "order.json"
 _MEMBER_OVERHEAD = 1 << 20  # config, generation config, index and safetensors headers, per member (generous)
-
-OrderSpec = str | PatchOrder | Sequence[int]
 
 
 def patch(
@@ -69,8 +68,8 @@ def patch(
         plan = patched
     else:
         layer_map = layer_map or student_layer_map(student)
-        order = recorded_order(student.config) if order is None else order
-        plan = make_plan(layer_map, num_patched=num_patched, order=order, patched=patched)
+        po = None if patched is not None else resolve_order(order, layer_map, config=student.config)
+        plan = make_plan(layer_map, num_patched=num_patched, order=po, patched=patched)
     return build(teacher, student, plan, copy=copy)
 
 
@@ -127,7 +126,7 @@ class Family:
         self.calibration = calibration
         self._orders: dict[Any, PatchOrder] = {}
         self._members: dict[tuple[Any, ...], PreTrainedModel] = {}
-        self.default_order = self.order(recorded_order(self.student.config) if order is None else order)
+        self.default_order = self.order(order)
 
     # ---- sizes and orders ----------------------------------------------------------------------------------
     @property
@@ -166,24 +165,29 @@ class Family:
         Data-driven orders (``similarity``, ``greedy-kl``, ``optimal``) need ``calibration`` token ids, or
         ``data`` (a text source for ``boomerang.data.calibration_ids``), or the Family's ``calibration``.
         """
-        from .analysis.orders import resolve_order
-
-        if order is None:
+        if order is None and "default_order" in vars(self):
             return self.default_order
         if isinstance(order, os.PathLike):  # a saved order file
             order = os.fspath(order)
+        key = order if order is None or isinstance(order, str) else ("sequence", *order)
         if isinstance(order, PatchOrder):
-            return resolve_order(order, self.layer_map)
-        key = order if isinstance(order, str) else ("sequence", *order)
+            key = None
         if key in self._orders and not options and data is None and calibration is None:
             return self._orders[key]
         ids = calibration if calibration is not None else self.calibration
-        if isinstance(order, str) and order in DATA_ORDERS and ids is None and data is not None:
-            ids = self._calibration(data, order)
+        if is_data_order(order) and ids is None and data is not None:
+            ids = self._calibration(data, str(order))
         po = resolve_order(
-            order, self.layer_map, teacher=self.teacher, student=self.student, calibration=ids, **options
+            order,
+            self.layer_map,
+            config=self.student.config,
+            teacher=self.teacher,
+            student=self.student,
+            calibration=ids,
+            **options,
         )
-        self._orders[key] = po
+        if key is not None:
+            self._orders[key] = po
         return po
 
     def _calibration(self, data: Any, order: str = "") -> Any:
@@ -610,7 +614,7 @@ def export_family(
     parse_shard_size(max_shard_size)
     if gguf is not None:
         check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code)
-    if isinstance(order, str) and order in DATA_ORDERS and data is None and calibration is None:
+    if is_data_order(order) and data is None and calibration is None:
         raise BoomerangError(
             f"order {order!r} is computed from calibration texts: pass --data PATH (data=...)"
         )
@@ -623,7 +627,7 @@ def export_family(
     builder = _stream_builder(teacher, student, layer_map, dtype, stream, trust_remote_code) if can else None
     writer: _Writer
     if builder is not None:
-        po = _stream_order(builder, order, data, calibration, trust_remote_code)
+        po = _streamed_export_order(builder, order, data, calibration, trust_remote_code)
         key = _resume_key(teacher, student, builder.layer_map, builder.dtype, max_shard_size)  # type: ignore[arg-type]
         writer, n_student = _StreamWriter(builder, max_shard_size), builder.layer_map.n_student
     else:
@@ -706,17 +710,13 @@ def _resume_key(
     }
 
 
-def _stream_order(
+def _streamed_export_order(
     builder: Any, order: OrderSpec | None, data: Any, calibration: Any, trust_remote_code: bool
 ) -> PatchOrder:
-    """Resolve an order for a streamed export; data-driven orders load both models just for the search."""
-    from .analysis.orders import resolve_order
-
-    lm = builder.layer_map
-    if order is None:
-        order = recorded_order(builder.student.config)
-    if not (isinstance(order, str) and order in DATA_ORDERS):
-        return resolve_order(order, lm)
+    """The order of a streamed export: a data-driven one loads both models just for the search."""
+    lm, config = builder.layer_map, builder.student.config
+    if not is_data_order(order):
+        return resolve_order(order, lm, config=config)
     from .io.loading import load_model
 
     teacher = load_model(builder.teacher.path, dtype=builder.dtype, trust_remote_code=trust_remote_code)

@@ -52,7 +52,7 @@ def test_member_curves_match_direct_computation():
     for name in ("last", "first"):
         row = curves[name]
         assert row["num_layers"] == [
-            r["layers"] for r in family_table(teacher.config, student.config, lm, name)
+            r["layers"] for r in family_table(teacher.config, student.config, lm, B.resolve_order(name, lm))
         ]
         for k in range(lm.n_student + 1):
             model = B.patch(teacher, student, lm, num_patched=k, order=name)

@@ -68,7 +68,7 @@ def test_reference_counting_spot_checks():
 
 def test_clean_and_reference_counting_differ_as_documented():
     qwen = LAYOUTS["qwen3-8b"]
-    clean = B.make_plan(qwen, num_patched=2, order="last")
+    clean = B.make_plan(qwen, num_patched=2, order=B.resolve_order("last", qwen))
     assert list(clean.patched) == list(reference_plan(qwen, 0).patched)  # same model, different K
 
 

@@ -25,7 +25,10 @@ def test_demo_pipeline_runs_and_resumes(real_teacher_dir, corpora, tmp_path):
         "--calibration-samples",
         "4",
     ]
-    args += ["train.micro_batch_size=4", "eval.blocks=2"]  # a rerun must repeat them (other settings are refused)
+    args += [
+        "train.micro_batch_size=4",
+        "eval.blocks=2",
+    ]  # a rerun must repeat them (other settings are refused)
     assert run(args) == 0
     summary = json.loads((out / "distill" / "summary.json").read_text())
     assert summary["steps"] == 1 and summary["tokens"] == 4096

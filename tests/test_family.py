@@ -175,7 +175,7 @@ def test_export_writes_every_member_and_a_complete_manifest(saved):
     x = ids()
     for row in manifest["members"]:
         k = row["K"]
-        plan = B.make_plan(lm, num_patched=k, order=order)
+        plan = B.make_plan(lm, num_patched=k, order=B.resolve_order(order, lm))
         assert row["patched_student_layers"] == list(plan.patched)
         assert row["layer_sources"] == [list(s) for s in plan.sources]
         assert row["teacher_layers"] == plan.teacher_layers

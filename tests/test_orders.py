@@ -15,9 +15,9 @@ from boomerang.analysis.orders import (
     exhaustive_search,
     greedy_from_table,
     order_scores,
-    resolve_order,
     subsample,
 )
+from boomerang.analysis.resolve import resolve_order
 from boomerang.cli.app import run
 from boomerang.core.hooks import capture
 from boomerang.core.spans import embedding_output, run_span
@@ -187,8 +187,9 @@ def test_order_scores_for_builtin_orders_match_direct_computation():
     teacher, student, lm = make_pair("gemma3_text", 6, kept=(0, 2, 4, 5))
     x = ids(2, 10)
     for order in ("last", "first"):
-        kl = order_scores(teacher, student, lm, order, x)
-        cos = order_scores(teacher, student, lm, order, x, criterion="cos")
+        po = resolve_order(order, lm)
+        kl = order_scores(teacher, student, lm, po, x)
+        cos = order_scores(teacher, student, lm, po, x, criterion="cos")
         for k in range(lm.n_student + 1):
             model = B.patch(teacher, student, lm, num_patched=k, order=order)
             assert kl[k] == pytest.approx(direct_kl(teacher, model, x), abs=1e-6)

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 import boomerang as B
 from boomerang.cli.app import run
-from boomerang.core.plan import recorded_order
+from boomerang.core.plan import recorded_order_name
 from boomerang.data.blocks import docs_to_blocks, tokenize
 from boomerang.io.order_files import load_order
 from boomerang.train.recipe import load_recipe
@@ -98,13 +98,13 @@ def _logits(model, x):
         return model(x).logits
 
 
-def test_recorded_order_reads_the_student_config():
-    assert recorded_order({"boomerang": {"role": "student", "patch_order": "first"}}) == "first"
-    assert recorded_order({"boomerang": {"role": "student"}}) == "last"
-    assert recorded_order({"boomerang": {"patch_order": "sideways"}}) == "last"
-    assert recorded_order({}) == "last"
+def test_recorded_order_name_reads_the_student_config():
+    assert recorded_order_name({"boomerang": {"role": "student", "patch_order": "first"}}) == "first"
+    assert recorded_order_name({"boomerang": {"role": "student"}}) == "last"
+    assert recorded_order_name({"boomerang": {"patch_order": "sideways"}}) == "last"
+    assert recorded_order_name({}) == "last"
     teacher, student, _lm, *_ = _first_student()
-    assert recorded_order(student.config) == "first" and recorded_order(teacher.config) == "last"
+    assert recorded_order_name(student.config) == "first" and recorded_order_name(teacher.config) == "last"
 
 
 def test_python_entry_points_default_to_the_students_order(tmp_path):
@@ -114,7 +114,10 @@ def test_python_entry_points_default_to_the_students_order(tmp_path):
     last2 = B.patch(teacher, student, lm, [2, 3])
     # B.patch: recorded order by default, an explicit order wins
     assert torch.equal(_logits(B.patch(teacher, student, num_patched=2), x), _logits(first2, x))
-    assert torch.equal(_logits(B.patch(teacher, student, num_patched=2, order="last"), x), _logits(last2, x))
+    assert torch.equal(
+        _logits(B.patch(teacher, student, num_patched=2, order=B.resolve_order("last", lm)), x),
+        _logits(last2, x),
+    )
     # Family (in memory and from paths)
     fam = B.Family(teacher, student)
     assert fam.default_order.name == "first" and fam.plan(2).patched == (0, 1)
@@ -134,7 +137,7 @@ def test_python_entry_points_default_to_the_students_order(tmp_path):
         out = tmp_path / f"built-{fast}"
         B.stream_build(t_dir, s_dir, out, num_patched=2, fast=fast)
         assert json.loads((out / "config.json").read_text())["boomerang"]["patched_student_layers"] == [0, 1]
-    B.stream_build(t_dir, s_dir, tmp_path / "built-last", num_patched=2, order="last")
+    B.stream_build(t_dir, s_dir, tmp_path / "built-last", num_patched=2, order=B.resolve_order("last", lm))
     assert json.loads((tmp_path / "built-last" / "config.json").read_text())["boomerang"]["order"] == "last"
 
 

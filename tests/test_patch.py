@@ -192,7 +192,7 @@ def test_hidden_states_output_not_duplicated(pair):
 def test_param_accounting_matches_built_models(arch):
     teacher, student, lm = make_pair(arch, tie=True)
     for order in ("last", "first"):
-        table = B.family_table(teacher.config, student.config, lm, order)
+        table = B.family_table(teacher.config, student.config, lm, B.resolve_order(order, lm))
         for row in table:
             m = B.patch(teacher, student, lm, num_patched=row["K"], order=order)
             counted = B.count_params(m)
@@ -202,7 +202,7 @@ def test_param_accounting_matches_built_models(arch):
     head = teacher.get_output_embeddings().weight.numel()
     assert k0["inference"] - k0["trainable"] == head
     # once embedding and head come from different models, both are real tensors
-    mixed = B.family_table(teacher.config, student.config, lm, "last")[1]
+    mixed = B.family_table(teacher.config, student.config, lm, B.resolve_order("last", lm))[1]
     assert mixed["inference"] == mixed["trainable"]
 
 

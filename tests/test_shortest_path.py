@@ -18,9 +18,9 @@ from boomerang.analysis.orders import (
     exhaustive_search,
     greedy_from_table,
     order_scores,
-    resolve_order,
     shortest_path_search,
 )
+from boomerang.analysis.resolve import resolve_order
 from boomerang.cli.app import run
 from boomerang.io.order_files import load_order, save_order
 

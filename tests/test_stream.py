@@ -402,7 +402,7 @@ def test_cli_data_driven_order_needs_data(saved_llama, capsys):
 
 def test_cli_data_driven_order_streams(saved_llama, tmp_path_factory):
     tmp, t_dir, s_dir, lm = saved_llama
-    from boomerang.analysis.orders import resolve_order
+    from boomerang.analysis.resolve import resolve_order
     from boomerang.data import calibration_ids
     from boomerang.io.order_files import load_order
 

@@ -15,7 +15,7 @@ import boomerang as B
 from boomerang.cli.app import run
 from boomerang.core.hooks import layer_list
 from boomerang.core.patching import assemble
-from boomerang.core.plan import PatchPlan, as_order
+from boomerang.core.plan import PatchPlan
 from boomerang.evaluate.perplexity import Document, batch_nll, causal_batches, mlm_batches
 from boomerang.evaluate.reuse import Scored, layers_key, plan_key, schedule, score, work
 from boomerang.pipelines.sweep import EvalSpec, Sweep, TaskOptions, partial_dir, sweep
@@ -23,7 +23,7 @@ from boomerang.pipelines.sweep import EvalSpec, Sweep, TaskOptions, partial_dir,
 
 def family_models(teacher, student, lm, order, random_student=None):
     """Every member, its naive baseline and (optionally) the random-student member, with their keys."""
-    po = as_order(order, lm.n_student)
+    po = B.resolve_order(order, lm)
     out = []
     for k in range(lm.n_student + 1):
         plan = PatchPlan(layer_map=lm, patched=po.patched(k), order=po.name)

@@ -27,9 +27,9 @@ from .orders import (
     as_calibration,
     calibration_info,
     order_scores,
-    resolve_order,
     similarity_order,
 )
+from .resolve import resolve_order
 
 if TYPE_CHECKING:
     from ..hints import Calibration, Model
@@ -72,12 +72,8 @@ def members(
     )
     out: dict[str, dict[str, Any]] = {}
     for order in orders:
-        po = (
-            order
-            if isinstance(order, PatchOrder)
-            else resolve_order(
-                order, layer_map, teacher=teacher, student=student, calibration=ids, batch_size=batch_size
-            )
+        po = resolve_order(
+            order, layer_map, teacher=teacher, student=student, calibration=ids, batch_size=batch_size
         )
         key = po.name if po.name not in out else f"{po.name}-{len(out)}"
         row: dict[str, Any] = {

@@ -39,7 +39,8 @@ from ..core.plan import PatchOrder, PatchPlan
 from ..core.spans import forward_ids
 from ..errors import BoomerangError
 from ..interrupts import check
-from .orders import as_calibration, batches, calibration_info, resolve_order
+from .orders import as_calibration, batches, calibration_info
+from .resolve import resolve_order
 
 if TYPE_CHECKING:
     from ..hints import Calibration, Tokenizer

@@ -1,7 +1,5 @@
-"""Patch orders: the built-in ``last``/``first``, saved orders (JSON), and data-driven orders.
-
-``resolve_order`` is the one entry point used by ``build``, ``family``, ``sweep`` and the Python API.
-Data-driven orders are computed from calibration token ids ``[n, length]``:
+"""Data-driven patch orders (``boomerang.analysis.resolve.resolve_order`` turns every order spec into an order, and
+calls ``compute_order`` here for these). Data-driven orders are computed from calibration token ids ``[n, length]``:
 
 * ``similarity``: patch first the student layers whose output is least similar (mean per-token cosine) to the
   output of their teacher block (teacher layer ``layer_map.target(i)``), each model run on its own.
@@ -38,7 +36,6 @@ import torch
 from ..core.layermap import LayerMap
 from ..core.plan import DATA_ORDERS, PatchOrder
 from ..errors import BoomerangError
-from ..io.order_files import static_order
 
 if TYPE_CHECKING:
     from ..hints import Calibration, Model
@@ -57,21 +54,6 @@ def default_texts(order: str) -> int:
 
 
 Criterion = Literal["kl", "cos"]
-
-
-def resolve_order(
-    order: str | PatchOrder | Sequence[int],
-    layer_map: LayerMap,
-    *,
-    teacher: Model | None = None,
-    student: Model | None = None,
-    calibration: Calibration | None = None,
-    **options: Any,
-) -> PatchOrder:
-    """A ``PatchOrder`` from a name, a JSON file path, a sequence of student layers, or a PatchOrder."""
-    if isinstance(order, str) and order in DATA_ORDERS:
-        return compute_order(order, teacher, student, layer_map, calibration, **options)
-    return static_order(order, layer_map)
 
 
 # ---- calibration helpers ------------------------------------------------------------------------------------
@@ -709,7 +691,7 @@ def order_scores(
     teacher: Model,
     student: Model,
     layer_map: LayerMap,
-    order: str | PatchOrder | Sequence[int],
+    order: PatchOrder,
     calibration: Calibration,
     *,
     criterion: Criterion = "kl",
@@ -717,7 +699,7 @@ def order_scores(
     evaluator: PatchEvaluator | None = None,
 ) -> list[float]:
     """The criterion of every family member K = 0..M under ``order`` (nested orders reuse cached prefixes)."""
-    po = resolve_order(order, layer_map)
+    po = order.check_fits(layer_map.n_student)
     ev = evaluator or PatchEvaluator(
         teacher, student, layer_map, calibration, criterion=criterion, batch_size=batch_size
     )

@@ -81,11 +81,10 @@ def _check_pair(
     calibration_length: int | None = None,
 ) -> int:
     """The pair's configs and layer map (and the orders' fit), checked before any weights load; returns M."""
+    from ..analysis.resolve import check_order
     from ..core.arch import n_layers
     from ..core.configs import check_compatible
-    from ..core.plan import DATA_ORDERS
     from ..io.loading import load_config
-    from ..io.order_files import static_order
 
     validate.model_source(teacher, "--teacher")
     validate.model_source(student, "--student")
@@ -99,8 +98,7 @@ def _check_pair(
     )
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
     for o in orders:
-        if o not in DATA_ORDERS:
-            static_order(o, lm)
+        check_order(o, lm)
     return lm.n_student
 
 

@@ -12,7 +12,17 @@ from ..errors import BoomerangError
 from ..io.sidecar import read_layer_map
 from ..ui import fmt_count
 from . import validate
-from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, parse_ints, resolve_layer_map
+from .common import (
+    Dtype,
+    LayerMapPreset,
+    Layers,
+    OrderData,
+    Trust,
+    console,
+    parse_ints,
+    progress_bars,
+    resolve_layer_map,
+)
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
 
@@ -37,21 +47,44 @@ def info(
     trust_remote_code: Trust = False,
 ) -> None:
     """Architecture, layer count, and for a student its blocks and the parameters of every family size."""
-    from ..core.arch import get_arch, n_layers
-    from ..core.configs import check_compatible
-    from ..core.params import count_params, distinct_sizes, family_table, meta_model
-    from ..core.plan import recorded_order
-    from ..io.consistency import check_checkpoint
-    from ..io.loading import load_config, resolve
-    from ..io.order_files import static_order
-    from ..io.safetensors_files import read_tensors
+    from ..analysis.resolve import resolve_order
+    from ..core.arch import n_layers
+    from ..core.configs import check_compatible, teacher_config_like
+    from ..core.params import distinct_sizes, family_table
+    from ..io.loading import load_config
 
     validate.model_source(model, "MODEL")
     validate.order_option(order, data=False)
     cfg = load_config(model, trust_remote_code=trust_remote_code)
-    order = recorded_order(cfg) if order is None else order  # the order the student records, else last
+    console.print(_model_table(model, cfg))
+    own = layers is None and not layer_map
+    lm = read_layer_map(model, cfg) if own else resolve_layer_map(model, cfg, layers=layers, preset=layer_map)
+    if lm is None:
+        console.print("[dim]not a boomerang student (no layer map found)[/]")
+        return
+    if lm.n_student != n_layers(cfg):
+        raise BoomerangError(f"the layer map keeps {lm.n_student} layers but the model has {n_layers(cfg)}")
+    console.print(f"[bold]layer map[/]: {lm.describe()}")
+    console.print(_blocks_table(lm))
+    if teacher is not None:
+        tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+        check_compatible(tcfg, cfg)
+    else:  # assume teacher layers are shaped like the student's
+        tcfg = teacher_config_like(cfg, lm.n_teacher)
+    console.print(_sizes_table(distinct_sizes(tcfg, cfg, lm)))
+    po = resolve_order(order, lm, config=cfg)
+    console.print(_family_table(family_table(tcfg, cfg, lm, po), po.name, exact=teacher is not None))
+
+
+def _model_table(model: str, cfg: Any) -> Table:
+    """What a checkpoint is (its weights checked against its config on the way)."""
+    from ..core.arch import n_layers
+    from ..core.params import count_params, meta_model
+    from ..io.consistency import check_checkpoint
+    from ..io.loading import resolve
+    from ..io.safetensors_files import read_tensors
+
     where, gguf = resolve(model)
-    arch = get_arch(cfg)
     skeleton = meta_model(cfg)
     if gguf is None and Path(where).is_dir():
         # damaged or truncated weights, or a config that contradicts them, fail here (not in another command)
@@ -60,9 +93,8 @@ def info(
     t = Table(title=f"{model}", show_header=False)
     t.add_row("architecture", f"{cfg.model_type} ({type(skeleton).__name__})")
     t.add_row("layers", str(n_layers(cfg)))
-    t.add_row(
-        "hidden size", str(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", getattr(cfg, "dim", "?"))))
-    )
+    hidden = getattr(cfg, "hidden_size", getattr(cfg, "n_embd", getattr(cfg, "dim", "?")))
+    t.add_row("hidden size", str(hidden))
     t.add_row("vocabulary", str(cfg.vocab_size))
     t.add_row("tied embeddings", str(bool(getattr(cfg, "tie_word_embeddings", False))))
     if getattr(cfg, "layer_types", None):
@@ -73,55 +105,37 @@ def info(
     )
     section = getattr(cfg, "boomerang", None)
     if isinstance(section, dict) and section.get("role") == "intermediate":
-        t.add_row(
-            "boomerang", f"intermediate model, patched student layers {section.get('patched_student_layers')}"
-        )
-    console.print(t)
+        patched = section.get("patched_student_layers")
+        t.add_row("boomerang", f"intermediate model, patched student layers {patched}")
+    return t
 
-    if layers is not None or layer_map:
-        lm = resolve_layer_map(model, cfg, layers=layers, preset=layer_map)
-    else:
-        lm = read_layer_map(model, cfg)
-    if lm is None:
-        console.print("[dim]not a boomerang student (no layer map found)[/]")
-        return
-    if lm.n_student != n_layers(cfg):
-        raise BoomerangError(f"the layer map keeps {lm.n_student} layers but the model has {n_layers(cfg)}")
-    console.print(f"[bold]layer map[/]: {lm.describe()}")
+
+def _blocks_table(lm: Any) -> Table:
     bt = Table(title="student blocks")
     for col in ("student layer", "teacher layer", "block", "size", "aligned with teacher layer"):
         bt.add_column(col, justify="right")
     for i in range(lm.n_student):
         b = lm.block(i)
         bt.add_row(str(i), str(lm.kept[i]), f"[{b.start}, {b.stop})", str(len(b)), str(lm.target(i)))
-    console.print(bt)
+    return bt
 
-    if teacher is not None:
-        tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
-        check_compatible(tcfg, cfg)
-        exact = True
-    else:  # assume teacher layers are shaped like the student's
-        d = cfg.to_dict()
-        for key in ("num_hidden_layers", "n_layer", "n_layers"):
-            if key in d:
-                d[key] = lm.n_teacher
-        for field in arch.layer_fields:
-            d.pop(field, None)
-        d.pop("boomerang", None)
-        tcfg = type(cfg).from_dict(d)
-        exact = False
+
+def _sizes_table(sizes: list[Any]) -> Table:
     st = Table(title="distinct sizes (whatever the order; single-layer blocks change no size)")
     for col in ("layers", "trainable", "inference", "e.g. patching"):
         st.add_column(col, justify="right")
-    for size in distinct_sizes(tcfg, cfg, lm):
+    for size in sizes:
         st.add_row(
             str(size.layers), fmt_count(size.trainable), fmt_count(size.inference), str(list(size.patched))
         )
-    console.print(st)
+    return st
+
+
+def _family_table(rows: list[dict[str, Any]], order: str, exact: bool) -> Table:
     ft = Table(title=f"family ({order} order){'' if exact else ' — pass --teacher for exact counts'}")
     for col in ("K", "patched student layers", "layers", "trainable", "inference"):
         ft.add_column(col, justify="right")
-    for row in family_table(tcfg, cfg, lm, static_order(order, lm)):
+    for row in rows:
         ft.add_row(
             str(row["K"]),
             str(row["patched"]),
@@ -129,7 +143,7 @@ def info(
             fmt_count(row["trainable"]),
             fmt_count(row["inference"]),
         )
-    console.print(ft)
+    return ft
 
 
 def build(
@@ -183,145 +197,48 @@ def build(
 ) -> None:
     """Write one intermediate model: the student with some layers replaced by their teacher blocks."""
     from ..core.arch import n_layers
-    from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS, make_plan, recorded_order
-    from ..io.atomic import atomic_dir
-    from ..io.checkpoints import dtype_name, is_local_safetensors
-    from ..io.fastbuild import FastBuilder
-    from ..io.order_files import save_order, static_order
-    from ..io.safetensors_files import parse_shard_size
+    from ..family import check_gguf_teacher
+    from ..io.loading import load_config
+    from ..member import build_member
 
     gguf = validate.gguf_format(format, gguf_type)
     if gguf is None:
         validate.output_dir(out, force)
     else:
         validate.gguf_file(out, force)
-    if (num_patched is None) == (patch_layers is None):
-        raise BoomerangError("give exactly one of --num-patched K or --patch-layers i,j,...")
     validate.at_least(0, num_patched=num_patched)
-    dtype_name(dtype)
-    parse_shard_size(max_shard_size)
     explicit = parse_ints(patch_layers, "--patch-layers")
     validate.order_option(order)
-    if data is not None and order not in DATA_ORDERS:
-        raise BoomerangError(
-            f"--data is read only by the data-driven orders ({', '.join(DATA_ORDERS)}); drop --data, or choose "
-            "one of them with --order"
-        )
     validate.text_source(data)
     validate.model_source(teacher, "--teacher")
     validate.model_source(student, "--student")
-    if gguf is not None:
-        from ..family import check_gguf_teacher
-
-        for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code):
-            console.print(f"[yellow]note[/]: {note}")
-    can_stream = is_local_safetensors(teacher) and is_local_safetensors(student)
-    if stream and not can_stream:
-        raise BoomerangError(
-            "--stream needs the teacher and the student as local checkpoint directories with safetensors "
-            "weights; drop --stream to build in memory"
-        )
-    data_order = num_patched is not None and order in DATA_ORDERS
-    # canonical checkpoints stream without torch or transformers (the same bytes; see boomerang.io.fastbuild)
-    builder: Any = None
-    if stream is not False and can_stream and not data_order:
-        builder = FastBuilder.open(teacher, student, dtype=dtype)
-    if builder is not None:
-        tcfg, scfg = builder.teacher.config, builder.student.config
-    else:
-        from ..core.configs import check_compatible
-        from ..io.loading import load_config
-
-        tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
-        scfg = load_config(student, trust_remote_code=trust_remote_code)
-        check_compatible(tcfg, scfg)
+    for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code) if gguf else ():
+        console.print(f"[yellow]note[/]: {note}")
+    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+    scfg = load_config(student, trust_remote_code=trust_remote_code)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
-    lm.check_fits(n_layers(tcfg), n_layers(scfg))
-    order = recorded_order(scfg) if order is None else order  # the order the student records, else last
-    m = lm.n_student
-    validate.in_range(
-        "num_patched", num_patched, 0, m, f"the student has {m} layers (K=0 student, K={m} teacher)"
-    )
-    if explicit is not None:
-        make_plan(lm, patched=explicit)  # the listed layers exist?
-    if not data_order:
-        static_order(order, lm)  # an order file or list fits this student?
-    if builder is None and stream is not False and can_stream:
-        from ..io.stream import StreamBuilder, StreamUnsupported
-
-        try:
-            builder = StreamBuilder(teacher, student, lm, dtype=dtype, trust_remote_code=trust_remote_code)
-        except StreamUnsupported as e:
-            if stream:
-                raise
-            console.print(f"[dim]building in memory: {e}[/]")
-
-    def load_pair() -> tuple:
-        from ..io.loading import load_pair
-
-        t, s = load_pair(teacher, student, dtype=dtype, trust_remote_code=trust_remote_code)
-        return t, s
-
-    models = None
-    po = None
-    if num_patched is not None:
-        if data_order:
-            from ..analysis.orders import default_texts, resolve_order
-            from ..data.blocks import calibration_ids
-            from ..io.loading import load_tokenizer
-
-            if data is None:
-                raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
-            models = load_pair()
-            tok = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
-            ids = calibration_ids(data, tok, n=default_texts(order))
-            po = resolve_order(order, lm, teacher=models[0], student=models[1], calibration=ids)
-            if builder is not None:
-                models = None  # streaming: the models were needed only for the search
-        else:
-            po = static_order(order, lm)
-    plan = make_plan(lm, num_patched=num_patched, order=po if po is not None else order, patched=explicit)
-    save_po = po is not None and order not in BUILTIN_ORDERS
-    if builder is not None:
-        builder.check_space(plan, out)
-
-    def write(tmp: Path) -> tuple[Any, str]:
-        """Write the member into the (empty) directory ``tmp``; returns its parameter counts and how."""
-        if builder is not None:
-            from .common import progress_bars
-
-            with progress_bars() as bars:
-                bars.start(1, builder.nbytes(plan))
-                builder.write(plan, tmp, max_shard_size=max_shard_size, progress=bars.advance)
-            c, how = builder.params(plan), "streamed"
-        else:
-            from ..core.params import count_params
-            from ..core.patching import build as build_model
-            from ..io.loading import save_tokenizer
-
-            t, s = models or load_pair()
-            model = build_model(t, s, plan)
-            model.save_pretrained(tmp, max_shard_size=max_shard_size)
-            save_tokenizer(tmp, teacher, trust_remote_code=trust_remote_code)
-            c, how = count_params(model), "built in memory"
-        if save_po:
-            save_order(po, tmp / "order.json")
-        return c, how
-
-    if gguf is None:
-        with atomic_dir(out, force=force) as tmp:
-            c, how = write(tmp)
-    else:
-        from ..io.atomic import scratch_dir
-        from ..io.gguf_export import export_gguf
-
-        with scratch_dir(out, "member") as work:
-            c, how = write(work)
-            export_gguf(work, out, type=gguf, name=out.stem, force=force)
-        how += f", written as one {gguf} GGUF file"
+    with progress_bars() as bars:
+        built = build_member(
+            teacher,
+            student,
+            out,
+            num_patched=num_patched,
+            patched=explicit,
+            order=order,
+            data=data,
+            layer_map=lm,
+            dtype=dtype,
+            stream=stream,
+            max_shard_size=max_shard_size,
+            gguf=gguf,
+            force=force,
+            trust_remote_code=trust_remote_code,
+            progress=bars,
+        )
+    plan, c = built.plan, built.counts
     console.print(
-        f"[green]wrote[/] {out} ({how}): {plan.n_layers} layers (patched student layers {list(plan.patched)}), "
-        f"{fmt_count(c.trainable)} trainable / {fmt_count(c.inference)} inference parameters"
+        f"[green]wrote[/] {out} ({built.how}): {plan.n_layers} layers (patched student layers "
+        f"{list(plan.patched)}), {fmt_count(c.trainable)} trainable / {fmt_count(c.inference)} inference parameters"
     )
 
 

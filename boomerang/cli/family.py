@@ -97,12 +97,12 @@ def family(
     """Write every member of a family (K = 0..M, or --sizes) with family.json, order.json and model cards."""
     from rich.table import Table
 
+    from ..analysis.resolve import resolve_order
     from ..core.arch import n_layers
-    from ..core.plan import DATA_ORDERS, recorded_order
+    from ..core.plan import DATA_ORDERS, is_data_order
     from ..family import MANIFEST, CardOptions, check_gguf_teacher, check_sizes, export_family
     from ..io.checkpoints import fmt_bytes, is_local_safetensors
     from ..io.loading import load_config, parse_dtype
-    from ..io.order_files import static_order
     from ..io.stream import parse_shard_size
 
     validate.output_dir(out, force)
@@ -128,9 +128,8 @@ def family(
     scfg = load_config(student, trust_remote_code=trust_remote_code)
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
-    order = recorded_order(scfg) if order is None else order  # the order the student records, else last
-    if order not in DATA_ORDERS:
-        check_sizes(chosen, lm.n_student, static_order(order, lm))  # an order file or list fits this student?
+    if not is_data_order(order):  # an order file or list fits this student, and the sizes fit the order?
+        check_sizes(chosen, lm.n_student, resolve_order(order, lm, config=scfg))
     else:  # the order's member count is known once it is computed; K can be at most the teacher's layer count
         check_sizes(chosen, lm.n_teacher)
     if gguf is not None:

@@ -114,11 +114,11 @@ def serve(
     trust_remote_code: Trust = False,
 ) -> None:
     """Serve every member of a family (teacher, student, k0..kM, max-params:N, auto) over the OpenAI API."""
+    from ..analysis.resolve import check_order
     from ..core.arch import n_layers
     from ..core.configs import check_compatible
-    from ..core.plan import DATA_ORDERS, recorded_order
+    from ..core.plan import is_data_order
     from ..io.loading import load_config, parse_dtype
-    from ..io.order_files import static_order
     from ..serve.options import check_device, check_draft, check_engine_options
     from ..serve.server import MAX_BODY_RANGE, MAX_GRACE_S, bind
 
@@ -142,7 +142,7 @@ def serve(
     if log_level.lower() not in _LOG_LEVELS:
         raise BoomerangError(f"unknown --log-level {log_level!r}; use one of {', '.join(_LOG_LEVELS)}")
     template = _read_template(chat_template)
-    if order in DATA_ORDERS:
+    if is_data_order(order):
         if data is None:
             raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
         if not data.startswith("hf:"):
@@ -163,9 +163,7 @@ def serve(
     lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
     lm.check_fits(n_layers(tcfg), n_layers(scfg))
     check_draft(draft, lm.n_student)
-    order = recorded_order(scfg) if order is None else order  # the order the student records, else last
-    if order not in DATA_ORDERS:
-        static_order(order, lm)  # unknown names and unreadable order files fail here
+    check_order(order, lm, config=scfg)  # unknown names and unreadable order files fail here
     sock = bind(host, port)
     server = None
     previous = _stop_on_sigterm()
@@ -280,7 +278,7 @@ def _load(
         raise BoomerangError(
             f"no tokenizer found for {teacher}: the teacher checkpoint needs its tokenizer files"
         )
-    with console.status(f"resolving patch order {order}"):
+    with console.status(f"resolving patch order {order or 'recorded by the student'}"):
         po = family.order(order, data=data)
     server = FamilyServer(family, order=po, max_latency_ms=max_latency_ms, chat_template=template, **options)
     if server.router is not None:

@@ -111,3 +111,16 @@ def derive_config(
     if impl is not None:
         cfg._attn_implementation = impl
     return cfg
+
+
+def teacher_config_like(student_config: Config, n_teacher: int) -> Config:
+    """A teacher config guessed from a student's: the same layers, ``n_teacher`` of them (per-layer fields
+    dropped). For parameter counts when the teacher itself is not at hand."""
+    d = student_config.to_dict()
+    for key in ("num_hidden_layers", "n_layer", "n_layers"):
+        if key in d:
+            d[key] = n_teacher
+    for field in get_arch(student_config).layer_fields:
+        d.pop(field, None)
+    d.pop("boomerang", None)
+    return type(student_config).from_dict(d)

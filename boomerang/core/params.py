@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .arch import config_value
 from .configs import derive_config
 from .layermap import LayerMap
-from .plan import PatchOrder, PatchPlan, as_order
+from .plan import PatchOrder, PatchPlan
 
 if TYPE_CHECKING:
     import torch
@@ -122,10 +122,11 @@ def distinct_sizes(teacher_config: Config, student_config: Config, layer_map: La
 
 
 def family_table(
-    teacher_config: Config, student_config: Config, layer_map: LayerMap, order: str | PatchOrder = "last"
+    teacher_config: Config, student_config: Config, layer_map: LayerMap, order: PatchOrder | None = None
 ) -> list[dict[str, Any]]:
-    """One row per member K of the order: patched student layers, depth and parameter counts."""
-    po = as_order(order, layer_map.n_student)
+    """One row per member K of the order (default ``last``): patched student layers, depth and parameter counts."""
+    m = layer_map.n_student
+    po = PatchOrder.builtin("last", m) if order is None else order.check_fits(m)
     rows = []
     for k in range(po.n_members):
         plan = PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)

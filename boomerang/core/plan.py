@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +20,14 @@ if TYPE_CHECKING:
 
 Who = Literal["teacher", "student"]
 Source = tuple[Who, int]  # (model, layer index in that model)
+
+
+BUILTIN_ORDERS = ("last", "first")
+# need calibration data: see boomerang.analysis.orders
+DATA_ORDERS = ("similarity", "greedy-kl", "shortest-path", "optimal", "size-aware")
+
+
+DEFAULT_ORDER = "last"  # for students that record no patch order
 
 
 class PatchOrder(BaseModel):
@@ -88,6 +97,37 @@ class PatchOrder(BaseModel):
             )
         return cls(name=name, subsets=[seq[:k] for k in range(n_student + 1)], info={"sequence": seq, **info})
 
+    @classmethod
+    def builtin(cls, name: str, n_student: int) -> PatchOrder:
+        """``last`` patches the last K student layers; ``first`` the first K."""
+        if name == "last":
+            return cls.from_sequence("last", range(n_student - 1, -1, -1), n_student)
+        if name == "first":
+            return cls.from_sequence("first", range(n_student), n_student)
+        if name in DATA_ORDERS:
+            raise BoomerangError(
+                f"order {name!r} is computed from calibration data; build it with boomerang.compute_order(...) "
+                "or pass --data on the command line"
+            )
+        raise BoomerangError(
+            f"unknown patch order {name!r}; known orders: {', '.join(BUILTIN_ORDERS + DATA_ORDERS)}"
+        )
+
+    @classmethod
+    def recorded(cls, config: Config, n_student: int) -> PatchOrder:
+        """The order a student's config records, else ``last`` (the default of every command and API)."""
+        return cls.builtin(recorded_order_name(config), n_student)
+
+    def check_fits(self, n_student: int) -> PatchOrder:
+        """This order, if it is for ``n_student`` student layers; else a clear error."""
+        if self.n_student != n_student:
+            raise BoomerangError(
+                f"the patch order {self.name!r} is for {self.n_student} student layers, but this student has "
+                f"{n_student}; give an order of its layers 0..{n_student - 1}, e.g. "
+                f"{list(range(n_student - 1, -1, -1))}"
+            )
+        return self
+
     @property
     def sequence(self) -> list[int] | None:
         """The order in which layers are added, if the order is nested (one member per K)."""
@@ -134,49 +174,22 @@ class PatchOrder(BaseModel):
         )
 
 
-BUILTIN_ORDERS = ("last", "first")
-# need calibration data: see boomerang.analysis.orders
-DATA_ORDERS = ("similarity", "greedy-kl", "shortest-path", "optimal", "size-aware")
+# What users give for an order: a name, a JSON order file, an inline JSON list, a sequence of student layers, or
+# a PatchOrder; boomerang.resolve_order turns any of them into a PatchOrder.
+OrderSpec = str | os.PathLike | PatchOrder | Sequence[int]
 
 
-DEFAULT_ORDER = "last"  # for students that record no patch order
-
-
-def recorded_order(config: Config) -> str:
-    """The patch order a student's config records (``boomerang.patch_order``, written by ``init`` from the
-    recipe's ``patch_order``), else ``last``: the default of ``build``, ``family``, ``sweep``, ``Family`` and
-    ``patch``. ``config`` is a model config or a ``config.json`` dict."""
+def recorded_order_name(config: Config) -> str:
+    """The name of the patch order a student's config records (``boomerang.patch_order``, written by ``init`` from
+    the recipe's ``patch_order``), else ``last``. ``config`` is a model config or a ``config.json`` dict."""
     section = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
     order = section.get("patch_order") if isinstance(section, dict) else None
     return order if order in BUILTIN_ORDERS else DEFAULT_ORDER
 
 
-def builtin_order(name: str, n_student: int) -> PatchOrder:
-    """``last`` patches the last K student layers; ``first`` the first K."""
-    if name == "last":
-        return PatchOrder.from_sequence("last", range(n_student - 1, -1, -1), n_student)
-    if name == "first":
-        return PatchOrder.from_sequence("first", range(n_student), n_student)
-    if name in DATA_ORDERS:
-        raise BoomerangError(
-            f"order {name!r} is computed from calibration data; build it with boomerang.compute_order(...) "
-            "or pass --data on the command line"
-        )
-    raise BoomerangError(
-        f"unknown patch order {name!r}; known orders: {', '.join(BUILTIN_ORDERS + DATA_ORDERS)}"
-    )
-
-
-def as_order(order: str | PatchOrder | Sequence[int], n_student: int) -> PatchOrder:
-    if isinstance(order, PatchOrder):
-        if order.n_student != n_student:
-            raise BoomerangError(
-                f"order {order.name!r} is for {order.n_student} student layers, not {n_student}"
-            )
-        return order
-    if isinstance(order, str):
-        return builtin_order(order, n_student)
-    return PatchOrder.from_sequence("custom", order, n_student)
+def is_data_order(spec: object) -> bool:
+    """Whether an order spec names an order computed from calibration data (see boomerang.analysis.orders)."""
+    return isinstance(spec, str) and spec in DATA_ORDERS
 
 
 class PatchPlan(BaseModel):
@@ -263,10 +276,11 @@ def make_plan(
     layer_map: LayerMap,
     *,
     num_patched: int | None = None,
-    order: str | PatchOrder | Sequence[int] = "last",
+    order: PatchOrder | None = None,
     patched: Iterable[int] | None = None,
 ) -> PatchPlan:
-    """A plan from either an explicit set ``patched`` or a count ``num_patched`` under ``order``."""
+    """A plan from either an explicit set ``patched`` or a count ``num_patched`` under ``order`` (default ``last``;
+    ``boomerang.resolve_order`` makes an order from a name, file or list)."""
     m = layer_map.n_student
     if (num_patched is None) == (patched is None):
         raise BoomerangError(
@@ -281,7 +295,7 @@ def make_plan(
             raise BoomerangError(f"patched layers {chosen} contain duplicates")
         return PatchPlan(layer_map=layer_map, patched=chosen, order=None)
     assert num_patched is not None
-    po = as_order(order, m)
+    po = PatchOrder.builtin("last", m) if order is None else order.check_fits(m)
     if not po.by_size and not 0 <= num_patched <= m:
         raise BoomerangError(
             f"num_patched={num_patched} is out of range: the student has {m} layers, so use 0..{m}"

@@ -7,13 +7,13 @@ sizes it, checks the free space and writes config, weights and tokenizer into a 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..core.layermap import LayerMap
 from ..core.params import ParamCount
-from ..core.plan import DEFAULT_ORDER, PatchOrder, PatchPlan, make_plan, recorded_order
+from ..core.plan import PatchOrder, PatchPlan, make_plan
 from ..errors import BoomerangError
 from .checkpoints import check_free_space
 from .safetensors_files import DEFAULT_SHARD_SIZE, Convert, OutTensor, ProgressFn, write_weights
@@ -32,7 +32,7 @@ class Builder:
         self,
         num_patched: int | None = None,
         *,
-        order: str | PatchOrder | Sequence[int] | None = None,
+        order: PatchOrder | None = None,
         patched: Iterable[int] | None = None,
     ) -> PatchPlan:
         """A member's plan; ``order`` defaults to the order the student's config records, else ``last``."""
@@ -41,8 +41,8 @@ class Builder:
                 "the student carries no layer map (no 'boomerang' config section and no student_config.json); "
                 "pass layer_map=LayerMap.from_kept([...]) or --layers"
             )
-        if order is None:
-            order = recorded_order(self.student.config) if patched is None else DEFAULT_ORDER
+        if order is None and patched is None:
+            order = PatchOrder.recorded(self.student.config, self.layer_map.n_student)
         return make_plan(self.layer_map, num_patched=num_patched, order=order, patched=patched)
 
     def nbytes(self, plan: PatchPlan) -> int:

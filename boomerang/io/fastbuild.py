@@ -366,7 +366,7 @@ def stream_build(
     plan: PatchPlan | None = None,
     *,
     num_patched: int | None = None,
-    order: str | PatchOrder | Sequence[int] | None = None,
+    order: PatchOrder | None = None,
     patched: Iterable[int] | None = None,
     layer_map: LayerMap | None = None,
     dtype: DType | None = None,

@@ -7,12 +7,10 @@ The orders themselves are pure data (``boomerang.core.plan``); data-driven order
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.layermap import LayerMap
-from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS, PatchOrder, as_order
+from ..core.plan import PatchOrder
 from ..errors import BoomerangError
 from .atomic import atomic_write_text
 
@@ -79,23 +77,3 @@ def _first_error(e: Exception) -> str:
             msg = str(err.get("ctx", {}).get("error") or err.get("msg", ""))
             return msg.removeprefix("Value error, ")
     return str(e)
-
-
-def static_order(order: str | PatchOrder | Sequence[int], layer_map: LayerMap) -> PatchOrder:
-    """An order that needs no data: a built-in name, a JSON order file, an inline JSON list (``"[3,2,1,0]"``), a
-    sequence or a PatchOrder.
-
-    Data-driven order names raise a clear error here; ``boomerang.analysis.orders.resolve_order`` computes them.
-    """
-    named = isinstance(order, str) and (order in BUILTIN_ORDERS or order in DATA_ORDERS)
-    if isinstance(order, str) and not named and order.lstrip().startswith("["):
-        order = parse_order_text(order, f"the order {order!r}")
-    elif isinstance(order, str) and not named and (order.endswith(".json") or Path(order).is_file()):
-        order = load_order(order)
-    m = layer_map.n_student
-    if isinstance(order, PatchOrder) and order.n_student != m:
-        raise BoomerangError(
-            f"the patch order {order.name!r} is for {order.n_student} student layers, but this student has {m}; "
-            f"give an order of its layers 0..{m - 1}, e.g. {list(range(m - 1, -1, -1))}"
-        )
-    return as_order(order, m)

@@ -137,9 +137,9 @@ class Sweep:
         check_compatible(self.teacher_config, self.student_config)
         self.layer_map = layer_map or carried_layer_map(student, self.student_config)
         if order is None:  # the order the student records (init writes the recipe's patch_order), else last
-            from ..core.plan import recorded_order
+            from ..core.plan import recorded_order_name
 
-            order = self.order_spec = recorded_order(self.student_config)
+            order = self.order_spec = recorded_order_name(self.student_config)
         check_layer_map(self.layer_map, self.teacher_config, self.student_config, "student")
         if random_student is not None:
             rcfg = model_config(random_student, trust_remote_code=trust_remote_code)

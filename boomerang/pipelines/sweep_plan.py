@@ -57,7 +57,7 @@ class Calibration:
 
 def sweep_order(partial: Path, order_spec: OrderSpec, family: Family, calibration: Calibration) -> PatchOrder:
     """The sweep's PatchOrder: the one saved in ``partial`` when resuming, else resolved by ``family.order`` (the
-    one resolver, ``analysis.orders.resolve_order``) and saved there."""
+    one resolver, ``analysis.resolve.resolve_order``) and saved there."""
     from ..io.order_files import load_order, save_order
 
     saved, saved_spec = partial / "order.json", partial / "order_spec.json"
