@@ -588,8 +588,7 @@ def export_family(
     layer_map: LayerMap | None = None,
     order: OrderSpec | None = None,
     sizes: Iterable[int] | None = None,
-    data: Any = None,
-    calibration: Calibration | None = None,
+    data: str | os.PathLike | Sequence[str] | Calibration | None = None,
     dtype: str | torch.dtype | None = None,
     max_shard_size: int | str = DEFAULT_SHARD_SIZE,
     stream: bool | None = None,
@@ -603,13 +602,15 @@ def export_family(
     ``family.json``, ``order.json`` and a model card (README.md) for the family and for each member.
 
     With two local safetensors checkpoints the members are streamed from disk (``stream=None`` decides; ``True``
-    insists, ``False`` loads both models). Data-driven orders need ``data`` (a text source) or ``calibration`` ids.
+    insists, ``False`` loads both models). Data-driven orders need ``data``: a text source (tokenised into calibration
+    blocks) or calibration token ids (``[n, length]``, a tensor or lists of ints).
     ``order`` defaults to the order the student's config records, else ``last``. ``gguf`` (f32, f16, bf16 or q8_0)
     also writes each member as one GGUF file for llama.cpp, ``gguf/K05-22layers.f16.gguf``
     (``boomerang.io.gguf_export``). ``card`` sets what the cards say (``CardOptions``).
     """
     from .io.stream import parse_shard_size
 
+    calibration, data = (data, None) if _is_token_ids(data) else (None, data)
     check_writable(out, force=force)
     parse_shard_size(max_shard_size)
     if gguf is not None:
@@ -649,6 +650,18 @@ def export_family(
         writer, n_student = _MemoryWriter(fam, max_shard_size), fam.n_student
     chosen = check_sizes(sizes, n_student, po)
     return _export(writer, out, po, chosen, force=force, progress=progress, resume=key, gguf=gguf, card=card)
+
+
+def _is_token_ids(data: Any) -> bool:
+    """Calibration token ids (a tensor, or lists of ints) rather than a text source (a path, name or texts)."""
+    if hasattr(data, "dim"):
+        return True
+    return (
+        isinstance(data, Sequence)
+        and not isinstance(data, str)
+        and bool(data)
+        and not isinstance(data[0], str)
+    )
 
 
 def _stream_builder(

@@ -247,3 +247,47 @@ def test_document_inputs_are_accepted(llama):
     tok = tiny_tokenizer()
     docs = [Document("mine", list(range(10, 30)), 0, 20)]
     assert evaluate(llama, docs, tok, context=8, stride=4).docs[0].name == "mine"
+
+
+def test_spec_object_and_evaluation_pipeline(llama, tmp_path):
+    """``spec=EvalSpec(...)`` is the same as its fields as keywords (keywords win), and ``Evaluation`` (what
+    ``boomerang eval`` runs) gives the same number; it checks its inputs before loading anything."""
+    from boomerang.evaluate.lmeval import TaskOptions
+    from boomerang.evaluate.spec import EvalSpec
+    from boomerang.pipelines.evaluation import Evaluation
+
+    tok, text = tiny_tokenizer(), [doc_text(40)]
+    spec = EvalSpec(context=16, stride=8, max_tokens=30)
+    direct = perplexity(llama, text, tok, context=16, stride=8, max_tokens=30)
+    assert evaluate(llama, text, tok, spec).value == direct.value
+    assert (
+        evaluate(llama, text, tok, EvalSpec(context=64), stride=8, context=16, max_tokens=30).value
+        == direct.value
+    )
+    job = Evaluation(llama, text, tokenizer=tok, spec=spec)
+    assert job.spec.metric == "ppl" and job.runner is None and job.lm_eval() == {}
+    assert job.perplexity().value == direct.value
+    with pytest.raises(B.BoomerangError, match="give --data for perplexity and/or --tasks"):
+        Evaluation(llama)
+    with pytest.raises(B.BoomerangError, match="does not exist"):
+        Evaluation(llama, tmp_path / "missing.txt", tokenizer=tok)
+    with pytest.raises(B.BoomerangError, match="stride"):
+        Evaluation(llama, text, tokenizer=tok, spec=EvalSpec(context=8, stride=8))
+    with pytest.raises(B.BoomerangError, match="tokenizer"):
+        Evaluation(llama, text).perplexity()
+    # lm-eval counts are whole numbers; fractions stay fractions
+    assert TaskOptions(limit=4.0).limit == 4 and isinstance(TaskOptions(limit=4.0).limit, int)
+    assert TaskOptions(limit=0.5).limit == 0.5 and TaskOptions().limit is None
+
+
+def test_eval_and_sweep_options_import_without_torch():
+    """The CLI takes its eval/sweep option defaults from the option objects: their modules stay torch-free."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, boomerang.cli.evaluate, boomerang.pipelines.sweep_inputs, boomerang.evaluate.spec; "
+        "print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

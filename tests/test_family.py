@@ -208,6 +208,19 @@ def test_stream_and_memory_exports_are_identical(saved):
     assert (a / "order.json").read_text() == (b / "order.json").read_text()
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_export_takes_calibration_ids_as_data(saved, stream):
+    """A data-driven order from ``data`` given as token ids (a tensor, or lists of ints) instead of a text source."""
+    tmp, t_dir, s_dir, teacher, student, lm = saved
+    cal = ids(4, 12)
+    expected = B.compute_order("similarity", teacher, student, lm, cal)
+    for i, data in enumerate((cal, cal.tolist())):
+        out = export_family(
+            t_dir, s_dir, tmp / f"f{i}", sizes=[1], order="similarity", data=data, stream=stream
+        )
+        assert load_order(out / "order.json") == expected
+
+
 def test_family_object_export(saved):
     tmp, t_dir, s_dir, _teacher, _student, lm = saved
     family = B.Family(t_dir, s_dir)

@@ -369,3 +369,25 @@ def test_sweep_with_lm_eval_tasks_labels_them_and_resumes_without_rerunning(tmp_
     assert "`boomerang_cloze/perplexity`: lm-eval target-word perplexity" in md and "token perplexity" in md
     assert "boomerang_cloze/acc" in (out / "results.csv").read_text().splitlines()[0]
     assert (out / "sweep-boomerang_cloze-acc.png").is_file()
+
+
+def test_sweep_options_gathers_the_flat_keywords():
+    from boomerang.pipelines.sweep import BaselineOptions, CalibrationOptions, RunOptions, sweep_options
+
+    flat = dict(
+        baselines=["naive", "laco"], random_student="rnd/", baseline_params={"laco": {"merge_layers": 2}},
+        calibration="cal.txt", calibration_samples=3, calibration_length=16, restart=True, checkpoint_seconds=0,
+        spec=SPEC, sizes=[0, 2],
+    )  # fmt: skip
+    assert sweep_options(flat) == {
+        "spec": SPEC,
+        "sizes": [0, 2],
+        "baselines": BaselineOptions(["naive", "laco"], "rnd/", {"laco": {"merge_layers": 2}}),
+        "calibration": CalibrationOptions("cal.txt", 3, 16),
+        "run": RunOptions(restart=True, checkpoint_seconds=0),
+    }
+    objects = {"baselines": BaselineOptions(["naive"]), "calibration": CalibrationOptions(samples=4)}
+    assert sweep_options(objects) == objects  # option objects pass through as they are
+    assert sweep_options({"baselines": ["naive"]}) == {"baselines": BaselineOptions(["naive"])}
+    with pytest.raises(TypeError, match="flat keywords"):
+        sweep_options({"run": RunOptions(), "restart": True})

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..errors import BoomerangError
+from ..core.layermap import LayerMap
+from ..evaluate.lmeval import CLOZE_EXAMPLES, CLOZE_WORDS, TaskOptions
+from ..evaluate.spec import EvalSpec
+from ..pipelines.sweep_inputs import BASELINES, BaselineOptions, CalibrationOptions, RunOptions
 from . import validate
-from .common import Dtype, LayerMapPreset, Layers, Trust, console, err_console, parse_ints
+from .common import Dtype, LayerMapPreset, Layers, Trust, console, err_console, parse_ints, resolve_layer_map
 
-# Heavy modules (torch, transformers, lm-eval) are imported inside the commands so that `boomerang --help` is instant.
+# Heavy modules (torch, transformers, lm-eval) are imported inside the commands so that `boomerang --help` is instant;
+# the option objects (and so the defaults) come from torch-free modules.
 
 Metric = Annotated[
     str,
@@ -66,26 +72,78 @@ ClozeWords = Annotated[
 ]
 
 
-def _tasks(tasks: str | None) -> list[str]:
-    return validate.names(tasks, "--tasks") if tasks is not None else []
+def _task_options(
+    *,
+    tasks: str | None,
+    include_path: list[Path] | None,
+    data: str | None,
+    batch_size: int,
+    limit: float | None,
+    num_fewshot: int | None,
+    cloze_n: int,
+    cloze_words: int,
+    text_field: str,
+) -> TaskOptions:
+    """The lm-eval options of eval and sweep (no ``--tasks``: no lm-eval)."""
+    return TaskOptions(
+        tasks=validate.names(tasks, "--tasks") if tasks is not None else [],
+        include_path=include_path or (),
+        data=data,
+        batch_size=batch_size,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        builtin={"n": cloze_n, "context_words": cloze_words, "text_field": text_field},
+    )
 
 
-def _check_numbers(**options: Any) -> None:
-    """The integer options eval and sweep share (``None`` = the default)."""
-    validate.at_least(2, context=options.pop("context"))
-    validate.at_least(0, offset=options.pop("offset"), num_fewshot=options.pop("num_fewshot"))
-    validate.fraction_or_count("limit", options.pop("limit"))
-    validate.positive(**options)
+def _check_numbers(spec: EvalSpec, tasks: TaskOptions, **more: int | None) -> None:
+    """The integer options eval and sweep share (``None`` = the default), then ``more``: each must be >= 1."""
+    validate.at_least(2, context=spec.context)
+    validate.at_least(0, offset=spec.offset, num_fewshot=tasks.num_fewshot)
+    validate.fraction_or_count("limit", tasks.limit)
+    validate.positive(
+        stride=spec.stride, max_tokens=spec.max_tokens, max_docs=spec.max_docs, batch_size=spec.batch_size,
+        lm_eval_batch_size=tasks.batch_size, cloze_n=tasks.builtin["n"], cloze_words=tasks.builtin["context_words"],
+        **more,
+    )  # fmt: skip
 
 
-def _limit(limit: float | None) -> int | float | None:
-    return int(limit) if limit is not None and limit >= 1 else limit
+def _check_sources(text_field: str, models: dict[str, str | None], **texts: str | None) -> None:
+    """Text sources (``--data`` takes ``text_field``, ``--calibration`` plain text) and model sources by option."""
+    for name, source in texts.items():
+        option = "--" + name.replace("_", "-")
+        validate.text_source(source, option, "text" if name == "calibration" else text_field)
+    validate.text_field(texts["data"], text_field)
+    for option, spec in models.items():
+        if spec is not None:
+            validate.model_source(spec, option)
 
 
-def _spec(**kw: Any) -> Any:
-    from ..evaluate.perplexity import EvalSpec
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[int, int], None]]:
+    """A transient batches bar on stderr; yields the ``progress(i, n)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return EvalSpec(**kw)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("batches", total=None)
+        yield lambda i, n: bar.update(task, completed=i, total=n)
+
+
+def _ppl_table(res: Any) -> Table:
+    from rich.markup import escape
+
+    t = Table(title=res.label, show_header=False)
+    t.add_row(res.metric, f"[bold]{res.value:.4f}[/]")
+    t.add_row("mean NLL per scored token (nats)", f"{res.nll:.5f}")
+    t.add_row("scored tokens", str(res.scored))
+    t.add_row("slice", escape(res.slice_text()))
+    for k, v in res.settings.items():
+        if v is not None:
+            t.add_row(k, str(v))
+    return t
 
 
 def _lm_table(results: dict[str, dict[str, float]]) -> Table:
@@ -127,24 +185,24 @@ def evaluate(
         str | None, typer.Option(help="Text: file, folder, .jsonl or hf:NAME[:CONFIG][@SPLIT].")
     ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (default: the model's).")] = None,
-    metric: Metric = "auto",
+    metric: Metric = EvalSpec.metric,
     context: Context = None,
     stride: Stride = None,
-    offset: Offset = 0,
+    offset: Offset = EvalSpec.offset,
     max_tokens: MaxTokens = None,
     max_docs: MaxDocs = None,
-    bos: Bos = False,
-    eos: Eos = False,
+    bos: Bos = EvalSpec.add_bos,
+    eos: Eos = EvalSpec.add_eos,
     batch_size: BatchSize = None,
-    text_field: TextField = "text",
+    text_field: TextField = EvalSpec.text_field,
     tasks: Tasks = None,
     include_path: IncludePath = None,
     task_data: TaskData = None,
     limit: Limit = None,
     num_fewshot: Fewshot = None,
-    lm_eval_batch_size: LmBatch = 8,
-    cloze_n: ClozeN = 200,
-    cloze_words: ClozeWords = 64,
+    lm_eval_batch_size: LmBatch = TaskOptions.batch_size,
+    cloze_n: ClozeN = CLOZE_EXAMPLES,
+    cloze_words: ClozeWords = CLOZE_WORDS,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the results to this JSON file.")
     ] = None,
@@ -153,102 +211,35 @@ def evaluate(
     trust_remote_code: Trust = False,
 ) -> None:
     """Perplexity of one model on an exact slice of text, and/or lm-eval tasks (offline-capable)."""
-    from ..evaluate.perplexity import check_source
-    from ..io.loading import load_config
-
-    task_list = _tasks(tasks)
-    if data is None and not task_list:
-        raise BoomerangError("give --data for perplexity and/or --tasks for lm-eval")
-    _check_numbers(
-        context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
-        batch_size=batch_size, limit=limit, num_fewshot=num_fewshot, lm_eval_batch_size=lm_eval_batch_size,
-        cloze_n=cloze_n, cloze_words=cloze_words,
+    task_opts = _task_options(
+        tasks=tasks, include_path=include_path, data=task_data, batch_size=lm_eval_batch_size, limit=limit,
+        num_fewshot=num_fewshot, cloze_n=cloze_n, cloze_words=cloze_words, text_field=text_field,
     )  # fmt: skip
+    spec = EvalSpec(
+        metric=metric, context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
+        add_bos=bos, add_eos=eos, batch_size=batch_size, text_field=text_field,
+    )  # fmt: skip
+    _check_numbers(spec, task_opts)
     if json_out is not None:
         validate.output_file(json_out, force)
-    validate.text_source(data, "--data", text_field)
-    validate.text_source(task_data, "--task-data", text_field)
-    validate.text_field(data, text_field)
-    if data is not None:
-        check_source(data)
-    if task_data is not None:
-        check_source(task_data)
-    validate.model_source(model, "MODEL")
+    _check_sources(text_field, {"MODEL": model}, data=data, task_data=task_data)
     validate.tokenizer_source(tokenizer or model, "--tokenizer" if tokenizer else "MODEL")
     if tokenizer is not None:
         validate.model_source(tokenizer, "--tokenizer")
-    cfg = load_config(model, trust_remote_code=trust_remote_code)
-    spec = _spec(
-        metric=metric, context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
-        add_bos=bos, add_eos=eos, batch_size=batch_size, text_field=text_field,
-    ).resolved(cfg)  # fmt: skip
-    runner = None
-    if task_list:
-        from ..evaluate.lmeval import BUILTIN_TASKS, LMEval
+    from ..pipelines.evaluation import Evaluation
 
-        runner = LMEval(
-            task_list,
-            include_path=include_path or (),
-            batch_size=lm_eval_batch_size,
-            limit=_limit(limit),
-            num_fewshot=num_fewshot,
-        )
-        if any(t in BUILTIN_TASKS for t in runner.tasks) and (task_data or data) is None:
-            raise BoomerangError("the built-in tasks are generated from text: give --data or --task-data")
-        from ..evaluate.perplexity import is_encoder
-
-        if is_encoder(cfg):
-            raise BoomerangError(
-                "lm-eval tasks need a causal LM; masked LMs are evaluated by pseudo-perplexity"
-            )
-
-    import tempfile
-
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..evaluate.lmeval import prepare_builtin
-    from ..evaluate.perplexity import evaluate as run_eval
-    from ..io.loading import load_model, load_tokenizer
-
-    m = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
-    tok = load_tokenizer(tokenizer or model, trust_remote_code=trust_remote_code)
+    job = Evaluation(
+        model, data, tokenizer=tokenizer, spec=spec, tasks=task_opts, dtype=dtype, trust_remote_code=trust_remote_code
+    )  # fmt: skip
     report: dict[str, Any] = {"model": model}
     if data is not None:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=err_console, transient=True,
-        ) as bar:  # fmt: skip
-            task = bar.add_task("batches", total=None)
-            res = run_eval(
-                m, data, tok, **{k: v for k, v in spec.settings().items()},
-                progress=lambda i, n: bar.update(task, completed=i, total=n),
-            )  # fmt: skip
-        t = Table(title=res.label, show_header=False)
-        t.add_row(res.metric, f"[bold]{res.value:.4f}[/]")
-        t.add_row("mean NLL per scored token (nats)", f"{res.nll:.5f}")
-        t.add_row("scored tokens", str(res.scored))
-        t.add_row("slice", escape(res.slice_text()))
-        for k, v in res.settings.items():
-            if v is not None:
-                t.add_row(k, str(v))
-        console.print(t)
+        with _progress_bar() as progress:
+            res = job.perplexity(progress)
+        console.print(_ppl_table(res))
         report["perplexity"] = res.to_json()
-    if runner is not None:
-        with tempfile.TemporaryDirectory(prefix="boomerang-tasks-") as work:
-            runner.add_include_path(
-                prepare_builtin(
-                    runner.tasks,
-                    task_data or data,
-                    work,
-                    n=cloze_n,
-                    context_words=cloze_words,
-                    text_field=text_field,
-                )
-            )
-            lm = runner.run(m, tok)
-        console.print(_lm_table(lm))
-        report["lm_eval"] = lm
+    if job.runner is not None:
+        report["lm_eval"] = job.lm_eval()
+        console.print(_lm_table(report["lm_eval"]))
     if json_out is not None:
         from ..io.atomic import atomic_write_text
 
@@ -281,122 +272,69 @@ def sweep(
             "--random-student", help="Randomly initialised, distilled student (random-student baseline)."
         ),
     ] = None,
-    metric: Metric = "auto",
+    metric: Metric = EvalSpec.metric,
     tasks: Tasks = None,
     include_path: IncludePath = None,
     task_data: TaskData = None,
     limit: Limit = None,
     num_fewshot: Fewshot = None,
-    lm_eval_batch_size: LmBatch = 8,
-    cloze_n: ClozeN = 200,
-    cloze_words: ClozeWords = 64,
+    lm_eval_batch_size: LmBatch = TaskOptions.batch_size,
+    cloze_n: ClozeN = CLOZE_EXAMPLES,
+    cloze_words: ClozeWords = CLOZE_WORDS,
     context: Context = None,
     stride: Stride = None,
-    offset: Offset = 0,
+    offset: Offset = EvalSpec.offset,
     max_tokens: MaxTokens = None,
     max_docs: MaxDocs = None,
-    bos: Bos = False,
-    eos: Eos = False,
+    bos: Bos = EvalSpec.add_bos,
+    eos: Eos = EvalSpec.add_eos,
     batch_size: BatchSize = None,
-    text_field: TextField = "text",
+    text_field: TextField = EvalSpec.text_field,
     calibration: Annotated[
         str | None,
         typer.Option(help="Calibration text for shortgpt/laco and data-driven orders (default: --data)."),
-    ] = None,
+    ] = CalibrationOptions.data,
     calibration_samples: Annotated[
         int, typer.Option("--calibration-samples", help="Calibration blocks (of 256 tokens).")
-    ] = 128,
+    ] = CalibrationOptions.samples,
     layers: Layers = None,
     layer_map: LayerMapPreset = None,
     reuse: Annotated[
         bool, typer.Option("--reuse/--no-reuse", help="Compute shared layer prefixes once per batch.")
-    ] = True,
+    ] = RunOptions.reuse,
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard an interrupted sweep's saved progress and start over.")
-    ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    ] = RunOptions.restart,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = RunOptions.force,
     dtype: Dtype = "auto",
     trust_remote_code: Trust = False,
 ) -> None:
     """Evaluate a whole family (and baselines) at every size; write results, a table and sweep.png."""
-    from ..core.arch import n_layers
-    from ..io.loading import load_config
-    from ..pipelines.sweep import BASELINES, Sweep, TaskOptions, partial_dir
-    from .common import resolve_layer_map
-
     validate.output_dir(out, force)
-    _check_numbers(
-        context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
-        batch_size=batch_size, limit=limit, num_fewshot=num_fewshot, lm_eval_batch_size=lm_eval_batch_size,
-        cloze_n=cloze_n, cloze_words=cloze_words, calibration_samples=calibration_samples,
+    task_opts = _task_options(
+        tasks=tasks, include_path=include_path, data=task_data, batch_size=lm_eval_batch_size, limit=limit,
+        num_fewshot=num_fewshot, cloze_n=cloze_n, cloze_words=cloze_words, text_field=text_field,
     )  # fmt: skip
+    spec = EvalSpec(
+        metric=metric, context=context, stride=stride, offset=offset, max_tokens=max_tokens, max_docs=max_docs,
+        add_bos=bos, add_eos=eos, batch_size=batch_size, text_field=text_field,
+    )  # fmt: skip
+    _check_numbers(spec, task_opts, calibration_samples=calibration_samples)
     validate.order_option(order)
     chosen = parse_ints(sizes, "--sizes")
     methods = validate.names(baselines, "--baselines", BASELINES) if baselines is not None else []
-    for source, option, field in (
-        (data, "--data", text_field),
-        (calibration, "--calibration", "text"),
-        (task_data, "--task-data", text_field),
-    ):
-        validate.text_source(source, option, field)
-    validate.text_field(data, text_field)
-    for spec, option in (
-        (teacher, "--teacher"),
-        (student, "--student"),
-        (random_student, "--random-student"),
-    ):
-        if spec is not None:
-            validate.model_source(spec, option)
+    models = {"--teacher": teacher, "--student": student, "--random-student": random_student}
+    _check_sources(text_field, models, data=data, calibration=calibration, task_data=task_data)
     validate.tokenizer_source(teacher, "--teacher")
-    lm = None
-    if layers is not None or layer_map:
-        lm = resolve_layer_map(
-            student,
-            load_config(student),
-            layers=layers,
-            preset=layer_map,
-            n_teacher=n_layers(load_config(teacher)),
-        )
+    from ..pipelines.sweep import Sweep, partial_dir
+
     job = Sweep(
-        teacher,
-        student,
-        data,
-        out,
-        layer_map=lm,
-        order=order,
-        sizes=chosen,
-        baselines=methods,
-        random_student=random_student,
-        spec=_spec(
-            metric=metric,
-            context=context,
-            stride=stride,
-            offset=offset,
-            max_tokens=max_tokens,
-            max_docs=max_docs,
-            add_bos=bos,
-            add_eos=eos,
-            batch_size=batch_size,
-            text_field=text_field,
-        ),
-        tasks=TaskOptions(
-            tasks=_tasks(tasks),
-            include_path=include_path or (),
-            data=task_data,
-            batch_size=lm_eval_batch_size,
-            limit=_limit(limit),
-            num_fewshot=num_fewshot,
-            builtin={"n": cloze_n, "context_words": cloze_words, "text_field": text_field},
-        ),
-        calibration=calibration,
-        calibration_samples=calibration_samples,
-        dtype=dtype,
-        force=force,
-        restart=restart,
-        reuse=reuse,
-        progress=True,
-        trust_remote_code=trust_remote_code,
-    )
+        teacher, student, data, out, layer_map=_layer_map(teacher, student, layers, layer_map), order=order,
+        sizes=chosen, baselines=BaselineOptions(methods, random_student), spec=spec, tasks=task_opts,
+        calibration=CalibrationOptions(calibration, calibration_samples),
+        run=RunOptions(force=force, restart=restart, reuse=reuse, progress=True),
+        dtype=dtype, trust_remote_code=trust_remote_code,
+    )  # fmt: skip
     try:
         result = job.run()
     except KeyboardInterrupt:
@@ -407,6 +345,18 @@ def sweep(
         raise typer.Exit(130) from None
     console.print(_sweep_table(result))
     console.print(f"[green]wrote[/] {out}/ (results.json, results.csv, results.md, sweep.png, order.json)")
+
+
+def _layer_map(teacher: str, student: str, layers: str | None, preset: str | None) -> LayerMap | None:
+    """The layer map --layers / --layer-map give (checked against the student's own), else None: the student's."""
+    if layers is None and not preset:
+        return None
+    from ..core.arch import n_layers
+    from ..io.loading import load_config
+
+    student_config = load_config(student)
+    n_teacher = n_layers(load_config(teacher))
+    return resolve_layer_map(student, student_config, layers=layers, preset=preset, n_teacher=n_teacher)
 
 
 def register(app: typer.Typer) -> None:

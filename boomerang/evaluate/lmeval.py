@@ -34,6 +34,7 @@ import random
 import re
 import string
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 CLOZE = "boomerang_cloze"
 WORDPPL = "boomerang_wordppl"
 BUILTIN_TASKS = (CLOZE, WORDPPL)
+CLOZE_EXAMPLES = 200  # boomerang_cloze: test examples
+CLOZE_WORDS = 64  # boomerang_cloze: words of context per example
 
 # The paper's task suites, as the reference code lists them (evaluate/evaluate.py: DEFAULT_CLASSIFICATION_TASKS,
 # DEFAULT_PERPLEXITY_TASKS, DEFAULT_GENERATIVE_TASKS; its README's full suite is the three in this order).
@@ -70,6 +73,32 @@ METRIC_LABELS = {
     "acc": "lm-eval accuracy",
     "acc_norm": "lm-eval length-normalised accuracy",
 }
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """lm-eval settings for an eval or a sweep (``tasks`` empty: no lm-eval).
+
+    ``tasks``: names as ``resolve_tasks`` takes them; ``include_path``: folders of task YAML files; ``data``: text
+    for the built-in tasks (None: the evaluation data); ``batch_size``, ``limit`` (examples per task: a count, or a
+    fraction if < 1; a count is kept as an int) and ``num_fewshot`` go to lm-eval; ``builtin``: options of
+    ``make_cloze_task`` / ``make_wordppl_task`` (``n``, ``context_words``, ``text_field``, ...).
+    """
+
+    tasks: Sequence[str] = ()
+    include_path: Sequence[str | Path] = ()
+    data: Any = None
+    batch_size: int = 8
+    limit: int | float | None = None
+    num_fewshot: int | None = None
+    builtin: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        limit = self.limit
+        if limit is not None and limit >= 1 and limit != float("inf"):
+            object.__setattr__(self, "limit", int(limit))
+
+
 # a word (with a letter), then . ! or ?
 _END = re.compile(r"^(?P<word>[^\W_]*[^\W\d_][^\W_]*)[.!?]+[\"'”’)]*$")
 
@@ -97,9 +126,9 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def cloze_examples(
     source: Any,
     *,
-    n: int = 200,
+    n: int = CLOZE_EXAMPLES,
     n_fewshot: int = 20,
-    context_words: int = 64,
+    context_words: int = CLOZE_WORDS,
     seed: int = 0,
     require_in_context: bool = True,
     max_docs: int | None = None,
@@ -152,9 +181,9 @@ def make_cloze_task(
     out_dir: str | Path,
     *,
     name: str = CLOZE,
-    n: int = 200,
+    n: int = CLOZE_EXAMPLES,
     n_fewshot: int = 20,
-    context_words: int = 64,
+    context_words: int = CLOZE_WORDS,
     seed: int = 0,
     require_in_context: bool = True,
     max_docs: int | None = None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,22 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.configs import max_positions
 from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import TEXT_SUFFIXES, read_texts
 from ..errors import BoomerangError
 from ..interrupts import check
 
+# EvalSpec and the metric names live in .spec (no torch there) and are imported from here as before
+from .spec import METRIC_LABELS, PSEUDO_PPL, TOKEN_PPL, EvalSpec, default_metric, is_encoder  # noqa: F401
+from .spec import check_window as _check_window
+
 if TYPE_CHECKING:
-    from ..hints import Config, DType, Model, Tokenizer
+    from ..hints import DType, Model, Tokenizer
 
 Source = str | Path | Sequence[str]
-TOKEN_PPL = "ppl"
-PSEUDO_PPL = "pppl"
-METRIC_LABELS = {
-    TOKEN_PPL: "token perplexity (boomerang: per token, sliding window)",
-    PSEUDO_PPL: "pseudo-perplexity (boomerang: masked LM, each token masked in turn)",
-}
 
 
 # ---- documents and the exact slice -------------------------------------------------------------------------
@@ -205,18 +202,6 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def _check_window(context: int, stride: int, max_positions: int | None) -> None:
-    if context < 2:
-        raise BoomerangError(f"--context must be at least 2 tokens, got {context}")
-    if not 1 <= stride < context:
-        raise BoomerangError(
-            f"--stride must be between 1 and context-1 = {context - 1} (each window scores `stride` new tokens "
-            f"with at least context-stride tokens of left context); got {stride}"
-        )
-    if max_positions is not None and context > max_positions:
-        raise BoomerangError(f"--context {context} exceeds the model's {max_positions} positions")
-
-
 def _group(
     rows: list[tuple[tuple, list[int], Any, Any, int]], batch_size: int, make: Callable
 ) -> list[ScoreBatch]:
@@ -305,14 +290,6 @@ def mlm_batches(
 
 class _Stop(Exception):
     pass
-
-
-def is_encoder(config: Config) -> bool:
-    """True for masked LMs (BERT family), whether or not boomerang can patch them."""
-    from ..core.arch import ARCHS, ENCODER_TYPES
-
-    mt = getattr(config, "model_type", None)
-    return mt in ENCODER_TYPES or (mt in ARCHS and ARCHS[mt].encoder)
 
 
 def _encoder_head(model: nn.Module) -> nn.Module | None:
@@ -469,62 +446,6 @@ class Accumulator:
 # ---- the public API ------------------------------------------------------------------------------------------
 
 
-def default_metric(config: Config) -> str:
-    return PSEUDO_PPL if is_encoder(config) else TOKEN_PPL
-
-
-@dataclass
-class EvalSpec:
-    """Everything that decides the batches (and so the number): the slice, the windowing and special tokens."""
-
-    metric: str = "auto"
-    context: int | None = None
-    stride: int | None = None
-    offset: int = 0
-    max_tokens: int | None = None
-    max_docs: int | None = None
-    add_bos: bool = False
-    add_eos: bool = False
-    batch_size: int | None = None
-    text_field: str = "text"
-
-    def resolved(self, config: Config) -> EvalSpec:
-        """Fill defaults from the model config and validate (before any heavy work)."""
-        metric = default_metric(config) if self.metric == "auto" else self.metric
-        if metric not in (TOKEN_PPL, PSEUDO_PPL):
-            raise BoomerangError(f"unknown metric {self.metric!r}; use ppl, pppl or auto")
-        encoder = is_encoder(config)
-        if metric == TOKEN_PPL and encoder:
-            raise BoomerangError(
-                f"{config.model_type} is a masked LM: token perplexity needs a causal LM; use --metric pppl"
-            )
-        if metric == PSEUDO_PPL and not encoder:
-            raise BoomerangError(
-                f"{config.model_type} is a causal LM: pseudo-perplexity needs a masked LM (BERT)"
-            )
-        limit = max_positions(config)
-        context = self.context or min(1024 if metric == TOKEN_PPL else 512, limit or 1024)
-        stride = self.stride or max(1, context // 2)
-        if metric == TOKEN_PPL:
-            _check_window(context, stride, limit)
-        elif limit is not None and context > limit:
-            raise BoomerangError(f"--context {context} exceeds the model's {limit} positions")
-        batch = self.batch_size or (4 if metric == TOKEN_PPL else 64)
-        if batch < 1:
-            raise BoomerangError(f"--batch-size must be >= 1, got {batch}")
-        return EvalSpec(
-            metric, context, stride if metric == TOKEN_PPL else None, self.offset, self.max_tokens,
-            self.max_docs, self.add_bos, self.add_eos, batch, self.text_field,
-        )  # fmt: skip
-
-    def settings(self) -> dict[str, Any]:
-        d = asdict(self)
-        if self.metric == PSEUDO_PPL:
-            for k in ("stride", "add_bos", "add_eos"):
-                d.pop(k)
-        return d
-
-
 def prepare(
     source: Source | Sequence[Document], tokenizer: Tokenizer, spec: EvalSpec
 ) -> tuple[list[Document], list[ScoreBatch]]:
@@ -578,31 +499,24 @@ def evaluate(
     model: nn.Module | str | Path,
     data: Source | Sequence[Document],
     tokenizer: Tokenizer | None = None,
+    spec: EvalSpec | None = None,
     *,
-    metric: str = "auto",
-    context: int | None = None,
-    stride: int | None = None,
-    offset: int = 0,
-    max_tokens: int | None = None,
-    max_docs: int | None = None,
-    add_bos: bool = False,
-    add_eos: bool = False,
-    batch_size: int | None = None,
-    text_field: str = "text",
     dtype: DType | None = None,
     progress: Callable[[int, int], None] | None = None,
+    **settings: str | int | bool | None,
 ) -> PerplexityResult:
     """Token perplexity (causal LMs) or pseudo-perplexity (masked LMs) of ``model`` on a slice of ``data``.
 
     ``model`` is an in-memory model (then pass ``tokenizer``) or a checkpoint path. ``data`` is any source
-    ``boomerang.data.read_texts`` accepts. See the module docstring for the exact scheme.
+    ``boomerang.data.read_texts`` accepts. ``spec`` says what is scored (``EvalSpec``: metric, slice, windows);
+    ``settings`` are ``EvalSpec`` fields as keywords (``context=512, max_tokens=4096``), over ``spec`` if both
+    are given. ``progress(i, n)`` is called after each of the ``n`` batches. See the module docstring for the
+    exact scheme.
     """
     if not isinstance(data, (list, tuple)) or not data or not isinstance(data[0], Document):
         check_source(data)  # type: ignore[arg-type]
     model, tok = _model_and_tokenizer(model, tokenizer, dtype)
-    spec = EvalSpec(
-        metric, context, stride, offset, max_tokens, max_docs, add_bos, add_eos, batch_size, text_field
-    ).resolved(model.config)
+    spec = replace(spec or EvalSpec(), **settings).resolved(model.config)  # type: ignore[arg-type]
     docs, batches = prepare(data, tok, spec)
     was_training = model.training
     model.eval()

@@ -41,6 +41,7 @@ from ..io.sidecar import read_layer_map, student_layer_map
 from ..ui import err_console
 from .demo_report import OFFLINE_LABEL, TOTAL, write_report
 from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
+from .sweep_inputs import BaselineOptions
 
 if TYPE_CHECKING:
     from ..core.layermap import LayerMap
@@ -364,26 +365,26 @@ class Demo:
     def sweep(
         self, text: EvalText, tag: str, teacher: Model, student: Model, order: Any, **options: Any
     ) -> dict:
-        from ..evaluate.perplexity import EvalSpec
-        from .sweep import sweep
+        from ..evaluate.spec import EvalSpec
+        from .sweep import CalibrationOptions, RunOptions, Sweep
 
         dest = self.out / "sweeps" / text.label / tag
         if not (dest / "results.json").is_file():
             s = self.s
             _say(f"sweep {text.label}/{tag}: {s.eval_tokens:,} tokens per model")
-            sweep(
+            Sweep(
                 teacher,
                 student,
                 text.source,
                 dest,
                 order=order,
                 spec=EvalSpec(context=s.context, stride=s.stride, max_tokens=s.eval_tokens),
-                calibration=self.corpus.train,
-                calibration_samples=s.calibration_samples,
-                calibration_length=s.calibration_length,
-                progress=True,
+                calibration=CalibrationOptions(
+                    self.corpus.train, s.calibration_samples, s.calibration_length
+                ),
+                run=RunOptions(progress=True),
                 **options,
-            )
+            ).run()
         return json.loads((dest / "results.json").read_text())
 
     # -- the run ------------------------------------------------------------------------------------------------------
@@ -500,11 +501,13 @@ class Demo:
         primary = next(iter(self.s.orders))
         main_orders = {k: v for k, v in orders.items() if " (" not in k}
         for i, (name, order) in enumerate(main_orders.items()):
-            opts: dict[str, Any] = {"tokenizer": tok, "layer_map": lm}
-            if i == 0:
-                opts["baselines"] = list(self.s.baselines)
-            if name == self.fixed and "random" in others:
-                opts["random_student"] = others["random"]
+            methods = list(self.s.baselines) if i == 0 else []
+            rnd = others["random"] if name == self.fixed and "random" in others else None
+            opts: dict[str, Any] = {
+                "tokenizer": tok,
+                "layer_map": lm,
+                "baselines": BaselineOptions(methods, rnd),
+            }
             tag = Curve("main", name).tag
             per[tag] = self.sweep(text, tag, teacher, main, order, **opts)
         for a in self.ablations():

@@ -9,7 +9,7 @@ parameters, one curve per method) and ``order.json``.
   batch by batch, with ``boomerang.evaluate.reuse``: each shared prefix of layers runs once per batch. Results are identical
   to evaluating each member on its own (``reuse=False`` does that).
 * **Resume.** Progress is saved in a sibling folder ``.<out>.partial`` after every batch (at most every
-  ``checkpoint_seconds``) and on interruption; running the same command again continues where it stopped (members
+  ``RunOptions.checkpoint_seconds``) and on interruption; running the same command again continues where it stopped (members
   and batches already done are not recomputed). ``out`` appears only when everything is finished.
 * **Baselines.** ``naive``: the teacher restricted to the same teacher layers as the member of that size (no
   distillation). ``shortgpt``, ``laco``: ``boomerang.analysis.baselines.prune_to`` at the member's layer count, with
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,9 @@ from .sweep_eval import GroupEvaluator, OnBatch, SweepProgress, describe_model, 
 from .sweep_inputs import (
     BASELINES,
     PRUNED,
+    BaselineOptions,
+    CalibrationOptions,
+    RunOptions,
     TaskOptions,
     carried_layer_map,
     check_baselines,
@@ -46,15 +50,19 @@ from .sweep_plan import Calibration, Row, Unit, groups, plan_rows, pruned_baseli
 from .sweep_state import STATE_VERSION, SweepState, partial_dir, probe, source_name, sweep_fingerprint
 
 if TYPE_CHECKING:
+    from ..core.layermap import LayerMap
     from ..hints import ModelSpec
 
 __all__ = [
     "BASELINES",
     "PRUNED",
     "STATE_VERSION",
+    "BaselineOptions",
+    "CalibrationOptions",
     "EvalSpec",
     "OnBatch",
     "Row",
+    "RunOptions",
     "Sweep",
     "TaskOptions",
     "Unit",
@@ -63,6 +71,7 @@ __all__ = [
     "lm_eval_labels",
     "partial_dir",
     "sweep",
+    "sweep_options",
     "to_csv",
     "to_markdown",
 ]
@@ -73,64 +82,57 @@ class Sweep:
 
     The parts: ``sweep_inputs`` (checks and loading), ``sweep_plan`` (order, units and rows), ``sweep_state``
     (resumable progress), ``sweep_eval`` (groups of units with prefix reuse, lm-eval) and ``sweep_output``.
-    ``order`` defaults to the patch order the student's config records, else ``last``.
+    ``order`` defaults to the patch order the student's config records, else ``last``. The options, each an object
+    built once (by the CLI or the caller) and passed whole: ``baselines`` (``BaselineOptions``, or just the names),
+    ``spec`` (``EvalSpec``: what the metric is computed on), ``tasks`` (``TaskOptions``: lm-eval), ``calibration``
+    (``CalibrationOptions``) and ``run`` (``RunOptions``: overwriting, resuming, progress).
     """
 
     def __init__(
         self,
-        teacher: Any,
-        student: Any,
+        teacher: ModelSpec,
+        student: ModelSpec,
         data: Any,
         out: str | Path,
         *,
-        layer_map: Any = None,
+        layer_map: LayerMap | None = None,
         tokenizer: Any = None,
         order: Any = None,
         sizes: Sequence[int] | None = None,
-        baselines: Sequence[str] = (),
-        random_student: Any = None,
+        baselines: BaselineOptions | Sequence[str] = (),
         spec: EvalSpec | None = None,
         tasks: TaskOptions | None = None,
-        calibration: Any = None,
-        calibration_samples: int = 128,
-        calibration_length: int | None = None,
-        baseline_params: dict[str, dict[str, Any]] | None = None,
+        calibration: CalibrationOptions | None = None,
+        run: RunOptions | None = None,
         dtype: Any = None,
-        force: bool = False,
-        restart: bool = False,
-        reuse: bool = True,
-        progress: bool = False,
-        on_batch: OnBatch | None = None,
-        checkpoint_seconds: float = 30.0,
         trust_remote_code: bool = False,
     ) -> None:
         from ..core.configs import check_compatible
         from ..io.atomic import check_writable
 
+        base = baselines if isinstance(baselines, BaselineOptions) else BaselineOptions(tuple(baselines))
+        self.run_options = run = run or RunOptions()
+        self.calibration_options = calibration = calibration or CalibrationOptions()
         self.out = Path(out)
         self.partial = partial_dir(self.out)
-        check_writable(self.out, force=force)
-        self.force, self.restart = force, restart
-        self.teacher_spec, self.student_spec, self.random_spec = teacher, student, random_student
+        check_writable(self.out, force=run.force)
+        self.teacher_spec, self.student_spec, self.random_spec = teacher, student, base.random_student
         self.data, self.tokenizer, self.order_spec, self.dtype = data, tokenizer, order, dtype
-        self.reuse, self.on_batch, self.checkpoint_seconds = reuse, on_batch, checkpoint_seconds
         self.trust_remote_code = trust_remote_code
-        self.calibration_source = calibration
-        self.calibration_shape = (calibration_samples, calibration_length)
-        self.baseline_params = baseline_params or {}
-        self.progress = SweepProgress(progress)
+        self.baseline_params = base.params or {}
+        self.progress = SweepProgress(run.progress)
         self.tasks = tasks or TaskOptions()
-        self.baselines = check_baselines(baselines, random_student)
+        self.baselines = check_baselines(base.methods, base.random_student)
         if data is None:
             raise BoomerangError("a sweep needs evaluation data: --data PATH")
         check_source(data)
-        if calibration is not None:
-            check_source(calibration)
+        if calibration.data is not None:
+            check_source(calibration.data)
 
         from ..io.snapshot import hold_local
 
         # held from the first read: a checkpoint rewritten before the models load is a clear stop
-        self.snapshots = hold_local(teacher, student, random_student)
+        self.snapshots = hold_local(teacher, student, base.random_student)
         # configs, layer map and evaluation settings, without loading weights
         self.teacher_config = model_config(teacher, trust_remote_code=trust_remote_code)
         self.student_config = model_config(student, trust_remote_code=trust_remote_code)
@@ -141,8 +143,8 @@ class Sweep:
 
             order = self.order_spec = recorded_order_name(self.student_config)
         check_layer_map(self.layer_map, self.teacher_config, self.student_config, "student")
-        if random_student is not None:
-            rcfg = model_config(random_student, trust_remote_code=trust_remote_code)
+        if base.random_student is not None:
+            rcfg = model_config(base.random_student, trust_remote_code=trust_remote_code)
             check_compatible(self.teacher_config, rcfg)
             check_layer_map(self.layer_map, self.teacher_config, rcfg, "random-init student")
         # members K: checked against the order once it is resolved (an order by size has its own count)
@@ -167,21 +169,21 @@ class Sweep:
             snap.verify()
         self.teacher, self.student, self.tokenizer, self.dtype = m.teacher, m.student, m.tokenizer, m.dtype
         self.docs, self.batches = prepare(self.data, self.tokenizer, self.spec)
-        n, length = self.calibration_shape
+        cal = self.calibration_options
         self.calibration = Calibration(
-            self.calibration_source if self.calibration_source is not None else self.data,
+            cal.data if cal.data is not None else self.data,
             self.tokenizer,
-            n=n,
-            length=length or min(256, self.spec.context or 256),
+            n=cal.samples,
+            length=cal.length or min(256, self.spec.context or 256),
         )
-        if self.restart and self.partial.exists():
+        if self.run_options.restart and self.partial.exists():
             shutil.rmtree(self.partial)
         self.po = sweep_order(self.partial, self.order_spec, m.family, self.calibration)
         self.sizes = check_sizes(self.size_request, self.layer_map.n_student, self.po)
         self.state = SweepState.load(
             self.partial,
             sweep_fingerprint(self._settings(), self.batches),
-            restart=self.restart,
+            restart=self.run_options.restart,
             log=self.progress.log,
         )
         self.state.save()
@@ -203,10 +205,10 @@ class Sweep:
         evaluator = GroupEvaluator(
             self.state,
             self.batches,
-            reuse=self.reuse,
+            reuse=self.run_options.reuse,
             progress=self.progress,
-            checkpoint_seconds=self.checkpoint_seconds,
-            on_batch=self.on_batch,
+            checkpoint_seconds=self.run_options.checkpoint_seconds,
+            on_batch=self.run_options.on_batch,
             lm=lm,
             tokenizer=self.tokenizer,
             task_names=self.task_names,
@@ -217,7 +219,7 @@ class Sweep:
                 evaluator.run(group, members)
         result = self._results(rows, units)
         result["seconds_this_run"] = time.perf_counter() - t0
-        write_results(result, self.out, self.partial, order_name=self.po.name, force=self.force)
+        write_results(result, self.out, self.partial, order_name=self.po.name, force=self.run_options.force)
         return result
 
     def _pruned(self, method: str, n_layers: int) -> Any:
@@ -237,7 +239,7 @@ class Sweep:
     def _settings(self) -> dict[str, Any]:
         """Everything the saved progress depends on (with the batches: the state's fingerprint)."""
         teacher, student, rnd = self._names()
-        random = self.models.random
+        random, cal = self.models.random, self.calibration_options
         return {
             "teacher": teacher,
             "student": student,
@@ -249,7 +251,7 @@ class Sweep:
             "sizes": self.sizes,
             "baselines": self.baselines,
             "baseline_params": self.baseline_params,
-            "calibration": [str(self.calibration_source), *self.calibration_shape],
+            "calibration": [str(cal.data), cal.samples, cal.length],
             "spec": self.spec.settings(),
             "tasks": [
                 self.task_names,
@@ -282,7 +284,7 @@ class Sweep:
             "sizes": self.sizes,
             "baselines": self.baselines,
             "tasks": self.task_names,
-            "reuse": self.reuse,
+            "reuse": self.run_options.reuse,
             "work": work(keyed, [len(k[1]) for k in keyed]) if keyed else {},
             "seconds": {g: v["seconds"] for g, v in self.state.groups.items()},
             "rows": out_rows,
@@ -292,5 +294,35 @@ class Sweep:
 def sweep(
     teacher: ModelSpec, student: ModelSpec, data: Any, out: str | Path, **options: Any
 ) -> dict[str, Any]:
-    """Run a family sweep and write its results into ``out`` (see the module docstring and ``Sweep``)."""
-    return Sweep(teacher, student, data, out, **options).run()
+    """Run a family sweep and write its results into ``out`` (see the module docstring and ``Sweep``).
+
+    ``options`` are ``Sweep``'s keywords, or the flat keywords ``sweep_options`` gathers into its option objects.
+    """
+    return Sweep(teacher, student, data, out, **sweep_options(options)).run()
+
+
+_RUN = tuple(f.name for f in fields(RunOptions))
+_CALIBRATION = {"calibration_samples": "samples", "calibration_length": "length"}
+_BASELINE = {"random_student": "random_student", "baseline_params": "params"}
+
+
+def sweep_options(options: Mapping[str, object]) -> dict[str, Any]:
+    """``Sweep``'s keywords from ``sweep()``'s, which also takes them flat, as earlier versions did: ``force``,
+    ``restart``, ``reuse``, ``progress``, ``on_batch``, ``checkpoint_seconds`` (``RunOptions``); ``calibration`` (a
+    text source), ``calibration_samples``, ``calibration_length`` (``CalibrationOptions``); ``baselines`` (names),
+    ``random_student``, ``baseline_params`` (``BaselineOptions``)."""
+    kw = dict(options)
+
+    def gather(names: dict[str, str], key: str, cls: type, first: str | None = None) -> None:
+        flat = {new: kw.pop(old) for old, new in names.items() if old in kw}
+        if first is not None and key in kw and not isinstance(kw[key], cls):
+            flat[first] = kw.pop(key)
+        if flat:
+            if isinstance(kw.get(key), cls):
+                raise TypeError(f"sweep() got {key}={cls.__name__}(...) and flat keywords for it too")
+            kw[key] = cls(**flat)
+
+    gather({name: name for name in _RUN}, "run", RunOptions)
+    gather(_CALIBRATION, "calibration", CalibrationOptions, first="data")
+    gather(_BASELINE, "baselines", BaselineOptions, first="methods")
+    return kw

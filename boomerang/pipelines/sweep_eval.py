@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
+from ..evaluate.lmeval import TaskOptions
 from ..evaluate.perplexity import ScoreBatch, batch_nll
 from ..evaluate.reuse import Scored, schedule, score
-from .sweep_inputs import TaskOptions
 from .sweep_plan import Unit
 from .sweep_state import SweepState
 

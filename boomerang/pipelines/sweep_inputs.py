@@ -1,5 +1,7 @@
-"""A sweep's inputs: checked before any weights load (baselines, configs, layer maps, lm-eval tasks, the order's
-name), then loaded when it runs (the models in one common dtype, the tokenizer and the families)."""
+"""A sweep's inputs: its option objects (``BaselineOptions``, ``CalibrationOptions``, ``RunOptions``; the
+evaluation's ``EvalSpec`` and ``TaskOptions`` come from ``boomerang.evaluate``), checked before any weights load
+(baselines, configs, layer maps, lm-eval tasks, the order's name), then loaded when it runs (the models in one common
+dtype, the tokenizer and the families). Nothing here imports torch: the CLI takes its option defaults from here."""
 
 from __future__ import annotations
 
@@ -9,26 +11,56 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
+from ..evaluate.lmeval import TaskOptions
 
 if TYPE_CHECKING:
     from ..core.layermap import LayerMap
     from ..hints import Config, DType, ModelSpec, Tokenizer
+    from .sweep_eval import OnBatch
 
 BASELINES = ("naive", "shortgpt", "laco", "random-student")
 PRUNED = ("shortgpt", "laco")  # built by boomerang.analysis.baselines.prune_to
 
 
-@dataclass
-class TaskOptions:
-    """lm-eval settings for a sweep or an eval (``tasks`` empty: no lm-eval)."""
+@dataclass(frozen=True)
+class BaselineOptions:
+    """The baselines a sweep evaluates beside the family, at the same sizes.
 
-    tasks: Sequence[str] = ()
-    include_path: Sequence[str | Path] = ()
-    data: Any = None  # text for the built-in tasks (default: the evaluation data)
-    batch_size: int = 8
-    limit: int | float | None = None
-    num_fewshot: int | None = None
-    builtin: dict[str, Any] = field(default_factory=dict)  # options of make_cloze_task / make_wordppl_task
+    ``methods``: any of ``BASELINES`` (``random-student`` is added when ``random_student`` is given);
+    ``random_student``: the randomly initialised, distilled student of that baseline (a checkpoint or a model);
+    ``params``: keyword options per pruned method for ``boomerang.analysis.baselines.prune_to``.
+    """
+
+    methods: Sequence[str] = ()
+    random_student: Any = None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The calibration blocks of the pruned baselines and data-driven orders: ``samples`` blocks of ``length``
+    tokens (None: min(256, the evaluation's context)) from ``data`` (None: the evaluation data)."""
+
+    data: Any = None
+    samples: int = 128
+    length: int | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a sweep runs and writes its output; none of it changes the numbers.
+
+    ``force``: overwrite ``out``; ``restart``: discard an interrupted sweep's saved progress; ``reuse``: compute
+    shared layer prefixes once per batch; ``progress``: show progress bars; ``on_batch(group, done, total)``: called
+    after each batch; ``checkpoint_seconds``: save progress at most this often.
+    """
+
+    force: bool = False
+    restart: bool = False
+    reuse: bool = True
+    progress: bool = False
+    on_batch: OnBatch | None = None
+    checkpoint_seconds: float = 30.0
 
 
 def check_baselines(baselines: Sequence[str], random_student: ModelSpec) -> list[str]:
