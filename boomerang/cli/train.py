@@ -158,61 +158,67 @@ def _print_student(student: Any, out: Path, strat: str) -> None:
     )
 
 
+# ``boomerang distill``'s arguments and options.
+RecipeArg = Annotated[
+    Path,
+    typer.Argument(help="Recipe: a YAML file, or a packaged recipe by name (smollm2-cpu, qwen3-8b, ...)."),
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Recipe overrides as key=value, e.g. train.steps=20 loss.kl=0 lr=1e-4. Loss and student knobs: "
+        "ce= kl= temperature= cos= align_embeddings= align_final=raw|normed|both freeze_embeddings= "
+        "freeze_head= freeze_final_norm= untie_head= gradient_checkpointing= (see docs/training.md)."
+    ),
+]
+RunOut = Annotated[Path | None, typer.Option(help="Run directory (default: the recipe's out, or runs/NAME).")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT (or start if none).")
+]
+RestartRun = Annotated[bool, typer.Option("--force", help="Delete an existing run in OUT and start over.")]
+Steps = Annotated[int | None, typer.Option(help="Optimizer steps (train.steps).")]
+MaxTokens = Annotated[
+    int | None, typer.Option("--max-tokens", help="Stop after this many tokens (train.max_tokens).")
+]
+RecipeTeacher = Annotated[str | None, typer.Option(help="Teacher (overrides the recipe's).")]
+RecipeStudent = Annotated[
+    str | None, typer.Option(help="Initialised student checkpoint (else init: is used).")
+]
+TrainSeed = Annotated[int | None, typer.Option(help="Seed (train.seed).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate the recipe, print it resolved, and exit.")]
+Gpus = Annotated[
+    int | None,
+    typer.Option(
+        help="With --dry-run: plan per-GPU memory on N GPUs (DDP, FSDP, checkpointing); no weights."
+    ),
+]
+GpuMemory = Annotated[
+    str, typer.Option("--gpu-memory", help="With --gpus: memory of one GPU, e.g. 80GB, 79.6GiB.")
+]
+
+
 def distill(
-    recipe: Annotated[
-        Path,
-        typer.Argument(
-            help="Recipe: a YAML file, or a packaged recipe by name (smollm2-cpu, qwen3-8b, ...)."
-        ),
-    ],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Recipe overrides as key=value, e.g. train.steps=20 loss.kl=0 lr=1e-4. Loss and student knobs: "
-            "ce= kl= temperature= cos= align_embeddings= align_final=raw|normed|both freeze_embeddings= "
-            "freeze_head= freeze_final_norm= untie_head= gradient_checkpointing= (see docs/training.md)."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run directory (default: the recipe's out, or runs/NAME).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT (or start if none).")
-    ] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Delete an existing run in OUT and start over.")
-    ] = False,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps (train.steps).")] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Stop after this many tokens (train.max_tokens).")
-    ] = None,
-    teacher: Annotated[str | None, typer.Option(help="Teacher (overrides the recipe's).")] = None,
-    student: Annotated[
-        str | None, typer.Option(help="Initialised student checkpoint (else init: is used).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (train.seed).")] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate the recipe, print it resolved, and exit.")
-    ] = False,
-    gpus: Annotated[
-        int | None,
-        typer.Option(
-            help="With --dry-run: plan per-GPU memory on N GPUs (DDP, FSDP, checkpointing); no weights."
-        ),
-    ] = None,
-    gpu_memory: Annotated[
-        str, typer.Option("--gpu-memory", help="With --gpus: memory of one GPU, e.g. 80GB, 79.6GiB.")
-    ] = "80GB",
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    out: RunOut = None,
+    resume: Resume = False,
+    force: RestartRun = False,
+    steps: Steps = None,
+    max_tokens: MaxTokens = None,
+    teacher: RecipeTeacher = None,
+    student: RecipeStudent = None,
+    seed: TrainSeed = None,
+    dry_run: DryRun = False,
+    gpus: Gpus = None,
+    gpu_memory: GpuMemory = "80GB",
 ) -> None:
     """Distil a student from its teacher (paper Eq. 1) as a recipe describes."""
-    from ..train.recipe import load_recipe
+    from ..train.recipe import load_recipe, merge_overrides
 
     named = {"train.steps": steps, "train.max_tokens": max_tokens, "teacher": teacher, "student": student}
-    named["train.seed"] = seed
-    extra = [*(overrides or []), *(f"{k}={v}" for k, v in named.items() if v is not None)]
+    extra = merge_overrides(overrides, {**named, "train.seed": seed})
     if resume and force:
         raise BoomerangError("give --resume or --force, not both")
-    _check_once(extra)
     validate.positive(steps=steps, max_tokens=max_tokens)
     validate.seed(seed)
     validate.recipe_file(recipe)
@@ -225,17 +231,21 @@ def distill(
 
         capacity = parse_memory(gpu_memory)
     r = load_recipe(recipe, extra)
-    # the trainer's own rule for the run directory; its place must be writable, dead runs' temporaries go
-    validate.run_dir(Path(out or r.out or Path("runs") / (r.name or "distill")))
+    run = r.run_dir(out)  # the trainer's own rule for the run directory
+    validate.run_dir(run)  # its place must be writable, dead runs' temporaries go
     if dry_run:
         _dry_run(r, gpus, capacity)
         return
     _check_inputs(r)
+    _train(r, run, out=out, resume=resume, force=force)
+
+
+def _train(r: Recipe, run: Path, *, out: Path | None, resume: bool, force: bool) -> None:
+    """Train, telling an interrupted run how to go on from its last checkpoint."""
     from .. import interrupts
     from ..io.snapshot import unheld
     from ..train.trainer import distill as run_distill
 
-    run = Path(out or r.out or Path("runs") / (r.name or "distill"))
     interrupts.resume_hint(
         f"the run in {run} keeps its checkpoints (checkpoint.every={r.checkpoint.every}); run the same command "
         "again with --resume to continue from the last one (instead of --force)"
@@ -285,27 +295,6 @@ def _check_inputs(r: object) -> None:
         explicit = "calibration_length" in ini.model_fields_set
         if explicit and ini.strategy in MEASURED and not r.student:  # type: ignore[attr-defined]
             validate.within_context("init.calibration_length", ini.calibration_length, teacher)
-
-
-def _check_once(overrides: list[str]) -> None:
-    """Refuse a recipe key set twice (``steps=0 --steps 1``, ``kl=1 loss.kl=0``): the last would win in silence."""
-    from ..train.recipe import FIELDS, LEAVES
-
-    def resolved(key: str) -> str:
-        if key in FIELDS:
-            return key
-        tails = [k for k in LEAVES if k.rsplit(".", 1)[-1] == key]
-        return tails[0] if "." not in key and len(tails) == 1 else key
-
-    seen: dict[str, str] = {}
-    for item in overrides:
-        key = resolved(item.partition("=")[0].strip())
-        if key in seen:
-            raise BoomerangError(
-                f"recipe key {key} is set twice ({seen[key]!r} and {item!r}; options such as --steps set keys too); "
-                "give it once"
-            )
-        seen[key] = item
 
 
 def _print_memory_plan(recipe: object, rp: object) -> None:

@@ -253,6 +253,10 @@ class Recipe(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def run_dir(self, out: str | Path | None = None) -> Path:
+        """Where a run of this recipe writes: ``out``, else the recipe's ``out``, else ``runs/NAME``."""
+        return Path(out or self.out or Path("runs") / (self.name or "distill"))
+
 
 # ---- loading ------------------------------------------------------------------------------------------------
 
@@ -298,6 +302,25 @@ def _resolve_key(key: str) -> str:
     if len(by_tail) > 1:
         raise BoomerangError(f"override {key!r} is ambiguous: write one of {', '.join(by_tail)}")
     raise BoomerangError(f"unknown recipe key {key!r}{_suggest(key)}")
+
+
+def merge_overrides(overrides: list[str] | None, named: dict[str, object]) -> list[str]:
+    """``key=value`` overrides followed by the ``named`` settings that are not ``None`` (``{"train.steps": 20}``,
+    what options such as ``--steps`` set); a key set twice (``steps=0 --steps 1``, ``kl=1 loss.kl=0``) is refused,
+    for the last would win in silence."""
+    merged = [*(overrides or []), *(f"{k}={v}" for k, v in named.items() if v is not None)]
+    seen: dict[str, str] = {}
+    for item in merged:
+        key = item.partition("=")[0].strip()
+        by_tail = [k for k in LEAVES if k.rsplit(".", 1)[-1] == key]
+        key = by_tail[0] if key not in FIELDS and "." not in key and len(by_tail) == 1 else key
+        if key in seen:
+            raise BoomerangError(
+                f"recipe key {key} is set twice ({seen[key]!r} and {item!r}; options such as --steps set keys too); "
+                "give it once"
+            )
+        seen[key] = item
+    return merged
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
