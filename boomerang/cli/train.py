@@ -18,149 +18,113 @@ if TYPE_CHECKING:
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
 
 
+# ``boomerang init``'s options, declared once so that its signature stays short.
+Teacher = Annotated[
+    str, typer.Option(help="Teacher checkpoint (directory, .gguf, Hub id, or smollm2-offline).")
+]
+InitOut = Annotated[Path, typer.Option(help="Output directory for the student (written atomically).")]
+StrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="every (default), layers, random (the paper's random-init baseline), similarity, or "
+        "shortgpt (the layers ShortGPT keeps; --max-block caps how many teacher layers one student layer "
+        "stands for)."
+    ),
+]
+Every = Annotated[int, typer.Option(help="Keep every n-th teacher layer (every/random).")]
+KeepFirst = Annotated[int, typer.Option("--keep-first", help="Always keep the first n layers.")]
+KeepLast = Annotated[int, typer.Option("--keep-last", help="Always keep the last n layers.")]
+KeptLayers = Annotated[
+    str | None, typer.Option(help="Explicit kept teacher layers, e.g. 0,2,4,5 (implies --strategy layers).")
+]
+Size = Annotated[
+    int | None,
+    typer.Option(help="Student layers for --strategy similarity/shortgpt (default: as many as every)."),
+]
+MaxBlock = Annotated[
+    int | None, typer.Option("--max-block", help="shortgpt: the longest teacher block per student layer.")
+]
+Isolate = Annotated[
+    int,
+    typer.Option(
+        help="shortgpt: give the first N layers ShortGPT drops a 2-layer block each (the members 1..N layers "
+        "short of the teacher then start as ShortGPT's)."
+    ),
+]
+CalibrationData = Annotated[
+    str | None,
+    typer.Option(
+        help="Calibration texts for --strategy similarity/shortgpt: file, folder, .jsonl or hf:NAME."
+    ),
+]
+CalibrationTexts = Annotated[
+    int, typer.Option("--calibration-texts", help="Calibration blocks for similarity/shortgpt.")
+]
+CalibrationLength = Annotated[
+    int | None,
+    typer.Option(
+        "--calibration-length", help="Tokens per calibration block (default 256, or the model's context)."
+    ),
+]
+PatchOrder = Annotated[
+    str | None,
+    typer.Option("--patch-order", help="Record the intended patch order (last or first) in the config."),
+]
+InitSeed = Annotated[int, typer.Option(help="Seed for --strategy random and calibration sampling.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
+
+
 def init(
-    teacher: Annotated[
-        str, typer.Option(help="Teacher checkpoint (directory, .gguf, Hub id, or smollm2-offline).")
-    ],
-    out: Annotated[Path, typer.Option(help="Output directory for the student (written atomically).")],
-    strategy: Annotated[
-        str | None,
-        typer.Option(
-            help="every (default), layers, random (the paper's random-init baseline), similarity, or "
-            "shortgpt (the layers ShortGPT keeps; --max-block caps how many teacher layers one student layer "
-            "stands for)."
-        ),
-    ] = None,
-    every: Annotated[int, typer.Option(help="Keep every n-th teacher layer (every/random).")] = 2,
-    keep_first: Annotated[int, typer.Option("--keep-first", help="Always keep the first n layers.")] = 1,
-    keep_last: Annotated[int, typer.Option("--keep-last", help="Always keep the last n layers.")] = 2,
-    layers: Annotated[
-        str | None,
-        typer.Option(help="Explicit kept teacher layers, e.g. 0,2,4,5 (implies --strategy layers)."),
-    ] = None,
-    size: Annotated[
-        int | None,
-        typer.Option(help="Student layers for --strategy similarity/shortgpt (default: as many as every)."),
-    ] = None,
-    max_block: Annotated[
-        int | None, typer.Option("--max-block", help="shortgpt: the longest teacher block per student layer.")
-    ] = None,
-    isolate: Annotated[
-        int,
-        typer.Option(
-            help="shortgpt: give the first N layers ShortGPT drops a 2-layer block each (the members 1..N layers "
-            "short of the teacher then start as ShortGPT's)."
-        ),
-    ] = 0,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            help="Calibration texts for --strategy similarity/shortgpt: file, folder, .jsonl or hf:NAME."
-        ),
-    ] = None,
-    calibration_texts: Annotated[
-        int, typer.Option("--calibration-texts", help="Calibration blocks for similarity/shortgpt.")
-    ] = 128,
-    calibration_length: Annotated[
-        int | None,
-        typer.Option(
-            "--calibration-length", help="Tokens per calibration block (default 256, or the model's context)."
-        ),
-    ] = None,
-    patch_order: Annotated[
-        str | None,
-        typer.Option("--patch-order", help="Record the intended patch order (last or first) in the config."),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for --strategy random and calibration sampling.")] = 0,
+    teacher: Teacher,
+    out: InitOut,
+    strategy: StrategyOpt = None,
+    every: Every = 2,
+    keep_first: KeepFirst = 1,
+    keep_last: KeepLast = 2,
+    layers: KeptLayers = None,
+    size: Size = None,
+    max_block: MaxBlock = None,
+    isolate: Isolate = 0,
+    data: CalibrationData = None,
+    calibration_texts: CalibrationTexts = 128,
+    calibration_length: CalibrationLength = None,
+    patch_order: PatchOrder = None,
+    seed: InitSeed = 0,
     dtype: Dtype = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    force: Force = False,
     trust_remote_code: Trust = False,
 ) -> None:
     """Initialise a student from a teacher's layers and write it as a checkpoint carrying its layer map."""
+    from ..train.init_plan import init_section, plan_init
+
     validate.output_dir(out, force)
-    kept = parse_ints(layers, "--layers")
-    strat = strategy or ("layers" if kept else "every")
-    from ..train.initialise import STRATEGIES
-
-    if strat not in STRATEGIES:
-        raise BoomerangError(f"unknown --strategy {strat!r}; use one of: {', '.join(STRATEGIES)}")
-    measured = strat in ("similarity", "shortgpt")
-    _check_strategy_options(strat, measured, kept, data, size, max_block, patch_order, isolate)
-    validate.positive(
-        every=every,
-        keep_first=keep_first,
-        size=size,
-        calibration_texts=calibration_texts,
-        max_block=max_block,
-    )
-    validate.at_least(0, keep_last=keep_last, isolate=isolate)
-    validate.at_least(2, calibration_length=calibration_length)
     validate.seed(seed)
-    validate.text_source(data)
-    validate.model_source(teacher, "--teacher")
-    validate.tokenizer_source(teacher, "--teacher")
-    _check_student_shape(teacher, strat, kept, every, keep_first, keep_last, size, trust_remote_code, isolate)
-    if measured:
-        validate.within_context("--calibration-length", calibration_length, teacher, trust_remote_code)
-        calibration_length = calibration_length or validate.context_default(256, teacher, trust_remote_code)
-
-    from transformers.utils import logging as hf_logging
-
-    from ..data.blocks import calibration_ids
-    from ..io.loading import load_model, load_tokenizer
-    from ..train.initialise import init_student, save_student
-    from ..train.recipe import resolve_model_spec
-
-    hf_logging.disable_progress_bar()
-    teacher_path = resolve_model_spec(teacher)
-    t = load_model(teacher_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    tok = load_tokenizer(teacher_path, trust_remote_code=trust_remote_code)
-    calib = None
-    if measured:
-        calib = calibration_ids(data, tok, n=calibration_texts, length=calibration_length, seed=seed)
-        console.print(f"measuring teacher layer similarity on {calib.shape[0]}×{calib.shape[1]} tokens…")
-    spec = kept if strat == "layers" else strat
-    student = init_student(
-        t,
-        spec,
+    ini = init_section(
+        strategy,
+        layers=parse_ints(layers, "--layers"),
+        data=data,
+        size=size,
         every=every,
         keep_first=keep_first,
         keep_last=keep_last,
-        size=size,
-        calibration=calib,
-        seed=seed,
-        teacher_name=teacher,
-        patch_order=patch_order,
         max_block=max_block,
         isolate=isolate,
+        calibration_texts=calibration_texts,
+        calibration_length=calibration_length,
+        seed=seed,
     )
-    save_student(student, out, tokenizer=tok, force=force)
-    _print_student(student, out, strat)
+    validate.text_source(data)
+    validate.model_source(teacher, "--teacher")
+    validate.tokenizer_source(teacher, "--teacher")
+    plan = plan_init(teacher, ini, patch_order=patch_order, trust_remote_code=trust_remote_code)
 
+    from transformers.utils import logging as hf_logging
 
-def _check_strategy_options(
-    strat: str,
-    measured: bool,
-    kept: list[int] | None,
-    data: str | None,
-    size: int | None,
-    max_block: int | None,
-    patch_order: str | None,
-    isolate: int = 0,
-) -> None:
-    """The options that only some init strategies take."""
-    if kept and strat != "layers":
-        raise BoomerangError(f"--layers cannot be combined with --strategy {strat}")
-    if measured and data is None:
-        raise BoomerangError(f"--strategy {strat} needs calibration texts: pass --data PATH")
-    if not measured and (size is not None or data is not None):
-        raise BoomerangError("--size and --data only apply to --strategy similarity or shortgpt")
-    if max_block is not None and strat != "shortgpt":
-        raise BoomerangError("--max-block only applies to --strategy shortgpt")
-    if isolate and strat != "shortgpt":
-        raise BoomerangError("--isolate only applies to --strategy shortgpt")
-    if patch_order is not None and patch_order not in ("last", "first"):
-        raise BoomerangError(f"--patch-order must be last or first, not {patch_order!r}")
+    from ..train.initialise import write_student
+
+    hf_logging.disable_progress_bar()
+    student = write_student(plan, out, dtype=dtype, force=force, report=console.print)
+    _print_student(student, out, plan.init.strategy)
 
 
 def _print_student(student: Any, out: Path, strat: str) -> None:
@@ -194,101 +158,67 @@ def _print_student(student: Any, out: Path, strat: str) -> None:
     )
 
 
-def _check_student_shape(
-    teacher: str,
-    strategy: str,
-    kept: list[int] | None,
-    every: int,
-    keep_first: int,
-    keep_last: int,
-    size: int | None,
-    trust_remote_code: bool,
-    isolate: int = 0,
-) -> None:
-    """Refuse, from the teacher's config alone, a student that cannot be made or would be the whole teacher."""
-    from ..core.layermap import LayerMap
-    from ..train.recipe import resolve_model_spec
-
-    n = validate.teacher_layers(resolve_model_spec(teacher), trust_remote_code)
-    why = f"the teacher has {n} layers"
-    validate.in_range("keep_first", keep_first, 1, n, why)
-    validate.in_range("keep_last", keep_last, 0, n, why)
-    if strategy in ("similarity", "shortgpt"):
-        validate.in_range("size", size, 1, n - 1, f"{why} and a student keeps fewer")
-        m = size or LayerMap.every(n, every, keep_first, keep_last).n_student
-        validate.in_range(
-            "isolate",
-            isolate,
-            0,
-            min(n // 2, n - m),
-            f"a {m}-layer student of {n} layers drops {n - m}, and "
-            "each isolated layer is one of them, alone in a 2-layer block",
-        )
-        return
-    lm = LayerMap.from_kept(kept, n) if kept else LayerMap.every(n, every, keep_first, keep_last)
-    if lm.n_student >= n:
-        how = "--layers" if kept else f"--every {every} --keep-first {keep_first} --keep-last {keep_last}"
-        raise BoomerangError(
-            f"{how} keeps all {n} teacher layers, so the student would be the teacher; keep fewer layers "
-            "(e.g. --every 2 --keep-first 1 --keep-last 2, the paper's default)"
-        )
+# ``boomerang distill``'s arguments and options.
+RecipeArg = Annotated[
+    Path,
+    typer.Argument(help="Recipe: a YAML file, or a packaged recipe by name (smollm2-cpu, qwen3-8b, ...)."),
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Recipe overrides as key=value, e.g. train.steps=20 loss.kl=0 lr=1e-4. Loss and student knobs: "
+        "ce= kl= temperature= cos= align_embeddings= align_final=raw|normed|both freeze_embeddings= "
+        "freeze_head= freeze_final_norm= untie_head= gradient_checkpointing= (see docs/training.md)."
+    ),
+]
+RunOut = Annotated[Path | None, typer.Option(help="Run directory (default: the recipe's out, or runs/NAME).")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT (or start if none).")
+]
+RestartRun = Annotated[bool, typer.Option("--force", help="Delete an existing run in OUT and start over.")]
+Steps = Annotated[int | None, typer.Option(help="Optimizer steps (train.steps).")]
+MaxTokens = Annotated[
+    int | None, typer.Option("--max-tokens", help="Stop after this many tokens (train.max_tokens).")
+]
+RecipeTeacher = Annotated[str | None, typer.Option(help="Teacher (overrides the recipe's).")]
+RecipeStudent = Annotated[
+    str | None, typer.Option(help="Initialised student checkpoint (else init: is used).")
+]
+TrainSeed = Annotated[int | None, typer.Option(help="Seed (train.seed).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate the recipe, print it resolved, and exit.")]
+Gpus = Annotated[
+    int | None,
+    typer.Option(
+        help="With --dry-run: plan per-GPU memory on N GPUs (DDP, FSDP, checkpointing); no weights."
+    ),
+]
+GpuMemory = Annotated[
+    str, typer.Option("--gpu-memory", help="With --gpus: memory of one GPU, e.g. 80GB, 79.6GiB.")
+]
 
 
 def distill(
-    recipe: Annotated[
-        Path,
-        typer.Argument(
-            help="Recipe: a YAML file, or a packaged recipe by name (smollm2-cpu, qwen3-8b, ...)."
-        ),
-    ],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Recipe overrides as key=value, e.g. train.steps=20 loss.kl=0 lr=1e-4. Loss and student knobs: "
-            "ce= kl= temperature= cos= align_embeddings= align_final=raw|normed|both freeze_embeddings= "
-            "freeze_head= freeze_final_norm= untie_head= gradient_checkpointing= (see docs/training.md)."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run directory (default: the recipe's out, or runs/NAME).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the latest checkpoint in OUT (or start if none).")
-    ] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Delete an existing run in OUT and start over.")
-    ] = False,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps (train.steps).")] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Stop after this many tokens (train.max_tokens).")
-    ] = None,
-    teacher: Annotated[str | None, typer.Option(help="Teacher (overrides the recipe's).")] = None,
-    student: Annotated[
-        str | None, typer.Option(help="Initialised student checkpoint (else init: is used).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (train.seed).")] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate the recipe, print it resolved, and exit.")
-    ] = False,
-    gpus: Annotated[
-        int | None,
-        typer.Option(
-            help="With --dry-run: plan per-GPU memory on N GPUs (DDP, FSDP, checkpointing); no weights."
-        ),
-    ] = None,
-    gpu_memory: Annotated[
-        str, typer.Option("--gpu-memory", help="With --gpus: memory of one GPU, e.g. 80GB, 79.6GiB.")
-    ] = "80GB",
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    out: RunOut = None,
+    resume: Resume = False,
+    force: RestartRun = False,
+    steps: Steps = None,
+    max_tokens: MaxTokens = None,
+    teacher: RecipeTeacher = None,
+    student: RecipeStudent = None,
+    seed: TrainSeed = None,
+    dry_run: DryRun = False,
+    gpus: Gpus = None,
+    gpu_memory: GpuMemory = "80GB",
 ) -> None:
     """Distil a student from its teacher (paper Eq. 1) as a recipe describes."""
-    from ..train.recipe import load_recipe
+    from ..train.recipe import load_recipe, merge_overrides
 
     named = {"train.steps": steps, "train.max_tokens": max_tokens, "teacher": teacher, "student": student}
-    named["train.seed"] = seed
-    extra = [*(overrides or []), *(f"{k}={v}" for k, v in named.items() if v is not None)]
+    extra = merge_overrides(overrides, {**named, "train.seed": seed})
     if resume and force:
         raise BoomerangError("give --resume or --force, not both")
-    _check_once(extra)
     validate.positive(steps=steps, max_tokens=max_tokens)
     validate.seed(seed)
     validate.recipe_file(recipe)
@@ -301,17 +231,21 @@ def distill(
 
         capacity = parse_memory(gpu_memory)
     r = load_recipe(recipe, extra)
-    # the trainer's own rule for the run directory; its place must be writable, dead runs' temporaries go
-    validate.run_dir(Path(out or r.out or Path("runs") / (r.name or "distill")))
+    run = r.run_dir(out)  # the trainer's own rule for the run directory
+    validate.run_dir(run)  # its place must be writable, dead runs' temporaries go
     if dry_run:
         _dry_run(r, gpus, capacity)
         return
     _check_inputs(r)
+    _train(r, run, out=out, resume=resume, force=force)
+
+
+def _train(r: Recipe, run: Path, *, out: Path | None, resume: bool, force: bool) -> None:
+    """Train, telling an interrupted run how to go on from its last checkpoint."""
     from .. import interrupts
     from ..io.snapshot import unheld
     from ..train.trainer import distill as run_distill
 
-    run = Path(out or r.out or Path("runs") / (r.name or "distill"))
     interrupts.resume_hint(
         f"the run in {run} keeps its checkpoints (checkpoint.every={r.checkpoint.every}); run the same command "
         "again with --resume to continue from the last one (instead of --force)"
@@ -361,27 +295,6 @@ def _check_inputs(r: object) -> None:
         explicit = "calibration_length" in ini.model_fields_set
         if explicit and ini.strategy in MEASURED and not r.student:  # type: ignore[attr-defined]
             validate.within_context("init.calibration_length", ini.calibration_length, teacher)
-
-
-def _check_once(overrides: list[str]) -> None:
-    """Refuse a recipe key set twice (``steps=0 --steps 1``, ``kl=1 loss.kl=0``): the last would win in silence."""
-    from ..train.recipe import FIELDS, LEAVES
-
-    def resolved(key: str) -> str:
-        if key in FIELDS:
-            return key
-        tails = [k for k in LEAVES if k.rsplit(".", 1)[-1] == key]
-        return tails[0] if "." not in key and len(tails) == 1 else key
-
-    seen: dict[str, str] = {}
-    for item in overrides:
-        key = resolved(item.partition("=")[0].strip())
-        if key in seen:
-            raise BoomerangError(
-                f"recipe key {key} is set twice ({seen[key]!r} and {item!r}; options such as --steps set keys too); "
-                "give it once"
-            )
-        seen[key] = item
 
 
 def _print_memory_plan(recipe: object, rp: object) -> None:

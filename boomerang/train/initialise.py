@@ -21,9 +21,9 @@ Strategies:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel
@@ -33,13 +33,12 @@ from ..core.layermap import LayerMap, student_section
 from ..core.patching import assemble
 from ..errors import BoomerangError
 from ..io.sidecar import write_sidecar
-from .recipe import MEASURED
+from .recipe import MEASURED, STRATEGIES, InitSection
+from .recipe import InitStrategy as Strategy  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from ..hints import Tokenizer
-
-Strategy = Literal["every", "layers", "random", "similarity", "shortgpt"]
-STRATEGIES: tuple[str, ...] = ("every", "layers", "random", "similarity", "shortgpt")
+    from .init_plan import InitPlan
 
 
 def block_similarities(sim: torch.Tensor, kept: Sequence[int]) -> list[float]:
@@ -335,3 +334,66 @@ def save_student(
             tokenizer.save_pretrained(tmp)
         write_sidecar(tmp, lm)
     return Path(out)
+
+
+def student_from_section(
+    teacher: PreTrainedModel,
+    tokenizer: Tokenizer,
+    init: InitSection,
+    *,
+    calibration: str | None = None,
+    text_field: str = "text",
+    teacher_name: str | None = None,
+    patch_order: str | None = None,
+    report: Callable[[str], object] | None = None,
+) -> PreTrainedModel:
+    """The student an ``InitSection`` describes. A measured strategy reads ``init.calibration`` (else
+    ``calibration``, e.g. a recipe's training texts) into calibration blocks first; ``report`` hears of it."""
+    from ..data.blocks import calibration_ids
+
+    calib = None
+    if init.strategy in MEASURED:
+        source = init.calibration or calibration
+        if source is None:
+            raise BoomerangError(f"the {init.strategy!r} strategy needs calibration texts (init.calibration)")
+        n, length = init.calibration_texts, init.calibration_length
+        calib = calibration_ids(source, tokenizer, n=n, length=length, seed=init.seed, text_field=text_field)
+        if report is not None:
+            report(f"measuring teacher layer similarity on {calib.shape[0]}×{calib.shape[1]} tokens…")
+    return init_student(
+        teacher,
+        init.layers if init.strategy == "layers" else init.strategy,
+        every=init.every,
+        keep_first=init.keep_first,
+        keep_last=init.keep_last,
+        size=init.size,
+        calibration=calib,
+        seed=init.seed,
+        teacher_name=teacher_name,
+        patch_order=patch_order,
+        max_block=init.max_block,
+        isolate=init.isolate,
+    )
+
+
+def write_student(
+    plan: InitPlan,
+    out: str | Path,
+    *,
+    dtype: str = "auto",
+    force: bool = False,
+    report: Callable[[str], object] | None = None,
+) -> PreTrainedModel:
+    """Load the planned teacher (``boomerang.train.init_plan.plan_init``), initialise its student and write it, with
+    the teacher's tokenizer, to ``out`` (atomically); the student is returned."""
+    from ..io.loading import load_model, load_tokenizer
+    from .recipe import resolve_model_spec
+
+    path = resolve_model_spec(plan.teacher)
+    teacher = load_model(path, dtype=dtype, trust_remote_code=plan.trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=plan.trust_remote_code)
+    student = student_from_section(
+        teacher, tokenizer, plan.init, teacher_name=plan.teacher, patch_order=plan.patch_order, report=report
+    )
+    save_student(student, out, tokenizer=tokenizer, force=force)
+    return student

@@ -233,33 +233,16 @@ def prepare_models(
 
 
 def init_from_recipe(recipe: Recipe, teacher: nn.Module, tokenizer: Tokenizer) -> nn.Module:
-    """The student the recipe's ``init`` section describes."""
-    from ..data import calibration_ids
-    from .initialise import init_student
+    """The student the recipe's ``init`` section describes (calibrated, if measured, on ``data.train`` by default)."""
+    from .initialise import student_from_section
 
-    r, ini = recipe, recipe.init
-    calib = None
-    spec: Any = ini.layers if ini.strategy == "layers" else ini.strategy
-    if ini.strategy in ("similarity", "shortgpt"):
-        calib = calibration_ids(
-            ini.calibration or r.data.train,
-            tokenizer,
-            n=ini.calibration_texts,
-            length=ini.calibration_length,
-            seed=ini.seed,
-            text_field=r.data.text_field,
-        )
-    return init_student(
+    r = recipe
+    return student_from_section(
         teacher,  # type: ignore[arg-type]
-        spec,
-        every=ini.every,
-        keep_first=ini.keep_first,
-        keep_last=ini.keep_last,
-        size=ini.size,
-        calibration=calib,
-        seed=ini.seed,
+        tokenizer,
+        r.init,
+        calibration=r.data.train,
+        text_field=r.data.text_field,
         teacher_name=r.teacher,
         patch_order=r.patch_order,
-        max_block=ini.max_block,
-        isolate=ini.isolate,
     )

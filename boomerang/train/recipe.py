@@ -13,12 +13,21 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import BoomerangError
 from ..io.loading import OFFLINE_ALIAS as OFFLINE_TEACHER  # noqa: F401 (re-exported)
@@ -32,12 +41,40 @@ class _Section(BaseModel):
 
 
 MEASURED = ("similarity", "shortgpt")  # init strategies that measure the teacher on calibration data
+InitStrategy = Literal["every", "layers", "random", "similarity", "shortgpt"]
+STRATEGIES: tuple[str, ...] = get_args(InitStrategy)
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How a front end names the init settings in its messages: recipe keys (``init.max_block``, ``strategy:
+    shortgpt``) or command-line options (``--max-block``, ``--strategy shortgpt``)."""
+
+    options: bool = False
+    renames: dict[str, str] = field(default_factory=dict)  # setting -> option, where they differ
+
+    def name(self, key: str) -> str:
+        """``init.max_block`` or ``--max-block``."""
+        if not self.options:
+            return f"init.{key}"
+        return "--" + self.renames.get(key, key).replace("_", "-")
+
+    def setting(self, key: str, value: object) -> str:
+        """``strategy: layers`` or ``--strategy layers``."""
+        return f"{self.name(key)} {value}" if self.options else f"{key}: {value}"
+
+
+RECIPE_KEYS = Spelling()
+OPTIONS = Spelling(options=True, renames={"calibration": "data"})  # ``boomerang init``'s options
 
 
 class InitSection(_Section):
-    """How the student is initialised when ``student`` is not given (see ``boomerang.train.initialise``)."""
+    """How the student is initialised when ``student`` is not given (see ``boomerang.train.initialise``).
 
-    strategy: Literal["every", "layers", "random", "similarity", "shortgpt"] = "every"
+    Its rules (which settings go with which strategy) are checked here, once, where it is made; validated with
+    ``context={"spelling": OPTIONS}`` the messages name command-line options instead of recipe keys."""
+
+    strategy: InitStrategy = "every"
     every: int = Field(2, ge=1)
     keep_first: int = Field(1, ge=1)
     keep_last: int = Field(2, ge=0)
@@ -65,17 +102,21 @@ class InitSection(_Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> InitSection:
-        if self.strategy == "layers" and not self.layers:
-            raise ValueError("init.strategy 'layers' needs init.layers (the kept teacher layers)")
-        if self.max_block is not None and self.strategy != "shortgpt":
-            raise ValueError(f"init.max_block only applies to strategy shortgpt, not {self.strategy!r}")
-        if self.isolate and self.strategy != "shortgpt":
-            raise ValueError(f"init.isolate only applies to strategy shortgpt, not {self.strategy!r}")
-        if self.layers and self.strategy != "layers":
+    def _check(self, info: ValidationInfo) -> InitSection:
+        spell: Spelling = (info.context or {}).get("spelling", RECIPE_KEYS)
+        name, setting, strategy = spell.name, spell.setting, self.strategy
+        if strategy == "layers" and not self.layers:
+            raise ValueError(f"{name('strategy')} 'layers' needs {name('layers')} (the kept teacher layers)")
+        if self.layers and strategy != "layers":
             raise ValueError(
-                f"init.layers is set but init.strategy is {self.strategy!r}; use strategy: layers"
+                f"{name('layers')} cannot be combined with {setting('strategy', strategy)}; use "
+                f"{setting('strategy', 'layers')}"
             )
+        for key in ("max_block", "isolate"):
+            if getattr(self, key) not in (None, 0) and strategy != "shortgpt":
+                raise ValueError(
+                    f"{name(key)} only applies to {setting('strategy', 'shortgpt')}, not {strategy!r}"
+                )
         return self
 
 
@@ -212,6 +253,10 @@ class Recipe(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def run_dir(self, out: str | Path | None = None) -> Path:
+        """Where a run of this recipe writes: ``out``, else the recipe's ``out``, else ``runs/NAME``."""
+        return Path(out or self.out or Path("runs") / (self.name or "distill"))
+
 
 # ---- loading ------------------------------------------------------------------------------------------------
 
@@ -257,6 +302,25 @@ def _resolve_key(key: str) -> str:
     if len(by_tail) > 1:
         raise BoomerangError(f"override {key!r} is ambiguous: write one of {', '.join(by_tail)}")
     raise BoomerangError(f"unknown recipe key {key!r}{_suggest(key)}")
+
+
+def merge_overrides(overrides: list[str] | None, named: dict[str, object]) -> list[str]:
+    """``key=value`` overrides followed by the ``named`` settings that are not ``None`` (``{"train.steps": 20}``,
+    what options such as ``--steps`` set); a key set twice (``steps=0 --steps 1``, ``kl=1 loss.kl=0``) is refused,
+    for the last would win in silence."""
+    merged = [*(overrides or []), *(f"{k}={v}" for k, v in named.items() if v is not None)]
+    seen: dict[str, str] = {}
+    for item in merged:
+        key = item.partition("=")[0].strip()
+        by_tail = [k for k in LEAVES if k.rsplit(".", 1)[-1] == key]
+        key = by_tail[0] if key not in FIELDS and "." not in key and len(by_tail) == 1 else key
+        if key in seen:
+            raise BoomerangError(
+                f"recipe key {key} is set twice ({seen[key]!r} and {item!r}; options such as --steps set keys too); "
+                "give it once"
+            )
+        seen[key] = item
+    return merged
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

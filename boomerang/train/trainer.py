@@ -64,7 +64,7 @@ class Distiller:
         self, recipe: Recipe, *, out: str | Path | None = None, resume: bool = False, force: bool = False
     ):
         self.recipe = recipe
-        self.out = Path(out or recipe.out or Path("runs") / (recipe.name or "distill"))
+        self.out = recipe.run_dir(out)
         self.resume, self.force = resume, force
 
     # -- setup --------------------------------------------------------------------------------------------------
