@@ -43,6 +43,7 @@ from .demo_report import OFFLINE_LABEL, TOTAL, write_report
 from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
 
 if TYPE_CHECKING:
+    from ..analysis.baselines import BaselineCache
     from ..core.layermap import LayerMap
     from ..hints import Calibration, Model, Tokenizer
 
@@ -406,10 +407,11 @@ class Demo:
         return write_report(self.results(students, results), self.out)
 
     def _evaluate(self, students: dict[str, Path]) -> dict[str, Any]:
-        """Analysis, orders and every sweep, with the teacher and students loaded once (shared by all sweeps, so
-        the pruning baselines' measurements are made once too)."""
+        """Analysis, orders and every sweep, with the teacher and students loaded once and shared by all sweeps,
+        as is one ``BaselineCache``, so the pruning baselines' measurements are made once too."""
         import torch
 
+        from ..analysis.baselines import BaselineCache
         from ..io.loading import load_model, load_pair, load_tokenizer
 
         s = self.s
@@ -419,6 +421,7 @@ class Demo:
         lm = student_layer_map(main)
         others = {k: load_model(p, dtype=dtype) for k, p in students.items() if k != "main"}
         primary = next(iter(s.orders))
+        cache = BaselineCache()
         with torch.no_grad():
             ids = self._timed("calibration", lambda: self.calibration(tok))
             analysis = self._timed("analyze", lambda: self.analyze(teacher, main, lm, ids))
@@ -449,7 +452,7 @@ class Demo:
         for text in self.texts:
             results["texts"][text.label] = self._timed(
                 f"sweeps {text.label}",
-                lambda t=text: self._text_sweeps(t, teacher, main, others, orders, tok, lm),
+                lambda t=text: self._text_sweeps(t, teacher, main, others, orders, tok, lm, cache),
             )
         return results
 
@@ -492,10 +495,19 @@ class Demo:
         return json.loads(dest.read_text())
 
     def _text_sweeps(
-        self, text: EvalText, teacher: Any, main: Any, others: dict, orders: dict, tok: Any, lm: Any
+        self,
+        text: EvalText,
+        teacher: Any,
+        main: Any,
+        others: dict,
+        orders: dict,
+        tok: Any,
+        lm: Any,
+        cache: BaselineCache,
     ) -> dict[str, Any]:
-        """One text: the main family in every order (baselines beside the first; the random-init family beside
-        the fixed order), and each other ablation's family in its order. Keys: ``Curve.tag``."""
+        """One text: the main family in every order (baselines beside the first, sharing ``cache`` with the
+        other texts' sweeps; the random-init family beside the fixed order), and each other ablation's family in
+        its order. Keys: ``Curve.tag``."""
         per: dict[str, Any] = {}
         primary = next(iter(self.s.orders))
         main_orders = {k: v for k, v in orders.items() if " (" not in k}
@@ -503,6 +515,7 @@ class Demo:
             opts: dict[str, Any] = {"tokenizer": tok, "layer_map": lm}
             if i == 0:
                 opts["baselines"] = list(self.s.baselines)
+                opts["baseline_cache"] = cache
             if name == self.fixed and "random" in others:
                 opts["random_student"] = others["random"]
             tag = Curve("main", name).tag

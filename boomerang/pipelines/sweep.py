@@ -13,7 +13,8 @@ parameters, one curve per method) and ``order.json``.
   and batches already done are not recomputed). ``out`` appears only when everything is finished.
 * **Baselines.** ``naive``: the teacher restricted to the same teacher layers as the member of that size (no
   distillation). ``shortgpt``, ``laco``: ``boomerang.analysis.baselines.prune_to`` at the member's layer count, with
-  calibration data. ``random-student``: the family of a randomly initialised, distilled student.
+  calibration data; one ``BaselineCache`` (the sweep's own, or ``baseline_cache``) shares ShortGPT's measurements
+  and LaCo's searches across sizes. ``random-student``: the family of a randomly initialised, distilled student.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .sweep_plan import Calibration, Row, Unit, groups, plan_rows, pruned_baseli
 from .sweep_state import STATE_VERSION, SweepState, partial_dir, probe, source_name, sweep_fingerprint
 
 if TYPE_CHECKING:
+    from ..analysis.baselines import BaselineCache
     from ..hints import ModelSpec
 
 __all__ = [
@@ -73,7 +75,8 @@ class Sweep:
 
     The parts: ``sweep_inputs`` (checks and loading), ``sweep_plan`` (order, units and rows), ``sweep_state``
     (resumable progress), ``sweep_eval`` (groups of units with prefix reuse, lm-eval) and ``sweep_output``.
-    ``order`` defaults to the patch order the student's config records, else ``last``.
+    ``order`` defaults to the patch order the student's config records, else ``last``. ``baseline_cache``: the
+    pruned baselines' measurements, shared with other sweeps of the same teacher (default: the sweep's own).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Sweep:
         calibration_samples: int = 128,
         calibration_length: int | None = None,
         baseline_params: dict[str, dict[str, Any]] | None = None,
+        baseline_cache: BaselineCache | None = None,
         dtype: Any = None,
         force: bool = False,
         restart: bool = False,
@@ -118,6 +122,7 @@ class Sweep:
         self.calibration_source = calibration
         self.calibration_shape = (calibration_samples, calibration_length)
         self.baseline_params = baseline_params or {}
+        self.baseline_cache = baseline_cache  # the sweep's own is made when a pruned baseline is first built
         self.progress = SweepProgress(progress)
         self.tasks = tasks or TaskOptions()
         self.baselines = check_baselines(baselines, random_student)
@@ -223,7 +228,13 @@ class Sweep:
     def _pruned(self, method: str, n_layers: int) -> Any:
         params = dict(self.baseline_params.get(method, {}))
         self.progress.log(f"building the {method} baseline with {n_layers} layers")
-        return pruned_baseline(self.teacher, method, n_layers, self.calibration(), params)
+        if self.baseline_cache is None:
+            from ..analysis.baselines import BaselineCache
+
+            self.baseline_cache = BaselineCache()
+        return pruned_baseline(
+            self.teacher, method, n_layers, self.calibration(), params, cache=self.baseline_cache
+        )
 
     def _names(self) -> tuple[str, str, str | None]:
         """The teacher's, student's and random-init student's names as results and fingerprints record them."""
