@@ -463,7 +463,12 @@ class Laco:
     scored merge across runs (so sweeping C and T costs far less than independent runs)."""
 
     def __init__(
-        self, teacher: PreTrainedModel, calibration: Any, *, batch_size: int = 8, cache_bytes: int = 2 << 30
+        self,
+        teacher: PreTrainedModel,
+        calibration: Calibration,
+        *,
+        batch_size: int = 8,
+        cache_bytes: int = 2 << 30,
     ):
         from ..core.spans import run_span
 
