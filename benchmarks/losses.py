@@ -47,7 +47,7 @@ TEXTS = ("builtin:hamlet", "builtin:devils-dictionary")
 def measure(run: Path, args: argparse.Namespace, shortgpt: dict[str, dict[int, float]]) -> dict:
     import torch
 
-    from boomerang.analysis.baselines import prune_to
+    from boomerang.analysis.baselines import BaselineCache, prune_to
     from boomerang.analysis.orders import compute_order
     from boomerang.data import calibration_ids
     from boomerang.evaluate.perplexity import perplexity
@@ -60,6 +60,7 @@ def measure(run: Path, args: argparse.Namespace, shortgpt: dict[str, dict[int, f
     tok = load_tokenizer(teacher_dir)
     teacher, student = load_pair(teacher_dir, run / "student", dtype="bfloat16")
     layer_map = student_layer_map(student)
+    cache = BaselineCache()  # ShortGPT's block influence, measured once for every size
 
     def ppl(model: torch.nn.Module, text: str) -> float:
         return perplexity(model, text, tok, context=512, stride=384, max_tokens=args.tokens).value
@@ -70,7 +71,7 @@ def measure(run: Path, args: argparse.Namespace, shortgpt: dict[str, dict[int, f
             pruned = (
                 teacher
                 if layers == layer_map.n_teacher
-                else prune_to(teacher, "shortgpt", num_layers=layers, calibration=calib)
+                else prune_to(teacher, "shortgpt", num_layers=layers, calibration=calib, cache=cache)
             )
             shortgpt[text][layers] = ppl(pruned, text)
         return shortgpt[text][layers]

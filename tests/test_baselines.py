@@ -1,6 +1,7 @@
 """Pruning baselines: naive layer dropping, ShortGPT (Block Influence) and LaCo (layer merging)."""
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -10,9 +11,9 @@ from transformers import AutoModelForCausalLM
 import boomerang as B
 from boomerang.analysis.baselines import (
     LACO_THRESHOLDS,
+    BaselineCache,
     Laco,
     block_influence,
-    clear_cache,
     evenly_spaced,
     merged_tensors,
     naive_layers,
@@ -144,7 +145,6 @@ def _identity_llama(n=8, identity=(2, 5), near=((3, 0.01), (6, 0.1))):
 
 @pytest.mark.parametrize("recompute", [False, True])
 def test_shortgpt_removes_the_least_influential_layers(recompute):
-    clear_cache()
     model = _identity_llama()
     x = ids(4, 12)
     bi = block_influence(model, x)
@@ -162,16 +162,63 @@ def test_shortgpt_removes_the_least_influential_layers(recompute):
         assert r.block_influence == [pytest.approx(bi, abs=1e-9)]
 
 
-def test_shortgpt_cache_follows_weight_changes():
-    clear_cache()
+def _counting_measure(monkeypatch):
+    """Count ShortGPT's block-influence measurements."""
+    import boomerang.analysis.baselines as bl
+
+    calls = []
+    real = bl._measure
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bl, "_measure", counting)
+    return calls
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_shortgpt_measures_once_per_cache(monkeypatch, recompute):
+    model = _identity_llama()
+    x = ids(3, 10)
+    calls = _counting_measure(monkeypatch)
+    cache = BaselineCache()
+    first = [shortgpt(model, k, x, recompute=recompute, cache=cache).removed for k in (6, 4)]
+    n = len(calls)
+    assert n == (4 if recompute else 1)  # recompute: one measurement per removal, from 8 layers down to 4
+    assert len(cache) == 1
+    again = [shortgpt(model, k, x, recompute=recompute, cache=cache).removed for k in (6, 4, 5)]
+    prune_to(model, "shortgpt", num_layers=5, calibration=x, recompute=recompute, cache=cache)
+    assert len(calls) == n and again[:2] == first  # the same cache: nothing measured again
+    shortgpt(model, 6, x, recompute=recompute)
+    shortgpt(model, 6, x, recompute=recompute, cache=BaselineCache())
+    assert len(calls) == n + 2 * (2 if recompute else 1)  # no cache, or another: measured afresh
+    shortgpt(model, 6, x, recompute=recompute, batch_size=2, cache=cache)  # another key: measured
+    assert len(calls) > n + 2 * (2 if recompute else 1)
+    cache.clear(model)
+    assert len(cache) == 0
+    m = len(calls)
+    shortgpt(model, 6, x, recompute=recompute, cache=cache)
+    assert len(calls) > m
+
+
+def test_shortgpt_cache_follows_weight_changes(monkeypatch):
     model = _identity_llama(identity=(2,), near=())
     x = ids(3, 10)
-    assert shortgpt(model, 7, x).removed == [2]
+    calls = _counting_measure(monkeypatch)
+    cache = BaselineCache()
+    assert shortgpt(model, 7, x, cache=cache).removed == [2]
+    assert shortgpt(model, 7, x, cache=cache).removed == [2] and len(calls) == 1
     with torch.no_grad():  # in-place edit: layer 4 becomes the identity, layer 2 does not any more
         model.model.layers[4].mlp.down_proj.weight.zero_()
         model.model.layers[4].self_attn.o_proj.weight.zero_()
         model.model.layers[2].mlp.down_proj.weight.normal_(0, 0.2)
-    assert shortgpt(model, 7, x).removed == [4]
+    assert shortgpt(model, 7, x, cache=cache).removed == [4] and len(calls) == 2
+    with torch.no_grad():  # a replaced tensor invalidates too
+        layer = model.model.layers[4].mlp.down_proj
+        layer.weight = torch.nn.Parameter(torch.randn_like(layer.weight) * 0.2)
+    shortgpt(model, 7, x, cache=cache)
+    assert len(calls) == 3
 
 
 # ---- LaCo ----------------------------------------------------------------------------------------------------------------
@@ -297,13 +344,49 @@ def test_caches_do_not_keep_the_teacher_alive():
     import gc
     import weakref
 
+    cache = BaselineCache()
     teacher = similar_layers("llama", 6)
-    prune_to(teacher, "laco", calibration=ids(2, 8), merge_layers=3, threshold=0.5)
-    prune_to(teacher, "shortgpt", num_layers=4, calibration=ids(2, 8), recompute=True)
+    prune_to(teacher, "laco", calibration=ids(2, 8), merge_layers=3, threshold=0.5, cache=cache)
+    prune_to(teacher, "shortgpt", num_layers=4, calibration=ids(2, 8), recompute=True, cache=cache)
+    assert len(cache) == 1
     ref = weakref.ref(teacher)
     del teacher
     gc.collect()
-    assert ref() is None
+    assert ref() is None and len(cache) == 0
+
+
+def test_laco_searches_are_shared_through_the_cache():
+    from boomerang.analysis.baselines import laco_search
+
+    teacher = similar_layers("llama", 8)
+    x = ids(2, 8)
+    cache = BaselineCache()
+    search = laco_search(teacher, x, cache=cache)
+    assert laco_search(teacher, x, cache=cache) is search
+    assert (
+        laco_search(teacher, x) is not search
+        and laco_search(teacher, x, batch_size=1, cache=cache) is not search
+    )
+    prune_to(teacher, "laco", calibration=x, merge_layers=3, threshold=0.5, cache=cache)
+    n = search.evaluations
+    assert n > 0  # the cached search did the work
+    prune_to(teacher, "laco", calibration=x, merge_layers=3, threshold=0.5, cache=cache)
+    assert search.evaluations == n  # the same run again: nothing scored
+    with torch.no_grad():
+        teacher.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+    assert laco_search(teacher, x, cache=cache) is not search  # edited weights: a new search
+
+
+def test_the_module_keeps_no_cache():
+    import boomerang.analysis.baselines as bl
+
+    assert not hasattr(bl, "_MEMO") and not hasattr(bl, "clear_cache")
+    state = [
+        name
+        for name, v in vars(bl).items()
+        if not name.startswith("__") and isinstance(v, (dict, list, set, weakref.WeakKeyDictionary))
+    ]
+    assert state == []
 
 
 def test_laco_scores_are_shared_across_runs():

@@ -61,9 +61,15 @@ def _tiny_demo(tmp_path, *extra):
     return teacher, data, out, [*args, *TINY_DEMO_OVERRIDES, f"data.cache_dir={tmp_path / 'cache'}"]
 
 
-def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path):
+def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path, monkeypatch):
+    import boomerang.analysis.baselines as bl
+
+    measured = []
+    real = bl._measure
+    monkeypatch.setattr(bl, "_measure", lambda *a, **k: measured.append(a[1]) or real(*a, **k))
     teacher, data, out, argv = _tiny_demo(tmp_path, "--export", str(tmp_path / "evidence"))
     assert run(argv) == 0
+    assert len(measured) == 1  # one BaselineCache for every sweep: ShortGPT measured once for the three texts
     recipe = (out / "distill" / "recipe.yaml").read_text()
     assert f"teacher: {teacher}" in recipe and f"train: {data / 'train'}" in recipe
     # four students on one budget: the main one, a random-init one with its layer map, one without the cosine term

@@ -245,6 +245,27 @@ def test_pruned_baselines_at_member_sizes(tmp_path):
     assert rows[("shortgpt", 5)]["ppl"] == rows[("boomerang", 5)]["ppl"]  # nothing pruned: the teacher
 
 
+def test_pruned_baselines_measure_once_per_cache(tmp_path, monkeypatch):
+    """A sweep measures ShortGPT once for all its sizes; sweeps given one cache measure once between them."""
+    import boomerang.analysis.baselines as bl
+
+    calls = []
+    real = bl._measure
+    monkeypatch.setattr(bl, "_measure", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    teacher, student, _ = make_pair("llama", n_layers=8, kept=(0, 2, 4, 6, 7))
+    text = corpus(tmp_path / "t.txt", paragraphs=12)
+    kw = dict(
+        tokenizer=tiny_tokenizer(), baselines=["shortgpt"], spec=SPEC, sizes=[0, 3, 4], calibration_samples=8
+    )
+    first = sweep(teacher, student, text, tmp_path / "own", **kw)
+    assert len({r["layers"] for r in first["rows"] if r["method"] == "shortgpt"}) == 3 and len(calls) == 1
+    cache = bl.BaselineCache()
+    for out in ("a", "b"):
+        again = sweep(teacher, student, text, tmp_path / out, baseline_cache=cache, **kw)
+        assert [r["ppl"] for r in again["rows"]] == [r["ppl"] for r in first["rows"]]
+    assert len(calls) == 2 and len(cache) == 1  # the second sweep measured nothing
+
+
 def test_bert_family_sweep_uses_pseudo_perplexity(tmp_path):
     bert = make_teacher("bert", n_layers=12)
     lm = B.LayerMap.preset("distilbert")

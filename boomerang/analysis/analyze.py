@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +206,7 @@ def analyze(
     batch_size: int = 8,
     force: bool = False,
     meta: dict[str, Any] | None = None,
-    status: Any = None,
+    status: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``similarity.{json,png}``, ``teacher_similarity.{json,png}``, ``members.{json,png}`` (and
     ``members_kl.png`` with ``kl``), ``orders/<name>.json`` and ``summary.json`` into ``out``; returns the summary."""

@@ -16,6 +16,9 @@ are right and checkpoints load with plain ``from_pretrained``. The one entry poi
   ``theta* = theta_l + sum_k (theta_{l+k} - theta_l)``, over the weights and biases of every linear layer of the
   block (norms keep layer l's values); accept when the mean over calibration texts of the cosine between the
   flattened last hidden states of the merged and original models exceeds T.
+
+ShortGPT's measurements and LaCo's searches are kept between calls only in a :class:`BaselineCache` that the
+caller owns and passes as ``cache=`` (a sweep over sizes: one cache, one measurement); the module holds no state.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -51,6 +54,7 @@ LACO_MERGE_GRID = (3, 4, 5, 6)
 # before the sizes a family needs (SmolLM2-135M: no LaCo model under 28 of 30 layers at 0.45)
 LACO_THRESHOLDS = tuple(round(0.95 - 0.05 * i, 2) for i in range(19))
 Status = Callable[[str], None]
+_T = TypeVar("_T")
 
 
 def _n_layers(model: nn.Module) -> int:
@@ -172,9 +176,7 @@ def prune_naive(
     return build_pruned(teacher, kept, _section("naive", kept, n, parameters=params), copy=copy)
 
 
-# ---- a small cache so that sweeps over sizes reuse one measurement -------------------------------------------
-
-_MEMO: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+# ---- a cache so that sweeps over sizes reuse one measurement --------------------------------------------------
 
 
 def _weights_version(model: nn.Module) -> int:
@@ -182,23 +184,42 @@ def _weights_version(model: nn.Module) -> int:
     return hash(tuple((p.data_ptr(), p._version) for p in model.parameters()))
 
 
-def _memo(model: nn.Module, key: tuple, make: Callable[[], Any]) -> Any:
-    """Per-model cache (dropped with the model, and whenever its weights change)."""
-    version = _weights_version(model)
-    cache = _MEMO.get(model)
-    if cache is None or cache.get("version") != version:
-        cache = _MEMO[model] = {"version": version}
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
+class BaselineCache:
+    """ShortGPT's measurements and LaCo's searches, per model, for whoever prunes one teacher many times.
+
+    Its owner (a sweep for its lifetime, the demo across its sweeps, a benchmark) creates one and passes it as
+    ``cache=`` to :func:`prune_to`, :func:`shortgpt`, :func:`laco_search` and the ``prune_*`` functions, so that
+    a sweep over many sizes measures once; without one, every call measures afresh. Entries are keyed weakly by
+    model (dropped with the model, never keeping it alive) and dropped whenever the model's weights change.
+    """
+
+    def __init__(self) -> None:
+        self._entries: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+
+    def get(self, model: nn.Module, key: tuple, make: Callable[[], _T]) -> _T:
+        """The entry ``key`` of ``model``, made by ``make()`` when missing or when the weights have changed."""
+        version = _weights_version(model)
+        entries = self._entries.get(model)
+        if entries is None or entries.get("version") != version:
+            entries = self._entries[model] = {"version": version}
+        if key not in entries:
+            entries[key] = make()
+        return entries[key]
+
+    def clear(self, model: nn.Module | None = None) -> None:
+        """Forget the measurements and searches of ``model``, or of every model."""
+        if model is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(model, None)
+
+    def __len__(self) -> int:
+        """The number of models with entries."""
+        return len(self._entries)
 
 
-def clear_cache(model: nn.Module | None = None) -> None:
-    """Forget cached ShortGPT measurements and LaCo searches (for ``model``, or for every model)."""
-    if model is None:
-        _MEMO.clear()
-    else:
-        _MEMO.pop(model, None)
+def _cached(cache: BaselineCache | None, model: nn.Module, key: tuple, make: Callable[[], _T]) -> _T:
+    return make() if cache is None else cache.get(model, key, make)
 
 
 # ---- ShortGPT -------------------------------------------------------------------------------------------------
@@ -245,14 +266,16 @@ def shortgpt(
     recompute: bool = False,
     batch_size: int = 8,
     status: Status | None = None,
+    cache: BaselineCache | None = None,
 ) -> ShortGPTResult:
-    """Teacher layers ShortGPT keeps at ``num_layers`` (measurements are cached across calls)."""
+    """Teacher layers ShortGPT keeps at ``num_layers`` (measurements are shared across calls through ``cache``)."""
     ids = as_calibration(calibration)
     n = _n_layers(teacher)
     _check_size(num_layers, n)
     cal = calibration_info(ids)["sha256"]
     if not recompute:
-        bi = _memo(
+        bi = _cached(
+            cache,
             teacher,
             ("bi", cal, batch_size),
             lambda: _measure(teacher, list(range(n)), ids, batch_size, status),
@@ -261,7 +284,7 @@ def shortgpt(
         removed = ranked[: n - num_layers]
         kept = [j for j in range(n) if j not in set(removed)]
         return ShortGPTResult(kept, removed, [bi], False)
-    state = _memo(teacher, ("bi-iter", cal, batch_size), lambda: {"removed": [], "bi": []})
+    state = _cached(cache, teacher, ("bi-iter", cal, batch_size), lambda: {"removed": [], "bi": []})
     while n - len(state["removed"]) > num_layers:
         kept = [j for j in range(n) if j not in set(state["removed"])]
         if status:
@@ -298,9 +321,18 @@ def prune_shortgpt(
     batch_size: int = 8,
     copy: bool = False,
     status: Status | None = None,
+    cache: BaselineCache | None = None,
 ) -> PreTrainedModel:
     n = _n_layers(teacher)
-    r = shortgpt(teacher, num_layers, calibration, recompute=recompute, batch_size=batch_size, status=status)
+    r = shortgpt(
+        teacher,
+        num_layers,
+        calibration,
+        recompute=recompute,
+        batch_size=batch_size,
+        status=status,
+        cache=cache,
+    )
     section = _section(
         "shortgpt",
         r.kept,
@@ -432,7 +464,12 @@ class Laco:
     scored merge across runs (so sweeping C and T costs far less than independent runs)."""
 
     def __init__(
-        self, teacher: PreTrainedModel, calibration: Any, *, batch_size: int = 8, cache_bytes: int = 2 << 30
+        self,
+        teacher: PreTrainedModel,
+        calibration: Calibration,
+        *,
+        batch_size: int = 8,
+        cache_bytes: int = 2 << 30,
     ):
         from ..core.spans import run_span
 
@@ -611,10 +648,17 @@ class Laco:
         return best, tried
 
 
-def laco_search(teacher: PreTrainedModel, calibration: Calibration, *, batch_size: int = 8) -> Laco:
-    """A (cached) LaCo search for this teacher and calibration set."""
+def laco_search(
+    teacher: PreTrainedModel,
+    calibration: Calibration,
+    *,
+    batch_size: int = 8,
+    cache: BaselineCache | None = None,
+) -> Laco:
+    """A LaCo search for this teacher and calibration set (the one ``cache`` holds, if given)."""
     ids = as_calibration(calibration)
-    return _memo(
+    return _cached(
+        cache,
         teacher,
         ("laco", calibration_info(ids)["sha256"], batch_size),
         lambda: Laco(teacher, ids, batch_size=batch_size),
@@ -634,9 +678,10 @@ def prune_laco(
     batch_size: int = 8,
     copy: bool = False,
     status: Status | None = None,
+    cache: BaselineCache | None = None,
 ) -> PreTrainedModel:
     """One LaCo run with ``merge_layers`` (C) and ``threshold`` (T), or the sweep point for ``num_layers``."""
-    search = laco_search(teacher, calibration, batch_size=batch_size)
+    search = laco_search(teacher, calibration, batch_size=batch_size, cache=cache)
     if merge_layers is not None and threshold is not None:
         result = search.run(
             merge_layers, threshold, lowest=lowest, highest=highest, interval=interval, status=status
@@ -675,6 +720,7 @@ def prune_to(
     layers: Sequence[int] | None = None,
     num_layers: int | None = None,
     calibration: Calibration | None = None,
+    cache: BaselineCache | None = None,
     **params: Any,
 ) -> PreTrainedModel:
     """A pruned teacher by ``method`` (naive, shortgpt or laco); see the module docstring.
@@ -682,7 +728,9 @@ def prune_to(
     naive: ``layers`` or ``num_layers`` [``layer_map``, ``order``]; shortgpt: ``num_layers``, ``calibration``
     [``recompute``, ``batch_size``]; laco: ``calibration`` and ``num_layers`` (sweep) or ``merge_layers`` and
     ``threshold`` [``lowest``, ``highest``, ``interval``, ``batch_size``]. All take ``copy`` (default False:
-    the result shares the teacher's tensors) and ``status`` (a callback for progress messages).
+    the result shares the teacher's tensors) and ``status`` (a callback for progress messages). ``cache``: a
+    :class:`BaselineCache` that keeps ShortGPT's measurements and LaCo's searches for the next call (naive
+    measures nothing); None measures afresh.
     """
     if method not in METHODS:
         raise BoomerangError(f"unknown pruning method {method!r}; use one of: {', '.join(METHODS)}")
@@ -715,8 +763,8 @@ def prune_to(
     if method == "shortgpt":
         if num_layers is None:
             raise BoomerangError("shortgpt needs num_layers (--num-layers)")
-        return prune_shortgpt(teacher, num_layers, calibration, **params)
-    return prune_laco(teacher, calibration, num_layers=num_layers, **params)
+        return prune_shortgpt(teacher, num_layers, calibration, cache=cache, **params)
+    return prune_laco(teacher, calibration, num_layers=num_layers, cache=cache, **params)
 
 
 def save_pruned(

@@ -59,7 +59,7 @@ Criterion = Literal["kl", "cos"]
 # ---- calibration helpers ------------------------------------------------------------------------------------
 
 
-def as_calibration(calibration: Any) -> torch.Tensor:
+def as_calibration(calibration: Calibration) -> torch.Tensor:
     """Token ids ``[n, length]`` as a LongTensor, or a clear error."""
     if isinstance(calibration, (list, tuple)):
         try:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..hints import Config
+    from ..hints import Config, Model
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def plan_config(
     )
 
 
-def meta_model(config: Config, dtype: torch.dtype | None = None) -> nn.Module:
+def meta_model(config: Config, dtype: torch.dtype | None = None) -> Model:
     """A weightless (meta-device) model of ``config``, built the way ``from_pretrained`` builds it (in ``dtype``)."""
     import copy
 

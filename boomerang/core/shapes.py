@@ -9,6 +9,7 @@ A test checks the shapes against transformers' own (meta-device) models.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .arch import ARCHS, Arch, config_value
@@ -27,7 +28,7 @@ def layers_path(config: Config) -> str | None:
     return arch.layers if arch is not None else _LAYERS.get(model_type)
 
 
-def layer_indices(names: Any, path: str) -> set[int]:
+def layer_indices(names: Iterable[str], path: str) -> set[int]:
     """The layer numbers that tensor ``names`` hold under ``path`` (with or without the base-model prefix)."""
     base, _, rest = path.partition(".")
     pattern = re.compile(rf"^(?:{re.escape(base)}\.)?{re.escape(rest or base)}\.(\d+)\.")

@@ -42,6 +42,7 @@ from ..errors import BoomerangError, require
 
 if TYPE_CHECKING:
     from ..hints import Model, Tokenizer
+    from .perplexity import Source
 
 CLOZE = "boomerang_cloze"
 WORDPPL = "boomerang_wordppl"
@@ -124,7 +125,7 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def cloze_examples(
-    source: Any,
+    source: Source,
     *,
     n: int = CLOZE_EXAMPLES,
     n_fewshot: int = 20,
@@ -177,7 +178,7 @@ def cloze_examples(
 
 
 def make_cloze_task(
-    source: Any,
+    source: Source,
     out_dir: str | Path,
     *,
     name: str = CLOZE,
@@ -255,7 +256,7 @@ def passages(text: str, words: int) -> Iterator[str]:
 
 
 def make_wordppl_task(
-    source: Any,
+    source: Source,
     out_dir: str | Path,
     *,
     name: str = WORDPPL,
@@ -468,7 +469,9 @@ def resolve_tasks(
     return names, paths, needs_defaults
 
 
-def prepare_builtin(names: Sequence[str], data: Any, out_dir: str | Path, **options: Any) -> list[Path]:
+def prepare_builtin(
+    names: Sequence[str], data: Source | None, out_dir: str | Path, **options: Any
+) -> list[Path]:
     """Generate the built-in tasks among ``names`` from ``data`` into ``out_dir``; returns include paths."""
     wanted = [n for n in names if n in BUILTIN_TASKS]
     if not wanted:
@@ -622,7 +625,7 @@ def run_lm_eval(
     tokenizer: Tokenizer,
     tasks: Sequence[str],
     *,
-    data: Any = None,
+    data: Source | None = None,
     include_path: Sequence[str | Path] = (),
     batch_size: int = 8,
     limit: int | float | None = None,

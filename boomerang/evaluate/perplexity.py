@@ -532,13 +532,15 @@ def evaluate(
     return acc.result(spec.metric, docs, spec.settings(), time.perf_counter() - t0)
 
 
-def perplexity(model: Model, data: Any, tokenizer: Tokenizer | None = None, **kw: Any) -> PerplexityResult:
+def perplexity(
+    model: Model, data: Source | Sequence[Document], tokenizer: Tokenizer | None = None, **kw: Any
+) -> PerplexityResult:
     """Token perplexity of a causal LM (see ``evaluate``)."""
     return evaluate(model, data, tokenizer, metric=TOKEN_PPL, **kw)
 
 
 def pseudo_perplexity(
-    model: Model, data: Any, tokenizer: Tokenizer | None = None, **kw: Any
+    model: Model, data: Source | Sequence[Document], tokenizer: Tokenizer | None = None, **kw: Any
 ) -> PerplexityResult:
     """Masked-LM pseudo-perplexity of a BERT-family model (see ``evaluate``)."""
     return evaluate(model, data, tokenizer, metric=PSEUDO_PPL, **kw)

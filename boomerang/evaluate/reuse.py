@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from torch import nn
 from ..core.hooks import layer_list
 from ..core.spans import feed_input
 from ..interrupts import check
+
+if TYPE_CHECKING:
+    from ..core.plan import PatchPlan
 
 Key = tuple[Hashable, tuple[Hashable, ...], Hashable]  # (embedding, layers, head)
 
@@ -41,7 +44,7 @@ class Scored:
     key: Key | None = None
 
 
-def plan_key(plan: Any, names: dict[str, str] | None = None) -> Key:
+def plan_key(plan: PatchPlan, names: dict[str, str] | None = None) -> Key:
     """The key of a family member built from a ``PatchPlan``; ``names`` renames the models (e.g. student ->
     random-student) so that different students never share keys."""
     names = names or {}

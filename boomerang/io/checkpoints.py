@@ -18,6 +18,7 @@ from .safetensors_files import INDEX, WEIGHTS
 
 if TYPE_CHECKING:
     from ..hints import DType
+    from .snapshot import Snapshot
 
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -134,7 +135,9 @@ def tokenizer_nbytes(directory: str | os.PathLike) -> int:
     return sum(q.stat().st_size for p in files for q in ([p] if p.is_file() else p.rglob("*")) if q.is_file())
 
 
-def copy_tokenizer(src: str | os.PathLike, directory: str | os.PathLike, snapshot: Any = None) -> bool:
+def copy_tokenizer(
+    src: str | os.PathLike, directory: str | os.PathLike, snapshot: Snapshot | None = None
+) -> bool:
     """Copy a checkpoint's tokenizer files byte for byte into ``directory`` (from ``snapshot``, a held version of
     ``src``, if given); False if it has none."""
     files = tokenizer_files(src)

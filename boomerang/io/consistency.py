@@ -19,7 +19,7 @@ from ..errors import BoomerangError
 from .safetensors_files import TensorRef
 
 if TYPE_CHECKING:
-    from ..hints import Config
+    from ..hints import Config, Model
 
 FIX = (
     "the checkpoint contradicts itself: restore the config.json that came with these weights (or the weights "
@@ -80,7 +80,7 @@ def check_saved_shapes(path: Path, config: Mapping[str, Any], entries: Mapping[s
             raise _mismatch(path, name, ref, want)
 
 
-def model_names(entries: Mapping[str, TensorRef], meta: Any) -> dict[str, tuple[str, bool]]:
+def model_names(entries: Mapping[str, TensorRef], meta: Model) -> dict[str, tuple[str, bool]]:
     """For each checkpoint key: the model's own name for it and whether loading converts the tensor, renamed
     exactly as ``from_pretrained`` renames keys (legacy names, missing base-model prefix, renamed heads)."""
     from transformers.conversion_mapping import get_model_conversion_mapping
@@ -100,7 +100,9 @@ def model_names(entries: Mapping[str, TensorRef], meta: Any) -> dict[str, tuple[
     return out
 
 
-def check_checkpoint(path: Path, config: Config, entries: Mapping[str, TensorRef], meta: Any = None) -> None:
+def check_checkpoint(
+    path: Path, config: Config, entries: Mapping[str, TensorRef], meta: Model | None = None
+) -> None:
     """Refuse a checkpoint whose config contradicts its weights: the layer count, then every tensor's shape
     against a weightless model of the config (``meta``, built if not given)."""
     check_layers(path, config, entries)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -455,7 +456,7 @@ def export_gguf(
     name: str | None = None,
     license: str | None = None,
     force: bool = False,
-    progress: Any = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Exported:
     """Write the checkpoint in ``model_dir`` as one GGUF file ``out`` (atomically; an existing file is replaced only
     with ``force``). ``type``: f32, f16, bf16 or q8_0. ``name`` is ``general.name`` (default: the directory's
@@ -489,7 +490,7 @@ def write_plan(
     type: str,
     name: str,
     license: str | None = None,
-    progress: Any = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Write a planned export into ``path`` (not atomically: ``export_gguf`` wraps this)."""
     import gguf

@@ -22,9 +22,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
+
+if TYPE_CHECKING:
+    from gguf import GGUFWriter
 
 TOKENIZER_JSON = "tokenizer.json"
 GPT2_PRE = "gpt-2"  # llama.cpp's name for GPT-2's own regex (ByteLevel with use_regex=True)
@@ -151,7 +154,7 @@ def check_vocab(directory: str | Path, vocab_size: int) -> None:
     read_vocab(directory, vocab_size)
 
 
-def add_vocab(writer: Any, directory: str | Path, vocab_size: int) -> Vocab:
+def add_vocab(writer: GGUFWriter, directory: str | Path, vocab_size: int) -> Vocab:
     """Write the tokenizer of ``directory`` into a ``gguf.GGUFWriter``."""
     import gguf
 

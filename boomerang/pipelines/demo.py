@@ -44,6 +44,7 @@ from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
 from .sweep_inputs import BaselineOptions
 
 if TYPE_CHECKING:
+    from ..analysis.baselines import BaselineCache
     from ..core.layermap import LayerMap
     from ..hints import Calibration, Model, Tokenizer
 
@@ -407,10 +408,11 @@ class Demo:
         return write_report(self.results(students, results), self.out)
 
     def _evaluate(self, students: dict[str, Path]) -> dict[str, Any]:
-        """Analysis, orders and every sweep, with the teacher and students loaded once (shared by all sweeps, so
-        the pruning baselines' measurements are made once too)."""
+        """Analysis, orders and every sweep, with the teacher and students loaded once and shared by all sweeps,
+        as is one ``BaselineCache``, so the pruning baselines' measurements are made once too."""
         import torch
 
+        from ..analysis.baselines import BaselineCache
         from ..io.loading import load_model, load_pair, load_tokenizer
 
         s = self.s
@@ -420,6 +422,7 @@ class Demo:
         lm = student_layer_map(main)
         others = {k: load_model(p, dtype=dtype) for k, p in students.items() if k != "main"}
         primary = next(iter(s.orders))
+        cache = BaselineCache()
         with torch.no_grad():
             ids = self._timed("calibration", lambda: self.calibration(tok))
             analysis = self._timed("analyze", lambda: self.analyze(teacher, main, lm, ids))
@@ -450,7 +453,7 @@ class Demo:
         for text in self.texts:
             results["texts"][text.label] = self._timed(
                 f"sweeps {text.label}",
-                lambda t=text: self._text_sweeps(t, teacher, main, others, orders, tok, lm),
+                lambda t=text: self._text_sweeps(t, teacher, main, others, orders, tok, lm, cache),
             )
         return results
 
@@ -493,10 +496,19 @@ class Demo:
         return json.loads(dest.read_text())
 
     def _text_sweeps(
-        self, text: EvalText, teacher: Any, main: Any, others: dict, orders: dict, tok: Any, lm: Any
+        self,
+        text: EvalText,
+        teacher: Any,
+        main: Any,
+        others: dict,
+        orders: dict,
+        tok: Any,
+        lm: Any,
+        cache: BaselineCache,
     ) -> dict[str, Any]:
-        """One text: the main family in every order (baselines beside the first; the random-init family beside
-        the fixed order), and each other ablation's family in its order. Keys: ``Curve.tag``."""
+        """One text: the main family in every order (baselines beside the first, sharing ``cache`` with the
+        other texts' sweeps; the random-init family beside the fixed order), and each other ablation's family in
+        its order. Keys: ``Curve.tag``."""
         per: dict[str, Any] = {}
         primary = next(iter(self.s.orders))
         main_orders = {k: v for k, v in orders.items() if " (" not in k}
@@ -506,7 +518,7 @@ class Demo:
             opts: dict[str, Any] = {
                 "tokenizer": tok,
                 "layer_map": lm,
-                "baselines": BaselineOptions(methods, rnd),
+                "baselines": BaselineOptions(methods, rnd, cache=cache if i == 0 else None),
             }
             tag = Curve("main", name).tag
             per[tag] = self.sweep(text, tag, teacher, main, order, **opts)

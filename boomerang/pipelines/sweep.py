@@ -13,7 +13,8 @@ parameters, one curve per method) and ``order.json``.
   and batches already done are not recomputed). ``out`` appears only when everything is finished.
 * **Baselines.** ``naive``: the teacher restricted to the same teacher layers as the member of that size (no
   distillation). ``shortgpt``, ``laco``: ``boomerang.analysis.baselines.prune_to`` at the member's layer count, with
-  calibration data. ``random-student``: the family of a randomly initialised, distilled student.
+  calibration data; one ``BaselineCache`` (the sweep's own, or ``BaselineOptions.cache``) shares ShortGPT's measurements
+  and LaCo's searches across sizes. ``random-student``: the family of a randomly initialised, distilled student.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class Sweep:
     The parts: ``sweep_inputs`` (checks and loading), ``sweep_plan`` (order, units and rows), ``sweep_state``
     (resumable progress), ``sweep_eval`` (groups of units with prefix reuse, lm-eval) and ``sweep_output``.
     ``order`` defaults to the patch order the student's config records, else ``last``. The options, each an object
-    built once (by the CLI or the caller) and passed whole: ``baselines`` (``BaselineOptions``, or just the names),
+    built once (by the CLI or the caller) and passed whole: ``baselines`` (``BaselineOptions``, or just the names; its ``cache`` shares the pruned baselines'
+    measurements with other sweeps of the same teacher),
     ``spec`` (``EvalSpec``: what the metric is computed on), ``tasks`` (``TaskOptions``: lm-eval), ``calibration``
     (``CalibrationOptions``) and ``run`` (``RunOptions``: overwriting, resuming, progress).
     """
@@ -120,6 +122,7 @@ class Sweep:
         self.data, self.tokenizer, self.order_spec, self.dtype = data, tokenizer, order, dtype
         self.trust_remote_code = trust_remote_code
         self.baseline_params = base.params or {}
+        self.baseline_cache = base.cache  # else the sweep's own, made when a pruned baseline is first built
         self.progress = SweepProgress(run.progress)
         self.tasks = tasks or TaskOptions()
         self.baselines = check_baselines(base.methods, base.random_student)
@@ -225,7 +228,13 @@ class Sweep:
     def _pruned(self, method: str, n_layers: int) -> Any:
         params = dict(self.baseline_params.get(method, {}))
         self.progress.log(f"building the {method} baseline with {n_layers} layers")
-        return pruned_baseline(self.teacher, method, n_layers, self.calibration(), params)
+        if self.baseline_cache is None:
+            from ..analysis.baselines import BaselineCache
+
+            self.baseline_cache = BaselineCache()
+        return pruned_baseline(
+            self.teacher, method, n_layers, self.calibration(), params, cache=self.baseline_cache
+        )
 
     def _names(self) -> tuple[str, str, str | None]:
         """The teacher's, student's and random-init student's names as results and fingerprints record them."""
@@ -303,14 +312,14 @@ def sweep(
 
 _RUN = tuple(f.name for f in fields(RunOptions))
 _CALIBRATION = {"calibration_samples": "samples", "calibration_length": "length"}
-_BASELINE = {"random_student": "random_student", "baseline_params": "params"}
+_BASELINE = {"random_student": "random_student", "baseline_params": "params", "baseline_cache": "cache"}
 
 
 def sweep_options(options: Mapping[str, object]) -> dict[str, Any]:
     """``Sweep``'s keywords from ``sweep()``'s, which also takes them flat, as earlier versions did: ``force``,
     ``restart``, ``reuse``, ``progress``, ``on_batch``, ``checkpoint_seconds`` (``RunOptions``); ``calibration`` (a
     text source), ``calibration_samples``, ``calibration_length`` (``CalibrationOptions``); ``baselines`` (names),
-    ``random_student``, ``baseline_params`` (``BaselineOptions``)."""
+    ``random_student``, ``baseline_params``, ``baseline_cache`` (``BaselineOptions``)."""
     kw = dict(options)
 
     def gather(names: dict[str, str], key: str, cls: type, first: str | None = None) -> None:

@@ -14,6 +14,7 @@ from ..errors import BoomerangError
 from ..evaluate.lmeval import TaskOptions
 
 if TYPE_CHECKING:
+    from ..analysis.baselines import BaselineCache
     from ..core.layermap import LayerMap
     from ..hints import Config, DType, ModelSpec, Tokenizer
     from .sweep_eval import OnBatch
@@ -28,12 +29,14 @@ class BaselineOptions:
 
     ``methods``: any of ``BASELINES`` (``random-student`` is added when ``random_student`` is given);
     ``random_student``: the randomly initialised, distilled student of that baseline (a checkpoint or a model);
-    ``params``: keyword options per pruned method for ``boomerang.analysis.baselines.prune_to``.
+    ``params``: keyword options per pruned method for ``boomerang.analysis.baselines.prune_to``;
+    ``cache``: a ``BaselineCache`` shared with other sweeps of the same teacher (None: the sweep makes its own).
     """
 
     methods: Sequence[str] = ()
     random_student: Any = None
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: BaselineCache | None = None
 
 
 @dataclass(frozen=True)

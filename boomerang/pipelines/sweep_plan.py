@@ -16,6 +16,7 @@ from ..errors import BoomerangError
 from ..evaluate.reuse import Key, layers_key, plan_key
 
 if TYPE_CHECKING:
+    from ..analysis.baselines import BaselineCache
     from ..core.layermap import LayerMap
     from ..family import Family, OrderSpec
     from ..hints import Model
@@ -168,9 +169,18 @@ def groups(units: dict[str, Unit]) -> dict[str, list[Unit]]:
 
 
 def pruned_baseline(
-    teacher: Model, method: str, n_layers: int, calibration: torch.Tensor, params: dict
+    teacher: Model,
+    method: str,
+    n_layers: int,
+    calibration: torch.Tensor,
+    params: dict,
+    *,
+    cache: BaselineCache | None = None,
 ) -> Any:
-    """``method`` (shortgpt, laco) applied to the teacher down to ``n_layers`` layers."""
+    """``method`` (shortgpt, laco) applied to the teacher down to ``n_layers`` layers (measurements shared with
+    other sizes through ``cache``)."""
     from ..analysis.baselines import prune_to
 
-    return prune_to(teacher, method, num_layers=n_layers, calibration=calibration, **params).eval()
+    return prune_to(
+        teacher, method, num_layers=n_layers, calibration=calibration, cache=cache, **params
+    ).eval()
