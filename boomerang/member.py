@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .analysis.resolve import check_order, resolve_order
-from .core.plan import BUILTIN_ORDERS, DATA_ORDERS, OrderSpec, PatchPlan, is_data_order, make_plan
+from .analysis.resolve import check_order, check_order_data, resolve_order
+from .core.plan import BUILTIN_ORDERS, OrderSpec, PatchPlan, is_data_order, make_plan
 from .errors import BoomerangError
 from .family import ExportProgress
 from .io.atomic import atomic_dir, check_writable, scratch_dir
@@ -61,11 +61,7 @@ def build_member(
     out = Path(out)
     if (num_patched is None) == (patched is None):
         raise BoomerangError("give exactly one of --num-patched K or --patch-layers i,j,...")
-    if data is not None and not is_data_order(order):
-        raise BoomerangError(
-            f"--data is read only by the data-driven orders ({', '.join(DATA_ORDERS)}); drop --data, or choose "
-            "one of them with --order"
-        )
+    check_order_data(order, data)
     check_writable(out, force=force, file=gguf is not None)
     dtype_name(dtype)
     parse_shard_size(max_shard_size)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.plan import BUILTIN_ORDERS, OrderSpec, PatchOrder, is_data_order
+from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS, OrderSpec, PatchOrder, is_data_order
 from ..errors import BoomerangError
 from ..io.order_files import load_order, parse_order_text
 
@@ -66,6 +66,15 @@ def check_order(spec: OrderSpec | None, layer_map: LayerMap, *, config: Config |
     pass: they are computed later)."""
     if not is_data_order(spec):
         resolve_order(spec, layer_map, config=config)
+
+
+def check_order_data(spec: OrderSpec | None, data: object) -> None:
+    """Calibration data is read only by the data-driven orders: refuse it with any other."""
+    if data is not None and not is_data_order(spec):
+        raise BoomerangError(
+            f"--data is read only by the data-driven orders ({', '.join(DATA_ORDERS)}); drop --data, or choose "
+            "one of them with --order"
+        )
 
 
 def _named(spec: str, m: int) -> PatchOrder:

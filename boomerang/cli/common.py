@@ -77,6 +77,32 @@ def resolve_layer_map(
     return own
 
 
+def pair_layer_map(
+    teacher: str, student: str, *, layers: str | None, preset: str | None, trust_remote_code: bool
+) -> LayerMap:
+    """The layer map of a teacher/student pair from their configs (``resolve_layer_map``), checked to fit both;
+    the configs must describe one architecture."""
+    from ..core.arch import n_layers
+    from ..core.configs import check_compatible
+    from ..io.loading import load_config
+
+    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
+    scfg = load_config(student, trust_remote_code=trust_remote_code)
+    check_compatible(tcfg, scfg)
+    lm = resolve_layer_map(student, scfg, layers=layers, preset=preset, n_teacher=n_layers(tcfg))
+    lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    return lm
+
+
+def print_gguf_notes(teacher: str, gguf: str | None, trust_remote_code: bool) -> None:
+    """Fail now if the teacher's members cannot be GGUF files of type ``gguf``; show what the user should know."""
+    if gguf is not None:
+        from ..family import check_gguf_teacher
+
+        for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code):
+            console.print(f"[yellow]note[/]: {note}")
+
+
 def progress_bars() -> Any:
     """A rich progress display over members and bytes, usable as an ``ExportProgress``."""
     from rich.progress import (

@@ -19,7 +19,9 @@ from .common import (
     OrderData,
     Trust,
     console,
+    pair_layer_map,
     parse_ints,
+    print_gguf_notes,
     progress_bars,
     resolve_layer_map,
 )
@@ -196,9 +198,6 @@ def build(
     trust_remote_code: Trust = False,
 ) -> None:
     """Write one intermediate model: the student with some layers replaced by their teacher blocks."""
-    from ..core.arch import n_layers
-    from ..family import check_gguf_teacher
-    from ..io.loading import load_config
     from ..member import build_member
 
     gguf = validate.gguf_format(format, gguf_type)
@@ -212,11 +211,10 @@ def build(
     validate.text_source(data)
     validate.model_source(teacher, "--teacher")
     validate.model_source(student, "--student")
-    for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code) if gguf else ():
-        console.print(f"[yellow]note[/]: {note}")
-    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
-    scfg = load_config(student, trust_remote_code=trust_remote_code)
-    lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
+    print_gguf_notes(teacher, gguf, trust_remote_code)
+    lm = pair_layer_map(
+        teacher, student, layers=layers, preset=layer_map, trust_remote_code=trust_remote_code
+    )
     with progress_bars() as bars:
         built = build_member(
             teacher,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,9 +17,10 @@ from .common import (
     OrderData,
     Trust,
     console,
+    pair_layer_map,
     parse_ints,
+    print_gguf_notes,
     progress_bars,
-    resolve_layer_map,
 )
 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
@@ -95,46 +96,17 @@ def family(
     trust_remote_code: Trust = False,
 ) -> None:
     """Write every member of a family (K = 0..M, or --sizes) with family.json, order.json and model cards."""
-    from rich.table import Table
-
-    from ..analysis.resolve import resolve_order
-    from ..core.arch import n_layers
-    from ..core.plan import DATA_ORDERS, is_data_order
-    from ..family import MANIFEST, CardOptions, check_gguf_teacher, check_sizes, export_family
-    from ..io.checkpoints import fmt_bytes, is_local_safetensors
-    from ..io.loading import load_config, parse_dtype
+    from ..family import CardOptions, export_family
+    from ..io.loading import parse_dtype
     from ..io.stream import parse_shard_size
 
-    validate.output_dir(out, force)
     parse_dtype(dtype)
     parse_shard_size(max_shard_size)
     gguf = validate.gguf_format(format, gguf_type)
-    validate.order_option(order)
-    if data is not None and order not in DATA_ORDERS:
-        raise BoomerangError(
-            f"--data is read only by the data-driven orders ({', '.join(DATA_ORDERS)}); drop --data, or choose "
-            "one of them with --order"
-        )
-    validate.text_source(data)
-    if stream and not (is_local_safetensors(teacher) and is_local_safetensors(student)):
-        raise BoomerangError(
-            "--stream needs the teacher and the student as local checkpoint directories with safetensors "
-            "weights; drop --stream to load them in memory"
-        )
-    chosen = parse_ints(sizes, "--sizes")
-    validate.model_source(teacher, "--teacher")
-    validate.model_source(student, "--student")
-    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
-    scfg = load_config(student, trust_remote_code=trust_remote_code)
-    lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
-    lm.check_fits(n_layers(tcfg), n_layers(scfg))
-    if not is_data_order(order):  # an order file or list fits this student, and the sizes fit the order?
-        check_sizes(chosen, lm.n_student, resolve_order(order, lm, config=scfg))
-    else:  # the order's member count is known once it is computed; K can be at most the teacher's layer count
-        check_sizes(chosen, lm.n_teacher)
-    if gguf is not None:
-        for note in check_gguf_teacher(teacher, gguf, trust_remote_code=trust_remote_code):
-            console.print(f"[yellow]note[/]: {note}")
+    lm, chosen = _checked(
+        teacher, student, out, order, data, sizes, layers, layer_map, stream, force, trust_remote_code
+    )
+    print_gguf_notes(teacher, gguf, trust_remote_code)
     if sweep:  # the named sweeps exist and describe this family (student, layer map), before any work
         from ..cards import sweep_files, sweep_scores
 
@@ -161,7 +133,58 @@ def family(
             gguf=gguf,
             card=card,
         )
+    _print_family(path, gguf)
+
+
+def _checked(
+    teacher: str,
+    student: str,
+    out: Path,
+    order: str | None,
+    data: str | None,
+    sizes: str | None,
+    layers: str | None,
+    layer_map: str | None,
+    stream: bool | None,
+    force: bool,
+    trust: bool,
+) -> tuple[Any, list[int] | None]:
+    """Every option checked before any weights load; returns the layer map and the chosen sizes."""
+    from ..analysis.resolve import check_order_data, resolve_order
+    from ..core.plan import is_data_order
+    from ..family import check_sizes
+    from ..io.checkpoints import is_local_safetensors
+    from ..io.loading import load_config
+
+    validate.output_dir(out, force)
+    validate.order_option(order)
+    check_order_data(order, data)
+    validate.text_source(data)
+    if stream and not (is_local_safetensors(teacher) and is_local_safetensors(student)):
+        raise BoomerangError(
+            "--stream needs the teacher and the student as local checkpoint directories with safetensors "
+            "weights; drop --stream to load them in memory"
+        )
+    chosen = parse_ints(sizes, "--sizes")
+    validate.model_source(teacher, "--teacher")
+    validate.model_source(student, "--student")
+    lm = pair_layer_map(teacher, student, layers=layers, preset=layer_map, trust_remote_code=trust)
+    if not is_data_order(order):  # an order file or list fits this student, and the sizes fit the order?
+        scfg = load_config(student, trust_remote_code=trust)
+        check_sizes(chosen, lm.n_student, resolve_order(order, lm, config=scfg))
+    else:  # the order's member count is known once it is computed; K can be at most the teacher's layer count
+        check_sizes(chosen, lm.n_teacher)
+    return lm, chosen
+
+
+def _print_family(path: Path, gguf: str | None) -> None:
+    """The members written (from the family's manifest) and where the cards are."""
     import json
+
+    from rich.table import Table
+
+    from ..family import MANIFEST
+    from ..io.checkpoints import fmt_bytes
 
     manifest = json.loads((path / MANIFEST).read_text())
     t = Table(title=f"{path} ({manifest['written']}, order {manifest['order']['name']})")

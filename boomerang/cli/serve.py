@@ -6,6 +6,8 @@ import math
 import os
 import signal
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,7 +15,7 @@ import typer
 
 from ..errors import BoomerangError
 from ..ui import fmt_count
-from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, resolve_layer_map
+from .common import Dtype, LayerMapPreset, Layers, OrderData, Trust, console, pair_layer_map
 from .family import OrderOpt
 from .validate import in_range, real
 
@@ -114,15 +116,48 @@ def serve(
     trust_remote_code: Trust = False,
 ) -> None:
     """Serve every member of a family (teacher, student, k0..kM, max-params:N, auto) over the OpenAI API."""
-    from ..analysis.resolve import check_order
-    from ..core.arch import n_layers
-    from ..core.configs import check_compatible
-    from ..core.plan import is_data_order
-    from ..io.loading import load_config, parse_dtype
-    from ..serve.options import check_device, check_draft, check_engine_options
-    from ..serve.server import MAX_BODY_RANGE, MAX_GRACE_S, bind
+    from ..serve.server import bind
 
     # everything is checked before a model is loaded
+    _check_options(dtype, device, max_batch, max_gamma, gamma, draft, max_latency_ms, threads, max_body_kb)
+    _check_shutdown(shutdown_grace, log_level)
+    template = _read_template(chat_template)
+    _check_order_data(order, data)
+    _check_server_packages()
+    lm = _family_layer_map(teacher, student, layers, layer_map, draft, order, trust_remote_code)
+    options = dict(
+        speculative=speculative,
+        draft=draft,
+        max_gamma=max_gamma,
+        gamma=gamma,
+        max_batch=max_batch,
+        max_body_bytes=max_body_kb * 1024,
+        grace_s=shutdown_grace,
+    )
+    sock = bind(host, port)
+
+    where = (teacher, student, lm, order, data, dtype, device)
+    load = partial(_load, *where, max_latency_ms, template, trust_remote_code, options)
+    _run(sock, host, load, threads, warm, log_level.lower())
+    console.print("[green]stopped[/]")
+
+
+def _check_options(
+    dtype: str,
+    device: str,
+    max_batch: int,
+    max_gamma: int,
+    gamma: int | None,
+    draft: str,
+    max_latency_ms: float | None,
+    threads: int | None,
+    max_body_kb: int,
+) -> None:
+    """The precision, device, engine, latency, thread and body-size options."""
+    from ..io.loading import parse_dtype
+    from ..serve.options import check_device, check_draft, check_engine_options
+    from ..serve.server import MAX_BODY_RANGE
+
     parse_dtype(dtype)
     check_device(device)
     check_engine_options(max_batch, max_gamma, gamma)
@@ -138,17 +173,77 @@ def serve(
     in_range("--threads", threads, 1, cores, f"this machine has {cores} cores")
     low, high = (b // 1024 for b in MAX_BODY_RANGE)
     in_range("--max-body-kb", max_body_kb, low, high, "a request body is 1 KiB to 1 GiB")
+
+
+def _check_shutdown(shutdown_grace: float, log_level: str) -> None:
+    from ..serve.server import MAX_GRACE_S
+
     real("--shutdown-grace", shutdown_grace, 0.0, MAX_GRACE_S)
     if log_level.lower() not in _LOG_LEVELS:
         raise BoomerangError(f"unknown --log-level {log_level!r}; use one of {', '.join(_LOG_LEVELS)}")
-    template = _read_template(chat_template)
-    if is_data_order(order):
-        if data is None:
-            raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
-        if not data.startswith("hf:"):
-            from ..data.corpora import read_texts
 
-            next(read_texts(data, limit=1), None)  # a missing or empty source fails here, clearly
+
+def _family_layer_map(
+    teacher: str,
+    student: str,
+    layers: str | None,
+    preset: str | None,
+    draft: str,
+    order: str | None,
+    trust: bool,
+) -> LayerMap:
+    """The pair's layer map (configs only), with the draft and the order checked against it."""
+    from ..analysis.resolve import check_order
+    from ..serve.options import check_draft
+
+    lm = pair_layer_map(teacher, student, layers=layers, preset=preset, trust_remote_code=trust)
+    check_draft(draft, lm.n_student)
+    check_order(order, lm)  # unknown names and unreadable order files fail here
+    return lm
+
+
+def _check_shutdown(shutdown_grace: float, log_level: str) -> None:
+    from ..serve.server import MAX_GRACE_S
+
+    real("--shutdown-grace", shutdown_grace, 0.0, MAX_GRACE_S)
+    if log_level.lower() not in _LOG_LEVELS:
+        raise BoomerangError(f"unknown --log-level {log_level!r}; use one of {', '.join(_LOG_LEVELS)}")
+
+
+def _family_layer_map(
+    teacher: str,
+    student: str,
+    layers: str | None,
+    preset: str | None,
+    draft: str,
+    order: str | None,
+    trust: bool,
+) -> LayerMap:
+    """The pair's layer map (configs only), with the draft and the order checked against it."""
+    from ..analysis.resolve import check_order
+    from ..serve.options import check_draft
+
+    lm = pair_layer_map(teacher, student, layers=layers, preset=preset, trust_remote_code=trust)
+    check_draft(draft, lm.n_student)
+    check_order(order, lm)  # unknown names and unreadable order files fail here
+    return lm
+
+
+def _check_order_data(order: str | None, data: str | None) -> None:
+    """A data-driven order needs --data, and the source must hold text (checked now, read when loading)."""
+    from ..core.plan import is_data_order
+
+    if not is_data_order(order):
+        return
+    if data is None:
+        raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
+    if not data.startswith("hf:"):
+        from ..data.corpora import read_texts
+
+        next(read_texts(data, limit=1), None)  # a missing or empty source fails here, clearly
+
+
+def _check_server_packages() -> None:
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -157,39 +252,16 @@ def serve(
             f"boomerang serve needs the server packages ({e.name} is missing): "
             "pip install 'boomerang-distill[serve]'"
         ) from None
-    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
-    scfg = load_config(student, trust_remote_code=trust_remote_code)
-    check_compatible(tcfg, scfg)
-    lm = resolve_layer_map(student, scfg, layers=layers, preset=layer_map, n_teacher=n_layers(tcfg))
-    lm.check_fits(n_layers(tcfg), n_layers(scfg))
-    check_draft(draft, lm.n_student)
-    check_order(order, lm, config=scfg)  # unknown names and unreadable order files fail here
-    sock = bind(host, port)
+
+
+def _run(
+    sock: Any, host: str, load: Callable[[], FamilyServer], threads: int | None, warm: bool, log_level: str
+) -> None:
+    """Load, show, (warm,) and serve on ``sock`` until SIGINT or SIGTERM; always stops and closes."""
     server = None
     previous = _stop_on_sigterm()
     try:
-        options = dict(
-            speculative=speculative,
-            draft=draft,
-            max_gamma=max_gamma,
-            gamma=gamma,
-            max_batch=max_batch,
-            max_body_bytes=max_body_kb * 1024,
-            grace_s=shutdown_grace,
-        )
-        server = _load(
-            teacher,
-            student,
-            lm,
-            order,
-            data,
-            dtype,
-            device,
-            max_latency_ms,
-            template,
-            trust_remote_code,
-            options,
-        )
+        server = load()
         if threads is not None:
             import torch
 
@@ -199,7 +271,7 @@ def serve(
             server.start()
             with console.status("warming every member"):
                 server.engine.warm(list(range(server.members.m + 1)))
-        server.run(sock=sock, log_level=log_level.lower())  # returns after SIGINT or SIGTERM, drained
+        server.run(sock=sock, log_level=log_level)  # returns after SIGINT or SIGTERM, drained
     except KeyboardInterrupt:  # while loading or warming
         pass
     finally:
@@ -208,7 +280,6 @@ def serve(
         sock.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    console.print("[green]stopped[/]")
 
 
 def _stop_on_sigterm() -> Any:
