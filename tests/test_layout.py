@@ -21,8 +21,8 @@ LAYERS = [
     ("boomerang.train",),  # initialisation, losses, recipes, the trainer
     ("boomerang.evaluate",),  # perplexity, lm-eval, prefix reuse, plots
     ("boomerang.analysis",),  # data-driven orders, pruning baselines, similarity analysis
-    # families of patched models, reference compatibility, model cards, publishing on the Hub
-    ("boomerang.family", "boomerang.compat", "boomerang.cards", "boomerang.publish"),
+    # families of patched models, one member on disk, reference compatibility, model cards, publishing on the Hub
+    ("boomerang.family", "boomerang.member", "boomerang.compat", "boomerang.cards", "boomerang.publish"),
     ("boomerang.pipelines",),  # sweep and demo
     ("boomerang.serve",),  # serving a family over an OpenAI-compatible HTTP API
     ("boomerang.cli",),  # the command line
