@@ -212,9 +212,11 @@ def build(
     validate.model_source(teacher, "--teacher")
     validate.model_source(student, "--student")
     print_gguf_notes(teacher, gguf, trust_remote_code)
-    lm = pair_layer_map(
-        teacher, student, layers=layers, preset=layer_map, trust_remote_code=trust_remote_code
-    )
+    lm = None  # else the student's own, found from the configs alone (no torch for canonical pairs)
+    if layers is not None or layer_map:  # a map for a student that carries none
+        lm = pair_layer_map(
+            teacher, student, layers=layers, preset=layer_map, trust_remote_code=trust_remote_code
+        )
     with progress_bars() as bars:
         built = build_member(
             teacher,
