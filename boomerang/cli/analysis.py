@@ -15,6 +15,8 @@ from . import validate
 from .common import Dtype, Trust, console, err_console, parse_ints, resolve_layer_map
 
 if TYPE_CHECKING:
+    from ..analysis.prune import PrunedCheckpoint
+    from ..core.layermap import LayerMap
     from ..core.plan import PatchOrder
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
@@ -72,6 +74,30 @@ def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_laye
     return t, s, lm, load_tokenizer(teacher, trust_remote_code=trust)
 
 
+def _check_teacher(teacher: str, trust: bool, calibration_length: int | None) -> None:
+    """The teacher's files, tokenizer and positions (for --calibration-length), checked before any weights load."""
+    validate.model_source(teacher, "--teacher")
+    validate.tokenizer_source(teacher, "--teacher")
+    validate.within_context("--calibration-length", calibration_length, teacher, trust)
+
+
+def _student_map(teacher: str, student: str, trust: bool, student_layers: str | None) -> LayerMap:
+    """The student's layer map (--student-layers, else its own), checked against the teacher's config."""
+    from ..core.arch import n_layers
+    from ..core.configs import check_compatible
+    from ..io.loading import load_config
+
+    validate.model_source(student, "--student")
+    tcfg = load_config(teacher, trust_remote_code=trust)
+    scfg = load_config(student, trust_remote_code=trust)
+    check_compatible(tcfg, scfg)  # the student must be one of this teacher's, as for build and family
+    lm = resolve_layer_map(
+        student, scfg, layers=student_layers, n_teacher=n_layers(tcfg), option="--student-layers"
+    )
+    lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    return lm
+
+
 def _check_pair(
     teacher: str,
     student: str,
@@ -79,27 +105,15 @@ def _check_pair(
     student_layers: str | None,
     orders: Sequence[str] = (),
     calibration_length: int | None = None,
-) -> int:
-    """The pair's configs and layer map (and the orders' fit), checked before any weights load; returns M."""
+) -> LayerMap:
+    """The pair's configs and layer map (and the orders' fit), checked before any weights load."""
     from ..analysis.resolve import check_order
-    from ..core.arch import n_layers
-    from ..core.configs import check_compatible
-    from ..io.loading import load_config
 
-    validate.model_source(teacher, "--teacher")
-    validate.model_source(student, "--student")
-    tcfg = load_config(teacher, trust_remote_code=trust)
-    scfg = load_config(student, trust_remote_code=trust)
-    check_compatible(tcfg, scfg)
-    validate.tokenizer_source(teacher, "--teacher")
-    validate.within_context("--calibration-length", calibration_length, teacher, trust)
-    lm = resolve_layer_map(
-        student, scfg, layers=student_layers, n_teacher=n_layers(tcfg), option="--student-layers"
-    )
-    lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    _check_teacher(teacher, trust, calibration_length)
+    lm = _student_map(teacher, student, trust, student_layers)
     for o in orders:
         check_order(o, lm)
-    return lm.n_student
+    return lm
 
 
 def prune(
@@ -151,104 +165,50 @@ def prune(
     used 5 short sentences). laco without -C/-T sweeps C in 3..6 and T from 0.95 down to 0.45 and keeps the
     largest result with at most --num-layers layers.
     """
-    from ..analysis.baselines import METHODS, naive_layers, prune_to, save_pruned
-    from ..core.arch import n_layers
-    from ..core.params import count_params
-    from ..io.loading import load_config, load_model, load_tokenizer
+    from ..analysis.prune import CalibrationText, prune_checkpoint
 
-    if method not in METHODS:
-        raise BoomerangError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
     validate.output_dir(out, force)
     keep = parse_ints(layers, "--layers")
-    if method != "naive" and (keep is not None or student is not None):
-        raise BoomerangError("--layers and --student apply to --method naive only")
-    if method == "naive" and keep is None and num_layers is None:
-        raise BoomerangError("give --num-layers N or --layers i,j,... for the naive baseline")
-    if method == "shortgpt" and num_layers is None:
-        raise BoomerangError("shortgpt needs --num-layers")
-    if keep is not None and student is not None:
-        raise BoomerangError("give --layers or --student, not both (--student picks the layers)")
     validate.positive(num_layers=num_layers, calibration_texts=calibration_texts, batch_size=batch_size)
     validate.positive(interval=interval)
     validate.at_least(2, calibration_length=calibration_length, merge_layers=merge_layers)
     validate.at_least(0, lowest=lowest, highest=highest)
     validate.real("threshold", threshold, -1.0, 1.0)
     validate.seed(seed)
-    validate.only_with(
-        method == "laco",
-        "to --method laco",
-        merge_layers=merge_layers is not None,
-        threshold=threshold is not None,
-        lowest=lowest != 0,
-        highest=highest is not None,
-        interval=interval != 1,
-    )
-    validate.only_with(method == "shortgpt", "to --method shortgpt", recompute=recompute)
-    validate.only_with(
-        method != "naive",
-        "to shortgpt and laco (naive needs no calibration text)",
-        data=data is not None,
-        calibration_texts=calibration_texts is not None,
-        calibration_length=calibration_length is not None,
-    )
     validate.only_with(student is not None, "with --student", student_layers=student_layers is not None)
-    if method != "naive" and data is None:
-        raise BoomerangError(
-            f"{method} needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
-        )
     validate.text_source(data)
-    validate.model_source(teacher, "--teacher")
-    validate.tokenizer_source(teacher, "--teacher")
-    validate.within_context("--calibration-length", calibration_length, teacher, trust_remote_code)
+    _check_teacher(teacher, trust_remote_code, calibration_length)
     validate.order_option(order, data=False)
-    tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
-    n = n_layers(tcfg)
-    validate.in_range("num_layers", num_layers, 1, n, f"the teacher has {n} layers")
-    validate.in_range("lowest", lowest, 0, n - 1, f"the teacher has layers 0..{n - 1}")
-    validate.in_range("highest", highest, lowest, n - 1, f"--lowest is {lowest} and the top layer {n - 1}")
-    params: dict[str, Any] = {}
-    if method == "naive" and student is not None and keep is None:
-        from ..core.configs import check_compatible
-
-        validate.model_source(student, "--student")
-        scfg = load_config(student, trust_remote_code=trust_remote_code)
-        check_compatible(tcfg, scfg)  # the student must be one of this teacher's, as for build and family
-        lm = resolve_layer_map(student, scfg, layers=student_layers, n_teacher=n, option="--student-layers")
-        lm.check_fits(n, n_layers(scfg))
-        params["layer_map"] = lm
-        params["order"] = order
-    if method == "naive":  # pure arithmetic on the configs: every naive error shows before the teacher loads
-        naive_layers(n, num_layers, layers=keep, **params)
-    if method == "shortgpt":
-        params.update(recompute=recompute, batch_size=batch_size)
-    if method == "laco":
-        params.update(
-            merge_layers=merge_layers,
-            threshold=threshold,
-            lowest=lowest,
-            highest=highest,
-            interval=interval,
-            batch_size=batch_size,
-        )
-    tok = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
-    calibration = None
-    if method != "naive":
-        n_default, len_default = (128, 256) if method == "shortgpt" else (8, 128)
-        calibration = _calibration(
-            data, tok, calibration_texts or n_default, calibration_length or len_default, seed, method
-        )
-    t = load_model(teacher, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = None if student is None else _student_map(teacher, student, trust_remote_code, student_layers)
+    laco = {"merge_layers": merge_layers, "threshold": threshold, "lowest": lowest, "highest": highest}
     with _status(f"{method}: pruning") as status:
-        if method != "naive":
-            params["status"] = status
-        model = prune_to(t, method, layers=keep, num_layers=num_layers, calibration=calibration, **params)
-        status(f"writing {out}")
-        save_pruned(model, out, tokenizer=tok, force=force)
-    section = model.config.boomerang
-    c = count_params(model)
+        pruned = prune_checkpoint(
+            teacher,
+            out,
+            method,
+            num_layers=num_layers,
+            layers=keep,
+            layer_map=lm,
+            order=order,
+            calibration=CalibrationText(data, calibration_texts, calibration_length, seed),
+            batch_size=batch_size,
+            dtype=dtype,
+            force=force,
+            trust_remote_code=trust_remote_code,
+            status=status,
+            recompute=recompute,
+            interval=interval,
+            **laco,
+        )
+    _print_pruned(out, pruned)
+
+
+def _print_pruned(out: Path, pruned: PrunedCheckpoint) -> None:
+    """What was written: the layers kept and the parameters, and what ShortGPT removed or LaCo merged."""
+    section, method = pruned.section, pruned.method
     console.print(
         f"[green]wrote[/] {out}: {method}, {section['num_layers']} of {section['n_teacher']} layers "
-        f"(teacher layers {section['teacher_layers']}), {c.trainable / 1e6:.1f}M parameters"
+        f"(teacher layers {section['teacher_layers']}), {pruned.counts.trainable / 1e6:.1f}M parameters"
     )
     if method == "laco":
         console.print(
@@ -365,52 +325,34 @@ def order(
     """Compute a data-driven patch order and save it as JSON. Calibrates on 4 blocks of 256 tokens by default
     (similarity: 32); every model greedy-kl/shortest-path/optimal scores runs the full-vocabulary LM head, so their
     cost grows linearly with --calibration-texts (see docs/analysis.md)."""
-    from ..analysis.orders import KL_TEXTS, SIMILARITY_TEXTS, compute_order
-    from ..core.plan import DATA_ORDERS
-    from ..io.order_files import save_order
+    from ..analysis.order_file import plan_order
 
-    if name not in DATA_ORDERS:
-        raise BoomerangError(f"unknown --order {name!r}; use one of: {', '.join(DATA_ORDERS)}")
     validate.output_file(out, force)
     validate.positive(max_layers=max_layers, calibration_texts=calibration_texts, batch_size=batch_size)
     validate.at_least(2, calibration_length=calibration_length)
     validate.seed(seed)
-    validate.only_with(name == "similarity", "to --order similarity", score=score)
-    if data is None:
-        raise BoomerangError(
-            f"--order {name} needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
-        )
     validate.text_source(data)
-    m = _check_pair(teacher, student, trust_remote_code, student_layers, (), calibration_length)
-    if name == "optimal" and m > max_layers:
-        raise BoomerangError(
-            f"--order optimal scores all 2^{m} subsets; the student has {m} layers, over "
-            f"--max-layers {max_layers}. Raise --max-layers or use greedy-kl or shortest-path"
-        )
-    t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
-    ids = _calibration(
-        data,
-        tok,
-        calibration_texts or (SIMILARITY_TEXTS if name == "similarity" else KL_TEXTS),
-        calibration_length or 256,
-        seed,
-        f"--order {name}",
+    _check_teacher(teacher, trust_remote_code, calibration_length)
+    lm = _student_map(teacher, student, trust_remote_code, student_layers)
+    job = plan_order(
+        name,
+        teacher,
+        student,
+        out,
+        data=data,
+        layer_map=lm,
+        calibration_texts=calibration_texts,
+        calibration_length=calibration_length,
+        seed=seed,
+        batch_size=batch_size,
+        max_layers=max_layers,
+        score=score,
+        dtype=dtype,
+        force=force,
+        trust_remote_code=trust_remote_code,
     )
     with _search_bar(f"{name}: scoring patched models") as progress:
-        po = compute_order(
-            name,
-            t,
-            s,
-            lm,
-            ids,
-            batch_size=batch_size,
-            max_layers=max_layers,
-            # --calibration-texts sets the size of KL searches; similarity --score caps its KL at KL_TEXTS
-            max_texts=KL_TEXTS if name == "similarity" else None,
-            score=score,
-            progress=progress,
-        )
-    save_order(po, out, force=force)
+        po = job.run(progress)
     console.print(_order_table(name, po))
     console.print(f"[green]wrote[/] {out}")
 
