@@ -325,7 +325,7 @@ def order(
     """Compute a data-driven patch order and save it as JSON. Calibrates on 4 blocks of 256 tokens by default
     (similarity: 32); every model greedy-kl/shortest-path/optimal scores runs the full-vocabulary LM head, so their
     cost grows linearly with --calibration-texts (see docs/analysis.md)."""
-    from ..analysis.order_file import plan_order
+    from ..analysis.order_job import plan_order
 
     validate.output_file(out, force)
     validate.positive(max_layers=max_layers, calibration_texts=calibration_texts, batch_size=batch_size)

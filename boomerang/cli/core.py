@@ -201,10 +201,7 @@ def build(
     from ..member import build_member
 
     gguf = validate.gguf_format(format, gguf_type)
-    if gguf is None:
-        validate.output_dir(out, force)
-    else:
-        validate.gguf_file(out, force)
+    validate.output_target(out, force, gguf)
     validate.at_least(0, num_patched=num_patched)
     explicit = parse_ints(patch_layers, "--patch-layers")
     validate.order_option(order)

@@ -201,6 +201,11 @@ def gguf_file(out: Path, force: bool) -> Path:
     return output_file(out, force)
 
 
+def output_target(out: Path, force: bool, gguf: str | None) -> Path:
+    """``--out``: a checkpoint directory, or with ``--format gguf`` one ``.gguf`` file."""
+    return output_dir(out, force) if gguf is None else gguf_file(out, force)
+
+
 def run_dir(out: Path) -> Path:
     """A run directory (``distill``): its place must be writable; dead writers' temporary files are removed."""
     out = Path(out).expanduser()
