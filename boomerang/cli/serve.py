@@ -202,33 +202,6 @@ def _family_layer_map(
     return lm
 
 
-def _check_shutdown(shutdown_grace: float, log_level: str) -> None:
-    from ..serve.server import MAX_GRACE_S
-
-    real("--shutdown-grace", shutdown_grace, 0.0, MAX_GRACE_S)
-    if log_level.lower() not in _LOG_LEVELS:
-        raise BoomerangError(f"unknown --log-level {log_level!r}; use one of {', '.join(_LOG_LEVELS)}")
-
-
-def _family_layer_map(
-    teacher: str,
-    student: str,
-    layers: str | None,
-    preset: str | None,
-    draft: str,
-    order: str | None,
-    trust: bool,
-) -> LayerMap:
-    """The pair's layer map (configs only), with the draft and the order checked against it."""
-    from ..analysis.resolve import check_order
-    from ..serve.options import check_draft
-
-    lm = pair_layer_map(teacher, student, layers=layers, preset=preset, trust_remote_code=trust)
-    check_draft(draft, lm.n_student)
-    check_order(order, lm)  # unknown names and unreadable order files fail here
-    return lm
-
-
 def _check_order_data(order: str | None, data: str | None) -> None:
     """A data-driven order needs --data, and the source must hold text (checked now, read when loading)."""
     from ..core.plan import is_data_order
