@@ -181,8 +181,8 @@ class Sweep:
         )
         if self.run_options.restart and self.partial.exists():
             shutil.rmtree(self.partial)
-        self.po = sweep_order(self.partial, self.order_spec, m.family, self.calibration)
-        self.sizes = check_sizes(self.size_request, self.layer_map.n_student, self.po)
+        self.patch_order = sweep_order(self.partial, self.order_spec, m.family, self.calibration)
+        self.sizes = check_sizes(self.size_request, self.layer_map.n_student, self.patch_order)
         self.state = SweepState.load(
             self.partial,
             sweep_fingerprint(self._settings(), self.batches),
@@ -190,14 +190,14 @@ class Sweep:
             log=self.progress.log,
         )
         self.state.save()
-        lm = None
+        lm_eval_runner = None
         if self.task_names:
-            lm = make_lm_eval(
+            lm_eval_runner = make_lm_eval(
                 self.task_names, self.task_paths, self.task_defaults, self.tasks, self.data, self.partial
             )
         rows, units = plan_rows(
             self.layer_map,
-            self.po,
+            self.patch_order,
             self.sizes,
             self.baselines,
             family=m.family,
@@ -212,7 +212,7 @@ class Sweep:
             progress=self.progress,
             checkpoint_seconds=self.run_options.checkpoint_seconds,
             on_batch=self.run_options.on_batch,
-            lm=lm,
+            lm_eval_runner=lm_eval_runner,
             tokenizer=self.tokenizer,
             task_names=self.task_names,
         )
@@ -222,7 +222,9 @@ class Sweep:
                 evaluator.run(group, members)
         result = self._results(rows, units)
         result["seconds_this_run"] = time.perf_counter() - t0
-        write_results(result, self.out, self.partial, order_name=self.po.name, force=self.run_options.force)
+        write_results(
+            result, self.out, self.partial, order_name=self.patch_order.name, force=self.run_options.force
+        )
         return result
 
     def _pruned(self, method: str, n_layers: int) -> Any:
@@ -256,7 +258,7 @@ class Sweep:
             "probes": [probe(self.teacher), probe(self.student)]
             + ([probe(random.student)] if random is not None else []),
             "layer_map": self.layer_map.to_json(),
-            "order": self.po.to_json()["subsets"],
+            "order": self.patch_order.to_json()["subsets"],
             "sizes": self.sizes,
             "baselines": self.baselines,
             "baseline_params": self.baseline_params,
@@ -289,7 +291,7 @@ class Sweep:
             "lm_eval_labels": lm_eval_labels(out_rows),
             "settings": self.spec.settings(),
             "layer_map": self.layer_map.to_json(),
-            "order": self.po.to_json(),
+            "order": self.patch_order.to_json(),
             "sizes": self.sizes,
             "baselines": self.baselines,
             "tasks": self.task_names,

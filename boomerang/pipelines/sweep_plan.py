@@ -85,16 +85,16 @@ def sweep_order(partial: Path, order_spec: OrderSpec, family: Family, calibratio
         from ..analysis.orders import default_texts
 
         ids = calibration()[: default_texts(spec)] if spec == "similarity" else calibration()
-    po = family.order(spec, calibration=ids)
+    order = family.order(spec, calibration=ids)
     partial.mkdir(parents=True, exist_ok=True)
-    save_order(po, saved)
+    save_order(order, saved)
     saved_spec.write_text(spec_text)
-    return po
+    return order
 
 
 def plan_rows(
     layer_map: LayerMap,
-    po: PatchOrder,
+    order: PatchOrder,
     sizes: Sequence[int],
     baselines: Sequence[str],
     *,
@@ -124,9 +124,9 @@ def plan_rows(
         return name
 
     plans = {
-        k: PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)
+        k: PatchPlan(layer_map=layer_map, patched=order.patched(k), order=order.name)
         for k in sizes
-        if k < po.n_members
+        if k < order.n_members
     }
     for k, plan in plans.items():
         role = "student" if not plan.patched else "teacher" if plan.num_patched == m else ""

@@ -1,8 +1,8 @@
 """``FamilyServer``: a family served over an OpenAI-compatible HTTP API (Starlette on uvicorn), with the
 playground page at ``/``.
 
-fam = boomerang.Family("teacher/", "student/")
-server = FamilyServer(fam, order="last")
+family = boomerang.Family("teacher/", "student/")
+server = FamilyServer(family, order="last")
 server.run(port=8000)                      # blocking, until SIGINT or SIGTERM; or
 with server.background() as base_url:      # in a thread, e.g. for tests: OpenAI(base_url=base_url)
     ...

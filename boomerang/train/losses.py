@@ -569,7 +569,7 @@ class DistillLoss:
                 assert teacher is not None and teacher.hidden is not None
                 h_t, w_t = teacher.hidden.reshape(-1, teacher.hidden.shape[-1]), teacher.head_weight
             assert student.head_weight is not None
-            lm, ce_sum, kl_sum = head_ce_kl(
+            lm_loss, ce_sum, kl_sum = head_ce_kl(
                 h_s, student.head_weight, labels, real, h_t=h_t, w_t=w_t, buffers=self.buffers, **common
             )
         else:
@@ -579,9 +579,9 @@ class DistillLoss:
             if use_kl:
                 assert teacher is not None and teacher.logits is not None
                 z_t = teacher.logits.reshape(-1, teacher.logits.shape[-1])
-            lm, ce_sum, kl_sum = logits_ce_kl(z_s, labels, real, z_t=z_t, **common)
-        loss = lm
-        cos_sum = torch.zeros((), dtype=torch.float32, device=lm.device)
+            lm_loss, ce_sum, kl_sum = logits_ce_kl(z_s, labels, real, z_t=z_t, **common)
+        loss = lm_loss
+        cos_sum = torch.zeros((), dtype=torch.float32, device=lm_loss.device)
         if self.pairs and teacher is not None:
             for s_key, t_key in self.pairs:
                 hs, ht = student.states[s_key], teacher.states[t_key]
@@ -589,8 +589,8 @@ class DistillLoss:
                     hs.reshape(-1, hs.shape[-1]), ht.reshape(-1, ht.shape[-1]), real
                 )
             loss = loss + cos_sum * (self.cos_weight / max(n_tok, 1))
-        ctx_cos = torch.zeros((), dtype=torch.float32, device=lm.device)
-        ctx_mse = torch.zeros((), dtype=torch.float32, device=lm.device)
+        ctx_cos = torch.zeros((), dtype=torch.float32, device=lm_loss.device)
+        ctx_mse = torch.zeros((), dtype=torch.float32, device=lm_loss.device)
         if self.ctx_pairs and teacher is not None and "ctx:0" in student.states:
             for i, (src, t_key) in enumerate(self.ctx_pairs):
                 hs, ht, hi = student.states[f"ctx:{i}"], teacher.states[t_key], teacher.states[src]
