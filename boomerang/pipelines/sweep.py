@@ -52,7 +52,9 @@ from .sweep_state import STATE_VERSION, SweepState, partial_dir, probe, source_n
 
 if TYPE_CHECKING:
     from ..core.layermap import LayerMap
-    from ..hints import ModelSpec
+    from ..core.plan import OrderSpec
+    from ..evaluate.perplexity import Source
+    from ..hints import DType, Model, ModelSpec, Tokenizer
 
 __all__ = [
     "BASELINES",
@@ -94,19 +96,19 @@ class Sweep:
         self,
         teacher: ModelSpec,
         student: ModelSpec,
-        data: Any,
+        data: Source,
         out: str | Path,
         *,
         layer_map: LayerMap | None = None,
-        tokenizer: Any = None,
-        order: Any = None,
+        tokenizer: Tokenizer | None = None,
+        order: OrderSpec | None = None,
         sizes: Sequence[int] | None = None,
         baselines: BaselineOptions | Sequence[str] = (),
         spec: EvalSpec | None = None,
         tasks: TaskOptions | None = None,
         calibration: CalibrationOptions | None = None,
         run: RunOptions | None = None,
-        dtype: Any = None,
+        dtype: DType | None = None,
         trust_remote_code: bool = False,
     ) -> None:
         from ..core.configs import check_compatible
@@ -227,7 +229,7 @@ class Sweep:
         )
         return result
 
-    def _pruned(self, method: str, n_layers: int) -> Any:
+    def _pruned(self, method: str, n_layers: int) -> Model:
         params = dict(self.baseline_params.get(method, {}))
         self.progress.log(f"building the {method} baseline with {n_layers} layers")
         if self.baseline_cache is None:
@@ -303,7 +305,7 @@ class Sweep:
 
 
 def sweep(
-    teacher: ModelSpec, student: ModelSpec, data: Any, out: str | Path, **options: Any
+    teacher: ModelSpec, student: ModelSpec, data: Source, out: str | Path, **options: Any
 ) -> dict[str, Any]:
     """Run a family sweep and write its results into ``out`` (see the module docstring and ``Sweep``).
 

@@ -28,7 +28,7 @@ class Unit:
 
     name: str
     key: Key | None  # None: opaque (a pruned baseline), evaluated on its own
-    build: Callable[[], Any]
+    build: Callable[[], Model]
     group: str
 
 
@@ -101,7 +101,7 @@ def plan_rows(
     family: Family,
     teacher: Model,
     random: Family,
-    pruned: Callable[[str, int], Any],
+    pruned: Callable[[str, int], Model],
 ) -> tuple[list[Row], dict[str, Unit]]:
     """The rows (every member and baseline at every size) and the distinct units they need.
 
@@ -115,7 +115,7 @@ def plan_rows(
     by_key: dict[Any, str] = {}
     m, n_teacher = layer_map.n_student, layer_map.n_teacher
 
-    def unit(name: str, key: Key | None, build: Callable[[], Any], group: str = "family") -> str:
+    def unit(name: str, key: Key | None, build: Callable[[], Model], group: str = "family") -> str:
         if key is not None and key in by_key:
             return by_key[key]
         units[name] = Unit(name, key, build, group)

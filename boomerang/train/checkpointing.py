@@ -160,7 +160,7 @@ class Checkpointer:
     def save(
         self,
         model: torch.nn.Module,
-        wrapped: Any,
+        wrapped: torch.nn.Module,
         optimizer: Optimizer,
         scheduler: LRScheduler,
         state: RunState,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,6 +26,9 @@ from ..core.arch import get_arch
 from ..core.hooks import capture, layer_list
 from ..core.layermap import LayerMap
 from ..core.spans import feed_input
+
+if TYPE_CHECKING:
+    from torch.autograd.function import FunctionCtx
 
 IGNORE = -100
 
@@ -230,7 +233,7 @@ class _HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
+        ctx: FunctionCtx,
         h_s: torch.Tensor,
         w_s: torch.Tensor,
         h_t: torch.Tensor | None,
@@ -307,7 +310,7 @@ class _HeadLoss(torch.autograd.Function):
         return loss, ce_sum, kl_sum
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad_loss: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
         saved = list(ctx.saved_tensors)
         one = grad_loss.numel() == 1 and float(grad_loss) == 1.0  # the usual case: no [V, d] copy
         grad_h = grad_w = None
@@ -325,7 +328,7 @@ class _LogitsLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
+        ctx: FunctionCtx,
         z_s: torch.Tensor,
         z_t: torch.Tensor | None,
         labels: torch.Tensor,
@@ -351,7 +354,7 @@ class _LogitsLoss(torch.autograd.Function):
         return (ce_sum * ce_scale + kl_sum * kl_scale).to(torch.float32), ce_sum, kl_sum
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad_loss: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         return grad * grad_loss.to(grad.dtype), None, None, None, None, None, None, None
 
@@ -412,7 +415,7 @@ class _CosineDistanceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         acc = torch.promote_types(a.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         a32, b32 = a.detach().to(acc), b.detach().to(acc)
         dot = (a32 * b32).sum(-1)
@@ -424,7 +427,7 @@ class _CosineDistanceSum(torch.autograd.Function):
         return ((1.0 - cos) * w).sum()
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, g: torch.Tensor):  # type: ignore[override]
         a, b, cos, na, nb, w = ctx.saved_tensors
         gw = -(g * w)  # d/dcos of the sum
         grads: list[torch.Tensor | None] = [None, None, None]
@@ -695,7 +698,7 @@ def model_outputs(
         if norm_name is None:
             raise ValueError(f"{model.config.model_type} has no final norm to align")  # type: ignore[union-attr]
 
-        def hook(_m: nn.Module, _a: Any, o: torch.Tensor) -> None:
+        def hook(_m: nn.Module, _a: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
             norm_out["norm"] = o
 
         handle = model.get_submodule(norm_name).register_forward_hook(hook)

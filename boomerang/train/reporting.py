@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from ..io.atomic import atomic_write_text
 from .models import RunModels
 from .recipe import Recipe
 from .run_data import RunData
+
+if TYPE_CHECKING:
+    from .losses import LossConfig
 
 
 class MetricsLog:
@@ -83,7 +86,7 @@ def progress_bar(*, enabled: bool) -> Any:
     )
 
 
-def loss_extras(loss: Any) -> list[tuple[str, float]]:
+def loss_extras(loss: LossConfig) -> list[tuple[str, float]]:
     """The optional loss terms that are on, as (name, weight): teacher-context and mixed-context."""
     named = (("ctx", "ctx"), ("ctx-mse", "ctx_mse"), ("mixed", "mixed"))
     return [(name, float(getattr(loss, key, 0.0) or 0.0)) for name, key in named if getattr(loss, key, 0.0)]
