@@ -266,11 +266,11 @@ def _scores_cell(row: dict[str, Any]) -> str:
 
 def _reference_call(manifest: dict[str, Any], row: dict[str, Any]) -> str | None:
     """The reference ``build_intermediate_model`` call that builds this member, if any."""
-    lm = LayerMap(**manifest["layer_map"])
+    layer_map = LayerMap(**manifest["layer_map"])
     want = (tuple(row["patched_student_layers"]), row["embedding_from"])
     for first in (False, True):
-        for n in range(lm.n_student + 1):
-            plan = reference_plan(lm, n, first)
+        for n in range(layer_map.n_student + 1):
+            plan = reference_plan(layer_map, n, first)
             if (plan.patched, plan.embed_source) == want:
                 return (
                     f'model, tokenizer = build_intermediate_model("{manifest["teacher"]}", "{manifest["student"]}", '

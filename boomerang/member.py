@@ -75,19 +75,21 @@ def build_member(
     if data_order and data is None:
         raise BoomerangError(f"order {order!r} is computed from calibration texts: pass --data PATH")
     src = _Sources(teacher, student, dtype, trust_remote_code, stream is not False and can_stream, data_order)
-    lm = src.layer_map(layer_map)
-    plan_of = _planner(src, lm, num_patched, patched, order, data)
-    builder = src.stream_builder(lm, insist=bool(stream))
-    plan, po = plan_of()
+    resolved_map = src.layer_map(layer_map)
+    plan_of = _planner(src, resolved_map, num_patched, patched, order, data)
+    builder = src.stream_builder(resolved_map, insist=bool(stream))
+    plan, patch_order = plan_of()
     if builder is not None:
         builder.check_space(plan, out)
         src.models = None  # streaming: the models were needed only for the search
-    save_po = po if po is not None and po.name not in BUILTIN_ORDERS else None
+    order_to_save = (
+        patch_order if patch_order is not None and patch_order.name not in BUILTIN_ORDERS else None
+    )
 
     def write(tmp: Path) -> tuple[ParamCount, str]:
         counts, how = _write(src, builder, plan, tmp, max_shard_size, progress)
-        if save_po is not None:
-            save_order(save_po, tmp / "order.json")
+        if order_to_save is not None:
+            save_order(order_to_save, tmp / "order.json")
         return counts, how
 
     if gguf is None:
@@ -130,23 +132,23 @@ class _Sources:
         from .core.arch import n_layers
         from .io.sidecar import read_layer_map
 
-        lm = given if given is not None else read_layer_map(self.student, self.scfg)
-        if lm is None:
+        layer_map = given if given is not None else read_layer_map(self.student, self.scfg)
+        if layer_map is None:
             raise BoomerangError(
                 f"cannot find the layer map of student {self.student}: it has no 'boomerang' config section and "
                 "no student_config.json; pass layer_map=LayerMap.from_kept([...]) (on the command line: --layers)"
             )
-        lm.check_fits(n_layers(self.tcfg), n_layers(self.scfg))
-        return lm
+        layer_map.check_fits(n_layers(self.tcfg), n_layers(self.scfg))
+        return layer_map
 
-    def stream_builder(self, lm: LayerMap, insist: bool) -> Any:
+    def stream_builder(self, layer_map: LayerMap, insist: bool) -> Any:
         if self.fast is not None or not self.streamable:
             return self.fast
         from .io.stream import StreamBuilder, StreamUnsupported
 
         try:
             return StreamBuilder(
-                self.teacher, self.student, lm, dtype=self.dtype, trust_remote_code=self.trust
+                self.teacher, self.student, layer_map, dtype=self.dtype, trust_remote_code=self.trust
             )
         except StreamUnsupported as e:
             if insist:
@@ -166,14 +168,14 @@ class _Sources:
 
 def _planner(
     src: _Sources,
-    lm: LayerMap,
+    layer_map: LayerMap,
     num_patched: int | None,
     patched: Iterable[int] | None,
     order: OrderSpec | None,
     data: str | None,
 ) -> Any:
     """Check the member's size and order now (configs only); returns the step that makes its plan."""
-    m = lm.n_student
+    m = layer_map.n_student
     if num_patched is not None and not 0 <= num_patched <= m:
         raise BoomerangError(
             f"--num-patched {num_patched} is out of range: the student has {m} layers (K=0 student, K={m} "
@@ -181,8 +183,8 @@ def _planner(
         )
     if patched is not None:
         explicit = [int(i) for i in patched]
-        return lambda: (make_plan(lm, patched=explicit), None)
-    check_order(order, lm, config=src.scfg)  # an order file or list fits this student?
+        return lambda: (make_plan(layer_map, patched=explicit), None)
+    check_order(order, layer_map, config=src.scfg)  # an order file or list fits this student?
 
     def plan() -> tuple[PatchPlan, Any]:
         if is_data_order(order):
@@ -193,10 +195,10 @@ def _planner(
             teacher, student = src.load()
             tok = load_tokenizer(src.teacher, trust_remote_code=src.trust)
             ids = calibration_ids(data, tok, n=default_texts(str(order)))
-            po = resolve_order(order, lm, teacher=teacher, student=student, calibration=ids)
+            patch_order = resolve_order(order, layer_map, teacher=teacher, student=student, calibration=ids)
         else:
-            po = resolve_order(order, lm, config=src.scfg)
-        return make_plan(lm, num_patched=num_patched, order=po), po
+            patch_order = resolve_order(order, layer_map, config=src.scfg)
+        return make_plan(layer_map, num_patched=num_patched, order=patch_order), patch_order
 
     return plan
 

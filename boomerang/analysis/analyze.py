@@ -72,19 +72,19 @@ def members(
     )
     out: dict[str, dict[str, Any]] = {}
     for order in orders:
-        po = resolve_order(
+        patch_order = resolve_order(
             order, layer_map, teacher=teacher, student=student, calibration=ids, batch_size=batch_size
         )
-        key = po.name if po.name not in out else f"{po.name}-{len(out)}"
+        key = patch_order.name if patch_order.name not in out else f"{patch_order.name}-{len(out)}"
         row: dict[str, Any] = {
-            "num_patched": [len(s) for s in po.subsets],
-            "num_layers": [PatchPlan(layer_map=layer_map, patched=s).n_layers for s in po.subsets],
-            "patched": [list(s) for s in po.subsets],
-            "cosine": order_scores(teacher, student, layer_map, po, ids, evaluator=cos_ev),
-            "order": po.to_json(),
+            "num_patched": [len(s) for s in patch_order.subsets],
+            "num_layers": [PatchPlan(layer_map=layer_map, patched=s).n_layers for s in patch_order.subsets],
+            "patched": [list(s) for s in patch_order.subsets],
+            "cosine": order_scores(teacher, student, layer_map, patch_order, ids, evaluator=cos_ev),
+            "order": patch_order.to_json(),
         }
         if kl_ev is not None:
-            row["kl"] = order_scores(teacher, student, layer_map, po, ids, evaluator=kl_ev)
+            row["kl"] = order_scores(teacher, student, layer_map, patch_order, ids, evaluator=kl_ev)
         out[key] = row
     return out
 

@@ -380,8 +380,8 @@ def size_search(
     that moves single-layer blocks between teacher and student (one at a time, or the first and last together when
     ``tied``) while the KL falls.
     """
-    m, lm = ev.n_student, ev.layer_map
-    singles = [i for i in range(m) if len(lm.block(i)) == 1]
+    m, layer_map = ev.n_student, ev.layer_map
+    singles = [i for i in range(m) if len(layer_map.block(i)) == 1]
     exhaustive = (1 << m) <= SIZE_EXHAUSTIVE
     multi = m - len(singles)
     if not exhaustive and (1 << multi) > SIZE_ENUMERATION:
@@ -699,14 +699,14 @@ def order_scores(
     evaluator: PatchEvaluator | None = None,
 ) -> list[float]:
     """The criterion of every family member K = 0..M under ``order`` (nested orders reuse cached prefixes)."""
-    po = order.check_fits(layer_map.n_student)
+    order = order.check_fits(layer_map.n_student)
     ev = evaluator or PatchEvaluator(
         teacher, student, layer_map, calibration, criterion=criterion, batch_size=batch_size
     )
-    seq = po.sequence
+    seq = order.sequence
     if seq is not None:
         return nested_search(ev, sequence=seq)[1]
-    return [ev.evaluate(s) for s in po.subsets]
+    return [ev.evaluate(s) for s in order.subsets]
 
 
 def compute_order(
@@ -743,13 +743,13 @@ def compute_order(
 
         check_pair(teacher, student, layer_map)
         sims = layer_similarity(teacher, student, layer_map, ids, batch_size=batch_size)
-        po = similarity_order(sims, layer_map, calibration=calibration_info(ids))
+        order = similarity_order(sims, layer_map, calibration=calibration_info(ids))
         if score:
             ev = PatchEvaluator(teacher, student, layer_map, kl_ids, batch_size=batch_size)
-            info = {**po.info, "kl": nested_search(ev, sequence=po.sequence)[1]}
+            info = {**order.info, "kl": nested_search(ev, sequence=order.sequence)[1]}
             info["kl_calibration"] = calibration_info(kl_ids)
-            po = PatchOrder(name=po.name, subsets=po.subsets, info=info)
-        return po
+            order = PatchOrder(name=order.name, subsets=order.subsets, info=info)
+        return order
 
     if name == "optimal" and m > max_layers:
         raise BoomerangError(

@@ -66,7 +66,7 @@ def _layers_key(d: dict[str, Any]) -> str:
 
 def derive_config(
     base: Config,
-    configs: dict[str, Any],
+    configs: Mapping[str, Config],
     sources: Sequence[tuple[str, int]],
     *,
     tie: bool,

@@ -178,8 +178,8 @@ class LayerMap(BaseModel):
         section = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
         if not isinstance(section, dict) or section.get("role") != "student" or "layer_map" not in section:
             return None
-        lm = section["layer_map"]
-        return cls.from_kept(lm["kept"], lm["n_teacher"])
+        saved = section["layer_map"]
+        return cls.from_kept(saved["kept"], saved["n_teacher"])
 
     def describe(self) -> str:
         return f"{self.n_student}-layer student of a {self.n_teacher}-layer teacher, kept {list(self.kept)}"

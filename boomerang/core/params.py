@@ -126,10 +126,10 @@ def family_table(
 ) -> list[dict[str, Any]]:
     """One row per member K of the order (default ``last``): patched student layers, depth and parameter counts."""
     m = layer_map.n_student
-    po = PatchOrder.builtin("last", m) if order is None else order.check_fits(m)
+    order = PatchOrder.builtin("last", m) if order is None else order.check_fits(m)
     rows = []
-    for k in range(po.n_members):
-        plan = PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)
+    for k in range(order.n_members):
+        plan = PatchPlan(layer_map=layer_map, patched=order.patched(k), order=order.name)
         counts = plan_params(teacher_config, student_config, plan)
         rows.append({"K": k, "patched": list(plan.patched), "layers": plan.n_layers, **counts.as_dict()})
     return rows

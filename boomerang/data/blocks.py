@@ -98,7 +98,7 @@ class Batch:
         m = self.attention_mask[a:b] if self.attention_mask is not None else None
         return Batch(self.input_ids[a:b], m)
 
-    def to(self, device: Any) -> Batch:
+    def to(self, device: str | torch.device) -> Batch:
         m = self.attention_mask.to(device) if self.attention_mask is not None else None
         return Batch(self.input_ids.to(device), m)
 

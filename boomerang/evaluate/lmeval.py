@@ -582,7 +582,7 @@ class LMEval:
         was_training = model.training
         try:
             with _keep_tensors(model):
-                lm = HFLM(
+                lm_eval_model = HFLM(
                     pretrained=model,
                     tokenizer=tokenizer,
                     batch_size=self.batch_size,
@@ -590,7 +590,7 @@ class LMEval:
                 )
             with _keep_tensors(model), lm_eval_generation(model):
                 out = simple_evaluate(
-                    model=lm,
+                    model=lm_eval_model,
                     tasks=list(self.tasks),
                     task_manager=self.manager,
                     limit=self.limit,

@@ -15,11 +15,14 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from ..interrupts import check
 from .snapshot import HeldFile, Snapshot, snapshot_of
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -92,7 +95,7 @@ class OutTensor:
         return self.ref.numel * ST_DTYPES[self.dtype][1]
 
 
-Convert = Callable[[OutTensor], Any]  # the tensor's bytes in its output dtype (any buffer)
+Convert = Callable[[OutTensor], "Buffer"]  # the tensor's bytes in its output dtype (any buffer)
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
@@ -212,7 +215,7 @@ def header(tensors: Sequence[OutTensor], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def write_all(fd: int, data: Any) -> None:
+def write_all(fd: int, data: Buffer) -> None:
     view = memoryview(data).cast("B")
     while view:
         n = os.write(fd, view)

@@ -28,22 +28,22 @@ def read_layer_map(
     Returns None when neither source exists; a local student whose two sources disagree is refused.
     """
     path = Path(student)
-    lm = config_layer_map(config, f"the config of {student}") if config is not None else None
+    layer_map = config_layer_map(config, f"the config of {student}") if config is not None else None
     if path.is_dir():
         cfg_file = path / "config.json"
-        if lm is None and cfg_file.is_file():
-            lm = config_layer_map(_read_json(cfg_file, "a config.json"), str(cfg_file))
+        if layer_map is None and cfg_file.is_file():
+            layer_map = config_layer_map(_read_json(cfg_file, "a config.json"), str(cfg_file))
         side = path / SIDECAR
         other = sidecar_layer_map(side) if side.is_file() else None
-        if lm is not None and other is not None and lm != other:
+        if layer_map is not None and other is not None and layer_map != other:
             raise BoomerangError(
                 f"{student} carries two layer maps that disagree: the 'boomerang' section of its config.json keeps "
-                f"teacher layers {list(lm.kept)} of {lm.n_teacher}, but {SIDECAR} keeps {list(other.kept)} of "
+                f"teacher layers {list(layer_map.kept)} of {layer_map.n_teacher}, but {SIDECAR} keeps {list(other.kept)} of "
                 f"{other.n_teacher}. Delete (or correct) the wrong one; boomerang writes both from one map"
             )
-        return lm or other
-    if lm is not None or not allow_hub:
-        return lm
+        return layer_map or other
+    if layer_map is not None or not allow_hub:
+        return layer_map
     from .loading import hub_file
 
     side_path = hub_file(str(student), SIDECAR, required=False)
@@ -98,13 +98,13 @@ def write_sidecar(directory: str | Path, layer_map: LayerMap) -> None:
 
 def student_layer_map(student: PreTrainedModel) -> LayerMap:
     """The layer map stored in a student's config, or a clear error."""
-    lm = config_layer_map(student.config, "the student's config")
-    if lm is None:
+    layer_map = config_layer_map(student.config, "the student's config")
+    if layer_map is None:
         path = getattr(student.config, "_name_or_path", "") or getattr(student, "name_or_path", "")
-        lm = read_layer_map(path, allow_hub=False) if path else None
-    if lm is None:
+        layer_map = read_layer_map(path, allow_hub=False) if path else None
+    if layer_map is None:
         raise BoomerangError(
             "the student carries no layer map (no 'boomerang' section in its config.json and no "
             "student_config.json beside it); pass layer_map=LayerMap.from_kept([...]) or a preset"
         )
-    return lm
+    return layer_map

@@ -74,36 +74,36 @@ def family(rows: Sequence[Row], method: str = "boomerang", metric: str = "ppl") 
     return sorted(out, key=lambda r: r["K"])
 
 
-def _teacher_size(fam: Sequence[Row]) -> float | None:
+def _teacher_size(family_rows: Sequence[Row]) -> float | None:
     """The teacher's inference parameters: its row's (role ``teacher``), else the family's largest."""
-    sizes = [r.get("inference") for r in fam if r.get("role") == "teacher"]
-    sizes = sizes or [r.get("inference") for r in fam]
+    sizes = [r.get("inference") for r in family_rows if r.get("role") == "teacher"]
+    sizes = sizes or [r.get("inference") for r in family_rows]
     sizes = [x for x in sizes if x]
     return max(sizes) if sizes else None
 
 
 def sized(rows: Sequence[Row], method: str = "boomerang", metric: str = "ppl") -> list[Row]:
     """The family from the student up to the teacher, without teacher-size variants (see the module's text)."""
-    fam = family(rows, method, metric)
-    top = _teacher_size(fam)
+    family_rows = family(rows, method, metric)
+    top = _teacher_size(family_rows)
     if top is None:
-        return fam
-    keep = [r for r in fam if (r.get("inference") or 0) < top]
-    teacher = [r for r in fam if r.get("role") == "teacher"] or [r for r in fam if r.get("inference") == top][
-        -1:
-    ]
+        return family_rows
+    keep = [r for r in family_rows if (r.get("inference") or 0) < top]
+    teacher = [r for r in family_rows if r.get("role") == "teacher"] or [
+        r for r in family_rows if r.get("inference") == top
+    ][-1:]
     return keep + teacher[-1:]
 
 
 def teacher_size_variants(rows: Sequence[Row], method: str = "boomerang", metric: str = "ppl") -> list[Row]:
     """Members the size of the teacher that are not the teacher (a K-indexed order patching single-layer blocks
     last): variants of the teacher's size, not intermediate sizes."""
-    fam = family(rows, method, metric)
-    top = _teacher_size(fam)
+    family_rows = family(rows, method, metric)
+    top = _teacher_size(family_rows)
     if top is None:
         return []
     kept = sized(rows, method, metric)
-    return [r for r in fam if r.get("inference") == top and r not in kept]
+    return [r for r in family_rows if r.get("inference") == top and r not in kept]
 
 
 def _finite(v: Any) -> bool:
@@ -137,19 +137,21 @@ def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None
 
 
 def check_monotone(rows: Sequence[Row], metric: str = "ppl", label: str = "") -> Claim:
-    fam = sized(rows, metric=metric)
-    if len(fam) < 3:
+    family_rows = sized(rows, metric=metric)
+    if len(family_rows) < 3:
         return Claim("a", TITLES["a"], None, "fewer than three members were evaluated")
-    vals = [r[metric] for r in fam]
+    vals = [r[metric] for r in family_rows]
     inv = inversions(vals, TOLERANCE)
     wiggles = len(inversions(vals)) - len(inv)
-    where = ", ".join(f"K={fam[i]['K']}→{fam[i + 1]['K']} ({vals[i]:.1f}→{vals[i + 1]:.1f})" for i in inv)
-    detail = f"{label}{len(inv)} inversion(s) over {len(fam)} members" + (f": {where}" if inv else "")
+    where = ", ".join(
+        f"K={family_rows[i]['K']}→{family_rows[i + 1]['K']} ({vals[i]:.1f}→{vals[i + 1]:.1f})" for i in inv
+    )
+    detail = f"{label}{len(inv)} inversion(s) over {len(family_rows)} members" + (f": {where}" if inv else "")
     if wiggles:
         detail += f" (+{wiggles} under {TOLERANCE:.0%})"
-    detail += f"; {vals[0]:.1f} (K={fam[0]['K']}) → {vals[-1]:.1f} (K={fam[-1]['K']})"
+    detail += f"; {vals[0]:.1f} (K={family_rows[0]['K']}) → {vals[-1]:.1f} (K={family_rows[-1]['K']})"
     numbers = {
-        "inversions": [fam[i + 1]["K"] for i in inv],
+        "inversions": [family_rows[i + 1]["K"] for i in inv],
         "wiggles": wiggles,
         "excess_tv": excess_variation(vals),
     }
@@ -158,20 +160,20 @@ def check_monotone(rows: Sequence[Row], metric: str = "ppl", label: str = "") ->
 
 def check_naive(rows: Sequence[Row], metric: str = "ppl") -> Claim:
     members = sized(rows, metric=metric)
-    fam = {r["K"]: r for r in members}
+    family_by_k = {r["K"]: r for r in members}
     naive = {r["K"]: r for r in family(rows, "naive", metric)}
-    if not fam or not naive:
+    if not family_by_k or not naive:
         return Claim("b", TITLES["b"], None, "naive layer dropping was not evaluated")
     low, top = min(r.get("inference") or 0 for r in members), max(r.get("inference") or 0 for r in members)
-    ks = [k for k, r in sorted(fam.items()) if low < (r.get("inference") or 0) < top and k in naive]
+    ks = [k for k, r in sorted(family_by_k.items()) if low < (r.get("inference") or 0) < top and k in naive]
     if not ks:
         return Claim("b", TITLES["b"], None, "no intermediate member has a naive counterpart")
-    ratios = {k: fam[k][metric] / naive[k][metric] for k in ks}
+    ratios = {k: family_by_k[k][metric] / naive[k][metric] for k in ks}
     worse = [k for k in ks if ratios[k] >= 1]
     worst = max(ks, key=lambda k: ratios[k])
     detail = (
         f"{len(ks) - len(worse)} of {len(ks)} members below naive; worst ratio {ratios[worst]:.3f} at K={worst} "
-        f"({fam[worst][metric]:.1f} vs {naive[worst][metric]:.1f})"
+        f"({family_by_k[worst][metric]:.1f} vs {naive[worst][metric]:.1f})"
     )
     if worse:
         detail += f"; not below at K={', '.join(map(str, worse))}"
@@ -181,11 +183,11 @@ def check_naive(rows: Sequence[Row], metric: str = "ppl") -> Claim:
 def check_pruning(
     rows: Sequence[Row], metric: str = "ppl", methods: Sequence[str] = ("shortgpt", "laco")
 ) -> Claim:
-    fam = sized(rows, metric=metric)
-    if not fam:
+    family_rows = sized(rows, metric=metric)
+    if not family_rows:
         return Claim("c", TITLES["c"], None, "no family members")
-    top = max(r.get("inference") or 0 for r in fam)
-    members = [r for r in fam if r.get("inference") and r["inference"] < top]
+    top = max(r.get("inference") or 0 for r in family_rows)
+    members = [r for r in family_rows if r.get("inference") and r["inference"] < top]
     parts, failed, numbers = [], {}, {}
     present = [meth for meth in methods if family(rows, meth, metric)]
     if not present:
@@ -226,19 +228,23 @@ def check_random(
 ) -> Claim:
     """``random_rows``: the random-init student's family (rows of ``random_method``, e.g. a sweep's
     ``random-student`` baseline, or the boomerang rows of its own sweep)."""
-    fam = {r["K"]: r for r in family(rows, metric=metric)}
+    family_by_k = {r["K"]: r for r in family(rows, metric=metric)}
     rnd = {r["K"]: r for r in family(random_rows, random_method, metric)}
-    if not fam or not rnd:
+    if not family_by_k or not rnd:
         return Claim("d", TITLES["d"], None, "the random-init student's family was not evaluated")
-    m = max(fam)
-    ks = [k for k in sorted(fam) if 0 < k < m and k in rnd]
+    m = max(family_by_k)
+    ks = [k for k in sorted(family_by_k) if 0 < k < m and k in rnd]
     if not ks:
         return Claim("d", TITLES["d"], None, "no intermediate sizes in common")
-    ratios = {k: rnd[k][metric] / fam[k][metric] for k in ks}
+    ratios = {k: rnd[k][metric] / family_by_k[k][metric] for k in ks}
     near = [k for k in ks if ratios[k] < RANDOM_FAR]
     low = min(ks, key=lambda k: ratios[k])
     med = sorted(ratios.values())[len(ratios) // 2]
-    k0 = f"; its student {rnd[0][metric]:.1f} vs {fam[0][metric]:.1f}" if 0 in rnd and 0 in fam else ""
+    k0 = (
+        f"; its student {rnd[0][metric]:.1f} vs {family_by_k[0][metric]:.1f}"
+        if 0 in rnd and 0 in family_by_k
+        else ""
+    )
     detail = (
         f"random-init members are {ratios[low]:.2f}× to {max(ratios.values()):.2f}× the boomerang members "
         f"(median {med:.2f}×; threshold {RANDOM_FAR}×){k0}"
@@ -249,10 +255,10 @@ def check_random(
 
 
 def check_cosine(rows: Sequence[Row], nocos_rows: Sequence[Row], metric: str = "ppl") -> Claim:
-    fam, nocos = family(rows, metric=metric), family(nocos_rows, metric=metric)
-    if len(fam) < 3 or len(nocos) < 3:
+    family_rows, nocos = family(rows, metric=metric), family(nocos_rows, metric=metric)
+    if len(family_rows) < 3 or len(nocos) < 3:
         return Claim("e", TITLES["e"], None, "the no-cosine student's family was not evaluated")
-    a, b = [r[metric] for r in fam], [r[metric] for r in nocos]
+    a, b = [r[metric] for r in family_rows], [r[metric] for r in nocos]
     ia, ib = len(inversions(a, TOLERANCE)), len(inversions(b, TOLERANCE))
     ta, tb = excess_variation(a), excess_variation(b)
     passed = ib > ia or (ib == ia and tb > ta)

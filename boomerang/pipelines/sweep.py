@@ -52,7 +52,9 @@ from .sweep_state import STATE_VERSION, SweepState, partial_dir, probe, source_n
 
 if TYPE_CHECKING:
     from ..core.layermap import LayerMap
-    from ..hints import ModelSpec
+    from ..core.plan import OrderSpec
+    from ..evaluate.perplexity import Source
+    from ..hints import DType, Model, ModelSpec, Tokenizer
 
 __all__ = [
     "BASELINES",
@@ -94,19 +96,19 @@ class Sweep:
         self,
         teacher: ModelSpec,
         student: ModelSpec,
-        data: Any,
+        data: Source,
         out: str | Path,
         *,
         layer_map: LayerMap | None = None,
-        tokenizer: Any = None,
-        order: Any = None,
+        tokenizer: Tokenizer | None = None,
+        order: OrderSpec | None = None,
         sizes: Sequence[int] | None = None,
         baselines: BaselineOptions | Sequence[str] = (),
         spec: EvalSpec | None = None,
         tasks: TaskOptions | None = None,
         calibration: CalibrationOptions | None = None,
         run: RunOptions | None = None,
-        dtype: Any = None,
+        dtype: DType | None = None,
         trust_remote_code: bool = False,
     ) -> None:
         from ..core.configs import check_compatible
@@ -181,8 +183,8 @@ class Sweep:
         )
         if self.run_options.restart and self.partial.exists():
             shutil.rmtree(self.partial)
-        self.po = sweep_order(self.partial, self.order_spec, m.family, self.calibration)
-        self.sizes = check_sizes(self.size_request, self.layer_map.n_student, self.po)
+        self.patch_order = sweep_order(self.partial, self.order_spec, m.family, self.calibration)
+        self.sizes = check_sizes(self.size_request, self.layer_map.n_student, self.patch_order)
         self.state = SweepState.load(
             self.partial,
             sweep_fingerprint(self._settings(), self.batches),
@@ -190,14 +192,14 @@ class Sweep:
             log=self.progress.log,
         )
         self.state.save()
-        lm = None
+        lm_eval_runner = None
         if self.task_names:
-            lm = make_lm_eval(
+            lm_eval_runner = make_lm_eval(
                 self.task_names, self.task_paths, self.task_defaults, self.tasks, self.data, self.partial
             )
         rows, units = plan_rows(
             self.layer_map,
-            self.po,
+            self.patch_order,
             self.sizes,
             self.baselines,
             family=m.family,
@@ -212,7 +214,7 @@ class Sweep:
             progress=self.progress,
             checkpoint_seconds=self.run_options.checkpoint_seconds,
             on_batch=self.run_options.on_batch,
-            lm=lm,
+            lm_eval_runner=lm_eval_runner,
             tokenizer=self.tokenizer,
             task_names=self.task_names,
         )
@@ -222,10 +224,12 @@ class Sweep:
                 evaluator.run(group, members)
         result = self._results(rows, units)
         result["seconds_this_run"] = time.perf_counter() - t0
-        write_results(result, self.out, self.partial, order_name=self.po.name, force=self.run_options.force)
+        write_results(
+            result, self.out, self.partial, order_name=self.patch_order.name, force=self.run_options.force
+        )
         return result
 
-    def _pruned(self, method: str, n_layers: int) -> Any:
+    def _pruned(self, method: str, n_layers: int) -> Model:
         params = dict(self.baseline_params.get(method, {}))
         self.progress.log(f"building the {method} baseline with {n_layers} layers")
         if self.baseline_cache is None:
@@ -256,7 +260,7 @@ class Sweep:
             "probes": [probe(self.teacher), probe(self.student)]
             + ([probe(random.student)] if random is not None else []),
             "layer_map": self.layer_map.to_json(),
-            "order": self.po.to_json()["subsets"],
+            "order": self.patch_order.to_json()["subsets"],
             "sizes": self.sizes,
             "baselines": self.baselines,
             "baseline_params": self.baseline_params,
@@ -289,7 +293,7 @@ class Sweep:
             "lm_eval_labels": lm_eval_labels(out_rows),
             "settings": self.spec.settings(),
             "layer_map": self.layer_map.to_json(),
-            "order": self.po.to_json(),
+            "order": self.patch_order.to_json(),
             "sizes": self.sizes,
             "baselines": self.baselines,
             "tasks": self.task_names,
@@ -301,7 +305,7 @@ class Sweep:
 
 
 def sweep(
-    teacher: ModelSpec, student: ModelSpec, data: Any, out: str | Path, **options: Any
+    teacher: ModelSpec, student: ModelSpec, data: Source, out: str | Path, **options: Any
 ) -> dict[str, Any]:
     """Run a family sweep and write its results into ``out`` (see the module docstring and ``Sweep``).
 

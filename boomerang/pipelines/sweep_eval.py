@@ -17,7 +17,9 @@ from .sweep_plan import Unit
 from .sweep_state import SweepState
 
 if TYPE_CHECKING:
-    from ..hints import Model
+    from ..evaluate.lmeval import LMEval
+    from ..evaluate.perplexity import Source
+    from ..hints import Model, Tokenizer
 
 OnBatch = Callable[[str, int, int], None]  # (group, batches done, batches in group)
 
@@ -82,12 +84,17 @@ def describe_model(model: Model) -> dict[str, Any]:
 
 
 def make_lm_eval(
-    task_names: list[str], task_paths: Any, task_defaults: Any, tasks: TaskOptions, data: Any, partial: Path
-) -> Any:
+    task_names: list[str],
+    task_paths: Sequence[str | Path],
+    task_defaults: bool | None,
+    tasks: TaskOptions,
+    data: Source | None,
+    partial: Path,
+) -> LMEval:
     """lm-eval for the sweep's tasks; the built-in tasks' files are written under ``partial/tasks``."""
     from ..evaluate.lmeval import LMEval, prepare_builtin
 
-    lm = LMEval(
+    lm_eval_runner = LMEval(
         task_names,
         include_path=task_paths,
         batch_size=tasks.batch_size,
@@ -96,8 +103,10 @@ def make_lm_eval(
         needs_defaults=task_defaults,
     )
     task_data = tasks.data if tasks.data is not None else data
-    lm.add_include_path(prepare_builtin(task_names, task_data, partial / "tasks", **tasks.builtin))
-    return lm
+    lm_eval_runner.add_include_path(
+        prepare_builtin(task_names, task_data, partial / "tasks", **tasks.builtin)
+    )
+    return lm_eval_runner
 
 
 class GroupEvaluator:
@@ -112,13 +121,13 @@ class GroupEvaluator:
         progress: SweepProgress,
         checkpoint_seconds: float,
         on_batch: OnBatch | None = None,
-        lm: Any = None,
-        tokenizer: Any = None,
+        lm_eval_runner: LMEval | None = None,
+        tokenizer: Tokenizer | None = None,
         task_names: Sequence[str] = (),
     ):
         self.state, self.batches, self.reuse, self.progress = state, batches, reuse, progress
         self.checkpoint_seconds, self.on_batch = checkpoint_seconds, on_batch
-        self.lm, self.tokenizer, self.task_names = lm, tokenizer, task_names
+        self.lm_eval_runner, self.tokenizer, self.task_names = lm_eval_runner, tokenizer, task_names
 
     def _build(self, units: list[Unit]) -> list[Scored]:
         """The group's models; a unit that cannot be built is recorded as failed and skipped."""
@@ -194,5 +203,5 @@ class GroupEvaluator:
         if not self.task_names or name in self.state.lm_eval:
             return
         self.progress.log(f"lm-eval {', '.join(self.task_names)} on {name}")
-        self.state.lm_eval[name] = self.lm.run(model, self.tokenizer)
+        self.state.lm_eval[name] = self.lm_eval_runner.run(model, self.tokenizer)
         self.state.save()

@@ -28,7 +28,7 @@ class Unit:
 
     name: str
     key: Key | None  # None: opaque (a pruned baseline), evaluated on its own
-    build: Callable[[], Any]
+    build: Callable[[], Model]
     group: str
 
 
@@ -85,23 +85,23 @@ def sweep_order(partial: Path, order_spec: OrderSpec, family: Family, calibratio
         from ..analysis.orders import default_texts
 
         ids = calibration()[: default_texts(spec)] if spec == "similarity" else calibration()
-    po = family.order(spec, calibration=ids)
+    order = family.order(spec, calibration=ids)
     partial.mkdir(parents=True, exist_ok=True)
-    save_order(po, saved)
+    save_order(order, saved)
     saved_spec.write_text(spec_text)
-    return po
+    return order
 
 
 def plan_rows(
     layer_map: LayerMap,
-    po: PatchOrder,
+    order: PatchOrder,
     sizes: Sequence[int],
     baselines: Sequence[str],
     *,
     family: Family,
     teacher: Model,
     random: Family,
-    pruned: Callable[[str, int], Any],
+    pruned: Callable[[str, int], Model],
 ) -> tuple[list[Row], dict[str, Unit]]:
     """The rows (every member and baseline at every size) and the distinct units they need.
 
@@ -115,7 +115,7 @@ def plan_rows(
     by_key: dict[Any, str] = {}
     m, n_teacher = layer_map.n_student, layer_map.n_teacher
 
-    def unit(name: str, key: Key | None, build: Callable[[], Any], group: str = "family") -> str:
+    def unit(name: str, key: Key | None, build: Callable[[], Model], group: str = "family") -> str:
         if key is not None and key in by_key:
             return by_key[key]
         units[name] = Unit(name, key, build, group)
@@ -124,9 +124,9 @@ def plan_rows(
         return name
 
     plans = {
-        k: PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)
+        k: PatchPlan(layer_map=layer_map, patched=order.patched(k), order=order.name)
         for k in sizes
-        if k < po.n_members
+        if k < order.n_members
     }
     for k, plan in plans.items():
         role = "student" if not plan.patched else "teacher" if plan.num_patched == m else ""

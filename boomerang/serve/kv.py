@@ -110,9 +110,9 @@ class Step:
     and as the ``boomerang_step`` keyword, which transformers hands on to the attention function.
     """
 
-    def __init__(self, rows: Sequence[SeqCache], q: int) -> None:
+    def __init__(self, rows: Sequence[SeqCache], new_tokens: int) -> None:
         self.rows = list(rows)
-        self.q = q
+        self.new_tokens = new_tokens  # tokens each row takes in this step
         self.starts = [r.length for r in self.rows]
 
     # the parts of transformers' Cache interface that models call with a cache in hand
@@ -127,10 +127,10 @@ class Step:
     def done(self) -> None:
         """The forward pass finished: every row's cache now holds its new tokens."""
         for b, row in enumerate(self.rows):
-            row.length = self.starts[b] + self.q
+            row.length = self.starts[b] + self.new_tokens
 
     def position_ids(self, device: torch.device | str) -> torch.Tensor:
-        return torch.tensor([[s + j for j in range(self.q)] for s in self.starts], device=device)
+        return torch.tensor([[s + j for j in range(self.new_tokens)] for s in self.starts], device=device)
 
 
 def enable(model: Model) -> None:
@@ -165,7 +165,11 @@ def row_attention(
         raise NotImplementedError("attention logit soft-capping is not supported by the serving engine")
     step = boomerang_step
     threads = torch.get_num_threads()
-    work = query.shape[1] * query.shape[3] * sum(step.q * (start + step.q) for start in step.starts)
+    work = (
+        query.shape[1]
+        * query.shape[3]
+        * sum(step.new_tokens * (start + step.new_tokens) for start in step.starts)
+    )
     single = query.device.type == "cpu" and threads > 1 and work < SINGLE_THREAD_WORK
     if single:  # small per-row calls: waking the thread pool for each costs more than it saves
         torch.set_num_threads(1)
@@ -182,7 +186,7 @@ def _rows(
 ) -> torch.Tensor:
     """The attention output ``[rows, heads, q, head_dim]`` of every row of ``step`` at ``layer``."""
     gqa = query.shape[1] != step.rows[0].slots[layer].k.shape[1]  # type: ignore[union-attr]
-    q = step.q
+    q = step.new_tokens
     outs = []
     for b, row in enumerate(step.rows):
         slot = row.slots[layer]

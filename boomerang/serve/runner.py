@@ -15,6 +15,7 @@ import torch
 from . import kv
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import PreTrainedModel
 
 
@@ -91,7 +92,7 @@ class Runner:
             yield seen
             return
 
-        def hook(module: Any, args: Any, output: Any) -> None:
+        def hook(module: nn.Module, args: Any, output: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
             seen.append(output[0] if isinstance(output, tuple) else output)
 
         handle = self.layers[n_shared - 1].register_forward_hook(hook)

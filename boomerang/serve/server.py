@@ -1,8 +1,8 @@
 """``FamilyServer``: a family served over an OpenAI-compatible HTTP API (Starlette on uvicorn), with the
 playground page at ``/``.
 
-fam = boomerang.Family("teacher/", "student/")
-server = FamilyServer(fam, order="last")
+family = boomerang.Family("teacher/", "student/")
+server = FamilyServer(family, order="last")
 server.run(port=8000)                      # blocking, until SIGINT or SIGTERM; or
 with server.background() as base_url:      # in a thread, e.g. for tests: OpenAI(base_url=base_url)
     ...
@@ -28,6 +28,8 @@ from .protocol import MAX_BODY_BYTES
 from .service import Service
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from starlette.applications import Starlette
 
     from ..family import Family
@@ -161,7 +163,7 @@ class FamilyServer(Service):
                     for sig, handler in original.items():
                         signal.signal(sig, handler)
 
-            def handle_exit(self, sig: int, frame: Any) -> None:
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
                 super().handle_exit(sig, frame)  # the first stops accepting; a second SIGINT exits at once
                 owner.drain()
 

@@ -96,12 +96,12 @@ def rng_state() -> dict[str, Any]:
     return st
 
 
-def set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _rng_to_files(states: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -160,7 +160,7 @@ class Checkpointer:
     def save(
         self,
         model: torch.nn.Module,
-        wrapped: Any,
+        wrapped: torch.nn.Module,
         optimizer: Optimizer,
         scheduler: LRScheduler,
         state: RunState,

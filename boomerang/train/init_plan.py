@@ -149,8 +149,8 @@ def check_student_shape(init: InitSection, n: int, spelling: Spelling = OPTIONS)
             "each isolated layer is one of them, alone in a 2-layer block",
         )
         return
-    lm = LayerMap.from_kept(init.layers, n) if init.layers else every()
-    if lm.n_student >= n:
+    layer_map = LayerMap.from_kept(init.layers, n) if init.layers else every()
+    if layer_map.n_student >= n:
         spell = lambda values: " ".join(spelling.setting(k, v) for k, v in values.items())  # noqa: E731
         how = spelling.name("layers") if init.layers else spell(init.model_dump(include=set(PAPER_DEFAULT)))
         raise BoomerangError(

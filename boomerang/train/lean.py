@@ -13,11 +13,14 @@ The module layout is transformers' gated MLP (Llama, Mistral, Qwen2/3, Gemma 3):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.autograd.function import FunctionCtx
 
 GATED_MLP = ("gate_proj", "up_proj", "down_proj", "act_fn")  # submodules of a transformers gated MLP
 
@@ -27,7 +30,7 @@ class _GatedDown(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
+        ctx: FunctionCtx,
         gate: torch.Tensor,
         up: torch.Tensor,
         weight: torch.Tensor,
@@ -41,7 +44,7 @@ class _GatedDown(torch.autograd.Function):
         return F.linear(act(gate) * up, weight, bias)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad: torch.Tensor):  # type: ignore[override]
         gate, up, weight = ctx.saved_tensors
         dev, dtype, enabled = ctx.autocast
         with torch.autocast(dev, dtype=dtype, enabled=enabled), torch.enable_grad():

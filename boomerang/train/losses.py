@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,6 +26,9 @@ from ..core.arch import get_arch
 from ..core.hooks import capture, layer_list
 from ..core.layermap import LayerMap
 from ..core.spans import feed_input
+
+if TYPE_CHECKING:
+    from torch.autograd.function import FunctionCtx
 
 IGNORE = -100
 
@@ -230,7 +233,7 @@ class _HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
+        ctx: FunctionCtx,
         h_s: torch.Tensor,
         w_s: torch.Tensor,
         h_t: torch.Tensor | None,
@@ -307,7 +310,7 @@ class _HeadLoss(torch.autograd.Function):
         return loss, ce_sum, kl_sum
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad_loss: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
         saved = list(ctx.saved_tensors)
         one = grad_loss.numel() == 1 and float(grad_loss) == 1.0  # the usual case: no [V, d] copy
         grad_h = grad_w = None
@@ -325,7 +328,7 @@ class _LogitsLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
+        ctx: FunctionCtx,
         z_s: torch.Tensor,
         z_t: torch.Tensor | None,
         labels: torch.Tensor,
@@ -351,7 +354,7 @@ class _LogitsLoss(torch.autograd.Function):
         return (ce_sum * ce_scale + kl_sum * kl_scale).to(torch.float32), ce_sum, kl_sum
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad_loss: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         return grad * grad_loss.to(grad.dtype), None, None, None, None, None, None, None
 
@@ -412,7 +415,7 @@ class _CosineDistanceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         acc = torch.promote_types(a.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         a32, b32 = a.detach().to(acc), b.detach().to(acc)
         dot = (a32 * b32).sum(-1)
@@ -424,7 +427,7 @@ class _CosineDistanceSum(torch.autograd.Function):
         return ((1.0 - cos) * w).sum()
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: FunctionCtx, g: torch.Tensor):  # type: ignore[override]
         a, b, cos, na, nb, w = ctx.saved_tensors
         gw = -(g * w)  # d/dcos of the sum
         grads: list[torch.Tensor | None] = [None, None, None]
@@ -569,7 +572,7 @@ class DistillLoss:
                 assert teacher is not None and teacher.hidden is not None
                 h_t, w_t = teacher.hidden.reshape(-1, teacher.hidden.shape[-1]), teacher.head_weight
             assert student.head_weight is not None
-            lm, ce_sum, kl_sum = head_ce_kl(
+            lm_loss, ce_sum, kl_sum = head_ce_kl(
                 h_s, student.head_weight, labels, real, h_t=h_t, w_t=w_t, buffers=self.buffers, **common
             )
         else:
@@ -579,9 +582,9 @@ class DistillLoss:
             if use_kl:
                 assert teacher is not None and teacher.logits is not None
                 z_t = teacher.logits.reshape(-1, teacher.logits.shape[-1])
-            lm, ce_sum, kl_sum = logits_ce_kl(z_s, labels, real, z_t=z_t, **common)
-        loss = lm
-        cos_sum = torch.zeros((), dtype=torch.float32, device=lm.device)
+            lm_loss, ce_sum, kl_sum = logits_ce_kl(z_s, labels, real, z_t=z_t, **common)
+        loss = lm_loss
+        cos_sum = torch.zeros((), dtype=torch.float32, device=lm_loss.device)
         if self.pairs and teacher is not None:
             for s_key, t_key in self.pairs:
                 hs, ht = student.states[s_key], teacher.states[t_key]
@@ -589,8 +592,8 @@ class DistillLoss:
                     hs.reshape(-1, hs.shape[-1]), ht.reshape(-1, ht.shape[-1]), real
                 )
             loss = loss + cos_sum * (self.cos_weight / max(n_tok, 1))
-        ctx_cos = torch.zeros((), dtype=torch.float32, device=lm.device)
-        ctx_mse = torch.zeros((), dtype=torch.float32, device=lm.device)
+        ctx_cos = torch.zeros((), dtype=torch.float32, device=lm_loss.device)
+        ctx_mse = torch.zeros((), dtype=torch.float32, device=lm_loss.device)
         if self.ctx_pairs and teacher is not None and "ctx:0" in student.states:
             for i, (src, t_key) in enumerate(self.ctx_pairs):
                 hs, ht, hi = student.states[f"ctx:{i}"], teacher.states[t_key], teacher.states[src]
@@ -695,7 +698,7 @@ def model_outputs(
         if norm_name is None:
             raise ValueError(f"{model.config.model_type} has no final norm to align")  # type: ignore[union-attr]
 
-        def hook(_m: nn.Module, _a: Any, o: torch.Tensor) -> None:
+        def hook(_m: nn.Module, _a: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
             norm_out["norm"] = o
 
         handle = model.get_submodule(norm_name).register_forward_hook(hook)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from ..io.atomic import atomic_write_text
@@ -14,13 +14,16 @@ from .models import RunModels
 from .recipe import Recipe
 from .run_data import RunData
 
+if TYPE_CHECKING:
+    from .losses import LossConfig
+
 
 class MetricsLog:
     """One JSON record per logged step and per validation in ``OUT/metrics.jsonl``, mirrored to TensorBoard."""
 
     def __init__(self, out: Path, *, main: bool):
         self.path = out / "metrics.jsonl"
-        self.out, self.main, self.tb = out, main, None
+        self.out, self.main, self.writer = out, main, None
 
     def open(self, *, resumed_at: int | None, recipe_yaml: str, tensorboard: bool | None) -> None:
         """Start (or, resuming at step ``resumed_at``, continue) the log; writes ``OUT/recipe.yaml``."""
@@ -41,7 +44,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=(resumed_at or 0) + 1)
+                self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=(resumed_at or 0) + 1)
             except ImportError:
                 if tensorboard:
                     raise BoomerangError("log.tensorboard is on but tensorboard is not installed") from None
@@ -54,15 +57,15 @@ class MetricsLog:
         }
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
+        if self.writer is not None:
             prefix = "eval/" if record.get("kind") == "eval" else "train/"
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "kind"):
-                    self.tb.add_scalar(prefix + k, v, record["step"])
+                    self.writer.add_scalar(prefix + k, v, record["step"])
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def progress_bar(*, enabled: bool) -> Any:
@@ -83,7 +86,7 @@ def progress_bar(*, enabled: bool) -> Any:
     )
 
 
-def loss_extras(loss: Any) -> list[tuple[str, float]]:
+def loss_extras(loss: LossConfig) -> list[tuple[str, float]]:
     """The optional loss terms that are on, as (name, weight): teacher-context and mixed-context."""
     named = (("ctx", "ctx"), ("ctx-mse", "ctx_mse"), ("mixed", "mixed"))
     return [(name, float(getattr(loss, key, 0.0) or 0.0)) for name, key in named if getattr(loss, key, 0.0)]
@@ -106,11 +109,11 @@ def plan_lines(
     """The run's plan, printed before the first step: models, loss, data, schedule, output (and sharding, resume)."""
     from ..core.params import count_params
 
-    r, m, lm = recipe, models, models.layer_map
+    r, m, layer_map = recipe, models, models.layer_map
     c = count_params(m.student)
     lines = [
-        f"teacher   {m.teacher_path} ({lm.n_teacher} layers)",
-        f"student   {lm.n_student} layers, kept {list(lm.kept)}; {trainable / 1e6:.1f}M of "
+        f"teacher   {m.teacher_path} ({layer_map.n_teacher} layers)",
+        f"student   {layer_map.n_student} layers, kept {list(layer_map.kept)}; {trainable / 1e6:.1f}M of "
         f"{c.trainable / 1e6:.1f}M parameters trained"
         + (f"; frozen: {', '.join(m.frozen)}" if m.frozen else ""),
         f"loss      ce {r.loss.ce} + kl {r.loss.kl} (τ={r.loss.temperature}) + cos {m.loss_fn.cos_weight:.4g} × "

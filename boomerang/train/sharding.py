@@ -24,13 +24,18 @@ works across strategies and process counts.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..core.arch import get_arch
 from ..core.hooks import layer_list
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from .losses import ModelOutputs
 
 
 def fsdp_modules() -> Any:
@@ -77,7 +82,9 @@ def wanted(strategy: str, accelerate_fsdp: bool, world: int) -> bool:
     return world > 1 and (strategy == "fsdp" or (strategy == "auto" and accelerate_fsdp))
 
 
-def shard(root: nn.Module, model: nn.Module, *, bf16_compute: bool, mesh: Any = None) -> nn.Module:
+def shard(
+    root: nn.Module, model: nn.Module, *, bf16_compute: bool, mesh: DeviceMesh | None = None
+) -> nn.Module:
     """Shard ``model`` in units (see the module docstring) and make ``root`` (which calls it) the FSDP root.
 
     ``bf16_compute``: gather bf16 copies of fp32 parameters and reduce gradients in fp32 (the student under bf16);
@@ -161,8 +168,11 @@ class _NoHead(nn.Module):
         self.fwd = fwd
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, ctx: Any = None
-    ) -> Any:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        ctx: dict[int, torch.Tensor] | None = None,
+    ) -> ModelOutputs:
         out = self.fwd(input_ids, attention_mask, ctx)
         out.head_weight = None
         return out
@@ -171,13 +181,16 @@ class _NoHead(nn.Module):
 class ShardedForward:
     """A sharded model's loss forward: calls the FSDP root, then attaches the gathered head weight."""
 
-    def __init__(self, fwd: nn.Module, model: nn.Module, *, bf16_compute: bool, mesh: Any):
+    def __init__(self, fwd: nn.Module, model: nn.Module, *, bf16_compute: bool, mesh: DeviceMesh | None):
         self.model, self.head = model, getattr(fwd, "mode", "head") == "head"
         self.root = shard(_NoHead(fwd), model, bf16_compute=bf16_compute, mesh=mesh)
 
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, ctx: Any = None
-    ) -> Any:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        ctx: dict[int, torch.Tensor] | None = None,
+    ) -> ModelOutputs:
         out = self.root(input_ids, attention_mask, ctx)  # ctx: the teacher-context pass's inputs (loss.ctx)
         if self.head:
             out.head_weight = gathered_weight(self.model.get_output_embeddings())  # type: ignore[operator]
