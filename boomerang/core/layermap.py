@@ -128,12 +128,23 @@ class LayerMap(BaseModel):
     def targets(self) -> list[int]:
         return [self.target(i) for i in range(self.n_student)]
 
-    def check_fits(self, n_teacher: int, n_student: int) -> None:
-        """Raise a clear error unless this map is for an ``n_teacher``-layer teacher and ``n_student``-layer student."""
-        if self.n_teacher != n_teacher or self.n_student != n_student:
+    def check_fits(self, n_teacher: int, n_student: int, *, student: str = "student") -> None:
+        """Raise a clear error unless this map is for an ``n_teacher``-layer teacher and ``n_student``-layer student.
+
+        The one check that a layer map fits a pair: layer counts from configs, or from loaded models
+        (``core.patching.check_pair``); ``student`` names the student in the message."""
+        problems = []
+        if self.n_teacher != n_teacher:
+            problems.append(
+                f"it is for a {self.n_teacher}-layer teacher, but the teacher has {n_teacher} layers"
+            )
+        if self.n_student != n_student:
+            problems.append(
+                f"it keeps {self.n_student} teacher layers, but the {student} has {n_student} layers"
+            )
+        if problems:
             raise BoomerangError(
-                f"the layer map ({self.describe()}) does not fit a {n_teacher}-layer teacher and "
-                f"{n_student}-layer student"
+                f"the layer map ({self.describe()}) does not fit this pair: {'; '.join(problems)}"
             )
 
     def _check_student_index(self, i: int) -> None:

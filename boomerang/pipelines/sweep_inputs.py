@@ -116,16 +116,12 @@ def carried_layer_map(spec: ModelSpec, config: Config) -> Any:
     return lm
 
 
-def check_layer_map(lm: LayerMap, teacher_config: Config, config: Config, what: str) -> None:
-    """The layer map fits the teacher and this student (``what`` names the student in the message)."""
+def check_layer_map(layer_map: LayerMap, teacher_config: Config, config: Config, what: str) -> None:
+    """The layer map fits the teacher and this student, by their configs (``LayerMap.check_fits``; ``what`` names
+    the student in the message)."""
     from ..core.arch import n_layers
 
-    nt, ns = n_layers(teacher_config), n_layers(config)
-    if lm.n_teacher != nt or lm.n_student != ns:
-        raise BoomerangError(
-            f"the layer map ({lm.describe()}) does not fit this pair: the teacher has {nt} layers and the "
-            f"{what} has {ns}"
-        )
+    layer_map.check_fits(n_layers(teacher_config), n_layers(config), student=what)
 
 
 def lm_eval_tasks(tasks: TaskOptions, teacher_config: Config) -> tuple[list[str], Any, Any]:

@@ -250,10 +250,7 @@ def init_student(
             info.update(every=every, keep_first=keep_first, keep_last=keep_last)
         if sim is not None:
             info.update(_measured_info(strategy, sim, lm, calibration, max_block, isolate))  # type: ignore[arg-type]
-    if lm.n_teacher != n:
-        raise BoomerangError(
-            f"the layer map is for a {lm.n_teacher}-layer teacher, but the teacher has {n} layers"
-        )
+    lm.check_fits(n, lm.n_student)  # the student is made from the map: only the teacher's count can differ
     reinitialise = reinitialise or strategy == "random"
     extra: dict[str, Any] = {"init": {"strategy": strategy, **info}}
     if reinitialise:  # "random" says so by its name; any other map records it

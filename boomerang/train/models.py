@@ -160,10 +160,7 @@ def _load_student(r: Recipe, teacher: PreTrainedModel, tokenizer: Any) -> tuple[
         student = load_model(resolve_model_spec(r.student), dtype=torch.float32)
         check_compatible(teacher.config, student.config)
         lm = student_layer_map(student)
-        if lm.n_teacher != n_layers(teacher.config) or lm.n_student != n_layers(student.config):
-            raise BoomerangError(
-                f"the student's layer map ({lm.describe()}) does not fit this teacher/student"
-            )
+        lm.check_fits(n_layers(teacher.config), n_layers(student.config))
     else:
         student = init_from_recipe(r, teacher, tokenizer)
         lm = student_layer_map(student)
