@@ -87,7 +87,7 @@ class LayerMap(BaseModel):
         try:
             return cls(n_teacher=n_teacher, kept=tuple(kept))
         except ValueError as e:  # pydantic's ValidationError is a ValueError
-            raise BoomerangError(f"invalid layer map: {_first_error(e)}") from None
+            raise BoomerangError(f"invalid layer map: {first_error(e)}") from None
 
     @classmethod
     def preset(cls, name: str) -> LayerMap:
@@ -196,7 +196,8 @@ class LayerMap(BaseModel):
         return f"{self.n_student}-layer student of a {self.n_teacher}-layer teacher, kept {list(self.kept)}"
 
 
-def _first_error(e: Exception) -> str:
+def first_error(e: Exception) -> str:
+    """The first message of a pydantic ValidationError, without pydantic's "Value error, " prefix."""
     errs = getattr(e, "errors", None)
     if callable(errs):
         msgs = [str(x.get("ctx", {}).get("error") or x.get("msg")) for x in errs()]
