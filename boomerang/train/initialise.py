@@ -33,7 +33,7 @@ from ..core.layermap import LayerMap, student_section
 from ..core.patching import assemble
 from ..errors import BoomerangError
 from ..io.sidecar import write_sidecar
-from .recipe import MEASURED, STRATEGIES, InitSection
+from .recipe import KEYWORDS, MEASURED, STRATEGIES, InitSection, check_init_rules
 from .recipe import InitStrategy as Strategy  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -171,16 +171,10 @@ def strategy_layer_map(
     """The layer map a strategy gives for an N-layer teacher (``similarity`` needs the similarity matrix)."""
     if strategy not in STRATEGIES:
         raise BoomerangError(f"unknown init strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}")
-    if max_block is not None and strategy != "shortgpt":
-        raise BoomerangError(f"max_block only goes with the 'shortgpt' strategy, not {strategy!r}")
-    if isolate and strategy != "shortgpt":
-        raise BoomerangError(f"isolate only goes with the 'shortgpt' strategy, not {strategy!r}")
+    check_init_rules(strategy, layers, max_block, isolate, KEYWORDS)  # InitSection's rules
     if strategy == "layers":
-        if not layers:
-            raise BoomerangError("the 'layers' strategy needs the kept teacher layers, e.g. --layers 0,2,4,5")
+        assert layers  # check_init_rules refuses the strategy without them
         return LayerMap.from_kept(layers, teacher_layers)
-    if layers:
-        raise BoomerangError(f"--layers only goes with the 'layers' strategy, not {strategy!r}")
     if strategy in MEASURED:
         if size is None:  # as many layers as the every-other-layer student (16 of 30)
             size = LayerMap.every(
