@@ -39,6 +39,7 @@ from .recipe import InitStrategy as Strategy  # noqa: F401 (re-exported)
 if TYPE_CHECKING:
     from ..hints import Tokenizer
     from .init_plan import InitPlan
+    from .recipe import Recipe
 
 
 def block_similarities(sim: torch.Tensor, kept: Sequence[int]) -> list[float]:
@@ -364,6 +365,20 @@ def student_from_section(
         patch_order=patch_order,
         max_block=init.max_block,
         isolate=init.isolate,
+    )
+
+
+def init_from_recipe(recipe: Recipe, teacher: PreTrainedModel, tokenizer: Tokenizer) -> PreTrainedModel:
+    """The student a recipe's ``init`` section describes: what ``distill`` trains when the recipe names no
+    ``student``. A measured strategy is calibrated on ``init.calibration``, else the recipe's ``data.train``."""
+    return student_from_section(
+        teacher,
+        tokenizer,
+        recipe.init,
+        calibration=recipe.data.train,
+        text_field=recipe.data.text_field,
+        teacher_name=recipe.teacher,
+        patch_order=recipe.patch_order,
     )
 
 
