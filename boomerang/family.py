@@ -94,27 +94,17 @@ class Family:
         trust_remote_code: bool = False,
     ) -> None:
         from .core.patching import check_pair
-        from .io.loading import load_config, load_model, load_tokenizer, pair_dtype
+        from .io.loading import load_pair, load_tokenizer
 
-        self.sources: dict[str, str | None] = {}
         self.snapshots = hold_local(teacher, student)  # read once: rewritten meanwhile is a clear stop
-        models = {}
+        self.sources: dict[str, str | None] = {
+            role: str(spec) if _is_path(spec) else getattr(spec, "name_or_path", None) or None
+            for role, spec in (("teacher", teacher), ("student", student))
+        }
         # one common dtype (a bf16 student beside an fp32 teacher)
-        if _is_path(teacher) and _is_path(student):
-            dtype = pair_dtype(
-                load_config(teacher, trust_remote_code=trust_remote_code),
-                load_config(student, trust_remote_code=trust_remote_code),
-                dtype,
-            )
-        for role, spec in (("teacher", teacher), ("student", student)):
-            if _is_path(spec):
-                models[role] = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
-                self.sources[role] = str(spec)
-            else:
-                models[role] = spec
-                self.sources[role] = getattr(spec, "name_or_path", None) or None
-        self.teacher: PreTrainedModel = models["teacher"]
-        self.student: PreTrainedModel = models["student"]
+        self.teacher, self.student = load_pair(
+            teacher, student, dtype=dtype, trust_remote_code=trust_remote_code
+        )
         # where the tokenizer's files are, if it was loaded from the teacher's checkpoint (exports copy them)
         self.tokenizer_source: str | None = None
         if tokenizer is None and _is_path(teacher):

@@ -292,7 +292,7 @@ def test_shortgpt_init_matches_the_shortgpt_baseline():
     capped = init_student(teacher, "shortgpt", size=5, calibration=calib, max_block=2)
     kept = list(LayerMap.from_config(capped.config).kept)
     assert max(b - a for a, b in zip(kept, [*kept[1:], 8], strict=True)) <= 2
-    with pytest.raises(BoomerangError, match="max_block only goes with"):
+    with pytest.raises(BoomerangError, match="max_block only applies to"):
         init_student(teacher, "similarity", size=3, calibration=calib, max_block=2)
     # without a size: as many layers as the every-other-layer student (0,2,4,6,7 of 8 -> 5), for both strategies
     for strategy in ("shortgpt", "similarity"):
@@ -375,7 +375,7 @@ def test_with_isolate_the_member_one_layer_short_is_shortgpts_model():
     x = ids(2, 12, seed=5)
     with torch.no_grad():
         assert torch.equal(member(x).logits, pruned(x).logits)
-    with pytest.raises(BoomerangError, match="isolate only goes with"):
+    with pytest.raises(BoomerangError, match="isolate only applies to"):
         init_student(teacher, "similarity", size=3, calibration=calib, isolate=1)
 
 

@@ -87,7 +87,7 @@ class LayerMap(BaseModel):
         try:
             return cls(n_teacher=n_teacher, kept=tuple(kept))
         except ValueError as e:  # pydantic's ValidationError is a ValueError
-            raise BoomerangError(f"invalid layer map: {_first_error(e)}") from None
+            raise BoomerangError(f"invalid layer map: {first_error(e)}") from None
 
     @classmethod
     def preset(cls, name: str) -> LayerMap:
@@ -128,12 +128,23 @@ class LayerMap(BaseModel):
     def targets(self) -> list[int]:
         return [self.target(i) for i in range(self.n_student)]
 
-    def check_fits(self, n_teacher: int, n_student: int) -> None:
-        """Raise a clear error unless this map is for an ``n_teacher``-layer teacher and ``n_student``-layer student."""
-        if self.n_teacher != n_teacher or self.n_student != n_student:
+    def check_fits(self, n_teacher: int, n_student: int, *, student: str = "student") -> None:
+        """Raise a clear error unless this map is for an ``n_teacher``-layer teacher and ``n_student``-layer student.
+
+        The one check that a layer map fits a pair: layer counts from configs, or from loaded models
+        (``core.patching.check_pair``); ``student`` names the student in the message."""
+        problems = []
+        if self.n_teacher != n_teacher:
+            problems.append(
+                f"it is for a {self.n_teacher}-layer teacher, but the teacher has {n_teacher} layers"
+            )
+        if self.n_student != n_student:
+            problems.append(
+                f"it keeps {self.n_student} teacher layers, but the {student} has {n_student} layers"
+            )
+        if problems:
             raise BoomerangError(
-                f"the layer map ({self.describe()}) does not fit a {n_teacher}-layer teacher and "
-                f"{n_student}-layer student"
+                f"the layer map ({self.describe()}) does not fit this pair: {'; '.join(problems)}"
             )
 
     def _check_student_index(self, i: int) -> None:
@@ -185,7 +196,8 @@ class LayerMap(BaseModel):
         return f"{self.n_student}-layer student of a {self.n_teacher}-layer teacher, kept {list(self.kept)}"
 
 
-def _first_error(e: Exception) -> str:
+def first_error(e: Exception) -> str:
+    """The first message of a pydantic ValidationError, without pydantic's "Value error, " prefix."""
     errs = getattr(e, "errors", None)
     if callable(errs):
         msgs = [str(x.get("ctx", {}).get("error") or x.get("msg")) for x in errs()]

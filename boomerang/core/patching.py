@@ -114,15 +114,7 @@ def assemble(
 def check_pair(teacher: PreTrainedModel, student: PreTrainedModel, layer_map: LayerMap) -> Arch:
     """Validate that ``student`` is an M-layer student of ``teacher`` under ``layer_map``."""
     arch = check_compatible(teacher.config, student.config)
-    nt, ns = n_layers(teacher.config), n_layers(student.config)
-    if layer_map.n_teacher != nt:
-        raise BoomerangError(
-            f"the layer map is for a {layer_map.n_teacher}-layer teacher, but the teacher has {nt} layers"
-        )
-    if layer_map.n_student != ns:
-        raise BoomerangError(
-            f"the layer map keeps {layer_map.n_student} teacher layers, but the student has {ns} layers"
-        )
+    layer_map.check_fits(n_layers(teacher.config), n_layers(student.config))
     td, sd = teacher.dtype, student.dtype
     if td != sd:
         raise BoomerangError(f"teacher is {td} but student is {sd}; load both with the same dtype")

@@ -10,10 +10,10 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..errors import BoomerangError
-from .layermap import CONFIG_KEY, LayerMap
+from .layermap import CONFIG_KEY, LayerMap, first_error
 
 if TYPE_CHECKING:
     from ..hints import Config
@@ -281,26 +281,23 @@ def make_plan(
 ) -> PatchPlan:
     """A plan from either an explicit set ``patched`` or a count ``num_patched`` under ``order`` (default ``last``;
     ``boomerang.resolve_order`` makes an order from a name, file or list)."""
-    m = layer_map.n_student
     if (num_patched is None) == (patched is None):
         raise BoomerangError(
             "give exactly one of num_patched (with an order) or an explicit set of patched layers"
         )
     if patched is not None:
-        chosen = [int(i) for i in patched]
-        bad = [i for i in chosen if not 0 <= i < m]
-        if bad:
-            raise BoomerangError(f"student layers {bad} do not exist: the student has layers 0..{m - 1}")
-        if len(set(chosen)) != len(chosen):
-            raise BoomerangError(f"patched layers {chosen} contain duplicates")
-        return PatchPlan(layer_map=layer_map, patched=chosen, order=None)
-    assert num_patched is not None
+        return _plan(layer_map, [int(i) for i in patched], None)
+    m = layer_map.n_student
     po = PatchOrder.builtin("last", m) if order is None else order.check_fits(m)
-    if not po.by_size and not 0 <= num_patched <= m:
-        raise BoomerangError(
-            f"num_patched={num_patched} is out of range: the student has {m} layers, so use 0..{m}"
-        )
-    return PatchPlan(layer_map=layer_map, patched=po.patched(num_patched), order=po.name)
+    return _plan(layer_map, po.patched(num_patched), po.name)  # po.patched checks the range of num_patched
+
+
+def _plan(layer_map: LayerMap, patched: Sequence[int], order: str | None) -> PatchPlan:
+    """A PatchPlan, its validators' first complaint (layers that do not exist, duplicates) as a BoomerangError."""
+    try:
+        return PatchPlan(layer_map=layer_map, patched=patched, order=order)
+    except ValidationError as e:
+        raise BoomerangError(first_error(e)) from None
 
 
 # ---- the reference implementation's counting (dcml-lab/boomerang-distillation) -------------------------------

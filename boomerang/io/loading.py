@@ -38,7 +38,7 @@ from .safetensors_files import REPAIR_HINT, read_tensors
 from .snapshot import snapshot_of
 
 if TYPE_CHECKING:
-    from ..hints import Config, Tokenizer
+    from ..hints import Config, ModelSpec, Tokenizer
 
 DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_NAMES.items()}
 
@@ -247,23 +247,46 @@ def pair_dtype(
     return None if a == b else getattr(torch, common_dtype_name(a or "float32", b or "float32"))
 
 
-def load_pair(
-    teacher: str | os.PathLike,
-    student: str | os.PathLike,
-    *,
+def is_model_spec(spec: object) -> bool:
+    """A model given as a checkpoint path or Hub id (rather than a loaded model)."""
+    return isinstance(spec, (str, os.PathLike))
+
+
+def pair_load_dtype(
+    teacher: ModelSpec,
+    student: ModelSpec,
     dtype: str | torch.dtype | None = None,
+    *,
     trust_remote_code: bool = False,
-) -> tuple[PreTrainedModel, PreTrainedModel]:
-    """Teacher and student, loaded in one dtype (``pair_dtype``)."""
-    common = pair_dtype(
+) -> str | torch.dtype | None:
+    """The dtype ``load_pair`` loads checkpoints in: ``pair_dtype`` of the two configs when both are checkpoints,
+    else ``dtype`` as given (the loaded model keeps its own)."""
+    if not (is_model_spec(teacher) and is_model_spec(student)):
+        return dtype
+    return pair_dtype(
         load_config(teacher, trust_remote_code=trust_remote_code),
         load_config(student, trust_remote_code=trust_remote_code),
         dtype,
     )
-    return (
-        load_model(teacher, dtype=common, trust_remote_code=trust_remote_code),
-        load_model(student, dtype=common, trust_remote_code=trust_remote_code),
-    )
+
+
+def load_pair(
+    teacher: ModelSpec,
+    student: ModelSpec,
+    *,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """Teacher and student, loaded in one dtype (``pair_load_dtype``): the one place a pair is loaded. Either may
+    already be a loaded model, which is taken as it is."""
+    common = pair_load_dtype(teacher, student, dtype, trust_remote_code=trust_remote_code)
+
+    def load(spec: ModelSpec) -> PreTrainedModel:
+        if is_model_spec(spec):
+            return load_model(spec, dtype=common, trust_remote_code=trust_remote_code)
+        return spec
+
+    return load(teacher), load(student)
 
 
 def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:

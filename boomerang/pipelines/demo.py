@@ -38,6 +38,7 @@ from ..io.atomic import atomic_dir, atomic_write_text
 from ..io.offline import check_offline_teacher, offline_teacher
 from ..io.order_files import save_order
 from ..io.sidecar import read_layer_map, student_layer_map
+from ..train.run_dir import RunDir
 from ..ui import err_console
 from .demo_report import OFFLINE_LABEL, TOTAL, write_report
 from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
@@ -269,8 +270,7 @@ class Demo:
     def init(self) -> dict[str, Path]:
         """``init/main`` (the recipe's init) and ``init/random`` (its layer map, random weights)."""
         from ..io.loading import load_model
-        from ..train.initialise import init_student, save_student
-        from ..train.models import init_from_recipe
+        from ..train.initialise import init_from_recipe, init_student, save_student
 
         dirs = {"main": self.out / "init" / "main", "random": self.out / "init" / "random"}
         need = [k for k, d in dirs.items() if not (d / "config.json").is_file()]
@@ -296,21 +296,20 @@ class Demo:
                 save_student(rnd, dirs["random"], tokenizer=tok, force=True)
         return dirs
 
-    def distill(self, name: str, init: Path, extra: Sequence[str] = ()) -> Path:
+    def distill(self, name: str, init: Path, extra: Sequence[str] = ()) -> RunDir:
         """Distil one student into ``distill-NAME`` (``distill`` for the main one), resuming if interrupted."""
         from ..train.recipe import load_recipe
         from ..train.trainer import distill
 
-        run = self.out / ("distill" if name == "main" else f"distill-{name}")
-        student = run / "student"
-        if (student / "config.json").is_file():
-            _say(f"distill {name}: done ({student})")
-            return student
+        run = RunDir(self.out / ("distill" if name == "main" else f"distill-{name}"))
+        if run.has_student():
+            _say(f"distill {name}: done ({run.student})")
+            return run
         cache = [f"train.teacher_cache={self.out / 'teacher-cache'}"] if self.ablations() else []
         r = load_recipe(self.s.recipe, self._overrides([f"student={init}", *cache, *extra]))
-        _say(f"distill {name}: {self.s.tokens:,} tokens into {run} (resumable: rerun the same command)")
-        distill(r, out=run, resume=(run / "recipe.yaml").is_file())
-        return student
+        _say(f"distill {name}: {self.s.tokens:,} tokens into {run.path} (resumable: rerun the same command)")
+        distill(r, out=run.path, resume=run.is_run())
+        return run
 
     def ablations(self) -> list[Any]:
         """The ablations this run trains: those asked for that change something in this recipe."""
@@ -407,7 +406,7 @@ class Demo:
         self._save_timings()
         return write_report(self.results(students, results), self.out)
 
-    def _evaluate(self, students: dict[str, Path]) -> dict[str, Any]:
+    def _evaluate(self, students: dict[str, RunDir]) -> dict[str, Any]:
         """Analysis, orders and every sweep, with the teacher and students loaded once and shared by all sweeps,
         as is one ``BaselineCache``, so the pruning baselines' measurements are made once too."""
         import torch
@@ -417,10 +416,10 @@ class Demo:
 
         s = self.s
         dtype = self.eval_dtype()
-        teacher, main = load_pair(self.teacher_dir, students["main"], dtype=dtype)
+        teacher, main = load_pair(self.teacher_dir, students["main"].student, dtype=dtype)
         tok = load_tokenizer(self.teacher_dir)
         lm = student_layer_map(main)
-        others = {k: load_model(p, dtype=dtype) for k, p in students.items() if k != "main"}
+        others = {k: load_model(run.student, dtype=dtype) for k, run in students.items() if k != "main"}
         primary = next(iter(s.orders))
         cache = BaselineCache()
         with torch.no_grad():
@@ -531,16 +530,14 @@ class Demo:
             per[tag] = self.sweep(text, tag, teacher, others[a.name], order, tokenizer=tok, layer_map=lm)
         return per
 
-    def results(self, students: dict[str, Path], measured: dict[str, Any]) -> DemoResults:
+    def results(self, students: dict[str, RunDir], measured: dict[str, Any]) -> DemoResults:
         """What the report shows, gathered from the run's files and measurements."""
         from ..train.precision import machine
 
         what = {"main": f"the recipe (`{self.s.recipe}`)", **{a.name: a.what for a in self.ablations()}}
         summaries = {}
-        for name, st in students.items():
-            f = st.parent / "summary.json"
-            summary = json.loads(f.read_text()) if f.is_file() else {}
-            summaries[name] = Student(name, what.get(name, name), summary, str(st.parent))
+        for name, run in students.items():
+            summaries[name] = Student(name, what.get(name, name), run.read_summary(), str(run.path))
         texts = []
         for t in self.texts:
             per = measured["texts"][t.label]
@@ -555,7 +552,7 @@ class Demo:
             + (f" (blocks of at most {init.max_block} layers)" if init.max_block else "")
             + (f" (ShortGPT's first {init.isolate} drops alone in 2-layer blocks)" if init.isolate else "")
         )
-        lm = read_layer_map(students["main"], allow_hub=False)
+        lm = read_layer_map(students["main"].student, allow_hub=False)
         total, runs = self.wall_time()
         return DemoResults(
             teacher=str(self.s.teacher or OFFLINE_LABEL),
@@ -615,7 +612,7 @@ def export_evidence(out: str | Path, dest: str | Path, *, force: bool = False) -
             for f in [*(out / "analysis").glob("*.png"), *(out / "analysis").glob("*.json")]:
                 shutil.copy2(f, tmp / "analysis" / f.name)
         for run in sorted(out.glob("distill*")):
-            for f in ("recipe.yaml", "summary.json"):
+            for f in RunDir.RECORDS:
                 if (run / f).is_file():
                     (tmp / run.name).mkdir(exist_ok=True)
                     shutil.copy2(run / f, tmp / run.name / f)

@@ -211,11 +211,13 @@ def _plot(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> No
 def _training_plot(runs: dict[str, Path], path: Path) -> bool:
     from matplotlib.figure import Figure
 
+    from ..train.run_dir import RunDir
+
     recs = {}
-    for name, run in runs.items():
-        f = run / "metrics.jsonl"
-        if f.is_file():
-            recs[name] = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    for name, run_path in runs.items():
+        run = RunDir(run_path)
+        if run.metrics.is_file():
+            recs[name] = run.read_metrics()
     if not recs:
         return False
     fig = Figure(figsize=(9, 3.6), dpi=130)

@@ -52,8 +52,8 @@ class Curve:
 class Student:
     name: str
     what: str
-    summary: dict[str, Any]  # the run's summary.json
-    run_dir: str
+    summary: dict[str, Any]  # the run's summary (``RunDir.read_summary``)
+    run_dir: str  # its ``RunDir`` path
 
 
 @dataclass

@@ -116,16 +116,12 @@ def carried_layer_map(spec: ModelSpec, config: Config) -> Any:
     return lm
 
 
-def check_layer_map(lm: LayerMap, teacher_config: Config, config: Config, what: str) -> None:
-    """The layer map fits the teacher and this student (``what`` names the student in the message)."""
+def check_layer_map(layer_map: LayerMap, teacher_config: Config, config: Config, what: str) -> None:
+    """The layer map fits the teacher and this student, by their configs (``LayerMap.check_fits``; ``what`` names
+    the student in the message)."""
     from ..core.arch import n_layers
 
-    nt, ns = n_layers(teacher_config), n_layers(config)
-    if lm.n_teacher != nt or lm.n_student != ns:
-        raise BoomerangError(
-            f"the layer map ({lm.describe()}) does not fit this pair: the teacher has {nt} layers and the "
-            f"{what} has {ns}"
-        )
+    layer_map.check_fits(n_layers(teacher_config), n_layers(config), student=what)
 
 
 def lm_eval_tasks(tasks: TaskOptions, teacher_config: Config) -> tuple[list[str], Any, Any]:
@@ -178,21 +174,12 @@ def load_models(
 ) -> SweepModels:
     """Load (or take) the models in one common dtype, the tokenizer, and build the families."""
     from ..family import Family
-    from ..io.loading import load_config, load_model, load_tokenizer, pair_dtype
+    from ..io.loading import load_pair, load_tokenizer, pair_load_dtype
 
     tr = trust_remote_code
-    if isinstance(teacher, (str, Path)) and isinstance(student, (str, Path)):
-        # one common dtype (a bf16 student beside an fp32 teacher)
-        dtype = pair_dtype(
-            load_config(teacher, trust_remote_code=tr), load_config(student, trust_remote_code=tr), dtype
-        )
-
-    def model(spec: ModelSpec) -> Any:
-        if isinstance(spec, (str, Path)):
-            return load_model(spec, dtype=dtype, trust_remote_code=tr)
-        return spec.eval()
-
-    t, s = model(teacher), model(student)
+    # one common dtype (a bf16 student beside an fp32 teacher), the random-init student's too
+    dtype = pair_load_dtype(teacher, student, dtype, trust_remote_code=tr)
+    t, s = (m.eval() for m in load_pair(teacher, student, dtype=dtype, trust_remote_code=tr))
     if tokenizer is None:
         if not isinstance(teacher, (str, Path)):
             raise BoomerangError("pass tokenizer=... for in-memory models")
@@ -200,5 +187,9 @@ def load_models(
     elif isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer, trust_remote_code=tr)
     family = Family(t, s, layer_map, tokenizer=tokenizer)
-    random = None if random_student is None else Family(t, model(random_student), layer_map)
+    random = None
+    if random_student is not None:
+        # beside the loaded teacher (taken as it is), in the pair's dtype
+        _, r = load_pair(t, random_student, dtype=dtype, trust_remote_code=tr)
+        random = Family(t, r.eval(), layer_map)
     return SweepModels(t, s, tokenizer, family, random, dtype)

@@ -33,12 +33,13 @@ from ..core.layermap import LayerMap, student_section
 from ..core.patching import assemble
 from ..errors import BoomerangError
 from ..io.sidecar import write_sidecar
-from .recipe import MEASURED, STRATEGIES, InitSection
+from .recipe import KEYWORDS, MEASURED, STRATEGIES, InitSection, check_init_rules
 from .recipe import InitStrategy as Strategy  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from ..hints import Tokenizer
     from .init_plan import InitPlan
+    from .recipe import Recipe
 
 
 def block_similarities(sim: torch.Tensor, kept: Sequence[int]) -> list[float]:
@@ -171,16 +172,10 @@ def strategy_layer_map(
     """The layer map a strategy gives for an N-layer teacher (``similarity`` needs the similarity matrix)."""
     if strategy not in STRATEGIES:
         raise BoomerangError(f"unknown init strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}")
-    if max_block is not None and strategy != "shortgpt":
-        raise BoomerangError(f"max_block only goes with the 'shortgpt' strategy, not {strategy!r}")
-    if isolate and strategy != "shortgpt":
-        raise BoomerangError(f"isolate only goes with the 'shortgpt' strategy, not {strategy!r}")
+    check_init_rules(strategy, layers, max_block, isolate, KEYWORDS)  # InitSection's rules
     if strategy == "layers":
-        if not layers:
-            raise BoomerangError("the 'layers' strategy needs the kept teacher layers, e.g. --layers 0,2,4,5")
+        assert layers  # check_init_rules refuses the strategy without them
         return LayerMap.from_kept(layers, teacher_layers)
-    if layers:
-        raise BoomerangError(f"--layers only goes with the 'layers' strategy, not {strategy!r}")
     if strategy in MEASURED:
         if size is None:  # as many layers as the every-other-layer student (16 of 30)
             size = LayerMap.every(
@@ -250,10 +245,7 @@ def init_student(
             info.update(every=every, keep_first=keep_first, keep_last=keep_last)
         if sim is not None:
             info.update(_measured_info(strategy, sim, lm, calibration, max_block, isolate))  # type: ignore[arg-type]
-    if lm.n_teacher != n:
-        raise BoomerangError(
-            f"the layer map is for a {lm.n_teacher}-layer teacher, but the teacher has {n} layers"
-        )
+    lm.check_fits(n, lm.n_student)  # the student is made from the map: only the teacher's count can differ
     reinitialise = reinitialise or strategy == "random"
     extra: dict[str, Any] = {"init": {"strategy": strategy, **info}}
     if reinitialise:  # "random" says so by its name; any other map records it
@@ -373,6 +365,20 @@ def student_from_section(
         patch_order=patch_order,
         max_block=init.max_block,
         isolate=init.isolate,
+    )
+
+
+def init_from_recipe(recipe: Recipe, teacher: PreTrainedModel, tokenizer: Tokenizer) -> PreTrainedModel:
+    """The student a recipe's ``init`` section describes: what ``distill`` trains when the recipe names no
+    ``student``. A measured strategy is calibrated on ``init.calibration``, else the recipe's ``data.train``."""
+    return student_from_section(
+        teacher,
+        tokenizer,
+        recipe.init,
+        calibration=recipe.data.train,
+        text_field=recipe.data.text_field,
+        teacher_name=recipe.teacher,
+        patch_order=recipe.patch_order,
     )
 
 

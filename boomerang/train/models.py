@@ -21,8 +21,6 @@ from .working_copy import WorkingCopy
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from ..hints import Tokenizer
-
 
 class LossForward(nn.Module):
     """A model's forward pass as one module, so that DDP/FSDP wrappers see every call."""
@@ -154,16 +152,14 @@ def _load_student(r: Recipe, teacher: PreTrainedModel, tokenizer: Any) -> tuple[
     from ..core.configs import check_compatible
     from ..io.loading import load_model
     from ..io.sidecar import student_layer_map
+    from .initialise import init_from_recipe
     from .recipe import resolve_model_spec
 
     if r.student:
         student = load_model(resolve_model_spec(r.student), dtype=torch.float32)
         check_compatible(teacher.config, student.config)
         lm = student_layer_map(student)
-        if lm.n_teacher != n_layers(teacher.config) or lm.n_student != n_layers(student.config):
-            raise BoomerangError(
-                f"the student's layer map ({lm.describe()}) does not fit this teacher/student"
-            )
+        lm.check_fits(n_layers(teacher.config), n_layers(student.config))
     else:
         student = init_from_recipe(r, teacher, tokenizer)
         lm = student_layer_map(student)
@@ -229,20 +225,4 @@ def prepare_models(
         working,
         mixed,
         member_loss,
-    )
-
-
-def init_from_recipe(recipe: Recipe, teacher: nn.Module, tokenizer: Tokenizer) -> nn.Module:
-    """The student the recipe's ``init`` section describes (calibrated, if measured, on ``data.train`` by default)."""
-    from .initialise import student_from_section
-
-    r = recipe
-    return student_from_section(
-        teacher,  # type: ignore[arg-type]
-        tokenizer,
-        r.init,
-        calibration=r.data.train,
-        text_field=r.data.text_field,
-        teacher_name=r.teacher,
-        patch_order=r.patch_order,
     )

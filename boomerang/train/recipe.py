@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -52,20 +53,50 @@ class Spelling:
 
     options: bool = False
     renames: dict[str, str] = field(default_factory=dict)  # setting -> option, where they differ
+    keywords: bool = False  # Python keyword arguments (``max_block``, ``strategy='shortgpt'``)
 
     def name(self, key: str) -> str:
-        """``init.max_block`` or ``--max-block``."""
+        """``init.max_block``, ``--max-block`` or ``max_block``."""
+        if self.keywords:
+            return key
         if not self.options:
             return f"init.{key}"
         return "--" + self.renames.get(key, key).replace("_", "-")
 
     def setting(self, key: str, value: object) -> str:
-        """``strategy: layers`` or ``--strategy layers``."""
+        """``strategy: layers``, ``--strategy layers`` or ``strategy='layers'``."""
+        if self.keywords:
+            return f"{key}={value!r}"
         return f"{self.name(key)} {value}" if self.options else f"{key}: {value}"
 
 
 RECIPE_KEYS = Spelling()
 OPTIONS = Spelling(options=True, renames={"calibration": "data"})  # ``boomerang init``'s options
+KEYWORDS = Spelling(keywords=True)  # ``boomerang.train.initialise.init_student``'s arguments
+
+
+def check_init_rules(
+    strategy: str,
+    layers: Sequence[int] | None,
+    max_block: int | None,
+    isolate: int,
+    spelling: Spelling = RECIPE_KEYS,
+) -> None:
+    """Which init settings go with which strategy: the one rule, checked where an ``InitSection`` is made and on
+    ``init_student``'s arguments. A BoomerangError is a ValueError, so in a validator pydantic reports it."""
+    name, setting = spelling.name, spelling.setting
+    if strategy == "layers" and not layers:
+        raise BoomerangError(f"{name('strategy')} 'layers' needs {name('layers')} (the kept teacher layers)")
+    if layers and strategy != "layers":
+        raise BoomerangError(
+            f"{name('layers')} cannot be combined with {setting('strategy', strategy)}; use "
+            f"{setting('strategy', 'layers')}"
+        )
+    for key, given in (("max_block", max_block is not None), ("isolate", bool(isolate))):
+        if given and strategy != "shortgpt":
+            raise BoomerangError(
+                f"{name(key)} only applies to {setting('strategy', 'shortgpt')}, not {strategy!r}"
+            )
 
 
 class InitSection(_Section):
@@ -103,20 +134,8 @@ class InitSection(_Section):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> InitSection:
-        spell: Spelling = (info.context or {}).get("spelling", RECIPE_KEYS)
-        name, setting, strategy = spell.name, spell.setting, self.strategy
-        if strategy == "layers" and not self.layers:
-            raise ValueError(f"{name('strategy')} 'layers' needs {name('layers')} (the kept teacher layers)")
-        if self.layers and strategy != "layers":
-            raise ValueError(
-                f"{name('layers')} cannot be combined with {setting('strategy', strategy)}; use "
-                f"{setting('strategy', 'layers')}"
-            )
-        for key in ("max_block", "isolate"):
-            if getattr(self, key) not in (None, 0) and strategy != "shortgpt":
-                raise ValueError(
-                    f"{name(key)} only applies to {setting('strategy', 'shortgpt')}, not {strategy!r}"
-                )
+        spelling: Spelling = (info.context or {}).get("spelling", RECIPE_KEYS)
+        check_init_rules(self.strategy, self.layers, self.max_block, self.isolate, spelling)
         return self
 
 

@@ -1,14 +1,82 @@
-"""The run directory before training: start fresh, resume from its last checkpoint, or refuse (another directory,
-an existing run without --resume or --force, a recipe that changed in what a resumed run depends on)."""
+"""A training run's directory: the files the trainer writes there (``RunDir``, the one place they are named), and
+the directory before training: start fresh, resume from its last checkpoint, or refuse (another directory, an
+existing run without --resume or --force, a recipe that changed in what a resumed run depends on). Nothing here
+imports torch."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
-from .checkpointing import list_checkpoints
-from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory and its files, as ``boomerang.train.trainer`` lays them out::
+
+    recipe.yaml       the resolved recipe (a directory holding one is a run)
+    metrics.jsonl     one record per logged step and per validation
+    checkpoints/      the training state, ``step-N`` each
+    student/          the final student: a standard HF checkpoint with its layer map
+    summary.json      the run's summary, written when it finishes
+    """
+
+    path: Path
+
+    RECIPE = "recipe.yaml"
+    METRICS = "metrics.jsonl"
+    CHECKPOINTS = "checkpoints"
+    STUDENT = "student"
+    SUMMARY = "summary.json"
+    RECORDS = (RECIPE, SUMMARY)  # the small files that tell what a run was and what it gave
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / self.RECIPE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def student(self) -> Path:
+        return self.path / self.STUDENT
+
+    @property
+    def summary(self) -> Path:
+        return self.path / self.SUMMARY
+
+    def is_run(self) -> bool:
+        """Whether a run was started here (it wrote its recipe)."""
+        return self.recipe.is_file()
+
+    def has_student(self) -> bool:
+        """Whether the run finished and saved its final student."""
+        return (self.student / "config.json").is_file()
+
+    def read_summary(self) -> dict[str, Any]:
+        """The run's summary, or ``{}`` before it has one."""
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The logged records, oldest first (``[]`` before the first)."""
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(x) for x in self.metrics.read_text().splitlines() if x.strip()]
+
 
 RESUME_FREE = {  # recipe keys a resumed run may change
     "out",
@@ -25,7 +93,9 @@ RESUME_FREE = {  # recipe keys a resumed run may change
 
 def resume_point(out: Path, *, resume: bool, force: bool) -> Path | None:
     """Check OUT; returns the checkpoint to resume from, if any."""
-    is_run = (out / "recipe.yaml").is_file()
+    from .checkpointing import list_checkpoints
+
+    is_run = RunDir(out).is_run()
     if out.exists() and not out.is_dir():
         raise BoomerangError(f"{out} exists and is not a directory")
     if resume:
@@ -42,7 +112,7 @@ def resume_point(out: Path, *, resume: bool, force: bool) -> Path | None:
             )
         if not is_run:
             raise BoomerangError(
-                f"{out} exists and is not a boomerang run directory (no recipe.yaml); refusing to delete it"
+                f"{out} exists and is not a boomerang run directory (no {RunDir.RECIPE}); refusing to delete it"
             )
     return None
 
@@ -51,7 +121,7 @@ def check_resumable(out: Path, recipe: Recipe) -> None:
     """The recipe equals the one OUT was started with, except in ``RESUME_FREE`` keys."""
     import yaml
 
-    saved_file = out / "recipe.yaml"
+    saved_file = RunDir(out).recipe
     if not saved_file.is_file():
         return
     saved = yaml.safe_load(saved_file.read_text())
