@@ -68,8 +68,8 @@ def patch(
         plan = patched
     else:
         layer_map = layer_map or student_layer_map(student)
-        po = None if patched is not None else resolve_order(order, layer_map, config=student.config)
-        plan = make_plan(layer_map, num_patched=num_patched, order=po, patched=patched)
+        patch_order = None if patched is not None else resolve_order(order, layer_map, config=student.config)
+        plan = make_plan(layer_map, num_patched=num_patched, order=patch_order, patched=patched)
     return build(teacher, student, plan, copy=copy)
 
 
@@ -167,7 +167,7 @@ class Family:
         ids = calibration if calibration is not None else self.calibration
         if is_data_order(order) and ids is None and data is not None:
             ids = self._calibration(data, str(order))
-        po = resolve_order(
+        patch_order = resolve_order(
             order,
             self.layer_map,
             config=self.student.config,
@@ -177,8 +177,8 @@ class Family:
             **options,
         )
         if key is not None:
-            self._orders[key] = po
-        return po
+            self._orders[key] = patch_order
+        return patch_order
 
     def _calibration(self, data: Any, order: str = "") -> Any:
         from .analysis.orders import default_texts
@@ -232,8 +232,8 @@ class Family:
         self, order: OrderSpec | None = None, sizes: Iterable[int] | None = None
     ) -> dict[int, PreTrainedModel]:
         """``{K: model}`` for every size (or the chosen ``sizes``) under ``order``."""
-        po = self.order(order)
-        return {k: self.member(k, order=po) for k in check_sizes(sizes, self.n_student, po)}
+        patch_order = self.order(order)
+        return {k: self.member(k, order=patch_order) for k in check_sizes(sizes, self.n_student, patch_order)}
 
     def table(self, order: OrderSpec | None = None) -> list[dict[str, Any]]:
         """One row per size: K, patched student layers, layer count, trainable and inference parameters."""
@@ -268,10 +268,10 @@ class Family:
         from .io.stream import parse_shard_size
 
         parse_shard_size(max_shard_size)
-        po = self.order(order)
+        patch_order = self.order(order)
         writer = _MemoryWriter(self, max_shard_size)
-        chosen = check_sizes(sizes, self.n_student, po)
-        return _export(writer, out, po, chosen, force=force, progress=progress, gguf=gguf, card=card)
+        chosen = check_sizes(sizes, self.n_student, patch_order)
+        return _export(writer, out, patch_order, chosen, force=force, progress=progress, gguf=gguf, card=card)
 
     def __repr__(self) -> str:
         return (
@@ -418,11 +418,11 @@ def _export(
 
     out = check_writable(out, force=force)
     progress = progress or ExportProgress()
-    lm = writer.layer_map
+    layer_map = writer.layer_map
     if gguf is not None:
         check_type(gguf)
         check_config(_config_dict(writer.teacher_config), "the teacher")
-    plans = {k: PatchPlan(layer_map=lm, patched=order.patched(k), order=order.name) for k in sizes}
+    plans = {k: PatchPlan(layer_map=layer_map, patched=order.patched(k), order=order.name) for k in sizes}
     weights = {
         k: checkpoint_nbytes(plan_config(writer.teacher_config, writer.student_config, p), writer.dtype)
         for k, p in plans.items()
@@ -512,7 +512,7 @@ def _manifest(
     card = card or CardOptions()
     found = teacher_info(writer.teacher) if card.base_model is None or card.license is None else CardInfo()
     info = CardInfo(card.base_model or found.base_model, card.license or found.license)
-    lm = writer.layer_map
+    layer_map = writer.layer_map
     return {
         "format": "boomerang-family",
         "version": 1,
@@ -526,9 +526,9 @@ def _manifest(
         "formats": ["safetensors", *(["gguf"] if gguf else [])],
         "gguf_type": gguf,
         "card": info.to_json(),
-        "layer_map": lm.to_json(),
-        "n_teacher": lm.n_teacher,
-        "n_student": lm.n_student,
+        "layer_map": layer_map.to_json(),
+        "n_teacher": layer_map.n_teacher,
+        "n_student": layer_map.n_student,
         "order": {"name": order.name, "file": ORDER_FILE, "sequence": order.sequence},
         "members": [],
     }
@@ -618,11 +618,11 @@ def export_family(
     builder = _stream_builder(teacher, student, layer_map, dtype, stream, trust_remote_code) if can else None
     writer: _Writer
     if builder is not None:
-        po = _streamed_export_order(builder, order, data, calibration, trust_remote_code)
+        patch_order = _streamed_export_order(builder, order, data, calibration, trust_remote_code)
         key = _resume_key(teacher, student, builder.layer_map, builder.dtype, max_shard_size)  # type: ignore[arg-type]
         writer, n_student = _StreamWriter(builder, max_shard_size), builder.layer_map.n_student
     else:
-        fam = Family(
+        family = Family(
             teacher,
             student,
             layer_map,
@@ -630,16 +630,18 @@ def export_family(
             calibration=calibration,
             trust_remote_code=trust_remote_code,
         )
-        po = fam.order(order, data=data)
+        patch_order = family.order(order, data=data)
         if not on_disk:
-            return fam.export(
-                out, order=po, sizes=sizes, max_shard_size=max_shard_size, force=force, progress=progress,
+            return family.export(
+                out, order=patch_order, sizes=sizes, max_shard_size=max_shard_size, force=force, progress=progress,
                 gguf=gguf, card=card,
             )  # fmt: skip
-        key = _resume_key(teacher, student, fam.layer_map, fam.teacher.dtype, max_shard_size)  # type: ignore[arg-type]
-        writer, n_student = _MemoryWriter(fam, max_shard_size), fam.n_student
-    chosen = check_sizes(sizes, n_student, po)
-    return _export(writer, out, po, chosen, force=force, progress=progress, resume=key, gguf=gguf, card=card)
+        key = _resume_key(teacher, student, family.layer_map, family.teacher.dtype, max_shard_size)  # type: ignore[arg-type]
+        writer, n_student = _MemoryWriter(family, max_shard_size), family.n_student
+    chosen = check_sizes(sizes, n_student, patch_order)
+    return _export(
+        writer, out, patch_order, chosen, force=force, progress=progress, resume=key, gguf=gguf, card=card
+    )
 
 
 def _is_token_ids(data: Any) -> bool:
@@ -717,9 +719,9 @@ def _streamed_export_order(
     builder: Any, order: OrderSpec | None, data: Any, calibration: Any, trust_remote_code: bool
 ) -> PatchOrder:
     """The order of a streamed export: a data-driven one loads both models just for the search."""
-    lm, config = builder.layer_map, builder.student.config
+    layer_map, config = builder.layer_map, builder.student.config
     if not is_data_order(order):
-        return resolve_order(order, lm, config=config)
+        return resolve_order(order, layer_map, config=config)
     from .io.loading import load_model
 
     teacher = load_model(builder.teacher.path, dtype=builder.dtype, trust_remote_code=trust_remote_code)
@@ -730,7 +732,7 @@ def _streamed_export_order(
 
         calibration = calibration_ids(data, builder.tokenizer, n=default_texts(str(order)))
     try:
-        return resolve_order(order, lm, teacher=teacher, student=student, calibration=calibration)
+        return resolve_order(order, layer_map, teacher=teacher, student=student, calibration=calibration)
     finally:
         del teacher, student
 

@@ -103,14 +103,14 @@ def family_layers(
     layer_map: LayerMap, num_layers: int, order: str | PatchOrder | Sequence[int] = "last"
 ) -> list[int]:
     """Teacher layers of the family member (under ``order``: a name, order file or PatchOrder) of that size."""
-    po = resolve_order(order, layer_map)
+    patch_order = resolve_order(order, layer_map)
     sizes = {}
-    for k in range(po.n_members):
-        plan = PatchPlan(layer_map=layer_map, patched=po.patched(k), order=po.name)
+    for k in range(patch_order.n_members):
+        plan = PatchPlan(layer_map=layer_map, patched=patch_order.patched(k), order=patch_order.name)
         sizes.setdefault(plan.n_layers, plan)
     if num_layers not in sizes:
         raise BoomerangError(
-            f"no member of the {po.name!r} family has {num_layers} layers (sizes: {sorted(sizes)}); pass the "
+            f"no member of the {patch_order.name!r} family has {num_layers} layers (sizes: {sorted(sizes)}); pass the "
             "teacher layers to keep explicitly (layers=..., --layers)"
         )
     return sizes[num_layers].teacher_layers

@@ -64,7 +64,7 @@ class OrderJob:
             self.calibration_length or ORDER_LENGTH,
         )
         ids = calibration_ids(self.data, tok, n=n, length=length, seed=self.seed)
-        po = compute_order(
+        order = compute_order(
             self.name,
             teacher,
             student,
@@ -77,8 +77,8 @@ class OrderJob:
             score=self.score,
             progress=progress,
         )
-        save_order(po, self.out, force=self.force)
-        return po
+        save_order(order, self.out, force=self.force)
+        return order
 
 
 def plan_order(
@@ -114,14 +114,14 @@ def plan_order(
     tcfg = loading.load_config(teacher, trust_remote_code=trust_remote_code)
     scfg = loading.load_config(student, trust_remote_code=trust_remote_code)
     check_compatible(tcfg, scfg)
-    lm = layer_map if layer_map is not None else read_layer_map(student, scfg)
-    if lm is None:
+    layer_map = layer_map if layer_map is not None else read_layer_map(student, scfg)
+    if layer_map is None:
         raise BoomerangError(
             f"cannot find the layer map of student {student}: it has no 'boomerang' config section and no "
             "student_config.json; pass layer_map=LayerMap.from_kept([...]) (on the command line: --student-layers)"
         )
-    lm.check_fits(n_layers(tcfg), n_layers(scfg))
-    m = lm.n_student
+    layer_map.check_fits(n_layers(tcfg), n_layers(scfg))
+    m = layer_map.n_student
     if name == "optimal" and m > max_layers:
         raise BoomerangError(
             f"--order optimal scores all 2^{m} subsets; the student has {m} layers, over "
@@ -132,7 +132,7 @@ def plan_order(
         teacher,
         student,
         out,
-        lm,
+        layer_map,
         data,
         calibration_texts,
         calibration_length,

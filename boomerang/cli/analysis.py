@@ -66,12 +66,12 @@ def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_laye
     tcfg = load_config(teacher, trust_remote_code=trust)
     scfg = load_config(student, trust_remote_code=trust)
     check_compatible(tcfg, scfg)
-    lm = resolve_layer_map(
+    student_map = resolve_layer_map(
         student, scfg, layers=student_layers, n_teacher=n_layers(tcfg), option="--student-layers"
     )
-    lm.check_fits(n_layers(tcfg), n_layers(scfg))
+    student_map.check_fits(n_layers(tcfg), n_layers(scfg))
     t, s = load_pair(teacher, student, dtype=dtype, trust_remote_code=trust)
-    return t, s, lm, load_tokenizer(teacher, trust_remote_code=trust)
+    return t, s, student_map, load_tokenizer(teacher, trust_remote_code=trust)
 
 
 def _check_teacher(teacher: str, trust: bool, calibration_length: int | None) -> None:
@@ -91,11 +91,11 @@ def _student_map(teacher: str, student: str, trust: bool, student_layers: str | 
     tcfg = load_config(teacher, trust_remote_code=trust)
     scfg = load_config(student, trust_remote_code=trust)
     check_compatible(tcfg, scfg)  # the student must be one of this teacher's, as for build and family
-    lm = resolve_layer_map(
+    student_map = resolve_layer_map(
         student, scfg, layers=student_layers, n_teacher=n_layers(tcfg), option="--student-layers"
     )
-    lm.check_fits(n_layers(tcfg), n_layers(scfg))
-    return lm
+    student_map.check_fits(n_layers(tcfg), n_layers(scfg))
+    return student_map
 
 
 def _check_pair(
@@ -110,10 +110,10 @@ def _check_pair(
     from ..analysis.resolve import check_order
 
     _check_teacher(teacher, trust, calibration_length)
-    lm = _student_map(teacher, student, trust, student_layers)
+    student_map = _student_map(teacher, student, trust, student_layers)
     for o in orders:
-        check_order(o, lm)
-    return lm
+        check_order(o, student_map)
+    return student_map
 
 
 def prune(
@@ -179,7 +179,9 @@ def prune(
     validate.text_source(data)
     _check_teacher(teacher, trust_remote_code, calibration_length)
     validate.order_option(order, data=False)
-    lm = None if student is None else _student_map(teacher, student, trust_remote_code, student_layers)
+    student_map = (
+        None if student is None else _student_map(teacher, student, trust_remote_code, student_layers)
+    )
     laco = {"merge_layers": merge_layers, "threshold": threshold, "lowest": lowest, "highest": highest}
     with _status(f"{method}: pruning") as status:
         pruned = prune_checkpoint(
@@ -188,7 +190,7 @@ def prune(
             method,
             num_layers=num_layers,
             layers=keep,
-            layer_map=lm,
+            layer_map=student_map,
             order=order,
             calibration=CalibrationText(data, calibration_texts, calibration_length, seed),
             batch_size=batch_size,
@@ -263,7 +265,7 @@ def analyze(
         )
     validate.text_source(data)
     _check_pair(teacher, student, trust_remote_code, student_layers, names, calibration_length)
-    t, s, lm, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
+    t, s, student_map, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
     ids = _calibration(
         data, tok, calibration_texts or ANALYSIS_TEXTS, calibration_length or 256, seed, "analyze"
     )
@@ -272,7 +274,7 @@ def analyze(
         summary = run_analysis(
             t,
             s,
-            lm,
+            student_map,
             ids,
             out,
             orders=names,
@@ -282,7 +284,7 @@ def analyze(
             status=status,
             meta=meta,
         )
-    console.print(_members_table(summary, lm.n_student))
+    console.print(_members_table(summary, student_map.n_student))
     console.print(f"[green]wrote[/] {out}: similarity.png, teacher_similarity.png, members.png and JSON")
 
 
@@ -333,14 +335,14 @@ def order(
     validate.seed(seed)
     validate.text_source(data)
     _check_teacher(teacher, trust_remote_code, calibration_length)
-    lm = _student_map(teacher, student, trust_remote_code, student_layers)
+    student_map = _student_map(teacher, student, trust_remote_code, student_layers)
     job = plan_order(
         name,
         teacher,
         student,
         out,
         data=data,
-        layer_map=lm,
+        layer_map=student_map,
         calibration_texts=calibration_texts,
         calibration_length=calibration_length,
         seed=seed,
@@ -352,8 +354,8 @@ def order(
         trust_remote_code=trust_remote_code,
     )
     with _search_bar(f"{name}: scoring patched models") as progress:
-        po = job.run(progress)
-    console.print(_order_table(name, po))
+        patch_order = job.run(progress)
+    console.print(_order_table(name, patch_order))
     console.print(f"[green]wrote[/] {out}")
 
 
@@ -373,22 +375,22 @@ def _search_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _order_table(name: str, po: PatchOrder) -> Table:
+def _order_table(name: str, patch_order: PatchOrder) -> Table:
     """Every member of an order: its patched student layers and KL (and greedy KL, for optimal)."""
     table = Table(title=f"order {name}")
     table.add_column("K", justify="right")
     table.add_column("patched student layers")
-    values = po.info.get("kl")
+    values = patch_order.info.get("kl")
     if values:
         table.add_column("KL(teacher || member)", justify="right")
-    if "greedy_kl" in po.info:
+    if "greedy_kl" in patch_order.info:
         table.add_column("greedy KL", justify="right")
-    for k, subset in enumerate(po.subsets):
+    for k, subset in enumerate(patch_order.subsets):
         row = [str(k), str(list(subset))]
         if values:
             row.append(f"{values[k]:.5f}")
-        if "greedy_kl" in po.info:
-            row.append(f"{po.info['greedy_kl'][k]:.5f}")
+        if "greedy_kl" in patch_order.info:
+            row.append(f"{patch_order.info['greedy_kl'][k]:.5f}")
         table.add_row(*row)
     return table
 

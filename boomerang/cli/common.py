@@ -89,9 +89,9 @@ def pair_layer_map(
     tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
     scfg = load_config(student, trust_remote_code=trust_remote_code)
     check_compatible(tcfg, scfg)
-    lm = resolve_layer_map(student, scfg, layers=layers, preset=preset, n_teacher=n_layers(tcfg))
-    lm.check_fits(n_layers(tcfg), n_layers(scfg))
-    return lm
+    student_map = resolve_layer_map(student, scfg, layers=layers, preset=preset, n_teacher=n_layers(tcfg))
+    student_map.check_fits(n_layers(tcfg), n_layers(scfg))
+    return student_map
 
 
 def print_gguf_notes(teacher: str, gguf: str | None, trust_remote_code: bool) -> None:

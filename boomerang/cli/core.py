@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,6 +25,9 @@ from .common import (
     progress_bars,
     resolve_layer_map,
 )
+
+if TYPE_CHECKING:
+    from ..core.layermap import LayerMap
 
 # Heavy modules (torch, transformers) are imported inside the commands so that `boomerang --help` is instant.
 
@@ -60,22 +63,30 @@ def info(
     cfg = load_config(model, trust_remote_code=trust_remote_code)
     console.print(_model_table(model, cfg))
     own = layers is None and not layer_map
-    lm = read_layer_map(model, cfg) if own else resolve_layer_map(model, cfg, layers=layers, preset=layer_map)
-    if lm is None:
+    student_map = (
+        read_layer_map(model, cfg) if own else resolve_layer_map(model, cfg, layers=layers, preset=layer_map)
+    )
+    if student_map is None:
         console.print("[dim]not a boomerang student (no layer map found)[/]")
         return
-    if lm.n_student != n_layers(cfg):
-        raise BoomerangError(f"the layer map keeps {lm.n_student} layers but the model has {n_layers(cfg)}")
-    console.print(f"[bold]layer map[/]: {lm.describe()}")
-    console.print(_blocks_table(lm))
+    if student_map.n_student != n_layers(cfg):
+        raise BoomerangError(
+            f"the layer map keeps {student_map.n_student} layers but the model has {n_layers(cfg)}"
+        )
+    console.print(f"[bold]layer map[/]: {student_map.describe()}")
+    console.print(_blocks_table(student_map))
     if teacher is not None:
         tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
         check_compatible(tcfg, cfg)
     else:  # assume teacher layers are shaped like the student's
-        tcfg = teacher_config_like(cfg, lm.n_teacher)
-    console.print(_sizes_table(distinct_sizes(tcfg, cfg, lm)))
-    po = resolve_order(order, lm, config=cfg)
-    console.print(_family_table(family_table(tcfg, cfg, lm, po), po.name, exact=teacher is not None))
+        tcfg = teacher_config_like(cfg, student_map.n_teacher)
+    console.print(_sizes_table(distinct_sizes(tcfg, cfg, student_map)))
+    patch_order = resolve_order(order, student_map, config=cfg)
+    console.print(
+        _family_table(
+            family_table(tcfg, cfg, student_map, patch_order), patch_order.name, exact=teacher is not None
+        )
+    )
 
 
 def _model_table(model: str, cfg: Any) -> Table:
@@ -112,13 +123,15 @@ def _model_table(model: str, cfg: Any) -> Table:
     return t
 
 
-def _blocks_table(lm: Any) -> Table:
+def _blocks_table(layer_map: LayerMap) -> Table:
     bt = Table(title="student blocks")
     for col in ("student layer", "teacher layer", "block", "size", "aligned with teacher layer"):
         bt.add_column(col, justify="right")
-    for i in range(lm.n_student):
-        b = lm.block(i)
-        bt.add_row(str(i), str(lm.kept[i]), f"[{b.start}, {b.stop})", str(len(b)), str(lm.target(i)))
+    for i in range(layer_map.n_student):
+        b = layer_map.block(i)
+        bt.add_row(
+            str(i), str(layer_map.kept[i]), f"[{b.start}, {b.stop})", str(len(b)), str(layer_map.target(i))
+        )
     return bt
 
 
@@ -209,9 +222,9 @@ def build(
     validate.model_source(teacher, "--teacher")
     validate.model_source(student, "--student")
     print_gguf_notes(teacher, gguf, trust_remote_code)
-    lm = None  # else the student's own, found from the configs alone (no torch for canonical pairs)
+    student_map = None  # else the student's own, found from the configs alone (no torch for canonical pairs)
     if layers is not None or layer_map:  # a map for a student that carries none
-        lm = pair_layer_map(
+        student_map = pair_layer_map(
             teacher, student, layers=layers, preset=layer_map, trust_remote_code=trust_remote_code
         )
     with progress_bars() as bars:
@@ -223,7 +236,7 @@ def build(
             patched=explicit,
             order=order,
             data=data,
-            layer_map=lm,
+            layer_map=student_map,
             dtype=dtype,
             stream=stream,
             max_shard_size=max_shard_size,

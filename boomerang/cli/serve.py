@@ -124,7 +124,7 @@ def serve(
     template = _read_template(chat_template)
     _check_order_data(order, data)
     _check_server_packages()
-    lm = _family_layer_map(teacher, student, layers, layer_map, draft, order, trust_remote_code)
+    student_map = _family_layer_map(teacher, student, layers, layer_map, draft, order, trust_remote_code)
     options = dict(
         speculative=speculative,
         draft=draft,
@@ -136,7 +136,7 @@ def serve(
     )
     sock = bind(host, port)
 
-    where = (teacher, student, lm, order, data, dtype, device)
+    where = (teacher, student, student_map, order, data, dtype, device)
     load = partial(_load, *where, max_latency_ms, template, trust_remote_code, options)
     _run(sock, host, load, threads, warm, log_level.lower())
     console.print("[green]stopped[/]")
@@ -196,10 +196,10 @@ def _family_layer_map(
     from ..analysis.resolve import check_order
     from ..serve.options import check_draft
 
-    lm = pair_layer_map(teacher, student, layers=layers, preset=preset, trust_remote_code=trust)
-    check_draft(draft, lm.n_student)
-    check_order(order, lm)  # unknown names and unreadable order files fail here
-    return lm
+    student_map = pair_layer_map(teacher, student, layers=layers, preset=preset, trust_remote_code=trust)
+    check_draft(draft, student_map.n_student)
+    check_order(order, student_map)  # unknown names and unreadable order files fail here
+    return student_map
 
 
 def _check_order_data(order: str | None, data: str | None) -> None:
@@ -298,7 +298,7 @@ def _read_template(path: Path | None) -> str | None:
 def _load(
     teacher: str,
     student: str,
-    lm: LayerMap,
+    student_map: LayerMap,
     order: str,
     data: str | None,
     dtype: str,
@@ -314,7 +314,7 @@ def _load(
 
     place = choose(dtype, device)
     with console.status("loading the teacher and the student"):
-        family = Family(teacher, student, lm, dtype=place.dtype, trust_remote_code=trust_remote_code)
+        family = Family(teacher, student, student_map, dtype=place.dtype, trust_remote_code=trust_remote_code)
         if place.device != "cpu":
             family.to(place.device)
     console.print(f"precision: {family.teacher.dtype} on {place.device} ({place.reason})")
@@ -323,8 +323,10 @@ def _load(
             f"no tokenizer found for {teacher}: the teacher checkpoint needs its tokenizer files"
         )
     with console.status(f"resolving patch order {order or 'recorded by the student'}"):
-        po = family.order(order, data=data)
-    server = FamilyServer(family, order=po, max_latency_ms=max_latency_ms, chat_template=template, **options)
+        patch_order = family.order(order, data=data)
+    server = FamilyServer(
+        family, order=patch_order, max_latency_ms=max_latency_ms, chat_template=template, **options
+    )
     if server.router is not None:
         with console.status("measuring members for --max-latency-ms"):
             server.start()

@@ -132,18 +132,18 @@ def _print_student(student: Any, out: Path, strat: str) -> None:
     from ..core.layermap import LayerMap
     from ..core.params import count_params
 
-    lm = LayerMap.from_config(student.config)
-    assert lm is not None
+    student_map = LayerMap.from_config(student.config)
+    assert student_map is not None
     info = student.config.boomerang["init"]
-    table = Table(title=f"{out}: {lm.describe()}")
+    table = Table(title=f"{out}: {student_map.describe()}")
     for col in ("student layer", "teacher layer", "block", "aligned with"):
         table.add_column(col, justify="right")
     sims = info.get("block_similarity")
     if sims:
         table.add_column("first↔last similarity", justify="right")
-    for i in range(lm.n_student):
-        b = lm.block(i)
-        row = [str(i), str(lm.kept[i]), f"[{b.start}, {b.stop})", str(lm.target(i))]
+    for i in range(student_map.n_student):
+        b = student_map.block(i)
+        row = [str(i), str(student_map.kept[i]), f"[{b.start}, {b.stop})", str(student_map.target(i))]
         if sims:
             row.append(f"{sims[i]:.3f}")
         table.add_row(*row)
@@ -153,7 +153,7 @@ def _print_student(student: Any, out: Path, strat: str) -> None:
     c = count_params(student)
     note = " (weights randomly re-initialised)" if strat == "random" else ""
     console.print(
-        f"[green]wrote[/] {out}: strategy {strat}{note}, {lm.n_student} layers, "
+        f"[green]wrote[/] {out}: strategy {strat}{note}, {student_map.n_student} layers, "
         f"{c.trainable / 1e6:.1f}M trainable parameters"
     )
 

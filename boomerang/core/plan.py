@@ -288,8 +288,9 @@ def make_plan(
     if patched is not None:
         return _plan(layer_map, [int(i) for i in patched], None)
     m = layer_map.n_student
-    po = PatchOrder.builtin("last", m) if order is None else order.check_fits(m)
-    return _plan(layer_map, po.patched(num_patched), po.name)  # po.patched checks the range of num_patched
+    patch_order = PatchOrder.builtin("last", m) if order is None else order.check_fits(m)
+    # patch_order.patched checks the range of num_patched
+    return _plan(layer_map, patch_order.patched(num_patched), patch_order.name)
 
 
 def _plan(layer_map: LayerMap, patched: Sequence[int], order: str | None) -> PatchPlan:

@@ -138,7 +138,7 @@ class Demo:
     def __init__(self, out: str | Path, settings: DemoSettings, corpus: Corpus):
         from ..train.recipe import load_recipe
 
-        self.out, self.s, self.corpus = Path(out), settings, corpus
+        self.out, self.settings, self.corpus = Path(out), settings, corpus
         if settings.tokens < 1:
             raise BoomerangError(f"--tokens {settings.tokens} must be positive")
         unknown = [a for a in settings.ablations if a not in ABLATIONS]
@@ -162,7 +162,7 @@ class Demo:
 
     def training_key(self) -> dict[str, Any]:
         """What the students depend on."""
-        s = self.s
+        s = self.settings
         return {
             "recipe": str(s.recipe),
             "teacher": s.teacher,
@@ -174,7 +174,7 @@ class Demo:
 
     def evaluation_key(self) -> dict[str, Any]:
         """What the analysis, orders and sweeps depend on (besides the students)."""
-        s = self.s
+        s = self.settings
         return {
             "eval_tokens": s.eval_tokens,
             "context": s.context,
@@ -220,7 +220,7 @@ class Demo:
         return changed
 
     def _overrides(self, extra: Sequence[str] = ()) -> list[str]:
-        s = self.s
+        s = self.settings
         return [*recipe_overrides(self.corpus, s.tokens, (), s.teacher), *extra, *s.overrides]
 
     def _timed(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -261,9 +261,9 @@ class Demo:
     # -- models --------------------------------------------------------------------------------------------------
     def teacher(self) -> str | Path:
 
-        if self.s.teacher:
-            _say(f"teacher: {self.s.teacher}")
-            return self.s.teacher
+        if self.settings.teacher:
+            _say(f"teacher: {self.settings.teacher}")
+            return self.settings.teacher
         _say(f"teacher: {OFFLINE_LABEL} (converted from the offline GGUF once)")
         return offline_teacher()
 
@@ -306,15 +306,17 @@ class Demo:
             _say(f"distill {name}: done ({run.student})")
             return run
         cache = [f"train.teacher_cache={self.out / 'teacher-cache'}"] if self.ablations() else []
-        r = load_recipe(self.s.recipe, self._overrides([f"student={init}", *cache, *extra]))
-        _say(f"distill {name}: {self.s.tokens:,} tokens into {run.path} (resumable: rerun the same command)")
+        r = load_recipe(self.settings.recipe, self._overrides([f"student={init}", *cache, *extra]))
+        _say(
+            f"distill {name}: {self.settings.tokens:,} tokens into {run.path} (resumable: rerun the same command)"
+        )
         distill(r, out=run.path, resume=run.is_run())
         return run
 
     def ablations(self) -> list[Any]:
         """The ablations this run trains: those asked for that change something in this recipe."""
         out = []
-        for name in self.s.ablations:
+        for name in self.settings.ablations:
             a = ABLATIONS[name]
             if name == "nomixed" and self.recipe.loss.mixed == 0:
                 continue  # the recipe has no mixed-context term to take away
@@ -325,7 +327,7 @@ class Demo:
     def calibration(self, tokenizer: Tokenizer) -> Any:
         from ..data import calibration_ids
 
-        s = self.s
+        s = self.settings
         return calibration_ids(
             self.corpus.train, tokenizer, n=s.calibration_samples, length=s.calibration_length
         )
@@ -357,7 +359,7 @@ class Demo:
 
         path = self.out / (f"order-{name}.json" if who == "main" else f"order-{name}-{who}.json")
         if not path.is_file():
-            n = min(self.s.order_texts, ids.shape[0])
+            n = min(self.settings.order_texts, ids.shape[0])
             _say(f"order {name} of the {who} student: on {n} x {ids.shape[1]} calibration tokens")
             save_order(compute_order(name, teacher, student, layer_map, ids, max_texts=n), path)
         return path
@@ -370,7 +372,7 @@ class Demo:
 
         dest = self.out / "sweeps" / text.label / tag
         if not (dest / "results.json").is_file():
-            s = self.s
+            s = self.settings
             _say(f"sweep {text.label}/{tag}: {s.eval_tokens:,} tokens per model")
             Sweep(
                 teacher,
@@ -414,24 +416,24 @@ class Demo:
         from ..analysis.baselines import BaselineCache
         from ..io.loading import load_model, load_pair, load_tokenizer
 
-        s = self.s
+        s = self.settings
         dtype = self.eval_dtype()
         teacher, main = load_pair(self.teacher_dir, students["main"].student, dtype=dtype)
         tok = load_tokenizer(self.teacher_dir)
-        lm = student_layer_map(main)
+        layer_map = student_layer_map(main)
         others = {k: load_model(run.student, dtype=dtype) for k, run in students.items() if k != "main"}
         primary = next(iter(s.orders))
         cache = BaselineCache()
         with torch.no_grad():
             ids = self._timed("calibration", lambda: self.calibration(tok))
-            analysis = self._timed("analyze", lambda: self.analyze(teacher, main, lm, ids))
+            analysis = self._timed("analyze", lambda: self.analyze(teacher, main, layer_map, ids))
             orders: dict[str, Any] = {}
             for name in s.orders:
                 if name in ("last", "first"):
                     orders[name] = name
                 else:
                     orders[name] = self._timed(
-                        f"order {name}", lambda n=name: self.order(n, teacher, main, lm, ids)
+                        f"order {name}", lambda n=name: self.order(n, teacher, main, layer_map, ids)
                     )
             if self.fixed not in orders:
                 orders[self.fixed] = self.fixed
@@ -439,7 +441,7 @@ class Demo:
                 if a.order == "primary" and primary not in ("last", "first"):
                     orders[f"{primary} ({a.name})"] = self._timed(
                         f"order {primary} {a.name}",
-                        lambda a=a: self.order(primary, teacher, others[a.name], lm, ids, who=a.name),
+                        lambda a=a: self.order(primary, teacher, others[a.name], layer_map, ids, who=a.name),
                     )
         check = self._timed("eval dtype check", lambda: self.dtype_check(self.texts[0], tok))
         results: dict[str, Any] = {
@@ -452,15 +454,15 @@ class Demo:
         for text in self.texts:
             results["texts"][text.label] = self._timed(
                 f"sweeps {text.label}",
-                lambda t=text: self._text_sweeps(t, teacher, main, others, orders, tok, lm, cache),
+                lambda t=text: self._text_sweeps(t, teacher, main, others, orders, tok, layer_map, cache),
             )
         return results
 
     def eval_dtype(self) -> str:
         """Evaluation dtype: bf16 on hardware where it is native and faster (perplexities within 0.1% of fp32
         on SmolLM2; ``dtype_check`` measures it on the first text), else fp32."""
-        if self.s.eval_dtype != "auto":
-            return self.s.eval_dtype
+        if self.settings.eval_dtype != "auto":
+            return self.settings.eval_dtype
         from ..train.precision import choose_precision
 
         if not hasattr(self, "_eval_dtype"):
@@ -476,7 +478,7 @@ class Demo:
         if self.eval_dtype() == "float32":
             return None
         if not dest.is_file():
-            s = self.s
+            s = self.settings
             got: dict[str, Any] = {}
             for dt in ("float32", self.eval_dtype()):
                 model = load_model(self.teacher_dir, dtype=dt)
@@ -502,21 +504,21 @@ class Demo:
         others: dict,
         orders: dict,
         tok: Any,
-        lm: Any,
+        layer_map: Any,
         cache: BaselineCache,
     ) -> dict[str, Any]:
         """One text: the main family in every order (baselines beside the first, sharing ``cache`` with the
         other texts' sweeps; the random-init family beside the fixed order), and each other ablation's family in
         its order. Keys: ``Curve.tag``."""
         per: dict[str, Any] = {}
-        primary = next(iter(self.s.orders))
+        primary = next(iter(self.settings.orders))
         main_orders = {k: v for k, v in orders.items() if " (" not in k}
         for i, (name, order) in enumerate(main_orders.items()):
-            methods = list(self.s.baselines) if i == 0 else []
+            methods = list(self.settings.baselines) if i == 0 else []
             rnd = others["random"] if name == self.fixed and "random" in others else None
             opts: dict[str, Any] = {
                 "tokenizer": tok,
-                "layer_map": lm,
+                "layer_map": layer_map,
                 "baselines": BaselineOptions(methods, rnd, cache=cache if i == 0 else None),
             }
             tag = Curve("main", name).tag
@@ -527,14 +529,19 @@ class Demo:
             name = primary if a.order == "primary" else self.fixed
             order = orders.get(f"{primary} ({a.name})", primary) if a.order == "primary" else self.fixed
             tag = Curve(a.name, name).tag
-            per[tag] = self.sweep(text, tag, teacher, others[a.name], order, tokenizer=tok, layer_map=lm)
+            per[tag] = self.sweep(
+                text, tag, teacher, others[a.name], order, tokenizer=tok, layer_map=layer_map
+            )
         return per
 
     def results(self, students: dict[str, RunDir], measured: dict[str, Any]) -> DemoResults:
         """What the report shows, gathered from the run's files and measurements."""
         from ..train.precision import machine
 
-        what = {"main": f"the recipe (`{self.s.recipe}`)", **{a.name: a.what for a in self.ablations()}}
+        what = {
+            "main": f"the recipe (`{self.settings.recipe}`)",
+            **{a.name: a.what for a in self.ablations()},
+        }
         summaries = {}
         for name, run in students.items():
             summaries[name] = Student(name, what.get(name, name), run.read_summary(), str(run.path))
@@ -552,19 +559,19 @@ class Demo:
             + (f" (blocks of at most {init.max_block} layers)" if init.max_block else "")
             + (f" (ShortGPT's first {init.isolate} drops alone in 2-layer blocks)" if init.isolate else "")
         )
-        lm = read_layer_map(students["main"].student, allow_hub=False)
+        layer_map = read_layer_map(students["main"].student, allow_hub=False)
         total, runs = self.wall_time()
         return DemoResults(
-            teacher=str(self.s.teacher or OFFLINE_LABEL),
-            recipe=str(self.s.recipe),
+            teacher=str(self.settings.teacher or OFFLINE_LABEL),
+            recipe=str(self.settings.recipe),
             recipe_notes=self.recipe.notes,
             init=shape,
-            kept=list(lm.kept) if lm else [],
-            primary=next(iter(self.s.orders)),
+            kept=list(layer_map.kept) if layer_map else [],
+            primary=next(iter(self.settings.orders)),
             fixed=self.fixed,
-            baselines=list(self.s.baselines),
-            context=self.s.context,
-            stride=self.s.stride,
+            baselines=list(self.settings.baselines),
+            context=self.settings.context,
+            stride=self.settings.stride,
             students=summaries,
             texts=texts,
             analysis=measured["analysis"],
@@ -579,10 +586,10 @@ class Demo:
             history=list(self.history),
             settings={
                 k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                for k, v in vars(self.s).items()
+                for k, v in vars(self.settings).items()
             },
             corpus={"train": self.corpus.train, "validation": self.corpus.validation},
-            command=self.s.extra.get("command") or "boomerang demo",
+            command=self.settings.extra.get("command") or "boomerang demo",
         )
 
 

@@ -106,14 +106,14 @@ def carried_layer_map(spec: ModelSpec, config: Config) -> Any:
     from ..core.layermap import LayerMap
     from ..io.sidecar import read_layer_map
 
-    lm = read_layer_map(spec, config, allow_hub=False) if isinstance(spec, (str, Path)) else None
-    lm = lm or LayerMap.from_config(config)
-    if lm is None:
+    layer_map = read_layer_map(spec, config, allow_hub=False) if isinstance(spec, (str, Path)) else None
+    layer_map = layer_map or LayerMap.from_config(config)
+    if layer_map is None:
         raise BoomerangError(
             "the student carries no layer map (no 'boomerang' config section or student_config.json); pass "
             "--layers 0,2,... or --layer-map distilbert|distilgpt2 (layer_map=... in Python)"
         )
-    return lm
+    return layer_map
 
 
 def check_layer_map(layer_map: LayerMap, teacher_config: Config, config: Config, what: str) -> None:

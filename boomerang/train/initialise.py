@@ -216,9 +216,9 @@ def init_student(
     n = n_layers(teacher.config)
     info: dict[str, Any] = {}
     if isinstance(layer_map, LayerMap):
-        lm, strategy = layer_map, "layers"
+        student_map, strategy = layer_map, "layers"
     elif layer_map is not None and not isinstance(layer_map, str):
-        lm, strategy = LayerMap.from_kept(list(layer_map), n), "layers"
+        student_map, strategy = LayerMap.from_kept(list(layer_map), n), "layers"
     else:
         strategy = layer_map or "every"
         sim = None
@@ -230,7 +230,7 @@ def init_student(
             from ..core.similarity import similarity_matrix
 
             sim = similarity_matrix(teacher, calibration)
-        lm = strategy_layer_map(
+        student_map = strategy_layer_map(
             n,
             strategy,
             every=every,
@@ -244,18 +244,18 @@ def init_student(
         if strategy in ("every", "random"):
             info.update(every=every, keep_first=keep_first, keep_last=keep_last)
         if sim is not None:
-            info.update(_measured_info(strategy, sim, lm, calibration, max_block, isolate))  # type: ignore[arg-type]
-    lm.check_fits(n, lm.n_student)  # the student is made from the map: only the teacher's count can differ
+            info.update(_measured_info(strategy, sim, student_map, calibration, max_block, isolate))  # type: ignore[arg-type]
+    student_map.check_fits(n, student_map.n_student)  # made from the map: only the teacher's count can differ
     reinitialise = reinitialise or strategy == "random"
     extra: dict[str, Any] = {"init": {"strategy": strategy, **info}}
     if reinitialise:  # "random" says so by its name; any other map records it
         extra["init"].update({} if strategy == "random" else {"random_weights": True}, seed=seed)
     if patch_order is not None:
         extra["patch_order"] = patch_order
-    section = student_section(lm, teacher=teacher_name, **extra)
+    section = student_section(student_map, teacher=teacher_name, **extra)
     student = assemble(
         {"teacher": teacher},
-        [("teacher", j) for j in lm.kept],
+        [("teacher", j) for j in student_map.kept],
         "teacher",
         "teacher",
         section=section,
@@ -271,7 +271,7 @@ def init_student(
 def _measured_info(
     strategy: str,
     sim: torch.Tensor,
-    lm: LayerMap,
+    layer_map: LayerMap,
     calibration: torch.Tensor,
     max_block: int | None,
     isolate: int = 0,
@@ -279,7 +279,7 @@ def _measured_info(
     """What a measured init (``shortgpt``, ``similarity``) records about its choice in the student's config."""
     if strategy == "shortgpt":
         bi = block_influence_from_similarity(sim)
-        dropped = [j for j in range(lm.n_teacher) if j not in set(lm.kept)]
+        dropped = [j for j in range(layer_map.n_teacher) if j not in set(layer_map.kept)]
         return {
             "objective": "min summed block influence of the dropped layers",
             "max_block": max_block,
@@ -288,7 +288,7 @@ def _measured_info(
             "block_influence": [None] + [round(v, 6) for v in bi[1:]],
             "calibration_shape": list(calibration.shape),
         }
-    scores = block_similarities(sim.clone().fill_diagonal_(1.0), lm.kept)
+    scores = block_similarities(sim.clone().fill_diagonal_(1.0), layer_map.kept)
     return {
         "objective": "max min block similarity",
         "min_block_similarity": round(min(scores), 6),
@@ -319,12 +319,12 @@ def save_student(
     from ..io.atomic import atomic_dir
     from ..io.sidecar import student_layer_map
 
-    lm = student_layer_map(student)
+    layer_map = student_layer_map(student)
     with atomic_dir(out, force=force) as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_sidecar(tmp, lm)
+        write_sidecar(tmp, layer_map)
     return Path(out)
 
 

@@ -158,12 +158,12 @@ def _load_student(r: Recipe, teacher: PreTrainedModel, tokenizer: Any) -> tuple[
     if r.student:
         student = load_model(resolve_model_spec(r.student), dtype=torch.float32)
         check_compatible(teacher.config, student.config)
-        lm = student_layer_map(student)
-        lm.check_fits(n_layers(teacher.config), n_layers(student.config))
+        layer_map = student_layer_map(student)
+        layer_map.check_fits(n_layers(teacher.config), n_layers(student.config))
     else:
         student = init_from_recipe(r, teacher, tokenizer)
-        lm = student_layer_map(student)
-    return student, lm
+        layer_map = student_layer_map(student)
+    return student, layer_map
 
 
 def prepare_models(
@@ -178,7 +178,7 @@ def prepare_models(
             "or set loss.mixed=0"
         )
     teacher, tokenizer, teacher_path, save_dtype = _load_teacher(r, bf16)
-    student, lm = _load_student(r, teacher, tokenizer)
+    student, layer_map = _load_student(r, teacher, tokenizer)
     student = student.float().requires_grad_(True)
     tr = r.train
     if tr.untie_head and not untie_head(student):
@@ -191,7 +191,7 @@ def prepare_models(
     undo_lean = lean_mlps(layer_list(student)) if tr.lean_mlp else (lambda: None)
     student.config.use_cache = False
     student.train()
-    loss_fn = DistillLoss(r.loss, lm)
+    loss_fn = DistillLoss(r.loss, layer_map)
     # (under FSDP too: boomerang.train.sharding keeps the head gathered for the fused loss)
     problem = head_mode_problem(student) or head_mode_problem(teacher)
     if tr.fused_loss and problem:
@@ -208,13 +208,13 @@ def prepare_models(
     s_fwd = LossForward(trained, loss_fn.keys(0), mode)
     t_fwd = LossForward(teacher, loss_fn.keys(1), mode) if loss_fn.needs_teacher else None
     member_loss = loss_fn.member_loss()
-    mixed = MixedContext(teacher, trained, lm, seed=r.train.seed) if member_loss is not None else None
+    mixed = MixedContext(teacher, trained, layer_map, seed=r.train.seed) if member_loss is not None else None
     return RunModels(
         teacher,
         student,
         tokenizer,
         teacher_path,
-        lm,
+        layer_map,
         loss_fn,
         mode,
         frozen,
