@@ -25,6 +25,7 @@ from .core.layermap import LayerMap
 from .core.plan import reference_plan
 from .errors import BoomerangError
 from .io.checkpoints import fmt_bytes
+from .io.offline import OFFLINE_ALIAS, OFFLINE_HUB_ID, offline_dir, smollm2_gguf
 
 TAGS = ("boomerang-distillation", "knowledge-distillation", "layer-patching", "model-family")
 PAPER = "https://arxiv.org/abs/2510.05064"
@@ -60,7 +61,6 @@ def teacher_info(teacher: str | os.PathLike | None) -> CardInfo:
     offline teacher's GGUF, a local checkpoint's README metadata, or a Hub cache path (``models--org--name``)."""
     if teacher is None:
         return CardInfo()
-    from .io.offline import OFFLINE_ALIAS, OFFLINE_HUB_ID, offline_dir
 
     spec = str(teacher)
     path = Path(spec).expanduser()
@@ -105,8 +105,6 @@ def _gguf_license(path: Path) -> str | None:
 
 
 def _offline_license() -> str | None:
-    from .io.offline import smollm2_gguf
-
     try:
         return _gguf_license(smollm2_gguf())
     except BoomerangError:  # the package is not installed (the teacher was converted elsewhere)

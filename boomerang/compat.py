@@ -18,6 +18,7 @@ import torch
 
 from .core.patching import build
 from .core.plan import reference_plan  # the reference's plans (torch-free, in core)
+from .errors import BoomerangError
 from .io.loading import load_pair, load_tokenizer
 from .io.sidecar import read_layer_map
 
@@ -41,8 +42,6 @@ def build_intermediate_model(
     teacher, student = load_pair(teacher_name_or_path, student_name_or_path, dtype=dtype)
     layer_map = read_layer_map(student_name_or_path, student.config)
     if layer_map is None:
-        from .errors import BoomerangError
-
         raise BoomerangError(
             f"{student_name_or_path} has no student_config.json and no 'boomerang' config section, so its layer map is unknown"
         )

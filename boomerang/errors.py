@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 
@@ -11,8 +12,6 @@ class BoomerangError(ValueError):
 
 def require(module: str, extra: str, purpose: str) -> Any:
     """Import an optional dependency, or raise a BoomerangError naming the extra that installs it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .analysis.resolve import resolve_order
 from .cards import CardInfo, sweep_files, sweep_scores, teacher_info, write_cards
 from .core.layermap import LayerMap
@@ -565,8 +566,6 @@ def _write_gguf(
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 

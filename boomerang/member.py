@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analysis.resolve import check_order, check_order_data, resolve_order
+from .core.arch import n_layers
+from .core.configs import check_compatible
+from .core.params import count_params
 from .core.plan import BUILTIN_ORDERS, OrderSpec, PatchPlan, is_data_order, make_plan
 from .errors import BoomerangError
 from .family import ExportProgress
 from .io.atomic import atomic_dir, check_writable, scratch_dir
 from .io.checkpoints import dtype_name, is_local_safetensors
+from .io.fastbuild import FastBuilder
 from .io.order_files import save_order
 from .io.safetensors_files import parse_shard_size
+from .io.sidecar import read_layer_map
 
 if TYPE_CHECKING:
     from .core.layermap import LayerMap
@@ -110,9 +115,6 @@ class _Sources:
     def __init__(
         self, teacher: str, student: str, dtype: DType, trust: bool, streamable: bool, data_order: bool
     ) -> None:
-        from .core.configs import check_compatible
-        from .io.fastbuild import FastBuilder
-
         self.teacher, self.student, self.dtype, self.trust = teacher, student, dtype, trust
         self.streamable = streamable
         self.models: tuple[Any, Any] | None = None
@@ -129,9 +131,6 @@ class _Sources:
             check_compatible(self.tcfg, self.scfg)
 
     def layer_map(self, given: LayerMap | None) -> LayerMap:
-        from .core.arch import n_layers
-        from .io.sidecar import read_layer_map
-
         layer_map = given if given is not None else read_layer_map(self.student, self.scfg)
         if layer_map is None:
             raise BoomerangError(
@@ -217,7 +216,6 @@ def _write(
             progress.start(1, builder.nbytes(plan))
         builder.write(plan, tmp, max_shard_size=max_shard_size, progress=progress and progress.advance)
         return builder.params(plan), "streamed"
-    from .core.params import count_params
     from .core.patching import build
     from .io.loading import save_tokenizer
 

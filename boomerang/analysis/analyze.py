@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.layermap import LayerMap
+from ..core.patching import check_pair
 from ..core.plan import PatchOrder, PatchPlan
 from ..core.similarity import similarity_matrices, similarity_matrix
+from ..io.atomic import atomic_dir, check_writable
 from .orders import (
     PatchEvaluator,
     as_calibration,
@@ -210,9 +212,6 @@ def analyze(
 ) -> dict[str, Any]:
     """Write ``similarity.{json,png}``, ``teacher_similarity.{json,png}``, ``members.{json,png}`` (and
     ``members_kl.png`` with ``kl``), ``orders/<name>.json`` and ``summary.json`` into ``out``; returns the summary."""
-    from ..core.patching import check_pair
-    from ..io.atomic import atomic_dir, check_writable
-
     check_writable(out, force=force)
     check_pair(teacher, student, layer_map)
     ids = as_calibration(calibration)

@@ -35,13 +35,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
+from ..core import spans
+from ..core.arch import get_arch
 from ..core.hooks import StopForward, capture, layer_list, stop_after
 from ..core.layermap import LayerMap
+from ..core.patching import _set_tensor, assemble
 from ..core.plan import PatchOrder, PatchPlan
 from ..core.spans import forward_ids
 from ..errors import BoomerangError
 from ..interrupts import check
+from ..io.atomic import atomic_dir
 from .orders import as_calibration, batches, calibration_info
 from .resolve import resolve_order
 
@@ -70,8 +75,6 @@ def build_pruned(
     teacher: PreTrainedModel, kept: Sequence[int], section: dict[str, Any], *, copy: bool = False
 ) -> PreTrainedModel:
     """The teacher restricted to the teacher layers ``kept`` (in order); tensors shared unless ``copy``."""
-    from ..core.patching import assemble
-
     return assemble(
         {"teacher": teacher}, [("teacher", j) for j in kept], "teacher", "teacher", section=section, copy=copy
     )
@@ -348,8 +351,6 @@ def prune_shortgpt(
 
 
 def _is_linear(module: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
     return isinstance(module, (nn.Linear, Conv1D))
 
 
@@ -411,8 +412,6 @@ class _Working:
     """The one working copy LaCo edits: a zero-copy model over the teacher whose layers are merged in place."""
 
     def __init__(self, teacher: PreTrainedModel) -> None:
-        from ..core.arch import get_arch
-
         n = _n_layers(teacher)
         self.teacher = teacher
         self.arch = get_arch(teacher.config)
@@ -471,8 +470,6 @@ class Laco:
         batch_size: int = 8,
         cache_bytes: int = 2 << 30,
     ):
-        from ..core.spans import run_span
-
         self._teacher = weakref.ref(teacher.eval())
         self.ids = as_calibration(calibration)
         self.batches = batches(self.ids, batch_size)
@@ -489,10 +486,10 @@ class Laco:
             for b in self.batches:
                 if self.inputs is not None:
                     with capture(teacher, inputs=range(self.n), detach=True) as got:
-                        h = run_span(teacher, b, until="norm")
+                        h = spans.run_span(teacher, b, until="norm")
                     self.inputs.append(dict(got["in"]))
                 else:
-                    h = run_span(teacher, b, until="norm")
+                    h = spans.run_span(teacher, b, until="norm")
                 self.reference.append(h.flatten(1).float())
 
     @property
@@ -504,17 +501,15 @@ class Laco:
 
     def similarity(self, work: _Working, start: int) -> float:
         """Mean over calibration texts of cos(flattened last hidden states of ``work``, of the teacher)."""
-        from ..core.spans import run_span
-
         self.evaluations += 1
         use_cache = self.inputs is not None and start <= work.first_changed
         sims = []
         with torch.no_grad():
             for k, b in enumerate(self.batches):
                 if use_cache:
-                    h = run_span(work.model, b, start=start, hidden=self.inputs[k][start], until="norm")  # type: ignore[index]
+                    h = spans.run_span(work.model, b, start=start, hidden=self.inputs[k][start], until="norm")  # type: ignore[index]
                 else:
-                    h = run_span(work.model, b, until="norm")
+                    h = spans.run_span(work.model, b, until="norm")
                 sims.append(
                     torch.nn.functional.cosine_similarity(h.flatten(1).float(), self.reference[k], dim=-1)
                 )
@@ -583,8 +578,6 @@ class Laco:
 
     def build(self, result: LacoResult, *, copy: bool = False) -> PreTrainedModel:
         """The pruned model of ``result``: merges replayed on a working copy, then assembled from the teacher."""
-        from ..core.patching import _set_tensor
-
         work = _Working(self.teacher)
         for pos, k in result.merges:
             work.merge(pos, k)
@@ -771,8 +764,6 @@ def save_pruned(
     model: PreTrainedModel, out: str | Path, *, tokenizer: Tokenizer | None = None, force: bool = False
 ) -> Path:
     """Write a pruned model (and tokenizer) as a standard checkpoint, atomically."""
-    from ..io.atomic import atomic_dir
-
     with atomic_dir(out, force=force) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:

@@ -33,8 +33,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from ..core import spans
 from ..core.layermap import LayerMap
+from ..core.patching import check_pair, is_tied
 from ..core.plan import DATA_ORDERS, PatchOrder
+from ..core.similarity import similarity_matrix
+from ..core.spans import embedding_output
 from ..errors import BoomerangError
 
 if TYPE_CHECKING:
@@ -128,8 +132,6 @@ class PatchEvaluator:
         batch_size: int = 8,
         cache_bytes: int = 2 << 30,
     ) -> None:
-        from ..core.patching import check_pair
-
         if criterion not in ("kl", "cos"):
             raise BoomerangError(f"unknown criterion {criterion!r}; use kl or cos")
         check_pair(teacher, student, layer_map)
@@ -145,15 +147,13 @@ class PatchEvaluator:
 
     # -- reference (the teacher's own outputs)
     def _reference(self, cache_bytes: int) -> None:
-        from ..core.spans import run_span
-
         teacher = self.models["teacher"]
         vocab = int(teacher.config.vocab_size)
         self._ref_logprobs: list[torch.Tensor] | None = None
         self._ref_hidden: list[torch.Tensor] = []
         with torch.no_grad():
             for b in self.batches:
-                h = run_span(teacher, b, until="layers")
+                h = spans.run_span(teacher, b, until="layers")
                 self._ref_hidden.append(h)
         with torch.no_grad():
             if self.criterion == "cos":
@@ -170,17 +170,13 @@ class PatchEvaluator:
                 self._ref_hidden = []
 
     def _head_logprobs(self, who: str, ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        from ..core.spans import run_span
-
         model = self.models[who]
         n = self._n(who)
-        logits = run_span(model, ids, start=n, hidden=h, until="logits")
+        logits = spans.run_span(model, ids, start=n, hidden=h, until="logits")
         return torch.log_softmax(logits.float(), dim=-1)
 
     def _head_norm(self, who: str, ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        from ..core.spans import run_span
-
-        return run_span(self.models[who], ids, start=self._n(who), hidden=h, until="norm")
+        return spans.run_span(self.models[who], ids, start=self._n(who), hidden=h, until="norm")
 
     def _n(self, who: str) -> int:
         return self.layer_map.n_teacher if who == "teacher" else self.layer_map.n_student
@@ -192,8 +188,6 @@ class PatchEvaluator:
 
     def embed(self, who: str) -> list[torch.Tensor]:
         """The states entering layer 0 with the embedding of ``who`` (cached)."""
-        from ..core.spans import embedding_output
-
         if who not in self._embed:
             with torch.no_grad():
                 self._embed[who] = [embedding_output(self.models[who], b) for b in self.batches]
@@ -201,8 +195,6 @@ class PatchEvaluator:
 
     def block(self, i: int, patched: bool, states: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run position ``i``: the teacher block of student layer ``i`` if ``patched``, else student layer ``i``."""
-        from ..core.spans import run_span
-
         if patched:
             blk = self.layer_map.block(i)
             model, start, stop = self.models["teacher"], blk.start, blk.stop
@@ -212,7 +204,7 @@ class PatchEvaluator:
         self.counts["layers"] += stop - start
         with torch.no_grad():
             return [
-                run_span(model, b, start=start, stop=stop, hidden=h)
+                spans.run_span(model, b, start=start, stop=stop, hidden=h)
                 for b, h in zip(self.batches, states, strict=True)
             ]
 
@@ -663,8 +655,6 @@ def layer_similarity(
     teacher: Model, student: Model, layer_map: LayerMap, calibration: Calibration, *, batch_size: int = 8
 ) -> list[float]:
     """For each student layer i, mean per-token cosine between its output and teacher layer ``target(i)``'s."""
-    from ..core.similarity import similarity_matrix
-
     ids = as_calibration(calibration)
     s = similarity_matrix(student, ids, teacher, batch_size=batch_size, b_layers=layer_map.targets)
     return [float(s[i, i]) for i in range(layer_map.n_student)]
@@ -739,8 +729,6 @@ def compute_order(
     kl_ids = subsample(ids, max_texts)
     m = layer_map.n_student
     if name == "similarity":
-        from ..core.patching import check_pair
-
         check_pair(teacher, student, layer_map)
         sims = layer_similarity(teacher, student, layer_map, ids, batch_size=batch_size)
         order = similarity_order(sims, layer_map, calibration=calibration_info(ids))
@@ -768,8 +756,6 @@ def compute_order(
         info.update(criterion="kl", kl=kl, **found, evaluations=_evaluations(ev, ev.counts["heads"]))
         return PatchOrder(name="shortest-path", subsets=subsets, info=info)
     if name == "size-aware":
-        from ..core.patching import is_tied
-
         subsets, kl, found = size_search(ev, tied=is_tied(teacher), progress=progress)
         info.update(criterion="kl", kl=kl, **found, evaluations=_evaluations(ev, ev.counts["heads"]))
         return PatchOrder(name="size-aware", subsets=subsets, info=info, by_size=True, student_layers=m)

@@ -8,10 +8,11 @@ distinct tensor once.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .arch import config_value
+from .arch import config_value, model_class
 from .configs import derive_config
 from .layermap import LayerMap
 from .plan import PatchOrder, PatchPlan
@@ -64,11 +65,7 @@ def plan_config(
 
 def meta_model(config: Config, dtype: torch.dtype | None = None) -> Model:
     """A weightless (meta-device) model of ``config``, built the way ``from_pretrained`` builds it (in ``dtype``)."""
-    import copy
-
     import torch
-
-    from .arch import model_class
 
     cfg = copy.deepcopy(config)
     with torch.device("meta"):

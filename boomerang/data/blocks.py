@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import random
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import BoomerangError
 from ..interrupts import check
+from ..io import loading
+from ..io.textfile import link_loop, loop_error
 from .builtin import builtin_text, is_builtin
 from .corpora import read_texts
 
@@ -176,8 +181,6 @@ def _fingerprint(source: str | Path | Sequence[str], tokenizer: Any, **options: 
     if is_builtin(spec):  # packaged texts: keyed by their recorded content hashes
         h.update(f"{spec}|{builtin_text(spec).digest()}\n".encode())
     else:
-        from ..io.textfile import link_loop, loop_error
-
         if link_loop(Path(spec).expanduser()):
             raise loop_error(spec, "data source")
         path = Path(spec).expanduser().resolve()
@@ -193,9 +196,7 @@ def _fingerprint(source: str | Path | Sequence[str], tokenizer: Any, **options: 
 
 
 def default_cache_dir() -> Path:
-    from ..io.loading import DEFAULT_CACHE
-
-    return DEFAULT_CACHE / "tokens"
+    return loading.DEFAULT_CACHE / "tokens"
 
 
 def tokenized_docs(
@@ -208,8 +209,6 @@ def tokenized_docs(
     use_cache: bool = True,
 ) -> list[list[int]]:
     """All documents of a (local) source as token lists, cached as safetensors keyed by files and tokenizer."""
-    from safetensors.torch import load_file, save_file
-
     key = _fingerprint(source, tokenizer, text_field=text_field, add_bos=add_bos) if use_cache else None
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     file = cache / f"{key}.safetensors" if key else None
@@ -222,9 +221,6 @@ def tokenized_docs(
             pass
     docs = list(tokenize(read_texts(source, text_field=text_field), tokenizer, add_bos=add_bos))
     if file is not None:
-        import os
-        import tempfile
-
         offsets = [0]
         for d in docs:
             offsets.append(offsets[-1] + len(d))

@@ -33,12 +33,14 @@ import logging
 import random
 import re
 import string
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError, require
+from ..io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from ..hints import Model, Tokenizer
@@ -119,8 +121,6 @@ def _yaml(data: dict[str, Any]) -> str:
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    from ..io.atomic import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
@@ -394,8 +394,6 @@ def _all_default_names() -> set[str]:
     _quiet_lm_eval()
     names = set(TaskManager().all_tasks)
     with contextlib.suppress(OSError):
-        from ..io.atomic import atomic_write_text
-
         atomic_write_text(cache, json.dumps(sorted(names)))
     return names
 
@@ -635,8 +633,6 @@ def run_lm_eval(
 ) -> dict[str, dict[str, float]]:
     """Run lm-eval ``tasks`` on an in-memory ``model``. Built-in tasks are generated from ``data`` into
     ``work_dir`` (a temporary folder if None)."""
-    import tempfile
-
     runner = LMEval(
         tasks, include_path=include_path, batch_size=batch_size, limit=limit, num_fewshot=num_fewshot
     )

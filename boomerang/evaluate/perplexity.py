@@ -34,10 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.arch import ARCHS
+from ..core.hooks import layer_list
 from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import TEXT_SUFFIXES, read_texts
 from ..errors import BoomerangError
 from ..interrupts import check
+from ..io import loading
 
 # EvalSpec and the metric names live in .spec (no torch there) and are imported from here as before
 from .spec import METRIC_LABELS, PSEUDO_PPL, TOKEN_PPL, EvalSpec, default_metric, is_encoder  # noqa: F401
@@ -294,8 +297,6 @@ class _Stop(Exception):
 
 def _encoder_head(model: nn.Module) -> nn.Module | None:
     """The masked-LM head as one module (BERT's ``cls``), or None if the architecture is not registered."""
-    from ..core.arch import ARCHS
-
     arch = ARCHS.get(model.config.model_type)
     return model.get_submodule(arch.head[0]) if arch is not None and len(arch.head) == 1 else None
 
@@ -322,7 +323,6 @@ def batch_nll(model: nn.Module, batch: ScoreBatch) -> torch.Tensor:
         if head is None:  # e.g. a plain DistilBertForMaskedLM: run its own head on every position
             logits = model(input_ids=batch.input_ids).logits[rows, batch.positions]
             return F.cross_entropy(logits.float(), batch.targets, reduction="none")
-        from ..core.hooks import layer_list
 
         got: dict[str, torch.Tensor] = {}
 
@@ -481,17 +481,15 @@ def prepare(
 
 
 def _model_and_tokenizer(model: Any, tokenizer: Any, dtype: Any) -> tuple[nn.Module, Any]:
-    from ..io.loading import load_model, load_tokenizer
-
     if isinstance(model, (str, Path)):
-        tok = tokenizer if tokenizer is not None else load_tokenizer(model)
+        tok = tokenizer if tokenizer is not None else loading.load_tokenizer(model)
         if isinstance(tok, (str, Path)):
-            tok = load_tokenizer(tok)
-        return load_model(model, dtype=dtype), tok
+            tok = loading.load_tokenizer(tok)
+        return loading.load_model(model, dtype=dtype), tok
     if tokenizer is None:
         raise BoomerangError("pass the tokenizer for an in-memory model (tokenizer=... or a path)")
     if isinstance(tokenizer, (str, Path)):
-        tokenizer = load_tokenizer(tokenizer)
+        tokenizer = loading.load_tokenizer(tokenizer)
     return model, tokenizer
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,8 +95,6 @@ def parse_json(raw: bytes, path: Path) -> dict[str, Any]:
 
 def transformers_version() -> str:
     """The installed transformers version, read without importing transformers."""
-    from importlib.metadata import version
-
     return version("transformers")
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.arch import ARCHS, n_layers
+from ..core.params import meta_model
 from ..core.shapes import bias_shape, layer_indices, layers_path, saved_shapes
 from ..errors import BoomerangError
-from .safetensors_files import TensorRef
+from .checkpoints import CONFIG, is_local_safetensors, read_json
+from .safetensors_files import TensorRef, read_tensors
 
 if TYPE_CHECKING:
     from ..hints import Config, Model
@@ -107,8 +109,6 @@ def check_checkpoint(
     against a weightless model of the config (``meta``, built if not given)."""
     check_layers(path, config, entries)
     if meta is None:
-        from ..core.params import meta_model
-
         try:
             meta = meta_model(config)
         except Exception:  # a config transformers cannot build a model of: its loader reports that
@@ -123,9 +123,6 @@ def check_checkpoint(
 
 def check_files(path: Path) -> None:
     """Without torch, before anything loads: a local checkpoint directory's config.json against its weights."""
-    from .checkpoints import CONFIG, is_local_safetensors, read_json
-    from .safetensors_files import read_tensors
-
     if not is_local_safetensors(path):
         return
     config = read_json(path / CONFIG)

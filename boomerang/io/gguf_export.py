@@ -25,11 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import LlamaFileType as F
+from gguf.quants import quantize
 
 from ..errors import BoomerangError
 from .atomic import atomic_file, check_writable
 from .checkpoints import CONFIG, is_local_safetensors, read_json
+from .gguf_vocab import add_vocab, check_vocab
 from .safetensors_files import TensorRef, read_tensors
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -185,8 +190,6 @@ def check_export(
 ) -> list[str]:
     """Everything ``export_gguf`` refuses, checked from a config (a dict or a checkpoint directory) and the
     directory holding the tokenizer; returns the notes ``check_config`` gives."""
-    from .gguf_vocab import check_vocab
-
     if isinstance(model, dict):
         config = model
     else:
@@ -261,8 +264,6 @@ def _llama3_factors(config: dict[str, Any], rope: dict[str, Any]) -> np.ndarray:
 
 
 def _qtype(type: str, shape: tuple[int, ...]) -> Any:
-    from gguf import GGMLQuantizationType as Q
-
     if len(shape) <= 1:
         return Q.F32
     if type == "q8_0":
@@ -271,9 +272,6 @@ def _qtype(type: str, shape: tuple[int, ...]) -> Any:
 
 
 def _encode(data: np.ndarray, qtype: Any) -> np.ndarray:
-    from gguf import GGMLQuantizationType as Q
-    from gguf.quants import quantize
-
     if qtype == Q.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == Q.F16:
@@ -302,8 +300,6 @@ class _Plan:
 
 def plan_export(model_dir: str | os.PathLike, type: str = DEFAULT_GGUF_TYPE) -> _Plan:
     """Check a checkpoint and list the tensors its GGUF file will hold (reads configs and headers only)."""
-    import gguf
-
     check_type(type)
     model_dir = Path(model_dir)
     if not is_local_safetensors(model_dir):
@@ -371,8 +367,6 @@ def _values(plan: _Plan, t: _Tensor) -> np.ndarray:
 
 
 def _add_metadata(w: Any, plan: _Plan, name: str, type: str, license: str | None) -> None:
-    import gguf
-
     cfg, arch = plan.config, plan.arch
     heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
     head_dim = cfg.get("head_dim")
@@ -429,8 +423,6 @@ def _add_metadata(w: Any, plan: _Plan, name: str, type: str, license: str | None
 
 def _file_type(type: str) -> Any:
     """``general.file_type``: the type most tensors have."""
-    from gguf import LlamaFileType as F
-
     return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0}[type]
 
 
@@ -493,10 +485,6 @@ def write_plan(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Write a planned export into ``path`` (not atomically: ``export_gguf`` wraps this)."""
-    import gguf
-
-    from .gguf_vocab import add_vocab
-
     w = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[plan.arch.gguf]])
     try:
         _add_metadata(w, plan, name, type, license)

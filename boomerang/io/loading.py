@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from ..core.arch import model_class
 from ..errors import BoomerangError
+from .atomic import atomic_dir
 from .checkpoints import (
     DTYPE_NAMES,
     common_dtype_name,
@@ -78,15 +81,11 @@ def _looks_like_path(spec: str) -> bool:
 
 def hub_offline() -> bool:
     """Whether the Hugging Face Hub may not be contacted (``HF_HUB_OFFLINE``)."""
-    from huggingface_hub import constants
-
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
     return env or bool(constants.HF_HUB_OFFLINE)
 
 
 def _in_hub_cache(repo: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     try:
         return isinstance(try_to_load_from_cache(repo, "config.json"), str)
     except Exception:  # an invalid repo id
@@ -335,9 +334,6 @@ def save_tokenizer(
 
 def hub_file(repo: str, filename: str, *, required: bool = True) -> str | None:
     """Download one file from a Hub repo (None if it does not exist and ``required`` is false)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
     try:
         return hf_hub_download(repo_id=repo, filename=filename)
     except (EntryNotFoundError, RepositoryNotFoundError):
@@ -359,8 +355,6 @@ def convert_gguf(
     force: bool = False,
 ) -> Path:
     """Write a GGUF model as a standard safetensors checkpoint with its tokenizer (atomically)."""
-    from .atomic import atomic_dir
-
     with atomic_dir(out, force=force) as tmp:
         model = load_model(gguf, dtype=dtype)
         tok = load_tokenizer(gguf)

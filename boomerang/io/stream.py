@@ -24,12 +24,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers import GenerationConfig
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import (
+    WeightConverter,
+    WeightRenaming,
+    dot_natural_key,
+    revert_weight_conversion,
+)
+from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
 from ..core.arch import FOREIGN_STUDENTS, Arch, n_layers, route
 from ..core.configs import check_compatible
 from ..core.encoders import bert_names, synthesized
 from ..core.layermap import LayerMap
-from ..core.params import ParamCount, meta_model
+from ..core.params import ParamCount, meta_model, plan_config, plan_params
 from ..core.plan import PatchPlan
 from ..errors import BoomerangError
 from .atomic import check_writable  # noqa: F401 (re-exported)
@@ -43,6 +52,7 @@ from .checkpoints import (  # noqa: F401 (re-exported)
     is_local_safetensors,
 )
 from .consistency import check_checkpoint, model_names
+from .loading import load_config, load_tokenizer, parse_dtype, save_tokenizer
 from .safetensors_files import (  # noqa: F401 (re-exported)
     DEFAULT_SHARD_SIZE,
     INDEX,
@@ -73,9 +83,6 @@ class StreamUnsupported(BoomerangError):
 
 def _conversions(model: Any) -> tuple[list[Any], list[Any]]:
     """transformers' key renamings and weight converters for a model class (as ``from_pretrained`` uses them)."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, WeightRenaming
-
     mapping = get_model_conversion_mapping(model)
     return (
         [m for m in mapping if isinstance(m, WeightRenaming)],
@@ -87,8 +94,6 @@ class Checkpoint:
     """A local safetensors checkpoint opened lazily: its config, and where every tensor's bytes are."""
 
     def __init__(self, path: str | os.PathLike, *, trust_remote_code: bool = False) -> None:
-        from .loading import load_config
-
         self.path = Path(expand_alias(path)).expanduser()
         if not self.path.exists():
             raise BoomerangError(f"{path} does not exist")
@@ -109,8 +114,6 @@ class Checkpoint:
     @property
     def dtype(self) -> torch.dtype:
         """The dtype ``from_pretrained(..., dtype="auto")`` (its default) loads this checkpoint in."""
-        from .loading import parse_dtype
-
         cfg_dtype = getattr(self.config, "dtype", None)
         if cfg_dtype is not None:
             return cfg_dtype if isinstance(cfg_dtype, torch.dtype) else parse_dtype(str(cfg_dtype))
@@ -126,7 +129,6 @@ class Checkpoint:
         """Tensors under the model class's own state-dict names, renamed exactly as ``from_pretrained`` does."""
         if self._named is not None:
             return self._named
-        from transformers.core_model_loading import dot_natural_key
 
         meta = self.meta
         expected = meta.state_dict()
@@ -199,8 +201,6 @@ def convert(t: OutTensor) -> Any:
 
 def _saved_state(model: Any) -> dict[str, torch.Tensor]:
     """The state dict ``save_pretrained`` writes (ignored keys and tied duplicates dropped), before renaming."""
-    from transformers.modeling_utils import remove_tied_weights_from_state_dict
-
     state = model.state_dict()
     for key in model._keys_to_ignore_on_save or ():
         state.pop(key, None)
@@ -214,8 +214,6 @@ def checkpoint_nbytes(config: Config, dtype: torch.dtype | None = None) -> int:
 
 def saved_names(model: Model) -> dict[str, str]:
     """For a (meta) model: file name -> state-dict name of every tensor ``save_pretrained`` writes, in its order."""
-    from transformers.core_model_loading import revert_weight_conversion
-
     state = _saved_state(model)
     _, converters = _conversions(model)
     if converters:
@@ -248,8 +246,6 @@ class StreamBuilder(Builder):
         dtype: str | torch.dtype | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        from .loading import parse_dtype
-
         for role, spec in (("teacher", teacher), ("student", student)):
             if not is_local_safetensors(spec):
                 if not Path(spec).expanduser().exists():
@@ -299,8 +295,6 @@ class StreamBuilder(Builder):
 
     def config(self, plan: PatchPlan) -> Any:
         """The config.json of the member, as ``save_pretrained`` writes it for the in-memory build."""
-        from ..core.params import plan_config
-
         self._check_plan(plan)
         cfg = plan_config(self.teacher.config, self.student.config, plan)
         cfg.dtype = str(self.dtype).split(".")[1]
@@ -336,16 +330,12 @@ class StreamBuilder(Builder):
         return sum(t.nbytes for t in self.tensors(plan)[0])
 
     def params(self, plan: PatchPlan) -> ParamCount:
-        from ..core.params import plan_params
-
         self._check_plan(plan)
         return plan_params(self.teacher.config, self.student.config, plan)
 
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from .loading import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.teacher.path, trust_remote_code=self.trust_remote_code)
         return self._tokenizer
 
@@ -353,8 +343,6 @@ class StreamBuilder(Builder):
     def generation_config(self) -> Any:
         """The teacher's generation config, loaded as ``from_pretrained`` loads it."""
         if self._generation is None:
-            from transformers import GenerationConfig
-
             try:
                 self._generation = GenerationConfig.from_pretrained(self.teacher.path)
             except OSError:
@@ -375,6 +363,4 @@ class StreamBuilder(Builder):
         return tensors, meta.num_parameters()
 
     def _write_tokenizer(self, directory: Path) -> None:
-        from .loading import save_tokenizer
-
         save_tokenizer(directory, self.teacher.path, trust_remote_code=self.trust_remote_code)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..data.builtin import builtin_text, is_builtin
 from ..data.corpora import Corpus, find_corpus
 from ..errors import BoomerangError
+from ..evaluate.spec import EvalSpec
 from ..io.atomic import atomic_dir, atomic_write_text
 from ..io.offline import check_offline_teacher, offline_teacher
 from ..io.order_files import save_order
@@ -325,7 +326,7 @@ class Demo:
 
     # -- measurements ----------------------------------------------------------------------------------------------
     def calibration(self, tokenizer: Tokenizer) -> Any:
-        from ..data import calibration_ids
+        from ..data.blocks import calibration_ids
 
         s = self.settings
         return calibration_ids(
@@ -367,7 +368,6 @@ class Demo:
     def sweep(
         self, text: EvalText, tag: str, teacher: Model, student: Model, order: Any, **options: Any
     ) -> dict:
-        from ..evaluate.spec import EvalSpec
         from .sweep import CalibrationOptions, RunOptions, Sweep
 
         dest = self.out / "sweeps" / text.label / tag

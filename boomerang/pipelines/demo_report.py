@@ -8,7 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .claims import Claim, check_all, family, sized, teacher_size_variants
+from ..evaluate.plots import sweep_plot
+from ..io.atomic import atomic_write_text
+from ..train.run_dir import RunDir
+from .claims import Claim, check_all, family, interpolate, sized, teacher_size_variants
 from .demo_results import Curve, DemoResults, TextResult
 
 METRIC = "ppl"
@@ -64,8 +67,6 @@ def text_claims(res: DemoResults, curves: dict[str, Rows]) -> list[Claim]:
 
 def size_ratios(rows: Rows, baseline: Rows) -> dict[int, float]:
     """Per distinct size (layers) below the teacher: the member's metric / the baseline's at the same size."""
-    from .claims import interpolate
-
     pts = (
         sorted({(r["inference"], r[METRIC]) for r in family(baseline, baseline[0]["method"], METRIC)})
         if baseline
@@ -194,8 +195,6 @@ def _family_table(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def _plot(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
-    from ..evaluate.plots import sweep_plot
-
     rows = []
     for name, rs in curves.items():
         if name in ("naive", "shortgpt", "laco"):
@@ -210,8 +209,6 @@ def _plot(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> No
 
 def _training_plot(runs: dict[str, Path], path: Path) -> bool:
     from matplotlib.figure import Figure
-
-    from ..train.run_dir import RunDir
 
     recs = {}
     for name, run_path in runs.items():
@@ -351,8 +348,6 @@ def _geomean(values: list[float]) -> float:
 
 def write_report(res: DemoResults, out: Path) -> str:
     """Write ``report.md``, ``results.json``, ``family-TEXT.png``, ``training.png`` and ``command.txt``."""
-    from ..io.atomic import atomic_write_text
-
     curves = {t.label: text_rows(res, t) for t in res.texts}
     claims = {lb: text_claims(res, c) for lb, c in curves.items()}
     for lb, c in curves.items():

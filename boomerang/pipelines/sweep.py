@@ -26,10 +26,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..analysis.baselines import BaselineCache
+from ..core.configs import check_compatible
+from ..core.plan import recorded_order_name
 from ..errors import BoomerangError
 from ..evaluate.perplexity import METRIC_LABELS, EvalSpec, check_source, prepare
 from ..evaluate.reuse import work
 from ..family import check_sizes
+from ..io.atomic import check_writable
+from ..io.snapshot import hold_local
 from .sweep_eval import GroupEvaluator, OnBatch, SweepProgress, describe_model, make_lm_eval
 from .sweep_inputs import (
     BASELINES,
@@ -111,9 +116,6 @@ class Sweep:
         dtype: DType | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        from ..core.configs import check_compatible
-        from ..io.atomic import check_writable
-
         base = baselines if isinstance(baselines, BaselineOptions) else BaselineOptions(tuple(baselines))
         self.run_options = run = run or RunOptions()
         self.calibration_options = calibration = calibration or CalibrationOptions()
@@ -134,8 +136,6 @@ class Sweep:
         if calibration.data is not None:
             check_source(calibration.data)
 
-        from ..io.snapshot import hold_local
-
         # held from the first read: a checkpoint rewritten before the models load is a clear stop
         self.snapshots = hold_local(teacher, student, base.random_student)
         # configs, layer map and evaluation settings, without loading weights
@@ -144,8 +144,6 @@ class Sweep:
         check_compatible(self.teacher_config, self.student_config)
         self.layer_map = layer_map or carried_layer_map(student, self.student_config)
         if order is None:  # the order the student records (init writes the recipe's patch_order), else last
-            from ..core.plan import recorded_order_name
-
             order = self.order_spec = recorded_order_name(self.student_config)
         check_layer_map(self.layer_map, self.teacher_config, self.student_config, "student")
         if base.random_student is not None:
@@ -233,8 +231,6 @@ class Sweep:
         params = dict(self.baseline_params.get(method, {}))
         self.progress.log(f"building the {method} baseline with {n_layers} layers")
         if self.baseline_cache is None:
-            from ..analysis.baselines import BaselineCache
-
             self.baseline_cache = BaselineCache()
         return pruned_baseline(
             self.teacher, method, n_layers, self.calibration(), params, cache=self.baseline_cache

@@ -9,15 +9,26 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ..core.hooks import layer_list
+from ..core.params import count_params
 from ..errors import BoomerangError
-from ..evaluate.lmeval import TaskOptions
+from ..evaluate.lmeval import LMEval, TaskOptions, prepare_builtin
 from ..evaluate.perplexity import ScoreBatch, batch_nll
 from ..evaluate.reuse import Scored, schedule, score
 from .sweep_plan import Unit
 from .sweep_state import SweepState
 
 if TYPE_CHECKING:
-    from ..evaluate.lmeval import LMEval
     from ..evaluate.perplexity import Source
     from ..hints import Model, Tokenizer
 
@@ -37,15 +48,6 @@ class SweepProgress:
         if not self.enabled:
             yield self
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
         with Progress(
             TextColumn("{task.description}"),
@@ -75,9 +77,6 @@ class SweepProgress:
 
 def describe_model(model: Model) -> dict[str, Any]:
     """Layer count, parameter counts and (for pruned baselines) the teacher layers kept."""
-    from ..core.hooks import layer_list
-    from ..core.params import count_params
-
     section = getattr(model.config, "boomerang", None)
     kept = section.get("teacher_layers") if isinstance(section, dict) else None
     return {"layers": len(layer_list(model)), **count_params(model).as_dict(), "teacher_layers": kept}
@@ -92,8 +91,6 @@ def make_lm_eval(
     partial: Path,
 ) -> LMEval:
     """lm-eval for the sweep's tasks; the built-in tasks' files are written under ``partial/tasks``."""
-    from ..evaluate.lmeval import LMEval, prepare_builtin
-
     lm_eval_runner = LMEval(
         task_names,
         include_path=task_paths,

@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.arch import n_layers
+from ..core.layermap import LayerMap
+from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS
 from ..errors import BoomerangError
-from ..evaluate.lmeval import TaskOptions
+from ..evaluate.lmeval import TaskOptions, resolve_tasks
+from ..io.sidecar import read_layer_map
 
 if TYPE_CHECKING:
     from ..analysis.baselines import BaselineCache
-    from ..core.layermap import LayerMap
     from ..hints import Config, DType, ModelSpec, Tokenizer
     from .sweep_eval import OnBatch
 
@@ -103,9 +106,6 @@ def model_config(spec: ModelSpec, *, trust_remote_code: bool) -> Any:
 
 def carried_layer_map(spec: ModelSpec, config: Config) -> Any:
     """The layer map the student carries (its config section or ``student_config.json``)."""
-    from ..core.layermap import LayerMap
-    from ..io.sidecar import read_layer_map
-
     layer_map = read_layer_map(spec, config, allow_hub=False) if isinstance(spec, (str, Path)) else None
     layer_map = layer_map or LayerMap.from_config(config)
     if layer_map is None:
@@ -119,8 +119,6 @@ def carried_layer_map(spec: ModelSpec, config: Config) -> Any:
 def check_layer_map(layer_map: LayerMap, teacher_config: Config, config: Config, what: str) -> None:
     """The layer map fits the teacher and this student, by their configs (``LayerMap.check_fits``; ``what`` names
     the student in the message)."""
-    from ..core.arch import n_layers
-
     layer_map.check_fits(n_layers(teacher_config), n_layers(config), student=what)
 
 
@@ -128,7 +126,6 @@ def lm_eval_tasks(tasks: TaskOptions, teacher_config: Config) -> tuple[list[str]
     """lm-eval's task names, include paths and the tasks needing defaults (nothing without tasks)."""
     if not tasks.tasks:
         return [], (), None
-    from ..evaluate.lmeval import resolve_tasks
     from ..evaluate.perplexity import is_encoder
 
     if is_encoder(teacher_config):
@@ -141,7 +138,6 @@ def check_order_name(order: Any) -> None:
     """A string order is a built-in or data-driven order, a JSON order file, or a JSON list of layers."""
     if not isinstance(order, str):
         return
-    from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS
 
     if order not in BUILTIN_ORDERS + DATA_ORDERS and not Path(order).is_file() and not order.startswith("["):
         raise BoomerangError(

@@ -12,7 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.lmeval import metric_label
 from ..evaluate.perplexity import METRIC_LABELS
+from ..evaluate.plots import sweep_plot
+from ..io.atomic import atomic_dir
 from ..ui import fmt_count, fmt_metric
 from .sweep_plan import Row
 from .sweep_state import SweepState
@@ -52,9 +55,6 @@ def result_rows(rows: Sequence[Row], state: SweepState, metric: str) -> list[dic
 
 def write_results(result: dict[str, Any], out: Path, partial: Path, *, order_name: str, force: bool) -> None:
     """Write every output into ``out`` atomically (never over another process's output), then drop ``partial``."""
-    from ..evaluate.plots import sweep_plot
-    from ..io.atomic import atomic_dir
-
     rows = result["rows"]
     metric = result["metric"]["name"]
     with atomic_dir(out, force=force) as tmp:
@@ -89,8 +89,6 @@ def lm_eval_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def lm_eval_labels(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     """``task/metric`` column -> what it measures (lm-eval's metrics, kept apart from boomerang's perplexity)."""
-    from ..evaluate.lmeval import metric_label
-
     return {c: metric_label(c.split("/", 1)[1]) for c in lm_eval_columns(rows)}
 
 

@@ -11,9 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.plan import PatchOrder
+from ..analysis.baselines import prune_to
+from ..analysis.orders import default_texts
+from ..core.patching import assemble
+from ..core.plan import DATA_ORDERS, PatchOrder, PatchPlan
+from ..data.blocks import calibration_ids
 from ..errors import BoomerangError
 from ..evaluate.reuse import Key, layers_key, plan_key
+from ..io.order_files import load_order, save_order
 
 if TYPE_CHECKING:
     from ..analysis.baselines import BaselineCache
@@ -50,8 +55,6 @@ class Calibration:
 
     def __call__(self) -> torch.Tensor:
         if self._ids is None:
-            from ..data.blocks import calibration_ids
-
             self._ids = calibration_ids(self.source, self.tokenizer, n=self.n, length=self.length)
         return self._ids
 
@@ -59,8 +62,6 @@ class Calibration:
 def sweep_order(partial: Path, order_spec: OrderSpec, family: Family, calibration: Calibration) -> PatchOrder:
     """The sweep's PatchOrder: the one saved in ``partial`` when resuming, else resolved by ``family.order`` (the
     one resolver, ``analysis.resolve.resolve_order``) and saved there."""
-    from ..io.order_files import load_order, save_order
-
     saved, saved_spec = partial / "order.json", partial / "order_spec.json"
     spec_text = json.dumps(order_spec if isinstance(order_spec, str) else str(order_spec))
     if saved.is_file() and saved_spec.is_file():
@@ -78,12 +79,9 @@ def sweep_order(partial: Path, order_spec: OrderSpec, family: Family, calibratio
             raise BoomerangError(
                 f"cannot read the order {spec!r}: give a JSON list such as [3,2,1,0]"
             ) from None
-    from ..core.plan import DATA_ORDERS
 
     ids = None
     if isinstance(spec, str) and spec in DATA_ORDERS:
-        from ..analysis.orders import default_texts
-
         ids = calibration()[: default_texts(spec)] if spec == "similarity" else calibration()
     order = family.order(spec, calibration=ids)
     partial.mkdir(parents=True, exist_ok=True)
@@ -107,9 +105,6 @@ def plan_rows(
 
     ``pruned(method, n_layers)`` builds a pruned baseline; ``random`` is the random-init student's Family.
     """
-    from ..core.patching import assemble
-    from ..core.plan import PatchPlan
-
     rows: list[Row] = []
     units: dict[str, Unit] = {}
     by_key: dict[Any, str] = {}
@@ -179,8 +174,6 @@ def pruned_baseline(
 ) -> Any:
     """``method`` (shortgpt, laco) applied to the teacher down to ``n_layers`` layers (measurements shared with
     other sizes through ``cache``)."""
-    from ..analysis.baselines import prune_to
-
     return prune_to(
         teacher, method, num_layers=n_layers, calibration=calibration, cache=cache, **params
     ).eval()

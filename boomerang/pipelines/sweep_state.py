@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
 from ..evaluate.perplexity import ScoreBatch
+from ..io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from ..hints import Model, ModelSpec
@@ -79,8 +80,6 @@ class SweepState:
         return cls(partial, {"version": STATE_VERSION, "fingerprint": fingerprint, **fresh})
 
     def save(self) -> None:
-        from ..io.atomic import atomic_write_text
-
         self.partial.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.partial / "state.json", json.dumps(self.data, indent=1) + "\n")
 

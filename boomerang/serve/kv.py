@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 if TYPE_CHECKING:
     from ..hints import Model
@@ -47,8 +50,6 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ATTENTION, row_attention)
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # ordinary calls build the masks SDPA would get
@@ -154,8 +155,6 @@ def row_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention per row of a ``Step`` (see the module docstring); transformers' SDPA attention without one."""
     if boomerang_step is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         if sliding_window is not None:
             kwargs["sliding_window"] = sliding_window
         return sdpa_attention_forward(

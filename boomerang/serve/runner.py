@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.arch import get_arch
 from . import kv
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 
 def layer_list(model: PreTrainedModel) -> torch.nn.ModuleList:
     """The model's transformer blocks (where the architecture adapter says they are)."""
-    from ..core.arch import get_arch
-
     return model.get_submodule(get_arch(model.config).layers)  # type: ignore[return-value]
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BoomerangError
+from .app import create_app
 from .protocol import MAX_BODY_BYTES
 from .service import Service
 
@@ -65,8 +66,6 @@ class FamilyServer(Service):
         self._cut: threading.Timer | None = None
 
     def app(self) -> Starlette:
-        from .app import create_app
-
         return create_app(self, max_body_bytes=self.max_body_bytes, draining=self._draining.is_set)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
+from safetensors.torch import save_file, save_model
 
 from ..io.atomic import atomic_dir
+from . import sharding
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -167,15 +170,9 @@ class Checkpointer:
     ) -> None:
         """Write ``step-N`` for ``state.step``. Under FSDP every process gathers its shards onto rank 0, which
         writes the same files as an unsharded run."""
-        from safetensors.torch import save_file, save_model
-
-        from . import sharding
-
         acc, step = self.acc, state.step
         states = [rng_state()]
         if self.world > 1:
-            from accelerate.utils import gather_object
-
             states = gather_object([rng_state()])
         path = self.out / "checkpoints" / f"step-{step:07d}"
         if self.fsdp:  # collectives: every process takes part
@@ -212,8 +209,6 @@ class Checkpointer:
         """Restore everything saved by ``save`` into the given objects (RNG only for the same world size).
         Under FSDP rank 0 reads the files and every process receives its shards."""
         from safetensors.torch import load_file, load_model
-
-        from . import sharding
 
         meta = json.loads((path / STATE).read_text())
         opt_files = (path / "optimizer.safetensors", path / "optimizer.json")

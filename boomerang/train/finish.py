@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
+from ..core.layermap import student_section
 from ..io.atomic import atomic_write_text
 from .checkpointing import RunState
+from .initialise import save_student
 from .models import RunModels
 from .recipe import Recipe
 
@@ -30,9 +32,6 @@ def save_final_student(
 ) -> None:
     """Record the run in the student's ``boomerang`` config section, undo the training-only switches (gradient
     checkpointing, lean MLPs, no KV cache) and save it in the teacher checkpoint's dtype."""
-    from ..core.layermap import student_section
-    from .initialise import save_student
-
     # a student whose layer map is only in student_config.json (the published format) has no section yet
     section = dict(getattr(model.config, "boomerang", None) or {})
     if section.get("role") != "student" or "layer_map" not in section:

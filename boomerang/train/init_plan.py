@@ -13,8 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..core.arch import n_layers
+from ..core.configs import max_positions
+from ..core.layermap import LayerMap
 from ..errors import BoomerangError
-from .recipe import MEASURED, OPTIONS, STRATEGIES, InitSection, Spelling
+from ..io.loading import load_config
+from .recipe import MEASURED, OPTIONS, STRATEGIES, InitSection, Spelling, resolve_model_spec
 
 DEFAULT_CALIBRATION_LENGTH = 256  # tokens per calibration block, unless the teacher has fewer positions
 PAPER_DEFAULT = {"every": 2, "keep_first": 1, "keep_last": 2}  # the paper's every-other-layer student
@@ -104,11 +108,6 @@ def plan_init(
     """Check ``init`` against the teacher's config alone (no weights load): refuse a student that cannot be made or
     would be the whole teacher, and a calibration length past the teacher's positions; a calibration length left
     unset becomes 256 tokens, or the teacher's positions if fewer."""
-    from ..core.arch import n_layers
-    from ..core.configs import max_positions
-    from ..io.loading import load_config
-    from .recipe import resolve_model_spec
-
     if patch_order is not None and patch_order not in ("last", "first"):
         raise BoomerangError(f"{spelling.name('patch_order')} must be last or first, not {patch_order!r}")
     config = load_config(resolve_model_spec(teacher), trust_remote_code=trust_remote_code)
@@ -130,8 +129,6 @@ def plan_init(
 
 def check_student_shape(init: InitSection, n: int, spelling: Spelling = OPTIONS) -> None:
     """Refuse, for an ``n``-layer teacher, a student that cannot be made or would be the whole teacher."""
-    from ..core.layermap import LayerMap
-
     why = f"the teacher has {n} layers"
     _in_range(spelling, "keep_first", init.keep_first, 1, n, why)
     _in_range(spelling, "keep_last", init.keep_last, 0, n, why)

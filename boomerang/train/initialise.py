@@ -31,9 +31,13 @@ from transformers import PreTrainedModel
 from ..core.arch import n_layers
 from ..core.layermap import LayerMap, student_section
 from ..core.patching import assemble
+from ..core.similarity import similarity_matrix
+from ..data.blocks import calibration_ids
 from ..errors import BoomerangError
-from ..io.sidecar import write_sidecar
-from .recipe import KEYWORDS, MEASURED, STRATEGIES, InitSection, check_init_rules
+from ..io import loading
+from ..io.atomic import atomic_dir
+from ..io.sidecar import student_layer_map, write_sidecar
+from .recipe import KEYWORDS, MEASURED, STRATEGIES, InitSection, check_init_rules, resolve_model_spec
 from .recipe import InitStrategy as Strategy  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -227,7 +231,6 @@ def init_student(
                 raise BoomerangError(
                     f"the {strategy!r} strategy needs calibration token ids (calibration=...)"
                 )
-            from ..core.similarity import similarity_matrix
 
             sim = similarity_matrix(teacher, calibration)
         student_map = strategy_layer_map(
@@ -316,9 +319,6 @@ def save_student(
     force: bool = False,
 ) -> Path:
     """Write a student checkpoint atomically: safetensors, config (with its layer map), tokenizer, sidecar."""
-    from ..io.atomic import atomic_dir
-    from ..io.sidecar import student_layer_map
-
     layer_map = student_layer_map(student)
     with atomic_dir(out, force=force) as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
@@ -341,8 +341,6 @@ def student_from_section(
 ) -> PreTrainedModel:
     """The student an ``InitSection`` describes. A measured strategy reads ``init.calibration`` (else
     ``calibration``, e.g. a recipe's training texts) into calibration blocks first; ``report`` hears of it."""
-    from ..data.blocks import calibration_ids
-
     calib = None
     if init.strategy in MEASURED:
         source = init.calibration or calibration
@@ -392,12 +390,9 @@ def write_student(
 ) -> PreTrainedModel:
     """Load the planned teacher (``boomerang.train.init_plan.plan_init``), initialise its student and write it, with
     the teacher's tokenizer, to ``out`` (atomically); the student is returned."""
-    from ..io.loading import load_model, load_tokenizer
-    from .recipe import resolve_model_spec
-
     path = resolve_model_spec(plan.teacher)
-    teacher = load_model(path, dtype=dtype, trust_remote_code=plan.trust_remote_code)
-    tokenizer = load_tokenizer(path, trust_remote_code=plan.trust_remote_code)
+    teacher = loading.load_model(path, dtype=dtype, trust_remote_code=plan.trust_remote_code)
+    tokenizer = loading.load_tokenizer(path, trust_remote_code=plan.trust_remote_code)
     student = student_from_section(
         teacher, tokenizer, plan.init, teacher_name=plan.teacher, patch_order=plan.patch_order, report=report
     )

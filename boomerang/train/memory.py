@@ -36,7 +36,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.layermap import LayerMap
 from ..errors import BoomerangError
+from ..io.checkpoints import CONFIG, expand_alias, read_json
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -456,8 +458,6 @@ def parse_memory(text: str) -> int:
 
 def read_config(spec: str) -> dict[str, Any]:
     """A model's ``config.json`` as a dict: from a local directory, or from the Hub (that one file, no weights)."""
-    from ..io.checkpoints import CONFIG, expand_alias, read_json
-
     spec = expand_alias(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -488,7 +488,6 @@ def read_config(spec: str) -> dict[str, Any]:
 
 def student_layers(recipe: Recipe, teacher_layers: int) -> int:
     """How many layers ``init`` gives the recipe's student."""
-    from ..core.layermap import LayerMap
     from .recipe import MEASURED
 
     ini = recipe.init

@@ -9,13 +9,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..core.arch import get_arch, n_layers
+from ..core.configs import check_compatible
 from ..core.hooks import layer_list
 from ..core.layermap import LayerMap
 from ..errors import BoomerangError
+from ..io import loading
+from ..io.sidecar import student_layer_map
+from .initialise import init_from_recipe
 from .lean import lean_mlps
 from .losses import DistillLoss, ModelOutputs, head_mode_problem, model_outputs
 from .mixed import MixedContext
-from .recipe import Recipe
+from .recipe import Recipe, resolve_model_spec
 from .working_copy import WorkingCopy
 
 if TYPE_CHECKING:
@@ -50,8 +55,6 @@ def untie_head(model: nn.Module) -> bool:
 
 def freeze(model: nn.Module, *, embeddings: bool, head: bool, final_norm: bool) -> list[str]:
     """Freeze parts of the student; returns what was frozen (tied matrices are frozen by either flag)."""
-    from ..core.arch import get_arch
-
     arch = get_arch(model.config)
     frozen = []
     targets: list[tuple[str, nn.Module | None]] = []
@@ -130,33 +133,22 @@ class RunModels:
 
 def _load_teacher(r: Recipe, bf16: bool) -> tuple[PreTrainedModel, Any, str, torch.dtype]:
     """The frozen teacher (bf16 under bf16 precision), its tokenizer, its path and the dtype it is stored in."""
-    from ..core.arch import get_arch
-    from ..io.loading import load_config, load_model, load_tokenizer, stored_dtype
-    from .recipe import resolve_model_spec
-
     teacher_path = resolve_model_spec(r.teacher)
-    save_dtype = stored_dtype(load_config(teacher_path))
-    teacher = load_model(teacher_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    save_dtype = loading.stored_dtype(loading.load_config(teacher_path))
+    teacher = loading.load_model(teacher_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     if get_arch(teacher.config).encoder:
         raise BoomerangError(
             f"distillation here trains causal LMs; {teacher.config.model_type} is a masked-LM encoder"
         )
-    tokenizer = load_tokenizer(teacher_path)
+    tokenizer = loading.load_tokenizer(teacher_path)
     teacher.eval().requires_grad_(False)
     return teacher, tokenizer, teacher_path, save_dtype
 
 
 def _load_student(r: Recipe, teacher: PreTrainedModel, tokenizer: Any) -> tuple[PreTrainedModel, LayerMap]:
     """The recipe's student (fp32), loaded or initialised from the teacher, and its layer map."""
-    from ..core.arch import n_layers
-    from ..core.configs import check_compatible
-    from ..io.loading import load_model
-    from ..io.sidecar import student_layer_map
-    from .initialise import init_from_recipe
-    from .recipe import resolve_model_spec
-
     if r.student:
-        student = load_model(resolve_model_spec(r.student), dtype=torch.float32)
+        student = loading.load_model(resolve_model_spec(r.student), dtype=torch.float32)
         check_compatible(teacher.config, student.config)
         layer_map = student_layer_map(student)
         layer_map.check_fits(n_layers(teacher.config), n_layers(student.config))

@@ -32,6 +32,7 @@ from pydantic import (
 
 from ..errors import BoomerangError
 from ..io.loading import OFFLINE_ALIAS as OFFLINE_TEACHER  # noqa: F401 (re-exported)
+from ..io.loading import expand_alias
 from ..io.textfile import link_loop, read_text_file
 from .losses import LossConfig
 from .recipe_values import DuplicateKey, check_values, load_yaml, nonfinite
@@ -457,6 +458,4 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def resolve_model_spec(spec: str) -> str:
     """A model spec, with ``smollm2-offline`` replaced by the converted offline teacher's directory."""
-    from ..io.loading import expand_alias
-
     return expand_alias(spec)

@@ -8,8 +8,13 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..core.params import count_params
 from ..errors import BoomerangError
 from ..io.atomic import atomic_write_text
+from ..ui import console, err_console
 from .models import RunModels
 from .recipe import Recipe
 from .run_data import RunData
@@ -70,10 +75,6 @@ class MetricsLog:
 
 def progress_bar(*, enabled: bool) -> Any:
     """The training progress bar: steps, loss terms, tokens/s and ETA (on stderr)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..ui import err_console
-
     return Progress(
         TextColumn("[bold]distill"),
         BarColumn(),
@@ -107,8 +108,6 @@ def plan_lines(
     resumed: tuple[Path, int] | None,
 ) -> list[str]:
     """The run's plan, printed before the first step: models, loss, data, schedule, output (and sharding, resume)."""
-    from ..core.params import count_params
-
     r, m, layer_map = recipe, models, models.layer_map
     c = count_params(m.student)
     lines = [
@@ -152,16 +151,10 @@ def validation_line(step: int, student: dict[str, float], teacher: dict[str, flo
 
 
 def print_lines(lines: list[str]) -> None:
-    from ..ui import console
-
     console.print("\n".join(lines), highlight=False)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from ..ui import console
-
     t = Table(title="distillation summary", show_header=False)
     t.add_row("steps / tokens", f"{summary['steps']} / {summary['tokens']:,}")
     t.add_row("time", f"{summary['seconds']:.0f} s ({summary['tokens_per_s']:,.0f} tokens/s)")

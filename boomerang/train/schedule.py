@@ -10,6 +10,11 @@ import math
 from typing import Any
 
 import torch
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_with_min_lr_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from ..errors import BoomerangError
 
@@ -23,12 +28,6 @@ def make_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, *, warmup: int, total: int, min_lr_ratio: float = 0.0
 ) -> Any:
     """``cosine`` (to ``min_lr_ratio`` × lr), ``linear`` (to 0) or ``constant``, each after a linear warm-up."""
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_with_min_lr_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
     if schedule == "cosine":
         return get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=warmup, num_training_steps=total, min_lr_rate=min_lr_ratio

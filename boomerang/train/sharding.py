@@ -27,7 +27,18 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed import fsdp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from transformers import AutoModelForCausalLM
 
 from ..core.arch import get_arch
 from ..core.hooks import layer_list
@@ -40,8 +51,6 @@ if TYPE_CHECKING:
 
 def fsdp_modules() -> Any:
     """torch.distributed.fsdp's FSDP2 API (``fully_shard``, ``MixedPrecisionPolicy``, ``FSDPModule``)."""
-    from torch.distributed import fsdp
-
     return fsdp
 
 
@@ -213,8 +222,6 @@ def shard_models(
 ) -> tuple[ShardedForward, ShardedForward | None]:
     """Shard the student (fp32 master shards, bf16 compute under ``bf16``) and the frozen teacher over every
     process; parameters move to ``device`` unit by unit."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     student = ShardedForward(s_fwd, s_fwd.model, bf16_compute=bf16, mesh=mesh)  # type: ignore[arg-type]
     teacher = None
@@ -225,8 +232,6 @@ def shard_models(
 
 def shard_counts(models: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
     """Per model: the parameter elements every rank holds, and the model's total. Collective."""
-    import torch.distributed as dist
-
     mine = {name: local_numel(m) for name, m in models.items()}
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
@@ -234,8 +239,6 @@ def shard_counts(models: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
 
 
 def _options(**kw: Any) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
     return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
 
 
@@ -250,8 +253,6 @@ def _tied_groups(model: nn.Module) -> list[list[str]]:
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full state dict of a sharded model on rank 0's CPU (empty elsewhere), each tied parameter once under
     its first name, as ``safetensors.torch.save_model`` writes it. Collective."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
     sd = get_model_state_dict(model, options=_options())
     for names in _tied_groups(model):
         for name in names[1:]:
@@ -261,8 +262,6 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a full state dict (rank 0's; the others pass ``{}``) into a sharded model. Collective."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
     if state:
         for names in _tied_groups(model):
             have = next((n for n in names if n in state), None)
@@ -281,8 +280,6 @@ def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's full state on rank 0 (empty elsewhere), numbered like ``optimizer.state_dict()`` so that
     sharded and unsharded runs write the same files. Collective."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
     sd = get_optimizer_state_dict(model, optimizer, options=_options())
     if not sd:
         return {}
@@ -295,8 +292,6 @@ def load_full_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
     """Load an optimizer state numbered like ``optimizer.state_dict()`` (rank 0's; others pass ``{}``). Collective."""
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
     if state:
         names = _param_names(model, optimizer)
         groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
@@ -306,8 +301,6 @@ def load_full_optimizer_state(
 
 def plain_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """An unsharded CPU copy of a sharded model holding ``state`` (a full state dict), for saving."""
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         copy = AutoModelForCausalLM.from_config(model.config)  # type: ignore[arg-type]
     for names in _tied_groups(model):

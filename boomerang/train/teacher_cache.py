@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import BoomerangError
 from .losses import ModelOutputs
@@ -83,7 +84,6 @@ class TeacherCache:
         if not self.usable or not path.is_file():
             self.misses += 1
             return None
-        from safetensors.torch import load_file
 
         flat = load_file(str(path))
         out: dict[int, ModelOutputs] = {}
@@ -108,7 +108,6 @@ class TeacherCache:
         path = self._file(step)
         if not self.writable or path.is_file():
             return
-        from safetensors.torch import save_file
 
         flat: dict[str, torch.Tensor] = {}
         for micro, o in outputs.items():

@@ -33,10 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch import nn
+from transformers.utils import logging as hf_logging
 
 from ..core.allocator import keep_freed_memory
 from ..errors import BoomerangError
+from ..ui import err_console
 from . import sharding
 from .checkpointing import STATE, Checkpointer, RunState, list_checkpoints
 from .finish import run_summary, save_final_student, write_summary
@@ -69,11 +74,6 @@ class Distiller:
 
     # -- setup --------------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-        from accelerate.utils import DistributedType, set_seed
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
         r = self.recipe
         if r.train.threads:
@@ -145,7 +145,6 @@ class Distiller:
     def _broadcast(self, value: Any) -> Any:
         if self.world == 1:
             return value
-        from accelerate.utils import broadcast_object_list
 
         box = [value]
         broadcast_object_list(box, from_process=0)
@@ -214,8 +213,6 @@ class Distiller:
 
     def _note(self, msg: str) -> None:
         if getattr(self, "main", True):
-            from ..ui import err_console
-
             err_console.print(f"[dim]{msg}[/]", highlight=False)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
