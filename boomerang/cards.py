@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def _same_model(recorded: Any, spec: str | None) -> bool:
 
 
 def sweep_scores(
-    files: list[Path], manifest: dict[str, Any], *, explicit: bool = False
+    files: list[Path], manifest: Mapping[str, object], *, explicit: bool = False
 ) -> dict[int, list[dict[str, Any]]]:
     """``{K: [score, ...]}``: each sweep's measurement of each member (metric, value, text, tokens). A sweep of
     another student or layer map is refused when named (``explicit``), skipped when found."""
@@ -322,7 +323,7 @@ def _citation() -> str:
     return f"## Citation\n\nBoomerang distillation ([arXiv 2510.05064]({PAPER})):\n\n```bibtex\n{CITATION}\n```\n"
 
 
-def member_card(manifest: dict[str, Any], row: dict[str, Any], repo_id: str | None = None) -> str:
+def member_card(manifest: Mapping[str, object], row: Mapping[str, object], repo_id: str | None = None) -> str:
     """The card (README.md) of one member."""
     where, extra = _where(repo_id, row["dir"])
     m, k = manifest["n_student"], row["K"]
@@ -363,7 +364,7 @@ tokenizer = AutoTokenizer.from_pretrained("{where}"{extra})
     return _card(manifest, body)
 
 
-def family_card(manifest: dict[str, Any], repo_id: str | None = None) -> str:
+def family_card(manifest: Mapping[str, object], repo_id: str | None = None) -> str:
     """The card (README.md) of the whole family."""
     rows = manifest["members"]
     gguf = any(r.get("gguf") for r in rows)
@@ -415,7 +416,7 @@ sources and files; `order.json` is the patch order.
     return _card(manifest, body)
 
 
-def write_cards(directory: Path, manifest: dict[str, Any], repo_id: str | None = None) -> list[Path]:
+def write_cards(directory: Path, manifest: Mapping[str, object], repo_id: str | None = None) -> list[Path]:
     """Write the family's README.md and each member's into ``directory`` (an export's temporary directory)."""
     written = [directory / "README.md"]
     written[0].write_text(family_card(manifest, repo_id), encoding="utf-8")

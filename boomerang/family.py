@@ -147,7 +147,7 @@ class Family:
         self,
         order: OrderSpec | None = None,
         *,
-        data: Any = None,
+        data: str | os.PathLike | Sequence[str] | None = None,
         calibration: Calibration | None = None,
         **options: Any,
     ) -> PatchOrder:
@@ -245,7 +245,7 @@ class Family:
         """Forget the remembered members (their memory is freed once nothing else refers to them)."""
         self._members.clear()
 
-    def to(self, *args: Any, **kwargs: Any) -> Family:
+    def to(self, *args: object, **kwargs: object) -> Family:
         """Move or cast teacher and student (like ``nn.Module.to``); members are rebuilt on next use."""
         self.teacher.to(*args, **kwargs)
         self.student.to(*args, **kwargs)

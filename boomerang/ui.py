@@ -6,7 +6,6 @@ Below every other module (the trainer prints through these consoles, the CLI too
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from rich.console import Console
 
@@ -19,7 +18,7 @@ def fmt_count(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
-def fmt_metric(v: Any) -> str:
+def fmt_metric(v: object) -> str:
     """A metric value in a table: four significant digits, ``"n/a"`` for a missing or non-finite value."""
     if not isinstance(v, (int, float)) or not math.isfinite(v):
         return "n/a"

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,7 +177,9 @@ def plot_teacher_self(matrix: torch.Tensor, path: str | Path, *, layer_map: Laye
     fig.savefig(path)
 
 
-def plot_members(curves: dict[str, dict[str, Any]], path: str | Path, *, key: str = "cosine") -> None:
+def plot_members(
+    curves: Mapping[str, Mapping[str, object]], path: str | Path, *, key: str = "cosine"
+) -> None:
     """Cosine (or KL) of every member vs the teacher against the number of patched layers, one line per order."""
     fig = _figure(6.0, 4.0)
     ax = fig.subplots()
@@ -207,7 +209,7 @@ def analyze(
     kl: bool = False,
     batch_size: int = 8,
     force: bool = False,
-    meta: dict[str, Any] | None = None,
+    meta: Mapping[str, object] | None = None,
     status: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``similarity.{json,png}``, ``teacher_similarity.{json,png}``, ``members.{json,png}`` (and

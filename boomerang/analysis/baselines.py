@@ -27,7 +27,7 @@ import contextlib
 import itertools
 import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -72,7 +72,7 @@ def _check_size(num_layers: int, n: int) -> None:
 
 
 def build_pruned(
-    teacher: PreTrainedModel, kept: Sequence[int], section: dict[str, Any], *, copy: bool = False
+    teacher: PreTrainedModel, kept: Sequence[int], section: Mapping[str, object], *, copy: bool = False
 ) -> PreTrainedModel:
     """The teacher restricted to the teacher layers ``kept`` (in order); tensors shared unless ``copy``."""
     return assemble(

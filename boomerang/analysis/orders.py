@@ -660,7 +660,7 @@ def layer_similarity(
     return [float(s[i, i]) for i in range(layer_map.n_student)]
 
 
-def similarity_order(sims: Sequence[float], layer_map: LayerMap, **info: Any) -> PatchOrder:
+def similarity_order(sims: Sequence[float], layer_map: LayerMap, **info: object) -> PatchOrder:
     """The ``similarity`` order from each student layer's similarity to its block's output (lowest first)."""
     m = layer_map.n_student
     if len(sims) != m:

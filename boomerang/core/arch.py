@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 LEAVES = ("weight", "bias")  # tensors of a module, in the order modules register them
 
 
-def config_value(config: Config, key: str, default: Any = None) -> Any:
+def config_value(config: Config, key: str, default: object = None) -> Any:
     """A field of a config object or of a ``config.json`` dict."""
     if isinstance(config, Mapping):
         return config.get(key, default)

@@ -70,7 +70,7 @@ def derive_config(
     sources: Sequence[tuple[str, int]],
     *,
     tie: bool,
-    section: dict[str, Any] | None,
+    section: Mapping[str, object] | None,
 ) -> Any:
     """A config of ``base``'s class with the layers ``sources`` (pairs of model name and layer index).
 

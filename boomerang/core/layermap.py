@@ -7,7 +7,7 @@ and is aligned during distillation with the output of the block's last layer, ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -162,7 +162,7 @@ class LayerMap(BaseModel):
         return {"pruned_teacher_layers": list(self.pruned), "copied_teacher_layers": list(self.kept)}
 
     @classmethod
-    def from_reference(cls, data: dict[str, Any]) -> LayerMap:
+    def from_reference(cls, data: Mapping[str, object]) -> LayerMap:
         """Read ``{"pruned_teacher_layers": [...], "copied_teacher_layers": [...]}``."""
         try:
             kept = [int(x) for x in data["copied_teacher_layers"]]
@@ -213,6 +213,6 @@ PRESETS: dict[str, LayerMap] = {
 }
 
 
-def student_section(layer_map: LayerMap, teacher: str | None = None, **extra: Any) -> dict[str, Any]:
+def student_section(layer_map: LayerMap, teacher: str | None = None, **extra: object) -> dict[str, Any]:
     """The ``boomerang`` config section written into a student's config.json."""
     return {"role": "student", "layer_map": layer_map.to_json(), "teacher": teacher, **extra}

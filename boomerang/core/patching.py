@@ -8,8 +8,8 @@ copies no weights (``copy=True`` clones them). Each result has its own module ob
 from __future__ import annotations
 
 import copy as _copy
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ def assemble(
     embed_from: str,
     head_from: str,
     *,
-    section: dict[str, Any] | None,
+    section: Mapping[str, object] | None,
     copy: bool = False,
 ) -> PreTrainedModel:
     """Build a model of the teacher's class with layers ``sources`` (pairs of model key and layer index).

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -89,7 +89,7 @@ class PatchOrder(BaseModel):
         return len(self.subsets)
 
     @classmethod
-    def from_sequence(cls, name: str, sequence: Sequence[int], n_student: int, **info: Any) -> PatchOrder:
+    def from_sequence(cls, name: str, sequence: Sequence[int], n_student: int, **info: object) -> PatchOrder:
         seq = [int(i) for i in sequence]
         if sorted(seq) != list(range(n_student)):
             raise BoomerangError(
@@ -164,7 +164,7 @@ class PatchOrder(BaseModel):
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PatchOrder:
+    def from_json(cls, data: Mapping[str, object]) -> PatchOrder:
         return cls(
             name=data["name"],
             subsets=data["subsets"],

@@ -34,7 +34,7 @@ import random
 import re
 import string
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -605,7 +605,7 @@ class LMEval:
         return tidy_results(out["results"]) if out else {}
 
 
-def tidy_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+def tidy_results(results: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, float]]:
     tidy: dict[str, dict[str, float]] = {}
     for task, metrics in results.items():
         row = {}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -427,7 +427,9 @@ class Accumulator:
     def total_count(self) -> int:
         return int(self.count.sum())
 
-    def result(self, metric: str, docs: Sequence[Document], settings: dict[str, Any], seconds: float = 0.0):
+    def result(
+        self, metric: str, docs: Sequence[Document], settings: Mapping[str, object], seconds: float = 0.0
+    ):
         n = self.total_count
         if n == 0:
             raise BoomerangError(

@@ -6,7 +6,7 @@ Uses matplotlib's Agg backend (no display needed); importing this module does no
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ def _finite(v: Any) -> bool:
 
 
 def sweep_plot(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, object]],
     path: str | Path,
     *,
     y: str,

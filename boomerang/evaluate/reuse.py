@@ -131,7 +131,9 @@ def work(keys: Sequence[Key | None], n_layers: Sequence[int]) -> dict[str, int]:
 class _Skip(nn.Module):
     """Stands in for a layer whose output is already known: returns its input (no hooks, no arithmetic)."""
 
-    def forward(self, hidden_states: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor | None = None, *args: object, **kwargs: object
+    ) -> torch.Tensor:
         return hidden_states if hidden_states is not None else kwargs["hidden_states"]
 
 

@@ -326,7 +326,7 @@ def is_write_error(e: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, *, force: bool = False, resume: Any = None) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike, *, force: bool = False, resume: object = None) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out`` only if the block succeeds.
 
     On any error (or interruption) the temporary directory is removed and ``out`` is left untouched. With

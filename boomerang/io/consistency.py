@@ -64,7 +64,7 @@ def _mismatch(path: Path, name: str, ref: TensorRef, shape: tuple[int, ...]) -> 
     )
 
 
-def check_saved_shapes(path: Path, config: Mapping[str, Any], entries: Mapping[str, TensorRef]) -> None:
+def check_saved_shapes(path: Path, config: Mapping[str, object], entries: Mapping[str, TensorRef]) -> None:
     """Without torch: every tensor of a canonical checkpoint has the shape its config.json implies."""
     arch = ARCHS.get(str(config.get("model_type")))
     shapes = saved_shapes(config, arch) if arch is not None else None

@@ -176,7 +176,7 @@ class FastBuilder(Builder):
         self._check_layouts()
 
     @classmethod
-    def open(cls, *args: Any, **kwargs: Any) -> FastBuilder | None:
+    def open(cls, *args: object, **kwargs: object) -> FastBuilder | None:
         """``create``, but None when only the transformers path can build the pair exactly.
 
         Any error (unreadable files, incompatible models, a layer map that does not fit) also gives None, so that

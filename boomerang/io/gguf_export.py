@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,7 @@ def _sliding(config: dict[str, Any]) -> list[bool]:
     return [config.get("sliding_window") is not None] * n
 
 
-def check_config(config: dict[str, Any], where: str = "the model") -> list[str]:
+def check_config(config: Mapping[str, object], where: str = "the model") -> list[str]:
     """Fail, naming the reason, unless llama.cpp computes what transformers computes for this config; returns
     notes to show (e.g. a sliding window the llama.cpp graph ignores)."""
     model_type = config.get("model_type", "?")
@@ -186,7 +186,7 @@ def check_config(config: dict[str, Any], where: str = "the model") -> list[str]:
 
 
 def check_export(
-    model: str | os.PathLike | dict[str, Any], tokenizer_dir: str | os.PathLike | None = None
+    model: str | os.PathLike | dict[str, object], tokenizer_dir: str | os.PathLike | None = None
 ) -> list[str]:
     """Everything ``export_gguf`` refuses, checked from a config (a dict or a checkpoint directory) and the
     directory holding the tokenizer; returns the notes ``check_config`` gives."""

@@ -20,6 +20,7 @@ converter.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,7 @@ def _split_names() -> dict[str, str]:
     return names
 
 
-def pre_tokenizer_name(data: dict[str, Any], directory: Path) -> str:
+def pre_tokenizer_name(data: Mapping[str, object], directory: Path) -> str:
     """llama.cpp's name (``tokenizer.ggml.pre``) for a byte-level tokenizer's pre-tokenizer."""
     steps = _steps(data.get("pre_tokenizer"))
     kinds = [s.get("type") for s in steps]

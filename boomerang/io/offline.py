@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..core.arch import model_class
 from ..errors import BoomerangError
@@ -94,7 +95,7 @@ def strip_quantization(cfg: Config) -> None:
         del cfg.quantization_config
 
 
-def load_gguf(where: str, gguf: str, auto: type, kwargs: dict[str, Any]) -> PreTrainedModel:
+def load_gguf(where: str, gguf: str, auto: type, kwargs: Mapping[str, object]) -> PreTrainedModel:
     """Dequantise a GGUF file into a plain model (``save_pretrained`` refuses GGUF-loaded models)."""
     import torch
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from ..core.plan import PatchOrder
 from ..errors import BoomerangError
@@ -20,7 +19,7 @@ ORDER_HELP = (
 )
 
 
-def order_from_json(data: Any, where: str) -> PatchOrder:
+def order_from_json(data: object, where: str) -> PatchOrder:
     """A ``PatchOrder`` from parsed JSON: a bare list of student layers, or a saved order object."""
     if isinstance(data, list):
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in data):

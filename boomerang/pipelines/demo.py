@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ from .sweep_inputs import BaselineOptions
 if TYPE_CHECKING:
     from ..analysis.baselines import BaselineCache
     from ..core.layermap import LayerMap
+    from ..core.plan import OrderSpec
     from ..hints import Calibration, Model, Tokenizer
 
 DEFAULT_RECIPE = "smollm2-cpu"  # packaged (boomerang/recipes/smollm2-cpu.yaml)
@@ -366,7 +367,7 @@ class Demo:
         return path
 
     def sweep(
-        self, text: EvalText, tag: str, teacher: Model, student: Model, order: Any, **options: Any
+        self, text: EvalText, tag: str, teacher: Model, student: Model, order: OrderSpec, **options: Any
     ) -> dict:
         from .sweep import CalibrationOptions, RunOptions, Sweep
 
@@ -534,7 +535,7 @@ class Demo:
             )
         return per
 
-    def results(self, students: dict[str, RunDir], measured: dict[str, Any]) -> DemoResults:
+    def results(self, students: dict[str, RunDir], measured: Mapping[str, object]) -> DemoResults:
         """What the report shows, gathered from the run's files and measurements."""
         from ..train.precision import machine
 

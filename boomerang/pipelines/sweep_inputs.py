@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.arch import n_layers
 from ..core.layermap import LayerMap
-from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS
+from ..core.plan import BUILTIN_ORDERS, DATA_ORDERS, OrderSpec
 from ..errors import BoomerangError
 from ..evaluate.lmeval import TaskOptions, resolve_tasks
 from ..io.sidecar import read_layer_map
@@ -134,7 +134,7 @@ def lm_eval_tasks(tasks: TaskOptions, teacher_config: Config) -> tuple[list[str]
     return names, paths, defaults
 
 
-def check_order_name(order: Any) -> None:
+def check_order_name(order: OrderSpec | None) -> None:
     """A string order is a built-in or data-driven order, a JSON order file, or a JSON list of layers."""
     if not isinstance(order, str):
         return

@@ -8,7 +8,7 @@ import io
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,9 @@ def result_rows(rows: Sequence[Row], state: SweepState, metric: str) -> list[dic
     return out
 
 
-def write_results(result: dict[str, Any], out: Path, partial: Path, *, order_name: str, force: bool) -> None:
+def write_results(
+    result: Mapping[str, object], out: Path, partial: Path, *, order_name: str, force: bool
+) -> None:
     """Write every output into ``out`` atomically (never over another process's output), then drop ``partial``."""
     rows = result["rows"]
     metric = result["metric"]["name"]
@@ -83,16 +85,16 @@ def _clean(o: Any) -> Any:
     return o
 
 
-def lm_eval_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+def lm_eval_columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r if "/" in k))
 
 
-def lm_eval_labels(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+def lm_eval_labels(rows: Sequence[Mapping[str, object]]) -> dict[str, str]:
     """``task/metric`` column -> what it measures (lm-eval's metrics, kept apart from boomerang's perplexity)."""
     return {c: metric_label(c.split("/", 1)[1]) for c in lm_eval_columns(rows)}
 
 
-def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+def to_csv(rows: Sequence[Mapping[str, object]]) -> str:
     if not rows:
         return ""
     metric_cols = [k for k in rows[0] if k in ("ppl", "pppl")]
@@ -122,7 +124,7 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def to_markdown(result: dict[str, Any]) -> str:
+def to_markdown(result: Mapping[str, object]) -> str:
     rows = result["rows"]
     metric = result["metric"]["name"]
     extra = lm_eval_columns(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ def source_name(spec: ModelSpec, model: ModelSpec) -> str:
     return getattr(model, "name_or_path", "") or f"<in-memory {model.config.model_type}>"
 
 
-def sweep_fingerprint(settings: dict[str, Any], batches: Sequence[ScoreBatch]) -> str:
+def sweep_fingerprint(settings: Mapping[str, object], batches: Sequence[ScoreBatch]) -> str:
     """The hash of a sweep's settings (JSON) and of every token of its batches."""
     h = hashlib.sha256()
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())

@@ -26,7 +26,7 @@ exactly as before.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +117,7 @@ class Step:
         self.starts = [r.length for r in self.rows]
 
     # the parts of transformers' Cache interface that models call with a cache in hand
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object, **kwargs: object):
         for b, row in enumerate(self.rows):
             row.slots[layer_idx].write(self.starts[b], key[b : b + 1], value[b : b + 1], row.hint)
         return key, value
@@ -151,7 +151,7 @@ def row_attention(
     dropout: float = 0.0,
     sliding_window: int | None = None,
     boomerang_step: Step | None = None,
-    **kwargs: Any,
+    **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """Attention per row of a ``Step`` (see the module docstring); transformers' SDPA attention without one."""
     if boomerang_step is None:

@@ -14,6 +14,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -443,7 +444,7 @@ def usage_chunk(kind: str, rid: str, created: int, model: str, usage: dict[str, 
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage}
 
 
-def sse(data: dict[str, Any] | str) -> bytes:
+def sse(data: Mapping[str, object] | str) -> bytes:
     """One server-sent event."""
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -91,7 +91,7 @@ class Runner:
             yield seen
             return
 
-        def hook(module: nn.Module, args: Any, output: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
+        def hook(module: nn.Module, args: object, output: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
             seen.append(output[0] if isinstance(output, tuple) else output)
 
         handle = self.layers[n_shared - 1].register_forward_hook(hook)
@@ -110,7 +110,7 @@ class Runner:
             return
         stubbed = self.layers[:n_shared]
 
-        def stub(*args: Any, **kwargs: Any) -> torch.Tensor:
+        def stub(*args: object, **kwargs: object) -> torch.Tensor:
             return hidden
 
         for layer in stubbed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,7 @@ class RunState:
             "world_size": world,
         }
 
-    def update(self, meta: dict[str, Any]) -> None:
+    def update(self, meta: Mapping[str, object]) -> None:
         self.step, self.tokens, self.data_position = meta["step"], meta["tokens"], meta["data_position"]
         self.skipped, self.elapsed = meta["skipped"], meta["elapsed"]
         self.teacher_eval, self.last_eval = meta.get("teacher_eval"), meta.get("last_eval")
@@ -99,7 +100,7 @@ def rng_state() -> dict[str, Any]:
     return st
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, object]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,9 +57,9 @@ def run_summary(
     *,
     out: Path,
     student_dir: Path,
-    eval_slice: dict[str, Any] | None,
+    eval_slice: Mapping[str, object] | None,
     world: int,
-    shards: dict[str, Any] | None,
+    shards: Mapping[str, object] | None,
     precision: str,
 ) -> dict[str, Any]:
     """The run's summary: length, speed, the last steps' loss terms, validation, sharding and precision."""
@@ -88,5 +89,5 @@ def run_summary(
     }
 
 
-def write_summary(out: Path, summary: dict[str, Any]) -> None:
+def write_summary(out: Path, summary: Mapping[str, object]) -> None:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

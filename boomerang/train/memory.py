@@ -92,7 +92,7 @@ class ModelShape:
     guessed: bool = False  # the model_type is unknown; read as a Llama-like decoder
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
+    def from_config(cls, config: Mapping[str, object]) -> ModelShape:
         """A shape from a ``config.json`` dict; unknown model types with Llama-style keys are read as Llama-like."""
         cfg = dict(config)
         if (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -343,7 +343,7 @@ def merge_overrides(overrides: list[str] | None, named: dict[str, object]) -> li
     return merged
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(data: Mapping[str, object], overrides: list[str]) -> dict[str, Any]:
     """A copy of a raw recipe dict with ``key=value`` pairs (dotted keys, YAML values) set."""
     data = copy.deepcopy(data)
     for item in overrides:
@@ -389,7 +389,9 @@ def _expand(value: str | None) -> str | None:
     return os.path.expanduser(os.path.expandvars(value))
 
 
-def parse_recipe(data: dict[str, Any], overrides: list[str] | None = None, *, where: str = "") -> Recipe:
+def parse_recipe(
+    data: Mapping[str, object], overrides: list[str] | None = None, *, where: str = ""
+) -> Recipe:
     """Validate a raw recipe dict (after applying overrides)."""
     if not isinstance(data, dict):
         raise BoomerangError(f"recipe {where} must be a YAML mapping of sections, got {type(data).__name__}")

@@ -27,7 +27,7 @@ WIDE = {  # integers that may go beyond INT_MAX, and their own upper bound
 CPU_BOUND = ("train.threads",)  # at most this machine's CPUs
 
 
-def check_values(model: type[BaseModel], data: Any, prefix: str = "") -> list[str]:
+def check_values(model: type[BaseModel], data: object, prefix: str = "") -> list[str]:
     """Problems (one line each, naming the dotted key) with the raw values of ``data`` for ``model``'s fields."""
     if not isinstance(data, dict):
         return []
@@ -115,7 +115,7 @@ def _real(key: str, value: Any) -> list[str]:
     return [f"{key}: must be a finite number, got {value!r}{why}"]
 
 
-def nonfinite(data: Any, prefix: str = "") -> list[str]:
+def nonfinite(data: object, prefix: str = "") -> list[str]:
     """Dotted keys of every non-finite float in a (dumped) recipe."""
     if isinstance(data, dict):
         return [k for name, v in data.items() for k in nonfinite(v, f"{prefix}{name}.")]

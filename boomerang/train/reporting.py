@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ class MetricsLog:
                 if tensorboard:
                     raise BoomerangError("log.tensorboard is on but tensorboard is not installed") from None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Mapping[str, object]) -> None:
         if not self.main:
             return
         record = {
@@ -104,7 +105,7 @@ def plan_lines(
     precision: str,
     warmup: int,
     out: Path,
-    shards: dict[str, Any] | None,
+    shards: Mapping[str, object] | None,
     resumed: tuple[Path, int] | None,
 ) -> list[str]:
     """The run's plan, printed before the first step: models, loss, data, schedule, output (and sharding, resume)."""
@@ -154,7 +155,7 @@ def print_lines(lines: list[str]) -> None:
     console.print("\n".join(lines), highlight=False)
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: Mapping[str, object]) -> None:
     t = Table(title="distillation summary", show_header=False)
     t.add_row("steps / tokens", f"{summary['steps']} / {summary['tokens']:,}")
     t.add_row("time", f"{summary['seconds']:.0f} s ({summary['tokens_per_s']:,.0f} tokens/s)")

@@ -23,7 +23,7 @@ works across strategies and process counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -289,7 +289,7 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 
 def load_full_optimizer_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, object]
 ) -> None:
     """Load an optimizer state numbered like ``optimizer.state_dict()`` (rank 0's; others pass ``{}``). Collective."""
     if state:
