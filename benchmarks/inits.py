@@ -134,9 +134,8 @@ def main() -> None:
     students = {n: distil(n, args.work, args) for n in names}
     # every sweep first (each is cached under --work, so an interrupted run resumes), then the scores
     swept: dict[str, dict[str, list[dict]]] = {}
-    pruned: dict[
-        tuple[str, int], dict
-    ] = {}  # (method, layers) -> row: the union over the sweeps that have them
+    # (method, layers) -> row: the union over the sweeps that have them
+    pruned: dict[tuple[str, int], dict] = {}
     seconds: dict[str, float] = {}
     for n in names:
         swept[n] = {}
@@ -150,9 +149,8 @@ def main() -> None:
             seconds[f"{n}-{order}"] = res.get("seconds_this_run")
             swept[n][order] = rows = res["rows"]
             for r in rows:
-                if (
-                    r["method"] in ("shortgpt", "laco") and r["ppl"] is not None
-                ):  # LaCo reaches only some sizes
+                # LaCo reaches only some sizes
+                if r["method"] in ("shortgpt", "laco") and r["ppl"] is not None:
                     pruned.setdefault((r["method"], r["layers"]), r)
         print(f"{n}: swept ({time.perf_counter() - t0:.0f} s)", flush=True)
     base_rows = sorted(pruned.values(), key=lambda r: (r["method"], r["layers"]))

@@ -48,9 +48,8 @@ def flops(config, batch) -> dict[str, float]:
     d = getattr(config, "head_dim", None) or h // heads
     b, length = batch.input_ids.shape
     linear = h * heads * d + 2 * h * kv * d + heads * d * h + 3 * h * inter  # q, k, v, o, gate/up/down
-    layer = (
-        2 * linear * b * length + 2 * 2 * heads * d * b * length * (length + 1) / 2
-    )  # + QK^T and AV (causal)
+    # + QK^T and AV (causal)
+    layer = 2 * linear * b * length + 2 * 2 * heads * d * b * length * (length + 1) / 2
     head = 2 * h * vocab * batch.targets.numel()
     return {"layer": layer, "head": head, "head_over_layer": head / layer}
 

@@ -16,9 +16,8 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     Model: TypeAlias = PreTrainedModel  # a loaded model (a teacher, a student, a member, a pruned baseline)
-    ModelSpec: TypeAlias = (
-        PreTrainedModel | str | os.PathLike
-    )  # a loaded model, or a checkpoint path / Hub id
+    # a loaded model, or a checkpoint path / Hub id
+    ModelSpec: TypeAlias = PreTrainedModel | str | os.PathLike
     Config: TypeAlias = PretrainedConfig | dict[str, Any]  # a model config, or a config.json dict
     Tokenizer: TypeAlias = PreTrainedTokenizerBase
     Calibration: TypeAlias = torch.Tensor | Sequence[Sequence[int]]  # token ids [n_texts, length]

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault(
-    "HF_HUB_OFFLINE", "1"
-)  # no test touches the network; Hub paths must fail fast and clearly
+# no test touches the network; Hub paths must fail fast and clearly
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch

@@ -257,9 +257,8 @@ def _has(path: Path, *names: str) -> Callable[[], bool]:
 def g_info(g: Gen) -> Case:
     c = Case("info", ["info"])
     role = g.pick(["teacher", "student"])
-    with_teacher = g.chance(
-        0.2
-    )  # a student alone is described on its own, with --teacher beside that teacher
+    # a student alone is described on its own, with --teacher beside that teacher
+    with_teacher = g.chance(0.2)
     g.model(c, None, role=role, tokenizer=False, paired=with_teacher)
     if g.chance(0.3):
         g.order(c, inline=False, student=role == "student")  # a teacher has no family table to fit

@@ -86,9 +86,8 @@ def test_find_corpus(tmp_path, monkeypatch):
     assert find_corpus(both) == Corpus(str(both / "train"), str(both / "validation"))
     assert find_corpus(both / "train") == Corpus(str(both / "train"), "builtin:hamlet")
     assert find_corpus("builtin:default-train") == Corpus("builtin:default-train", "builtin:hamlet")
-    assert (
-        find_corpus("builtin:hamlet").validation == "builtin:devils-dictionary"
-    )  # never validate on training text
+    # never validate on training text
+    assert find_corpus("builtin:hamlet").validation == "builtin:devils-dictionary"
     assert find_corpus("hf:some/dataset").train == "hf:some/dataset"  # opened lazily (and needs the hf extra)
     half = tmp_path / "half"
     tiny_corpus(half / "train", 2)

@@ -25,10 +25,11 @@ def test_demo_pipeline_runs_and_resumes(real_teacher_dir, corpora, tmp_path):
         "--calibration-samples",
         "4",
     ]
+    # a rerun must repeat them (other settings are refused)
     args += [
         "train.micro_batch_size=4",
         "eval.blocks=2",
-    ]  # a rerun must repeat them (other settings are refused)
+    ]
     assert run(args) == 0
     summary = json.loads((out / "distill" / "summary.json").read_text())
     assert summary["steps"] == 1 and summary["tokens"] == 4096
@@ -103,9 +104,8 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path, monkeypa
             curves
         )
         layers = [r["layers"] for r in sorted(curves["main (size-aware)"], key=lambda r: r["K"])]
-        assert (
-            layers == sorted(set(layers)) and layers[-1] == 8
-        )  # one member per distinct size, up to the teacher
+        # one member per distinct size, up to the teacher
+        assert layers == sorted(set(layers)) and layers[-1] == 8
     assert res["slices"]["hamlet"][0]["name"] == "builtin:hamlet"
     assert res["slices"]["validation"][0]["name"].startswith("doc")  # the validation/ folder
     report = (out / "report.md").read_text()
@@ -164,9 +164,8 @@ def test_demo_rerun_with_other_settings_redoes_or_refuses(tmp_path, capsys):
     assert json.loads(sweep.read_text())["settings"]["max_tokens"] == 192
     assert json.loads((out / "results.json").read_text())["settings"]["eval_tokens"] == 192
     assert student.read_bytes() == weights
-    first, second = json.loads((out / "timings.json").read_text())[
-        "runs"
-    ]  # the discarded evaluation no longer counts
+    # the discarded evaluation no longer counts
+    first, second = json.loads((out / "timings.json").read_text())["runs"]
     assert "evaluate" not in first and first["distill main"] > 0 and "evaluate" in second
     assert first["total (this run)"] == pytest.approx(
         sum(v for k, v in first.items() if k != "total (this run)")

@@ -62,9 +62,8 @@ def test_distilbert_in_bert_layout_is_exact(bert_pair):
 def test_patched_bert_blocks_compute_what_bert_computes(bert_pair):
     bert, distil, lm = bert_pair
     x = ids()
-    m = B.patch(
-        bert, distil, lm, num_patched=2
-    )  # student layers 4, 5 -> BERT layers 9, 10, 11 and BERT's head
+    # student layers 4, 5 -> BERT layers 9, 10, 11 and BERT's head
+    m = B.patch(bert, distil, lm, num_patched=2)
     with torch.no_grad():
         h = distil.distilbert.embeddings(x)
         for layer in distil.distilbert.transformer.layer[:4]:

@@ -114,9 +114,8 @@ def test_windows_score_every_token_once_with_bounded_context():
                         got.append(p)
                         assert p - begin <= context - 1  # at most context-1 tokens of left context
                         if begin > 0:
-                            assert (
-                                p - begin >= context - stride
-                            )  # and at least context-stride after the first
+                            # and at least context-stride after the first
+                            assert p - begin >= context - stride
                 assert got == list(range(1, n))
 
 

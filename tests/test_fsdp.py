@@ -40,9 +40,8 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path):
     )
     recipe.write_text(yaml.safe_dump(raw))
     one, two = tmp_path / "one", tmp_path / "two"
-    _run(
-        [_boomerang(), "distill", str(recipe), "--out", str(one)]
-    )  # one process: strategy fsdp has no effect
+    # one process: strategy fsdp has no effect
+    _run([_boomerang(), "distill", str(recipe), "--out", str(one)])
     res = _run([*LAUNCH, _boomerang(), "distill", str(recipe), "--out", str(two)])
     assert "sharding  FSDP2 over 2 processes" in res.stdout
 
@@ -75,9 +74,8 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path):
     ]
     opt = load_file(str(ckpt / "optimizer.safetensors"))
     assert {k.split(".", 1)[1] for k in opt} == {"exp_avg", "exp_avg_sq", "step"}
-    assert (
-        len({k.split(".", 1)[0] for k in opt}) == len(wa) - 0
-    )  # one state per trained parameter (head tied)
+    # one state per trained parameter (head tied)
+    assert len({k.split(".", 1)[0] for k in opt}) == len(wa) - 0
 
     # resuming the sharded run from step 2 ends with the same weights and curve
     res = _run([*LAUNCH, _boomerang(), "distill", str(recipe), "--out", str(two), "--resume"])

@@ -147,14 +147,14 @@ def test_build_writes_one_gguf_file_with_force_rules(tmp_path, capsys):
     ]
     assert run(args) == 0
     reader = gguf.GGUFReader(out)
-    assert (
-        field(reader, "qwen3.block_count") == 5 and field(reader, "general.file_type") == 1
-    )  # f16 by default
+    # f16 by default
+    assert field(reader, "qwen3.block_count") == 5 and field(reader, "general.file_type") == 1
+    # no scratch left
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "member.gguf",
         "student",
         "teacher",
-    ]  # no scratch left
+    ]
     before = out.read_bytes()
     assert run(args) == 2 and "already exists" in capsys.readouterr().err
     assert out.read_bytes() == before
@@ -211,13 +211,14 @@ def test_pre_tokenizer_names(tmp_path):
         tiny_bpe_tokenizer(tmp_path / "tok", split=split)
         assert read_vocab(tmp_path / "tok", 400).pre == name
     data = read_tokenizer_json(tmp_path / "tok")
+    # SmolLM's own tokenizer
     data["pre_tokenizer"] = {
         "type": "Sequence",
         "pretokenizers": [
             {"type": "Digits", "individual_digits": True},
             {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
         ],
-    }  # SmolLM's own tokenizer
+    }
     (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(data))
     vocab = read_vocab(tmp_path / "tok", 400)
     assert vocab.pre == "smollm" and vocab.tokens[301:] == [f"[PAD{i}]" for i in range(301, 400)]

@@ -188,9 +188,8 @@ def _reference_eq1(student, teacher, lm, x, mask, cfg: LossConfig):
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])
 @pytest.mark.parametrize("mode", ["head", "logits"])
 def test_distill_loss_equals_the_straightforward_implementation(arch, mode):
-    teacher, student, lm = make_pair(
-        arch, tie=arch == "llama"
-    )  # eval mode: GPT-2 dropout would differ per pass
+    # eval mode: GPT-2 dropout would differ per pass
+    teacher, student, lm = make_pair(arch, tie=arch == "llama")
     x = ids(3, 10)
     mask = torch.ones_like(x)
     mask[1, 7:] = 0

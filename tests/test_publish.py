@@ -66,9 +66,8 @@ def test_cards_parse_and_say_what_each_member_is(family_with_sweep):
         assert f"| layers | {row['n_layers']} |" in text
         assert f'from_pretrained("path/to/family/{row["dir"]}")' in text
         assert row["gguf"]["file"] in text and row["gguf"]["file"] in top.text
-        if (
-            row["K"] in ppl
-        ):  # found in the run's sweeps/ folder: the measured perplexity of exactly this member
+        # found in the run's sweeps/ folder: the measured perplexity of exactly this member
+        if row["K"] in ppl:
             assert row["scores"][0]["value"] == ppl[row["K"]]
             assert f"| ppl on val | {ppl[row['K']]:.3f}" in text
         else:

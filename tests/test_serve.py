@@ -368,9 +368,8 @@ def test_router_picks_the_largest_member_that_fits_under_load():
     router = service.router
     load: list[int] = []
     router.load = lambda: list(load)
-    for k, ms in enumerate(
-        [1.0, 1.0, 1.0, 4.0, 4.0]
-    ):  # measured costs: ms per step, a tenth per prompt token
+    # measured costs: ms per step, a tenth per prompt token
+    for k, ms in enumerate([1.0, 1.0, 1.0, 4.0, 4.0]):
         router.observe(k, "decode", 1, ms / 1000)
         router.observe(k, "prefill", 10, ms / 1000)
     router.observe(4, "speculative", 5, 1.0)  # speculative rounds are not decoding steps: ignored
@@ -405,9 +404,8 @@ def test_auto_over_http_names_the_member_it_chose(pair):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         assert client.models.list().data[-1].id == "auto"
         r = client.completions.with_raw_response.create(model="auto", prompt="w5", max_tokens=2)
-        assert (
-            r.headers["x-boomerang-member"] == "k4" and r.parse().model == "k4"
-        )  # a generous budget: teacher
+        # a generous budget: teacher
+        assert r.headers["x-boomerang-member"] == "k4" and r.parse().model == "k4"
         health = httpx.get(url.removesuffix("/v1") + "/health").json()
         assert health["routing"]["chosen"] == {"k4": 1} and set(health["routing"]["decode_ms_per_token"]) == {
             "k0",

@@ -55,9 +55,8 @@ def test_stream_is_byte_identical_to_memory_build(saved):
         ref, out = tmp / f"ref{patched}", tmp / f"out{patched}"
         memory_build(t_dir, s_dir, ref, patched, lm)
         stream_build(t_dir, s_dir, out, patched=patched)
-        assert same_files(ref, out) == [], (
-            patched
-        )  # every file: weights, config, generation config, tokenizer
+        # every file: weights, config, generation config, tokenizer
+        assert same_files(ref, out) == [], patched
     assert no_temp_left(tmp)
 
 
@@ -79,10 +78,8 @@ def test_sharded_inputs_and_outputs(saved):
         stream_build(t_sh, s_sh, out, patched=patched, max_shard_size="16KB")
         assert len(list(out.glob("model-*.safetensors"))) > 1
         assert same_files(ref, out) == []
-        for fast in (
-            True,
-            False,
-        ):  # both builders, forced, read sharded inputs into single or sharded outputs
+        # both builders, forced, read sharded inputs into single or sharded outputs
+        for fast in (True, False):
             for shard in ("16KB", "50GB"):
                 forced = tmp / f"forced{patched}{fast}{shard}"
                 stream_build(t_sh, s_sh, forced, patched=patched, max_shard_size=shard, fast=fast)
@@ -634,10 +631,11 @@ def test_bert_teacher_is_not_fast(tmp_path):
 def test_output_tokenizer_is_the_teachers(saved_llama):
     tmp, t_dir, s_dir, _lm = saved_llama
     stream_build(t_dir, s_dir, tmp / "out", patched=[1], fast=True)
+    # tokenizer + generation config
     assert same_files(t_dir, tmp / "out") == [
         "config.json",
         "model.safetensors",
-    ]  # tokenizer + generation config
+    ]
     text = "w4 w17 </s> w95 nonsense <s> w5"
     a, b = B.load_tokenizer(t_dir), B.load_tokenizer(tmp / "out")
     assert a(text)["input_ids"] == b(text)["input_ids"] and a.decode(a(text)["input_ids"]) == b.decode(

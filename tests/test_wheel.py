@@ -122,9 +122,8 @@ print(json.dumps({
 }))
 """
     info = json.loads(_ok(_run([py, "-c", code], work, env)).stdout)
-    assert Path(info["file"]).is_relative_to(root / "venv"), info[
-        "file"
-    ]  # the installed copy, not the repo's
+    # the installed copy, not the repo's
+    assert Path(info["file"]).is_relative_to(root / "venv"), info["file"]
     assert {"smollm2-cpu", "qwen3-8b", "llama-3.2-3b"} <= set(info["recipes"]) and info[
         "cpu_recipe"
     ] == "smollm2-cpu"

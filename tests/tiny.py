@@ -220,11 +220,12 @@ TINY_DEMO_OVERRIDES = ["data.seq_len=64", "train.micro_batch_size=8", "eval.bloc
 
 # ---- byte-level BPE tokenizers (GGUF export, issue 25) ------------------------------------------------------
 
+# ids 0, 1, 2: pad, bos and eos of tiny configs
 BPE_SPECIALS = (
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
-)  # ids 0, 1, 2: pad, bos and eos of tiny configs
+)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -255,9 +255,8 @@ def block_influence(model: nn.Module, calibration: Calibration, *, batch_size: i
 class ShortGPTResult:
     kept: list[int]
     removed: list[int]  # teacher layers in removal order
-    block_influence: list[
-        list[float]
-    ]  # BI of the (remaining) layers at each measurement, by teacher layer index
+    # BI of the (remaining) layers at each measurement, by teacher layer index
+    block_influence: list[list[float]]
     recompute: bool
 
 

@@ -97,9 +97,8 @@ def distinct_sizes(teacher_config: Config, student_config: Config, layer_map: La
     """
     m = layer_map.n_student
     gains = [len(layer_map.block(i)) - 1 for i in range(m)]
-    reach: dict[int, tuple[int, ...]] = {
-        0: ()
-    }  # extra layers -> fewest blocks reaching them (multi-layer only)
+    # extra layers -> fewest blocks reaching them (multi-layer only)
+    reach: dict[int, tuple[int, ...]] = {0: ()}
     for i in (i for i in range(m) if gains[i] > 0):
         for extra, subset in sorted(reach.items(), reverse=True):
             cand = extra + gains[i]

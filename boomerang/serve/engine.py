@@ -42,9 +42,8 @@ log = logging.getLogger("boomerang.serve")
 
 Event = tuple[Any, ...]
 Sink = Callable[[Event], None]
-Observer = Callable[
-    [int, str, int, float], None
-]  # (K, "prefill" | "decode" | "speculative", tokens, seconds)
+# (K, "prefill" | "decode" | "speculative", tokens, seconds)
+Observer = Callable[[int, str, int, float], None]
 
 MAX_BATCH = 16  # requests of one member per forward pass
 MAX_GAMMA = 8  # the most tokens a draft proposes per round
