@@ -26,6 +26,8 @@ from .io.order_files import save_order
 from .io.safetensors_files import parse_shard_size
 from .io.sidecar import read_layer_map
 
+# Lazy imports: a streamed build of canonical checkpoints never imports torch or transformers, so the modules
+# that do (loading, stream, orders, gguf_export, ...) are imported inside the functions that need them.
 if TYPE_CHECKING:
     from .core.layermap import LayerMap
     from .core.params import ParamCount

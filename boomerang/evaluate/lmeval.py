@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BoomerangError, require
 from ..io.atomic import atomic_write_text
 
+# Lazy imports: lm-eval is an optional extra, and the CLI reads TaskOptions at start-up, so lm_eval and the
+# torch modules are imported inside the functions that run tasks.
 if TYPE_CHECKING:
     from ..hints import Model, Tokenizer
     from .perplexity import Source

@@ -20,6 +20,8 @@ from ..errors import BoomerangError
 from .checkpoints import CONFIG, is_local_safetensors, read_json
 from .safetensors_files import TensorRef, read_tensors
 
+# Lazy imports: the fast build checks checkpoints without torch; transformers' weight-renaming tables are
+# imported only where a check needs them.
 if TYPE_CHECKING:
     from ..hints import Config, Model
 

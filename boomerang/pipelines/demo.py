@@ -45,6 +45,8 @@ from .demo_report import OFFLINE_LABEL, TOTAL, write_report
 from .demo_results import ABLATIONS, Curve, DemoResults, Student, TextResult
 from .sweep_inputs import BaselineOptions
 
+# Lazy imports: the CLI imports this module at start-up (DemoSettings), so torch, transformers and the
+# training/evaluation modules are imported inside the methods that run them.
 if TYPE_CHECKING:
     from ..analysis.baselines import BaselineCache
     from ..core.layermap import LayerMap

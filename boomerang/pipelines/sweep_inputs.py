@@ -17,6 +17,8 @@ from ..errors import BoomerangError
 from ..evaluate.lmeval import TaskOptions, resolve_tasks
 from ..io.sidecar import read_layer_map
 
+# Lazy imports: the CLI reads its sweep options from here at start-up, so model loading (torch, transformers)
+# and the Family are imported inside the functions that load them.
 if TYPE_CHECKING:
     from ..analysis.baselines import BaselineCache
     from ..hints import Config, DType, ModelSpec, Tokenizer
