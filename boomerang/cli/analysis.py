@@ -58,22 +58,6 @@ def _status(text: str) -> Iterator[Any]:
         yield lambda msg: st.update(msg)
 
 
-def _load_pair(teacher: str, student: str, dtype: str, trust: bool, student_layers: str | None) -> tuple:
-    from ..core.arch import n_layers
-    from ..core.configs import check_compatible
-    from ..io.loading import load_config, load_pair, load_tokenizer
-
-    tcfg = load_config(teacher, trust_remote_code=trust)
-    scfg = load_config(student, trust_remote_code=trust)
-    check_compatible(tcfg, scfg)
-    student_map = resolve_layer_map(
-        student, scfg, layers=student_layers, n_teacher=n_layers(tcfg), option="--student-layers"
-    )
-    student_map.check_fits(n_layers(tcfg), n_layers(scfg))
-    t, s = load_pair(teacher, student, dtype=dtype, trust_remote_code=trust)
-    return t, s, student_map, load_tokenizer(teacher, trust_remote_code=trust)
-
-
 def _check_teacher(teacher: str, trust: bool, calibration_length: int | None) -> None:
     """The teacher's files, tokenizer and positions (for --calibration-length), checked before any weights load."""
     validate.model_source(teacher, "--teacher")
@@ -251,6 +235,7 @@ def analyze(
     256 tokens by default (cost grows linearly; see docs/analysis.md)."""
     from ..analysis.analyze import analyze as run_analysis
     from ..analysis.orders import ANALYSIS_TEXTS
+    from ..io.loading import load_pair, load_tokenizer
 
     validate.output_dir(out, force)
     names = validate.names(orders, "--orders")
@@ -264,8 +249,9 @@ def analyze(
             "analyze needs calibration text: pass --data PATH (a text file, folder or .jsonl)"
         )
     validate.text_source(data)
-    _check_pair(teacher, student, trust_remote_code, student_layers, names, calibration_length)
-    t, s, student_map, tok = _load_pair(teacher, student, dtype, trust_remote_code, student_layers)
+    student_map = _check_pair(teacher, student, trust_remote_code, student_layers, names, calibration_length)
+    t, s = load_pair(teacher, student, dtype=dtype, trust_remote_code=trust_remote_code)
+    tok = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
     ids = _calibration(
         data, tok, calibration_texts or ANALYSIS_TEXTS, calibration_length or 256, seed, "analyze"
     )
