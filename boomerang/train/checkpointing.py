@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from safetensors.torch import save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..io.atomic import atomic_dir
 from . import sharding
@@ -209,8 +209,6 @@ class Checkpointer:
     ) -> None:
         """Restore everything saved by ``save`` into the given objects (RNG only for the same world size).
         Under FSDP rank 0 reads the files and every process receives its shards."""
-        from safetensors.torch import load_file, load_model
-
         meta = json.loads((path / STATE).read_text())
         opt_files = (path / "optimizer.safetensors", path / "optimizer.json")
         if self.fsdp:  # collectives: every process takes part

@@ -15,6 +15,7 @@ That bf16 losses track fp32 ones is established once, by the tests (a tiny model
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -60,8 +61,6 @@ def machine() -> dict[str, object]:
                 model = line.split(":", 1)[1].strip()
                 break
     except OSError:
-        import platform
-
         model = platform.processor()
     return {
         "cpu": model or "unknown",
