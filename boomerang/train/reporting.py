@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .. import ui
 from ..core.params import count_params
 from ..errors import BoomerangError
 from ..io.atomic import atomic_write_text
-from ..ui import console, err_console
 from .models import RunModels
 from .recipe import Recipe
 from .run_data import RunData
@@ -83,7 +83,7 @@ def progress_bar(*, enabled: bool) -> Any:
         TextColumn("{task.fields[terms]}"),
         TextColumn("{task.fields[speed]}"),
         TimeRemainingColumn(),
-        console=err_console,
+        console=ui.err_console,
         disable=not enabled,
     )
 
@@ -152,7 +152,7 @@ def validation_line(step: int, student: dict[str, float], teacher: dict[str, flo
 
 
 def print_lines(lines: list[str]) -> None:
-    console.print("\n".join(lines), highlight=False)
+    ui.console.print("\n".join(lines), highlight=False)
 
 
 def print_summary(summary: Mapping[str, object]) -> None:
@@ -170,4 +170,4 @@ def print_summary(summary: Mapping[str, object]) -> None:
         t.add_row("validation (teacher)", f"ppl {summary['val_teacher']['ppl']:.2f}")
     t.add_row("skipped steps", str(summary["skipped_steps"]))
     t.add_row("student", summary["student"])
-    console.print(t)
+    ui.console.print(t)

@@ -39,9 +39,9 @@ from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch import nn
 from transformers.utils import logging as hf_logging
 
+from .. import ui
 from ..core.allocator import keep_freed_memory
 from ..errors import BoomerangError
-from ..ui import err_console
 from . import sharding
 from .checkpointing import STATE, Checkpointer, RunState, list_checkpoints
 from .finish import run_summary, save_final_student, write_summary
@@ -213,7 +213,7 @@ class Distiller:
 
     def _note(self, msg: str) -> None:
         if getattr(self, "main", True):
-            err_console.print(f"[dim]{msg}[/]", highlight=False)
+            ui.err_console.print(f"[dim]{msg}[/]", highlight=False)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _check_finite(self, model: nn.Module, when: str) -> None:
