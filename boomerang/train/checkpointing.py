@@ -21,6 +21,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..io.atomic import atomic_dir
 from . import sharding
+from .run_dir import RunDir
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -147,7 +148,7 @@ def _rng_from_files(
 
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints of a run directory, oldest first."""
-    d = out / "checkpoints"
+    d = RunDir(out).checkpoints
     if not d.is_dir():
         return []
     done = [p for p in d.iterdir() if p.name.startswith("step-") and (p / STATE).is_file()]
@@ -175,7 +176,7 @@ class Checkpointer:
         states = [rng_state()]
         if self.world > 1:
             states = gather_object([rng_state()])
-        path = self.out / "checkpoints" / f"step-{step:07d}"
+        path = RunDir(self.out).checkpoint(step)
         if self.fsdp:  # collectives: every process takes part
             full_model = sharding.full_model_state(model)
             full_opt = sharding.full_optimizer_state(model, optimizer)

@@ -17,6 +17,7 @@ from .checkpointing import RunState
 from .initialise import save_student
 from .models import RunModels
 from .recipe import Recipe
+from .run_dir import RunDir
 
 if TYPE_CHECKING:
     from ..hints import Tokenizer
@@ -90,4 +91,4 @@ def run_summary(
 
 
 def write_summary(out: Path, summary: Mapping[str, object]) -> None:
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(RunDir(out).summary, json.dumps(summary, indent=2) + "\n")

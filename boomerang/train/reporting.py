@@ -19,6 +19,7 @@ from ..io.atomic import atomic_write_text
 from .models import RunModels
 from .recipe import Recipe
 from .run_data import RunData
+from .run_dir import RunDir
 
 if TYPE_CHECKING:
     from .losses import LossConfig
@@ -28,7 +29,8 @@ class MetricsLog:
     """One JSON record per logged step and per validation in ``OUT/metrics.jsonl``, mirrored to TensorBoard."""
 
     def __init__(self, out: Path, *, main: bool):
-        self.path = out / "metrics.jsonl"
+        self.run = RunDir(out)
+        self.path = self.run.metrics
         self.out, self.main, self.writer = out, main, None
 
     def open(self, *, resumed_at: int | None, recipe_yaml: str, tensorboard: bool | None) -> None:
@@ -45,12 +47,12 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(k + "\n" for k in keep))
         elif resumed_at is None:
             self.path.unlink(missing_ok=True)
-        atomic_write_text(self.out / "recipe.yaml", recipe_yaml)
+        atomic_write_text(self.run.recipe, recipe_yaml)
         if tensorboard is not False:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=(resumed_at or 0) + 1)
+                self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=(resumed_at or 0) + 1)
             except ImportError:
                 if tensorboard:
                     raise BoomerangError("log.tensorboard is on but tensorboard is not installed") from None

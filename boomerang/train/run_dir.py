@@ -25,6 +25,7 @@ class RunDir:
     checkpoints/      the training state, ``step-N`` each
     student/          the final student: a standard HF checkpoint with its layer map
     summary.json      the run's summary, written when it finishes
+    tensorboard/      the metrics as TensorBoard events (when tensorboard is installed)
     """
 
     path: Path
@@ -34,6 +35,7 @@ class RunDir:
     CHECKPOINTS = "checkpoints"
     STUDENT = "student"
     SUMMARY = "summary.json"
+    TENSORBOARD = "tensorboard"
     RECORDS = (RECIPE, SUMMARY)  # the small files that tell what a run was and what it gave
 
     def __init__(self, path: str | Path) -> None:
@@ -58,6 +60,14 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / self.SUMMARY
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    def checkpoint(self, step: int) -> Path:
+        """Where the checkpoint of step ``step`` lives."""
+        return self.checkpoints / f"step-{step:07d}"
 
     def is_run(self) -> bool:
         """Whether a run was started here (it wrote its recipe)."""

@@ -10,14 +10,7 @@ The parts live beside it: ``run_dir`` (fresh, resumed or refused), ``precision``
 (teacher, student, loss forwards), ``run_data`` (blocks and the run's length), ``schedule`` (the LR schedule),
 ``validation``, ``checkpointing``, ``reporting`` and ``finish`` (the final student and the summary).
 
-Run directory layout::
-
-    OUT/recipe.yaml           the resolved recipe
-    OUT/metrics.jsonl         one record per logged step and per validation
-    OUT/tensorboard/          if tensorboard is installed
-    OUT/checkpoints/step-N/   model, optimizer, scheduler, RNG and data position (atomic; last K kept)
-    OUT/student/              the final student: a standard HF checkpoint with its layer map
-    OUT/summary.json
+The run directory's files are named in one place, ``run_dir.RunDir``.
 """
 
 from __future__ import annotations
@@ -52,7 +45,7 @@ from .precision import choose_precision
 from .recipe import Recipe
 from .reporting import MetricsLog, plan_lines, print_lines, print_summary, progress_bar, validation_line
 from .run_data import prepare_data
-from .run_dir import check_resumable, resume_point
+from .run_dir import RunDir, check_resumable, resume_point
 from .schedule import make_scheduler, warmup_steps
 from .teacher_cache import TeacherCache, cache_fingerprint
 from .validation import Validator, reduce_sums
@@ -401,7 +394,7 @@ class Distiller:
                         raise BoomerangError(
                             f"aborting at step {s.step}: {s.skipped} steps had a non-finite loss or gradient "
                             f"(train.max_nonfinite={r.train.max_nonfinite}). Lower optim.lr, check the data, or use "
-                            f"--resume from the last checkpoint in {self.out / 'checkpoints'}."
+                            f"--resume from the last checkpoint in {RunDir(self.out).checkpoints}."
                         )
                 elif s.step % r.log.every == 0 or s.step == self.total_steps:
                     self.log.write(rec)
@@ -465,7 +458,7 @@ class Distiller:
         summary: dict[str, Any] = {}
         if self.main:
             model = sharding.plain_copy(self.student, state_dict) if self.fsdp else self.student
-            student_dir = self.out / "student"
+            student_dir = RunDir(self.out).student
             save_final_student(
                 model,
                 student_dir,
