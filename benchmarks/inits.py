@@ -54,8 +54,8 @@ def distil(name: str, work: Path, args: argparse.Namespace) -> Path:
                   "--force", log=d / "init.log")  # fmt: skip
     boomerang("distill", "smollm2-cpu", "--student", str(d / "init"), f"data.train={args.train}",
               f"data.eval={args.validation}", f"train.max_tokens={args.budget}", "checkpoint.every=0",
-              "eval.every=0", "eval.blocks=16", "log.progress=false", "--out", str(d / "run"), "--force",
-              log=d / "distill.log")  # fmt: skip
+              "eval.every=0", "eval.blocks=16", "log.progress=false", *args.set, "--out", str(d / "run"),
+              "--force", log=d / "distill.log")  # fmt: skip
     return student
 
 
@@ -114,6 +114,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/inits"), help="students and sweeps (resumable)")
     ap.add_argument("--inits", default=",".join(INITS), help="which inits, comma-separated")
     ap.add_argument("--budget", type=int, default=200_000, help="distillation tokens per student")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every student"
+    )
     ap.add_argument("--orders", default="first,last,greedy-kl")
     ap.add_argument("--text", default="builtin:hamlet", help="evaluation text (out of domain by default)")
     ap.add_argument("--tokens", type=int, default=4096, help="evaluated tokens of --text")

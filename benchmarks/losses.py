@@ -119,8 +119,11 @@ def main() -> None:
         "--init", default=KEPT, help="the student's kept teacher layers (default: the demo's init)"
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "losses.json")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every variant"
+    )
     args = ap.parse_args()
-    args.overrides = []
+    args.overrides = list(args.set)
     names = [v for v in args.variants.split(",") if v]
     if unknown := [v for v in names if v not in VARIANTS]:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -135,7 +138,13 @@ def main() -> None:
         boomerang("init", "--teacher", "smollm2-offline", "--layers", args.init, "--out", str(args.work / "init"),
                   "--force", log=args.work / "init.log")  # fmt: skip
     shortgpt: dict[str, dict[int, float]] = {t: {} for t in TEXTS}
-    result: dict = {"init": args.init, "budget": args.budget, "tokens": args.tokens, "variants": {}}
+    result: dict = {
+        "init": args.init,
+        "budget": args.budget,
+        "tokens": args.tokens,
+        "set": args.overrides,
+        "variants": {},
+    }
     for name in names:
         run, val = distil(args.work, name, args.budget, VARIANTS[name], args)
         summary = json.loads((run / "summary.json").read_text())
