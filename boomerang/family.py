@@ -29,7 +29,7 @@ from .core.plan import OrderSpec, PatchOrder, PatchPlan, is_data_order, make_pla
 from .errors import BoomerangError
 from .interrupts import check
 from .io.atomic import atomic_dir, check_writable
-from .io.checkpoints import expand_alias, is_local_safetensors, tokenizer_nbytes
+from .io.checkpoints import expand_alias, is_local_safetensors, is_model_spec, tokenizer_nbytes
 from .io.order_files import save_order
 from .io.safetensors_files import DEFAULT_SHARD_SIZE
 from .io.sidecar import student_layer_map
@@ -99,7 +99,7 @@ class Family:
 
         self.snapshots = hold_local(teacher, student)  # read once: rewritten meanwhile is a clear stop
         self.sources: dict[str, str | None] = {
-            role: str(spec) if _is_path(spec) else getattr(spec, "name_or_path", None) or None
+            role: str(spec) if is_model_spec(spec) else getattr(spec, "name_or_path", None) or None
             for role, spec in (("teacher", teacher), ("student", student))
         }
         # one common dtype (a bf16 student beside an fp32 teacher)
@@ -108,7 +108,7 @@ class Family:
         )
         # where the tokenizer's files are, if it was loaded from the teacher's checkpoint (exports copy them)
         self.tokenizer_source: str | None = None
-        if tokenizer is None and _is_path(teacher):
+        if tokenizer is None and is_model_spec(teacher):
             tokenizer = load_tokenizer(teacher, trust_remote_code=trust_remote_code)
             self.tokenizer_source = str(teacher)
         self.tokenizer = tokenizer
@@ -279,11 +279,6 @@ class Family:
             f"Family({self.arch.model_type}, {self.layer_map.describe()}, order={self.default_order.name!r}, "
             f"{len(self._members)} members built)"
         )
-
-
-def _is_path(spec: Any) -> bool:
-    """A model given as a checkpoint path or Hub id (rather than a loaded model)."""
-    return isinstance(spec, (str, os.PathLike))
 
 
 def check_sizes(sizes: Iterable[int] | None, m: int, order: PatchOrder | None = None) -> list[int]:
@@ -608,7 +603,7 @@ def export_family(
         raise BoomerangError(
             f"order {order!r} is computed from calibration texts: pass --data PATH (data=...)"
         )
-    on_disk = _is_path(teacher) and _is_path(student)
+    on_disk = is_model_spec(teacher) and is_model_spec(student)
     can = on_disk and is_local_safetensors(teacher) and is_local_safetensors(student)  # type: ignore[arg-type]
     if stream and not can:
         raise BoomerangError(
@@ -683,7 +678,7 @@ def check_gguf_teacher(teacher: ModelSpec, gguf: str, *, trust_remote_code: bool
     from .io.gguf_export import check_export, check_type
 
     check_type(gguf)
-    if not _is_path(teacher):
+    if not is_model_spec(teacher):
         return check_export(_config_dict(teacher.config))
     from .io.loading import load_config
 

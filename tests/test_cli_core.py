@@ -133,6 +133,15 @@ def test_failed_load_leaves_no_partial_output(dirs, capsys):
     assert not out.exists() and _no_temp_left(tmp)
 
 
+def test_info_refuses_a_teacher_the_layer_map_does_not_fit(dirs, tmp_path, capsys):
+    _tmp, _t_dir, s_dir, *_ = dirs
+    other = tmp_path / "eight-layers"
+    make_teacher("llama", n_layers=8).save_pretrained(other)  # the student's map is for a 6-layer teacher
+    assert run(["info", str(s_dir), "--teacher", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this pair" in err and "the teacher has 8 layers" in err
+
+
 def test_student_without_layer_map_needs_layers(tmp_path, capsys):
     teacher, student, _lm = make_pair("llama")
     student.config.boomerang = None

@@ -69,17 +69,14 @@ def info(
     if student_map is None:
         console.print("[dim]not a boomerang student (no layer map found)[/]")
         return
-    if student_map.n_student != n_layers(cfg):
-        raise BoomerangError(
-            f"the layer map keeps {student_map.n_student} layers but the model has {n_layers(cfg)}"
-        )
-    console.print(f"[bold]layer map[/]: {student_map.describe()}")
-    console.print(_blocks_table(student_map))
     if teacher is not None:
         tcfg = load_config(teacher, trust_remote_code=trust_remote_code)
         check_compatible(tcfg, cfg)
     else:  # assume teacher layers are shaped like the student's
         tcfg = teacher_config_like(cfg, student_map.n_teacher)
+    student_map.check_fits(n_layers(tcfg), n_layers(cfg), student=model)
+    console.print(f"[bold]layer map[/]: {student_map.describe()}")
+    console.print(_blocks_table(student_map))
     console.print(_sizes_table(distinct_sizes(tcfg, cfg, student_map)))
     patch_order = resolve_order(order, student_map, config=cfg)
     console.print(

@@ -47,6 +47,11 @@ TOKENIZER_PREFIXES = (
 )
 
 
+def is_model_spec(spec: object) -> bool:
+    """A model given as a checkpoint path or Hub id (rather than a loaded model)."""
+    return isinstance(spec, (str, os.PathLike))
+
+
 def expand_alias(spec: str | os.PathLike) -> str:
     """``smollm2-offline`` -> the converted offline teacher's directory (converted on first use); else ``spec``."""
     spec = str(spec)

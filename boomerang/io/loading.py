@@ -26,6 +26,7 @@ from .checkpoints import (
     copy_tokenizer,
     dtype_name,
     expand_alias,
+    is_model_spec,
     read_json,
     tokenizer_files,
 )
@@ -244,11 +245,6 @@ def pair_dtype(
         return explicit
     a, b = dtype_name(stored_dtype(teacher_config)), dtype_name(stored_dtype(student_config))
     return None if a == b else getattr(torch, common_dtype_name(a or "float32", b or "float32"))
-
-
-def is_model_spec(spec: object) -> bool:
-    """A model given as a checkpoint path or Hub id (rather than a loaded model)."""
-    return isinstance(spec, (str, os.PathLike))
 
 
 def pair_load_dtype(
