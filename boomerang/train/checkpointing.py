@@ -21,13 +21,11 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..io.atomic import atomic_dir
 from . import sharding
-from .run_dir import RunDir
+from .run_dir import STATE, RunDir, list_checkpoints
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LRScheduler
-
-STATE = "state.json"
 
 
 @dataclass
@@ -144,15 +142,6 @@ def _rng_from_files(
     if m["cuda"]:
         st["cuda"] = [tensors[f"{rank}.cuda.{i}"] for i in range(m["cuda"])]
     return st
-
-
-def list_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints of a run directory, oldest first."""
-    d = RunDir(out).checkpoints
-    if not d.is_dir():
-        return []
-    done = [p for p in d.iterdir() if p.name.startswith("step-") and (p / STATE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
 class Checkpointer:

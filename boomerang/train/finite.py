@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import BoomerangError
-from .checkpointing import RunState, list_checkpoints
+from .checkpointing import RunState
+from .run_dir import list_checkpoints
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

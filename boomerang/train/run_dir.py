@@ -15,6 +15,8 @@ from ..errors import BoomerangError
 if TYPE_CHECKING:
     from .recipe import Recipe
 
+STATE = "state.json"  # each checkpoint's training state; a checkpoint directory holding it is complete
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -101,10 +103,17 @@ RESUME_FREE = {  # recipe keys a resumed run may change
 }
 
 
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a run directory, oldest first."""
+    d = RunDir(out).checkpoints
+    if not d.is_dir():
+        return []
+    done = [p for p in d.iterdir() if p.name.startswith("step-") and (p / STATE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
 def resume_point(out: Path, *, resume: bool, force: bool) -> Path | None:
     """Check OUT; returns the checkpoint to resume from, if any."""
-    from .checkpointing import list_checkpoints
-
     is_run = RunDir(out).is_run()
     if out.exists() and not out.is_dir():
         raise BoomerangError(f"{out} exists and is not a directory")

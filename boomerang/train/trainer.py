@@ -36,7 +36,7 @@ from .. import ui
 from ..core.allocator import keep_freed_memory
 from ..errors import BoomerangError
 from . import sharding
-from .checkpointing import STATE, Checkpointer, RunState, list_checkpoints
+from .checkpointing import Checkpointer, RunState
 from .finish import run_summary, save_final_student, write_summary
 from .finite import check_finite
 from .losses import ModelOutputs, model_outputs, token_counts
@@ -45,7 +45,7 @@ from .precision import choose_precision
 from .recipe import Recipe
 from .reporting import MetricsLog, plan_lines, print_lines, print_summary, progress_bar, validation_line
 from .run_data import prepare_data
-from .run_dir import RunDir, check_resumable, resume_point
+from .run_dir import STATE, RunDir, check_resumable, list_checkpoints, resume_point
 from .schedule import make_scheduler, warmup_steps
 from .teacher_cache import TeacherCache, cache_fingerprint
 from .validation import Validator, reduce_sums
