@@ -8,7 +8,9 @@ student's own context. Three students are distilled from the demo's init, on the
 * ``ctx``: plus the teacher-context term ``loss.ctx`` (each student layer also run on the teacher's hidden state
   entering its block, pulled towards the teacher's block end), ``loss.mixed=0``;
 * ``mixed``: plus the mixed-context term ``loss.mixed=1`` (each micro-batch also trains one random family member,
-  its student layers among teacher blocks): the ``smollm2-cpu`` recipe's default.
+  its student layers among teacher blocks): the ``smollm2-cpu`` recipe's default;
+* ``mixed-size``: the same term with its members drawn uniformly by size (``loss.mixed_draw=size``), so that
+  the sizes just below the teacher are trained as often as the others.
 
 For each it reports validation perplexity (Pride and Prejudice), the training speed, and, on the first ``--tokens``
 tokens of two out-of-domain texts, beside ShortGPT at the same number of layers:
@@ -40,6 +42,7 @@ VARIANTS = {
     "cos": ["loss.mixed=0"],
     "ctx": ["loss.mixed=0", "loss.ctx=0.5"],
     "mixed": ["loss.mixed=1.0"],
+    "mixed-size": ["loss.mixed=1.0", "loss.mixed_draw=size"],  # members drawn uniformly by size
 }
 TEXTS = ("builtin:hamlet", "builtin:devils-dictionary")
 

@@ -617,8 +617,46 @@ def test_mixed_context_members_train_only_the_student_layers_they_use(root, tmp_
     d.student.zero_grad(set_to_none=True)
     rec = d.train_step()
     assert rec["mixed_ce"] > 0 and rec["mixed_kl"] > 0
+    sized = Distiller(
+        parse_recipe(tiny_recipe(root, loss={"mixed": 0.5, "mixed_draw": "size"})), out=tmp_path / "s"
+    )
+    sized.setup()
+    assert sized.models.mixed is not None and sized.models.mixed.draw_by == "size"
     main = rec["ce"] + 0.1 * rec["kl"] + d.loss_fn.cos_weight * rec["cos"]
     assert rec["loss"] == pytest.approx(main + 0.5 * (rec["mixed_ce"] + 0.1 * rec["mixed_kl"]), rel=1e-5)
+
+
+def test_mixed_draw_by_size_is_uniform_over_intermediate_sizes_and_members():
+    """loss.mixed_draw=size: the member's layer count is uniform over the sizes strictly between the student's and
+    the teacher's, and within one size every member (multi-layer blocks) comes up equally often."""
+    import itertools
+    from collections import Counter
+
+    from boomerang.train.mixed import MixedContext
+
+    lm = LayerMap.from_kept([0, 1, 3, 6, 7, 9], 11)  # blocks 1, 2, 3, 1, 2, 2 layers: extras 1, 2, 1, 1
+    mixed = MixedContext(None, None, lm, seed=3, draw="size")  # type: ignore[arg-type]
+    draws = [mixed.draw(s, a).patched for s in range(1, 1501) for a in range(4)]
+    assert draws[:40] == [
+        MixedContext(None, None, lm, seed=3, draw="size").draw(s, a).patched  # type: ignore[arg-type]
+        for s in range(1, 11)
+        for a in range(4)
+    ]
+
+    def size(patched):
+        return sum(len(b) if i in patched else 1 for i, b in enumerate(lm.blocks))
+
+    by_size = Counter(size(p) for p in draws)
+    assert sorted(by_size) == list(range(lm.n_student + 1, lm.n_teacher))  # 7..10: never 6 or 11
+    assert max(by_size.values()) / min(by_size.values()) < 1.15
+    multi = [i for i, b in enumerate(lm.blocks) if len(b) > 1]
+    for n in by_size:
+        members = Counter(tuple(i for i in p if i in multi) for p in draws if size(p) == n)
+        exact = {c for k in range(len(multi) + 1) for c in itertools.combinations(multi, k) if size(c) == n}
+        assert set(members) == exact, n  # every member of that size, and only those
+        assert max(members.values()) / min(members.values()) < 1.3, (n, members)
+    single = [i for i, b in enumerate(lm.blocks) if len(b) == 1]
+    assert all(0.45 < sum(i in p for p in draws) / len(draws) < 0.55 for i in single)
 
 
 def test_teacher_context_term_trains_and_is_logged(root, tmp_path, capsys):

@@ -71,6 +71,13 @@ class LossConfig(BaseModel):
         description="Weight of the mixed-context term: per micro-batch, the CE and KL (weighted as above) of one "
         "family member drawn at random, its student layers among teacher blocks (one process only); 0 = off.",
     )
+    mixed_draw: Literal["count", "size"] = Field(
+        "count",
+        description="How the mixed-context term draws its member: 'count' = K student layers patched, K uniform in "
+        "1..M−1; 'size' = the member's layer count uniform over the family's sizes strictly between the student's "
+        "and the teacher's, then a member of that size uniformly (so members one layer short of the teacher are "
+        "drawn as often as any other size).",
+    )
     chunk_tokens: int = Field(512, ge=1, description="Tokens per chunk of the CE/KL computation.")
 
     @model_validator(mode="after")

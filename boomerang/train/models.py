@@ -200,7 +200,11 @@ def prepare_models(
     s_fwd = LossForward(trained, loss_fn.keys(0), mode)
     t_fwd = LossForward(teacher, loss_fn.keys(1), mode) if loss_fn.needs_teacher else None
     member_loss = loss_fn.member_loss()
-    mixed = MixedContext(teacher, trained, layer_map, seed=r.train.seed) if member_loss is not None else None
+    mixed = (
+        MixedContext(teacher, trained, layer_map, seed=r.train.seed, draw=r.loss.mixed_draw)
+        if member_loss is not None
+        else None
+    )
     return RunModels(
         teacher,
         student,

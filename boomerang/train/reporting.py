@@ -92,7 +92,8 @@ def progress_bar(*, enabled: bool) -> Any:
 
 def loss_extras(loss: LossConfig) -> list[tuple[str, float]]:
     """The optional loss terms that are on, as (name, weight): teacher-context and mixed-context."""
-    named = (("ctx", "ctx"), ("ctx-mse", "ctx_mse"), ("mixed", "mixed"))
+    mixed = "mixed" if loss.mixed_draw == "count" else f"mixed-by-{loss.mixed_draw}"
+    named = (("ctx", "ctx"), ("ctx-mse", "ctx_mse"), (mixed, "mixed"))
     return [(name, float(getattr(loss, key, 0.0) or 0.0)) for name, key in named if getattr(loss, key, 0.0)]
 
 
