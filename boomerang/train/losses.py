@@ -26,6 +26,7 @@ from ..core.arch import get_arch
 from ..core.hooks import capture, layer_list
 from ..core.layermap import LayerMap
 from ..core.spans import feed_input
+from .mixed import Draw as MixedDraw
 
 if TYPE_CHECKING:
     from torch.autograd.function import FunctionCtx
@@ -71,7 +72,7 @@ class LossConfig(BaseModel):
         description="Weight of the mixed-context term: per micro-batch, the CE and KL (weighted as above) of one "
         "family member drawn at random, its student layers among teacher blocks (one process only); 0 = off.",
     )
-    mixed_draw: Literal["count", "size"] = Field(
+    mixed_draw: MixedDraw = Field(
         "count",
         description="How the mixed-context term draws its member: 'count' = K student layers patched, K uniform in "
         "1..M−1; 'size' = the member's layer count uniform over the family's sizes strictly between the student's "

@@ -41,13 +41,8 @@ class MixedContext:
         seed: int = 0,
         draw: Draw = "count",
     ):
-        self.teacher, self.student, self.layer_map, self.seed, self.draw_by = (
-            teacher,
-            student,
-            layer_map,
-            seed,
-            draw,
-        )
+        self.teacher, self.student, self.layer_map = teacher, student, layer_map
+        self.seed, self.draw_by = seed, draw
         self._ways = _subset_counts([len(b) - 1 for b in layer_map.blocks if len(b) > 1])
 
     def draw(self, step: int, micro: int = 0) -> PatchPlan:
@@ -68,9 +63,8 @@ class MixedContext:
         multi = [i for i, b in enumerate(self.layer_map.blocks) if len(b) > 1]
         single = [i for i, b in enumerate(self.layer_map.blocks) if len(b) == 1]
         patched, left = [], extra
-        for j, i in enumerate(
-            multi
-        ):  # take block i with probability ways(rest, left − its extra) / ways(j.., left)
+        # take block i with probability ways(blocks after it, left − its extra) / ways(it and after, left)
+        for j, i in enumerate(multi):
             cost = len(self.layer_map.blocks[i]) - 1
             take = self._ways[j + 1][left - cost] if left >= cost else 0
             if take and float(torch.rand((), generator=g)) * self._ways[j][left] < take:
