@@ -89,6 +89,10 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path, monkeypa
     assert "cos: 0.0" in (out / "distill-nocos" / "recipe.yaml").read_text()
     assert "mixed: 0.0" in (out / "distill-nomixed" / "recipe.yaml").read_text()
     assert "mixed: 1.0" in recipe
+    # precision: auto is decided once for the run: every student trains (and shares the teacher cache) in it
+    chosen = json.loads((out / "precision.json").read_text())["precision"]
+    for d in ("distill", "distill-random", "distill-nocos", "distill-nomixed"):
+        assert f"precision: {chosen}" in (out / d / "recipe.yaml").read_text(), d
     res = json.loads((out / "results.json").read_text())
     assert set(res["claims"]) == {"validation", "hamlet", "devils-dictionary"}
     for text, claims in res["claims"].items():

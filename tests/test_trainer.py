@@ -340,6 +340,31 @@ def test_compiled_layers_give_the_same_losses(root, tmp_path):
     assert rel < 0.01, rel
 
 
+def test_auto_precision_is_decided_once_per_run_and_kept_on_resume(root, tmp_path, monkeypatch):
+    import boomerang.train.precision as prec
+
+    monkeypatch.setattr(prec, "native_bf16", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(prec, "bf16_speedup", lambda: 2.0)  # the measurement at the start: bf16
+    r = parse_recipe(tiny_recipe(root, train={"precision": "auto", "steps": 4}, checkpoint={"every": 2}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    assert d.precision == "bf16"
+    d.train_step()
+    d.state.step = 2
+    d._save_checkpoint()
+    state = json.loads((list_checkpoints(tmp_path / "run")[-1] / "state.json").read_text())
+    assert state["precision"] == "bf16"
+    # a later measurement says fp32 (other work on the machine): the resumed run keeps bf16 ...
+    monkeypatch.setattr(prec, "bf16_speedup", lambda: 1.1)
+    resumed = Distiller(r, out=tmp_path / "run", resume=True)
+    resumed.setup()
+    assert resumed.precision == "bf16" and "as this run started" in resumed.precision_choice.reason
+    # ... and a new run measures again
+    fresh = Distiller(r, out=tmp_path / "new")
+    fresh.setup()
+    assert fresh.precision == "fp32"
+
+
 def test_bf16_student_is_saved_in_the_teachers_dtype(root, tmp_path):
     out = tmp_path / "run"
     distill(parse_recipe(tiny_recipe(root, train={"precision": "bf16", "steps": 2})), out=out)

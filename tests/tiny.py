@@ -215,7 +215,16 @@ def tiny_demo_setup(root: Path) -> tuple[Path, Path]:
 
 # Small settings for `boomerang demo` on tiny models: 8 steps of 8 x 64 tokens, short sweeps, one thread.
 TINY_DEMO_ARGS = ["--tokens", "4096", "--eval-tokens", "256"]  # the default order: size-aware
-TINY_DEMO_OVERRIDES = ["data.seq_len=64", "train.micro_batch_size=8", "eval.blocks=2", "train.threads=1"]
+# The recipe's kept layers are SmolLM2's (30 layers): the tiny teacher's init is ShortGPT's, blocks of at most 3.
+TINY_DEMO_OVERRIDES = [
+    "data.seq_len=64",
+    "train.micro_batch_size=8",
+    "eval.blocks=2",
+    "train.threads=1",
+    "init.strategy=shortgpt",
+    "init.layers=null",
+    "init.max_block=3",
+]
 
 
 # ---- byte-level BPE tokenizers (GGUF export, issue 25) ------------------------------------------------------

@@ -310,12 +310,30 @@ class Demo:
             _say(f"distill {name}: done ({run.student})")
             return run
         cache = [f"train.teacher_cache={self.out / 'teacher-cache'}"] if self.ablations() else []
-        r = load_recipe(self.settings.recipe, self._overrides([f"student={init}", *cache, *extra]))
+        pin = [f"train.precision={p}"] if (p := self.train_precision()) else []
+        r = load_recipe(self.settings.recipe, self._overrides([f"student={init}", *cache, *pin, *extra]))
         _say(
             f"distill {name}: {self.settings.tokens:,} tokens into {run.path} (resumable: rerun the same command)"
         )
         distill(r, out=run.path, resume=run.is_run())
         return run
+
+    def train_precision(self) -> str | None:
+        """What ``train.precision: auto`` resolves to, decided once for the whole run and kept in
+        ``precision.json``, so that every student (and a rerun) trains as the main one did and shares its teacher
+        cache; None when the recipe fixes the precision."""
+        if self.recipe.train.precision != "auto":
+            return None
+        path = self.out / "precision.json"
+        if path.is_file():
+            return json.loads(path.read_text())["precision"]
+        from ..train.precision import choose_precision
+
+        chosen = choose_precision("auto")
+        atomic_write_text(
+            path, json.dumps({"precision": chosen.name, "reason": chosen.reason}, indent=1) + "\n"
+        )
+        return chosen.name
 
     def ablations(self) -> list[Any]:
         """The ablations this run trains: those asked for that change something in this recipe."""
@@ -462,14 +480,16 @@ class Demo:
         return results
 
     def eval_dtype(self) -> str:
-        """Evaluation dtype: bf16 on hardware where it is native and faster (perplexities within 0.1% of fp32
-        on SmolLM2; ``dtype_check`` measures it on the first text), else fp32."""
+        """Evaluation dtype: bf16 where the students trained in bf16 (or, with a fixed training precision, where
+        bf16 is native and faster; perplexities within 0.1% of fp32 on SmolLM2; ``dtype_check`` measures it on the
+        first text), else fp32."""
         if self.settings.eval_dtype != "auto":
             return self.settings.eval_dtype
         from ..train.precision import choose_precision
 
         if not hasattr(self, "_eval_dtype"):
-            self._eval_dtype = "bfloat16" if choose_precision("auto").bf16 else "float32"
+            chosen = self.train_precision() or choose_precision("auto").name
+            self._eval_dtype = "bfloat16" if chosen == "bf16" else "float32"
         return self._eval_dtype
 
     def dtype_check(self, text: EvalText, tokenizer: Tokenizer) -> dict[str, Any] | None:

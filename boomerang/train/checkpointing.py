@@ -37,6 +37,7 @@ class RunState:
     data_position: int = 0  # blocks consumed
     skipped: int = 0  # non-finite steps skipped
     elapsed: float = 0.0  # training seconds (across resumes)
+    precision: str | None = None  # fp32 or bf16, as the run started (kept on resume)
     teacher_eval: dict[str, float] | None = None
     last_eval: dict[str, float] | None = None
     history: list[dict[str, float]] = field(default_factory=list)  # recent train records (for the summary)
@@ -48,6 +49,7 @@ class RunState:
             "data_position": self.data_position,
             "skipped": self.skipped,
             "elapsed": self.elapsed,
+            "precision": self.precision,
             "teacher_eval": self.teacher_eval,
             "last_eval": self.last_eval,
             "world_size": world,
@@ -57,6 +59,7 @@ class RunState:
         self.step, self.tokens, self.data_position = meta["step"], meta["tokens"], meta["data_position"]
         self.skipped, self.elapsed = meta["skipped"], meta["elapsed"]
         self.teacher_eval, self.last_eval = meta.get("teacher_eval"), meta.get("last_eval")
+        self.precision = meta.get("precision")
 
 
 # ---- file codecs ------------------------------------------------------------------------------------------------

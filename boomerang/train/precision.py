@@ -8,6 +8,8 @@
    (measured in about a tenth of a second at setup; with several processes the flags alone decide, so that every
    rank agrees).
 
+The choice is made once per run: each checkpoint records it, and a resumed run keeps it.
+
 That bf16 losses track fp32 ones is established once, by the tests (a tiny model over 50 steps) and by
 ``benchmarks/distill_step.py`` on SmolLM2 (loss difference after N steps), not re-checked at run time.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,9 @@ def native_bf16(flags: set[str] | None = None) -> list[str]:
     return [f for f in NATIVE_BF16_FLAGS if f in flags]
 
 
-def bf16_speedup(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 5) -> float:
-    """fp32 time / bf16 time of one ``[m, k] @ [k, n]`` matmul on the CPU (medians over ``repeats``)."""
+def bf16_speedup(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 7) -> float:
+    """fp32 time / bf16 time of one ``[m, k] @ [k, n]`` matmul on the CPU (the fastest of ``repeats`` each: other
+    work on the machine only slows a run down, so the minimum is the least disturbed estimate)."""
     m, k, n = shape
     times = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -89,14 +91,19 @@ def bf16_speedup(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 5) ->
             t0 = time.perf_counter()
             a @ b
             ts.append(time.perf_counter() - t0)
-        times[dtype] = statistics.median(ts)
+        times[dtype] = min(ts)
     return times[torch.float32] / times[torch.bfloat16]
 
 
-def choose_precision(requested: str, *, cuda: bool | None = None, processes: int | None = None) -> Precision:
-    """Resolve ``train.precision`` (``auto``, ``fp32`` or ``bf16``) for this machine."""
+def choose_precision(
+    requested: str, *, cuda: bool | None = None, processes: int | None = None, started: str | None = None
+) -> Precision:
+    """Resolve ``train.precision`` (``auto``, ``fp32`` or ``bf16``) for this machine. ``started``: what a resumed
+    run chose when it started, which ``auto`` keeps (a new measurement could decide otherwise)."""
     if requested != "auto":
         return Precision(requested, "set in the recipe")
+    if started:
+        return Precision(started, "as this run started (train.precision auto is decided once per run)")
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
         ok = torch.cuda.is_bf16_supported()

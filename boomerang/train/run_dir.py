@@ -112,6 +112,12 @@ def list_checkpoints(out: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
+def started_precision(out: Path) -> str | None:
+    """The precision OUT's newest checkpoint records (None: no checkpoint, or one from before it was recorded)."""
+    done = list_checkpoints(out)
+    return json.loads((done[-1] / STATE).read_text()).get("precision") if done else None
+
+
 def resume_point(out: Path, *, resume: bool, force: bool) -> Path | None:
     """Check OUT; returns the checkpoint to resume from, if any."""
     is_run = RunDir(out).is_run()

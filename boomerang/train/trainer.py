@@ -45,7 +45,7 @@ from .precision import choose_precision
 from .recipe import Recipe
 from .reporting import MetricsLog, plan_lines, print_lines, print_summary, progress_bar, validation_line
 from .run_data import prepare_data
-from .run_dir import STATE, RunDir, check_resumable, list_checkpoints, resume_point
+from .run_dir import STATE, RunDir, check_resumable, list_checkpoints, resume_point, started_precision
 from .schedule import make_scheduler, warmup_steps
 from .teacher_cache import TeacherCache, cache_fingerprint
 from .validation import Validator, reduce_sums
@@ -71,7 +71,8 @@ class Distiller:
         r = self.recipe
         if r.train.threads:
             torch.set_num_threads(r.train.threads)
-        self.precision_choice = choose_precision(r.train.precision)
+        started = started_precision(self.out) if self.resume else None
+        self.precision_choice = choose_precision(r.train.precision, started=started)
         self.precision = precision = self.precision_choice.name
         AcceleratorState._reset_state()  # a process may run several recipes (the distributed state is kept)
         # several processes without GPUs: accelerate only picks the gloo (MULTI_CPU) path when told cpu=True
@@ -177,7 +178,7 @@ class Distiller:
             compile_layers(self.teacher)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.tcache = self._teacher_cache()
-        self.state = RunState()
+        self.state = RunState(precision=self.precision)
         self.checkpointer = Checkpointer(self.out, acc, fsdp=self.fsdp, keep=self.recipe.checkpoint.keep)
         self.log = MetricsLog(self.out, main=self.main)
 
@@ -219,6 +220,7 @@ class Distiller:
 
     def _load_checkpoint(self, path: Path) -> None:
         self.checkpointer.load(path, self.student, self.optimizer, self.scheduler, self.state)
+        self.state.precision = self.precision  # what setup kept (older checkpoints record none)
         if self.models.working is not None:
             self.models.working.sync()
         self.train_data.seek(self.state.data_position)
