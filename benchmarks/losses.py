@@ -1,16 +1,16 @@
 """Which loss trains student layers for the teacher's context? (issue 22: the teacher- and mixed-context terms)
 
 Large family members use student layers among teacher layers, but the paper's loss trains them only in the
-student's own context. Three students are distilled from the demo's init, on the same data order, seed and budget
-(the demo's: 163,840 tokens):
+student's own context. Students are distilled from one init (``--init``; by default ShortGPT's with blocks of at
+most 3, the demo's until issue 22), on the same data order, seed and budget (the demo's: 163,840 tokens):
 
 * ``cos``: the paper's loss (CE + KL + cosine), ``loss.mixed=0``;
 * ``ctx``: plus the teacher-context term ``loss.ctx`` (each student layer also run on the teacher's hidden state
   entering its block, pulled towards the teacher's block end), ``loss.mixed=0``;
 * ``mixed``: plus the mixed-context term ``loss.mixed=1`` (each micro-batch also trains one random family member,
-  its student layers among teacher blocks): the ``smollm2-cpu`` recipe's default;
+  its student layers among teacher blocks), members drawn by count (``loss.mixed_draw=count``);
 * ``mixed-size``: the same term with its members drawn uniformly by size (``loss.mixed_draw=size``), so that
-  the sizes just below the teacher are trained as often as the others.
+  the sizes just below the teacher are trained as often as the others: the ``smollm2-cpu`` recipe's loss.
 
 For each it reports validation perplexity (Pride and Prejudice), the training speed, and, on the first ``--tokens``
 tokens of two out-of-domain texts, beside ShortGPT at the same number of layers:
@@ -41,7 +41,7 @@ from cosine_budget import KEPT, RESULTS, boomerang, distil
 VARIANTS = {
     "cos": ["loss.mixed=0"],
     "ctx": ["loss.mixed=0", "loss.ctx=0.5"],
-    "mixed": ["loss.mixed=1.0"],
+    "mixed": ["loss.mixed=1.0", "loss.mixed_draw=count"],  # members drawn by count (the draw before `size`)
     "mixed-size": ["loss.mixed=1.0", "loss.mixed_draw=size"],  # members drawn uniformly by size
 }
 TEXTS = ("builtin:hamlet", "builtin:devils-dictionary")

@@ -330,6 +330,7 @@ class Demo:
         from ..train.precision import choose_precision
 
         chosen = choose_precision("auto")
+        _say(f"precision: {chosen.name} for every student ({chosen.reason})")
         atomic_write_text(
             path, json.dumps({"precision": chosen.name, "reason": chosen.reason}, indent=1) + "\n"
         )
@@ -579,6 +580,7 @@ class Demo:
         init = self.recipe.init
         shape = (
             f"`{init.strategy}`"
+            + (" (the recipe lists the kept layers)" if init.strategy == "layers" else "")
             + (f" (blocks of at most {init.max_block} layers)" if init.max_block else "")
             + (f" (ShortGPT's first {init.isolate} drops alone in 2-layer blocks)" if init.isolate else "")
         )
