@@ -40,7 +40,7 @@ def main(path: Path) -> None:
             below[text] += ratio < 1
             bb, ss = (f"**{b:.1f}**", f"{s:.1f}") if ratio < 1 else (f"{b:.1f}", f"**{s:.1f}**")
             cells.append(f"{bb} | {ss} | {ratio:.2f}")
-        label = f"{n} (student)" if n == min(rows) else f"{n} (teacher)" if n == teacher else str(n)
+        label = f"{n} (student's size)" if n == min(rows) else f"{n} (teacher)" if n == teacher else str(n)
         print(f"| {label} | {rows[n]['params'] / 1e6:.1f}M | " + " | ".join(cells) + " |")
     for text, name in TEXTS.items():
         geo = math.exp(sum(logs[text]) / len(logs[text]))
