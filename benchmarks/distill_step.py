@@ -45,6 +45,8 @@ VARIANTS = {
     "ours+compile": "ours with torch.compile on every layer's forward (compile time excluded)",
     "ours+checkpointing": "ours with gradient checkpointing of the student's layers",
     "ours-lean_mlp": "ours without the lean gated MLP (autograd keeps all four MLP activations)",
+    "ours+mixed": "ours with the mixed-context term (loss.mixed=1, members drawn by size): the demo's step",
+    "ours+mixed+compile": "the demo's step with torch.compile on every layer's forward (compile time excluded)",
 }
 DEFAULT_VARIANTS = ["baseline", "ours", "ours+checkpointing", "ours-lean_mlp"]
 
@@ -130,7 +132,7 @@ def child(args: argparse.Namespace) -> dict:
         "steps": 1000,
         "threads": args.threads,
         "freeze_embeddings": variant == "ours+freeze_embeddings",
-        "compile": variant == "ours+compile",
+        "compile": variant.endswith("+compile"),
         "gradient_checkpointing": variant == "ours+checkpointing",
         "lean_mlp": variant != "ours-lean_mlp",
     }
@@ -140,7 +142,12 @@ def child(args: argparse.Namespace) -> dict:
         "name": "bench",
         "teacher": args.teacher,
         "data": {"train": args.data, "seq_len": args.seq_len},
-        "loss": {"align_embeddings": True, "align_final": "normed", "chunk_tokens": args.chunk},
+        "loss": {
+            "align_embeddings": True,
+            "align_final": "normed",
+            "chunk_tokens": args.chunk,
+            **({"mixed": 1.0, "mixed_draw": "size"} if "+mixed" in variant else {}),
+        },
         "train": train,
         "eval": {"blocks": 0},
         "checkpoint": {"every": 0},

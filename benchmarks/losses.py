@@ -10,7 +10,8 @@ most 3, the demo's until issue 22), on the same data order, seed and budget (the
 * ``mixed``: plus the mixed-context term ``loss.mixed=1`` (each micro-batch also trains one random family member,
   its student layers among teacher blocks), members drawn by count (``loss.mixed_draw=count``);
 * ``mixed-size``: the same term with its members drawn uniformly by size (``loss.mixed_draw=size``), so that
-  the sizes just below the teacher are trained as often as the others: the ``smollm2-cpu`` recipe's loss.
+  the sizes just below the teacher are trained as often as the others: the ``smollm2-cpu`` recipe's loss;
+* ``kl``, ``kl-only``: that loss with ``loss.kl=1`` (10x the paper's KL weight), and with ``loss.ce=0`` too.
 
 For each it reports validation perplexity (Pride and Prejudice), the training speed, and, on the first ``--tokens``
 tokens of two out-of-domain texts, beside ShortGPT at the same number of layers:
@@ -43,6 +44,10 @@ VARIANTS = {
     "ctx": ["loss.mixed=0", "loss.ctx=0.5"],
     "mixed": ["loss.mixed=1.0", "loss.mixed_draw=count"],  # members drawn by count (the draw before `size`)
     "mixed-size": ["loss.mixed=1.0", "loss.mixed_draw=size"],  # members drawn uniformly by size
+    # the recipe's loss with 10x the KL weight, and with KL alone: does matching the teacher's whole distribution
+    # rather than the training text's tokens keep the student closer to the teacher out of domain?
+    "kl": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0"],
+    "kl-only": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0", "loss.ce=0"],
 }
 TEXTS = ("builtin:hamlet", "builtin:devils-dictionary")
 

@@ -515,6 +515,19 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, precision):
     assert [r["loss"] for r in _records(killed)] == [r["loss"] for r in _records(full)]
 
 
+def test_validation_perplexity_does_not_depend_on_the_ce_weight(root, tmp_path):
+    """Validation perplexity is the student's CE on the validation blocks whatever ``loss.ce`` weighs (at ce=0 it
+    once read 1.0); the step logs report the CE too."""
+    got = {}
+    for ce in (1.0, 0.0):
+        d = Distiller(parse_recipe(tiny_recipe(root, loss={"ce": ce, "kl": 1.0})), out=tmp_path / str(ce))
+        d.setup()
+        got[ce] = d.evaluate()
+        assert d.train_step()["ce"] > 0
+    assert got[0.0]["ppl"] > 1.5
+    assert got[0.0]["ppl"] == pytest.approx(got[1.0]["ppl"], rel=1e-6)  # the same student, untrained
+
+
 def test_streaming_and_heldout_split(root, tmp_path):
     r = parse_recipe(
         tiny_recipe(

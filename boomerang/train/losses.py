@@ -136,20 +136,18 @@ def _chunk_terms(
     """CE sum, KL sum and d(ce_scale·CE + kl_scale·KL)/dz for one chunk of logits ``[C, V]``.
 
     ``z`` must be a fresh fp32 tensor (it is overwritten); ``zt`` is overwritten only if ``own_zt``. At τ = 1
-    CE and KL share the student's log-softmax, so at most three ``[C, V]`` buffers exist.
+    CE and KL share the student's log-softmax, so at most three ``[C, V]`` buffers exist. The CE sum is measured
+    even at weight 0 (``ce_scale`` only weighs its gradient): the logs and validation perplexity need it.
     """
-    zero = z.new_zeros((), dtype=torch.float64)
-    ce_sum, kl_sum = zero, zero
+    kl_sum = z.new_zeros((), dtype=torch.float64)
     ce_on = ce_scale > 0
     kl_on = zt is not None and kl_scale > 0
     lab = labels.clamp(min=0)[:, None]
-    ce_w = (labels >= 0).to(z.dtype) * ce_scale  # per-row weights
+    valid = (labels >= 0).to(z.dtype)
+    ce_w = valid * ce_scale  # per-row weights
     kl_w = real.to(z.dtype) * (kl_scale / tau)
-    logq1 = None  # student log-probabilities at τ = 1
-    if ce_on or (kl_on and tau == 1):
-        logq1 = z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))
-        if ce_on:
-            ce_sum = -(logq1.gather(1, lab).squeeze(1) * ce_w).sum(dtype=torch.float64) / ce_scale
+    logq1 = z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))  # student log-probabilities at τ = 1
+    ce_sum = -(logq1.gather(1, lab).squeeze(1) * valid).sum(dtype=torch.float64)
     logq = p = None
     if kl_on:
         assert zt is not None
@@ -162,7 +160,7 @@ def _chunk_terms(
         if tau == 1:
             logq = logq1
         else:
-            logq = (logq1 if logq1 is not None else z) / tau
+            logq = logq1 / tau
             logq -= torch.logsumexp(logq, dim=-1, keepdim=True)
         kl_rows = logp.sub_(logq).mul_(p).sum(-1)  # Σ p (log p − log q)
         kl_sum = (kl_rows * real).sum(dtype=torch.float64)
@@ -178,11 +176,9 @@ def _chunk_terms(
         else:
             g = q.mul_(kl_w[:, None])
             if ce_on:
-                assert logq1 is not None
                 g.add_(logq1.exp_().mul_(ce_w[:, None]))
         g.sub_(p.mul_(kl_w[:, None]))
     else:
-        assert logq1 is not None
         g = logq1.exp_().mul_(ce_w[:, None])
     if ce_on:
         g.scatter_add_(1, lab, -ce_w[:, None])
