@@ -7,10 +7,13 @@ neither recomputes those layers nor keeps a second copy of their KV cache.
 from __future__ import annotations
 
 import contextlib
+import threading
+import types
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from ..core.arch import get_arch
 from . import kv
@@ -49,6 +52,31 @@ def shared_layers(a: PreTrainedModel, b: PreTrainedModel) -> int:
     return n
 
 
+_engine = threading.local()  # ``active``: a Runner's pass is in progress on this thread
+
+
+def pads_lone_rows(model: PreTrainedModel) -> bool:
+    """Whether the model's linear layers compute a lone row as two: on a CPU in bf16 or fp16, a matrix product of
+    one row takes another kernel than one of several (oneDNN's gemv rather than its gemm), which rounds
+    differently, so a greedy text could change with the company its request decodes in (alone, batched, verified
+    several tokens at a time). Two rows take the same kernel as any number (and on SmolLM2's shapes are no
+    slower than one)."""
+    return model.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16)
+
+
+def _linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if getattr(_engine, "active", False) and x.dim() > 1 and x.shape[:-1].numel() == 1:
+        return F.linear(torch.cat((x, x)), self.weight, self.bias)[:1]  # contiguous: an expanded view is slow
+    return F.linear(x, self.weight, self.bias)
+
+
+def _pad_lone_rows(model: PreTrainedModel) -> None:
+    """Inside a Runner's passes (only there), the linear layers of ``model`` compute a lone row as two."""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and "forward" not in vars(module):
+            module.forward = types.MethodType(_linear, module)
+
+
 class Runner:
     """One member's model, run by the engine (one thread)."""
 
@@ -58,6 +86,8 @@ class Runner:
         self.layers = layer_list(model)
         self.n_layers = len(self.layers)
         self.device = model.device
+        if pads_lone_rows(model):
+            _pad_lone_rows(model)
         self._mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # skips mask building
 
     def cache(self, hint: int = 0) -> kv.SeqCache:
@@ -71,15 +101,19 @@ class Runner:
         cached positions; the caches take the new positions. ``last_only``: the last position's logits only."""
         step = kv.Step(rows, len(tokens[0]))
         ids = torch.tensor([list(t) for t in tokens], dtype=torch.long, device=self.device)
-        out = self.model(
-            input_ids=ids,
-            position_ids=step.position_ids(self.device),
-            past_key_values=step,
-            attention_mask=self._mask,
-            use_cache=True,
-            logits_to_keep=1 if last_only else 0,
-            boomerang_step=step,
-        )
+        _engine.active = True
+        try:
+            out = self.model(
+                input_ids=ids,
+                position_ids=step.position_ids(self.device),
+                past_key_values=step,
+                attention_mask=self._mask,
+                use_cache=True,
+                logits_to_keep=1 if last_only else 0,
+                boomerang_step=step,
+            )
+        finally:
+            _engine.active = False
         step.done()
         return out.logits.float().cpu()
 
