@@ -509,17 +509,21 @@ def test_real_smollm2_bf16_decoding_row_is_the_same_alone_and_batched(real_teach
         assert torch.equal(teacher(ids[:, :1]).logits, reference(ids[:, :1]).logits)
 
 
-def test_lone_rows_are_padded_only_in_reduced_precision_on_a_cpu():
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lone_rows_are_padded_only_in_reduced_precision_on_a_cpu(arch):
     """fp32 keeps one-row products (MKL's are the same alone and batched on the machines measured); bf16 and fp16
-    on a CPU compute a lone row as two, and the tiny model's rows are then the same alone and batched."""
-    teacher = make_pair("llama")[0]
+    on a CPU compute a lone row as two (``nn.Linear`` and GPT-2's ``Conv1D``), and rows stay the same alone and
+    batched. (A tiny random model's rows are the same even without the two-row product: the rounding difference
+    needs real activations, which the real-model test above has.)"""
+    teacher = make_pair(arch)[0]
     assert not runner.pads_lone_rows(teacher)
     prompts = [[3, 5, 7, 11], [2, 4], [9, 8, 7, 6, 5, 4]]
     for dtype in (torch.bfloat16, torch.float16):
         model = teacher.to(dtype)
         run = runner.Runner(model)
         assert runner.pads_lone_rows(model)
-        assert all("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)
+        products = [m for m in model.modules() if runner._rowwise(m)]
+        assert products and all("forward" in vars(m) for m in products)
         assert torch.equal(_decode_step(run, prompts, False), _decode_step(run, prompts, True)), dtype
 
 

@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from ..core.arch import get_arch
 from . import kv
@@ -64,17 +63,23 @@ def pads_lone_rows(model: PreTrainedModel) -> bool:
     return model.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16)
 
 
-def _linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _rowwise(module: torch.nn.Module) -> bool:
+    """A matrix product applied to each row on its own: ``nn.Linear``, and GPT-2's ``Conv1D``."""
+    return type(module) is torch.nn.Linear or type(module).__name__ == "Conv1D"
+
+
+def _two_rows(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    forward = type(self).forward
     if getattr(_engine, "active", False) and x.dim() > 1 and x.shape[:-1].numel() == 1:
-        return F.linear(torch.cat((x, x)), self.weight, self.bias)[:1]  # contiguous: an expanded view is slow
-    return F.linear(x, self.weight, self.bias)
+        return forward(self, torch.cat((x, x)))[:1]  # contiguous: an expanded view takes a slow path
+    return forward(self, x)
 
 
 def _pad_lone_rows(model: PreTrainedModel) -> None:
     """Inside a Runner's passes (only there), the linear layers of ``model`` compute a lone row as two."""
     for module in model.modules():
-        if type(module) is torch.nn.Linear and "forward" not in vars(module):
-            module.forward = types.MethodType(_linear, module)
+        if _rowwise(module) and "forward" not in vars(module):
+            module.forward = types.MethodType(_two_rows, module)
 
 
 class Runner:
