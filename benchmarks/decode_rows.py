@@ -44,15 +44,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.teacher, dtype=args.dtype)
     run = R.Runner(model)
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    products = [m for m in model.modules() if R._rowwise(m)]
 
     def two_rows(on: bool) -> None:
-        for m in linears:
-            if on and "forward" not in vars(m):
-                R._pad_lone_rows(model)
-                return
-            if not on and "forward" in vars(m):
-                del m.forward
+        if on:
+            R._pad_lone_rows(model)  # wraps only what is not wrapped yet
+        else:
+            for m in products:
+                vars(m).pop("forward", None)  # back to the class's own one-row product
 
     prompts = [list(range(100 + 7 * i, 140 + 9 * i)) for i in range(4)]
 
