@@ -11,7 +11,9 @@ most 3, the demo's until issue 22), on the same data order, seed and budget (the
   its student layers among teacher blocks), members drawn by count (``loss.mixed_draw=count``);
 * ``mixed-size``: the same term with its members drawn uniformly by size (``loss.mixed_draw=size``), so that
   the sizes just below the teacher are trained as often as the others: the ``smollm2-cpu`` recipe's loss;
-* ``kl``, ``kl-only``: that loss with ``loss.kl=1`` (10x the paper's KL weight), and with ``loss.ce=0`` too.
+* ``kl``, ``kl-only``: that loss with ``loss.kl=1`` (10x the paper's KL weight), and with ``loss.ce=0`` too;
+* ``kl-only-b4``, ``kl-only-b2``: KL alone with 4 and 2 sequences per optimizer step instead of 8, so 2x and 4x
+  the steps on the same tokens.
 
 For each it reports validation perplexity (Pride and Prejudice), the training speed, and, on the first ``--tokens``
 tokens of two out-of-domain texts, beside ShortGPT at the same number of layers:
@@ -48,6 +50,10 @@ VARIANTS = {
     # rather than the training text's tokens keep the student closer to the teacher out of domain?
     "kl": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0"],
     "kl-only": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0", "loss.ce=0"],
+    # KL alone with 2x and 4x the optimizer steps on the same tokens (4 and 2 sequences per step, not 8): the demo's
+    # budget is only 40 steps of 8 sequences
+    "kl-only-b4": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0", "loss.ce=0", "train.batch_size=4"],
+    "kl-only-b2": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0", "loss.ce=0", "train.batch_size=2"],
 }
 TEXTS = ("builtin:hamlet", "builtin:devils-dictionary")
 
