@@ -5,7 +5,9 @@ of 64. Forward and backward of one layer's attention, each way, in fp32 and bf16
 
 * ``sdpa``: ``F.scaled_dot_product_attention(is_causal=True, enable_gqa=True)``, what transformers calls;
 * ``math``: the same attention written with two matmuls, a mask and a softmax in fp32;
-* ``compiled sdpa`` / ``compiled math``: each under ``torch.compile`` (inductor's CPU backend; compile excluded).
+* ``compiled sdpa`` / ``compiled math``: each under ``torch.compile`` (inductor's CPU backend; compile excluded);
+* ``ours``: ``boomerang.train.attention`` (``train.attention: matmul``), as transformers calls it: the matmul
+  attention with a hand-written backward that keeps only the bf16 probabilities (in fp32 it hands over to SDPA).
 
 Medians over ``--repeats`` timed calls after warm-up; effective GFLOP/s counts the causal half of the two products.
 
@@ -55,11 +57,23 @@ def main() -> None:
         p = torch.softmax(s.masked_fill(masked, float("-inf")).float(), -1).to(q.dtype)
         return p @ v
 
+    from boomerang.train.attention import matmul_attention
+
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = (
+        True,
+        h // kv,
+    )  # what transformers' attention modules carry
+
+    def ours(q, k, v):
+        return matmul_attention(module, q, k, v, None)[0]  # [B, T, H, D], as transformers' SDPA path returns
+
     ways = {
         "sdpa": sdpa,
         "math": plain,
         "compiled sdpa": torch.compile(sdpa),
         "compiled math": torch.compile(plain),
+        "ours": ours,
     }
     flops = 2 * 2 * b * h * n * n * d / 2  # QK^T and PV, causal half
     rows: dict[str, dict] = {}
@@ -82,8 +96,10 @@ def main() -> None:
                 bwd.append(time.perf_counter() - t1)
                 fwd.append(t1 - t0)
             f, bw = statistics.median(fwd), statistics.median(bwd)
-            with torch.no_grad():
-                err = float((fn(q, k, v).float() - ref).abs().max())
+            out = fn(q, k, v).detach().float()  # with autograd on: ours hands no-grad calls to SDPA
+            if out.shape != ref.shape:
+                out = out.transpose(1, 2)
+            err = float((out - ref).abs().max())
             if name == "sdpa":  # the first way: every other is timed against it
                 t_sdpa = f + bw
             rows[f"{name}@{'bf16' if dtype == torch.bfloat16 else 'fp32'}"] = {

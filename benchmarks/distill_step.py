@@ -47,6 +47,8 @@ VARIANTS = {
     "ours-lean_mlp": "ours without the lean gated MLP (autograd keeps all four MLP activations)",
     "ours+mixed": "ours with the mixed-context term (loss.mixed=1, members drawn by size): the demo's step",
     "ours+mixed+compile": "the demo's step with torch.compile on every layer's forward (compile time excluded)",
+    "ours-matmul_attention": "ours with SDPA's attention kernel in the training passes (train.attention: sdpa)",
+    "ours+mixed-matmul_attention": "the demo's step with SDPA's attention kernel (train.attention: sdpa)",
 }
 DEFAULT_VARIANTS = ["baseline", "ours", "ours+checkpointing", "ours-lean_mlp"]
 
@@ -138,6 +140,7 @@ def child(args: argparse.Namespace) -> dict:
     }
     if not before:
         train["bf16_copies"] = variant != "ours-bf16_copies"
+        train["attention"] = "sdpa" if variant.endswith("-matmul_attention") else "auto"
     raw = {
         "name": "bench",
         "teacher": args.teacher,

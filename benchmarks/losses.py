@@ -52,8 +52,20 @@ VARIANTS = {
     "kl-only": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0", "loss.ce=0"],
     # KL alone with 2x and 4x the optimizer steps on the same tokens (4 and 2 sequences per step, not 8): the demo's
     # budget is only 40 steps of 8 sequences
-    "kl-only-b4": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0", "loss.ce=0", "train.batch_size=4"],
-    "kl-only-b2": ["loss.mixed=1.0", "loss.mixed_draw=size", "loss.kl=1.0", "loss.ce=0", "train.batch_size=2"],
+    "kl-only-b4": [
+        "loss.mixed=1.0",
+        "loss.mixed_draw=size",
+        "loss.kl=1.0",
+        "loss.ce=0",
+        "train.batch_size=4",
+    ],
+    "kl-only-b2": [
+        "loss.mixed=1.0",
+        "loss.mixed_draw=size",
+        "loss.kl=1.0",
+        "loss.ce=0",
+        "train.batch_size=2",
+    ],
 }
 TEXTS = ("builtin:hamlet", "builtin:devils-dictionary")
 

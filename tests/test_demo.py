@@ -11,7 +11,7 @@ from boomerang.cli.app import run
 
 
 @pytest.mark.real
-@pytest.mark.heavy  # ~15 min on 2 idle cores (three one-step students, every sweep on three texts)
+@pytest.mark.heavy  # ~15 min on 2 idle cores (two two-step students, every sweep on three texts)
 def test_demo_pipeline_runs_and_resumes(real_teacher_dir, corpora, tmp_path):
     out = tmp_path / "demo"
     args = [
@@ -32,12 +32,14 @@ def test_demo_pipeline_runs_and_resumes(real_teacher_dir, corpora, tmp_path):
     ]
     assert run(args) == 0
     summary = json.loads((out / "distill" / "summary.json").read_text())
-    assert summary["steps"] == 1 and summary["tokens"] == 4096
+    assert summary["steps"] == 2 and summary["tokens"] == 4096  # the recipe's steps of 4 × 512 tokens
     res = json.loads((out / "results.json").read_text())
     assert set(res["claims"]) == {"validation", "hamlet", "devils-dictionary"}
     for text, claims in res["claims"].items():
         assert [c["key"] for c in claims] == list("abcde")
-        assert all(c["verdict"] in ("PASS", "FAIL") for c in claims), (text, claims)
+        verdicts = {c["key"]: c["verdict"] for c in claims}
+        assert all(verdicts[k] in ("PASS", "FAIL") for k in "abcd"), (text, claims)
+        assert verdicts["e"] == "n/a" and "--ablations random,nocos" in claims[-1]["detail"]  # default: no nocos
     # a rerun finds every stage done and only rewrites the report
     done = out / "sweeps" / "hamlet" / "main-size-aware" / "results.json"
     mtime = done.stat().st_mtime
@@ -68,7 +70,9 @@ def test_demo_on_tiny_models_checks_every_claim_on_every_text(tmp_path, monkeypa
     measured = []
     real = bl._measure
     monkeypatch.setattr(bl, "_measure", lambda *a, **k: measured.append(a[1]) or real(*a, **k))
-    teacher, data, out, argv = _tiny_demo(tmp_path, "--export", str(tmp_path / "evidence"))
+    teacher, data, out, argv = _tiny_demo(
+        tmp_path, "--export", str(tmp_path / "evidence"), "--ablations", "random,nocos,nomixed"
+    )
     assert run(argv) == 0
     assert len(measured) == 1  # one BaselineCache for every sweep: ShortGPT measured once for the three texts
     recipe = (out / "distill" / "recipe.yaml").read_text()

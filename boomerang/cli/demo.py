@@ -42,8 +42,8 @@ def demo(
     ablations: Annotated[
         str,
         typer.Option(
-            help="Ablation students on the same budget: random (random init), nocos (no cosine term), nomixed "
-            "(no mixed-context term)."
+            help="Ablation students on the same budget: random (random init: claim (d)), nocos (no cosine term: "
+            "claim (e)), nomixed (no mixed-context term); '' for none."
         ),
     ] = ",".join(D.ablations),
     eval_tokens: Annotated[
@@ -89,9 +89,9 @@ def demo(
         list[str] | None, typer.Argument(help="Recipe overrides key=value, e.g. optim.lr=1e-3.")
     ] = None,
 ) -> None:
-    """Distil a student and its ablations (random init, no cosine term, no mixed-context term), sweep every
-    distinct size beside naive dropping, ShortGPT and LaCo on in-domain and out-of-domain text, and check the
-    paper's claims (report.md)."""
+    """Distil a student and its ablations (by default a random-init one; --ablations adds no-cosine and
+    no-mixed-context students), sweep every distinct size beside naive dropping, ShortGPT and LaCo on in-domain
+    and out-of-domain text, and check the paper's claims (report.md)."""
     from .. import interrupts
     from ..pipelines.demo import export_evidence, run_demo
     from .validate import output_dir, positive

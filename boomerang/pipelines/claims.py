@@ -257,7 +257,8 @@ def check_random(
 def check_cosine(rows: Sequence[Row], nocos_rows: Sequence[Row], metric: str = "ppl") -> Claim:
     family_rows, nocos = family(rows, metric=metric), family(nocos_rows, metric=metric)
     if len(family_rows) < 3 or len(nocos) < 3:
-        return Claim("e", TITLES["e"], None, "the no-cosine student's family was not evaluated")
+        why = "the no-cosine student's family was not evaluated (--ablations random,nocos trains it)"
+        return Claim("e", TITLES["e"], None, why)
     a, b = [r[metric] for r in family_rows], [r[metric] for r in nocos]
     ia, ib = len(inversions(a, TOLERANCE)), len(inversions(b, TOLERANCE))
     ta, tb = excess_variation(a), excess_variation(b)

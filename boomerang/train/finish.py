@@ -33,7 +33,7 @@ def save_final_student(
     tokenizer: Tokenizer,
 ) -> None:
     """Record the run in the student's ``boomerang`` config section, undo the training-only switches (gradient
-    checkpointing, lean MLPs, no KV cache) and save it in the teacher checkpoint's dtype."""
+    checkpointing, lean MLPs, the training attention, no KV cache) and save it in the teacher checkpoint's dtype."""
     # a student whose layer map is only in student_config.json (the published format) has no section yet
     section = dict(getattr(model.config, "boomerang", None) or {})
     if section.get("role") != "student" or "layer_map" not in section:
@@ -49,6 +49,7 @@ def save_final_student(
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     models.undo_lean()
+    models.undo_attention()
     model.config.use_cache = True
     save_student(model.to(models.save_dtype), student_dir, tokenizer=tokenizer, force=True)
 

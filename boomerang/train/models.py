@@ -16,6 +16,7 @@ from ..core.layermap import LayerMap
 from ..errors import BoomerangError
 from ..io import loading
 from ..io.sidecar import student_layer_map
+from . import attention
 from .initialise import init_from_recipe
 from .lean import lean_mlps
 from .losses import DistillLoss, ModelOutputs, head_mode_problem, model_outputs
@@ -124,6 +125,7 @@ class RunModels:
     )
     mixed: MixedContext | None = None  # draws the family members of the mixed-context term
     member_loss: DistillLoss | None = None
+    undo_attention: Callable[[], None] = lambda: None  # back to the models' own attention (train.attention)
 
     @property
     def trained(self) -> nn.Module:
@@ -156,6 +158,27 @@ def _load_student(r: Recipe, teacher: PreTrainedModel, tokenizer: Any) -> tuple[
         student = init_from_recipe(r, teacher, tokenizer)
         layer_map = student_layer_map(student)
     return student, layer_map
+
+
+def _matmul_attention(
+    r: Recipe, bf16: bool, models: list[nn.Module], note: Callable[[str], None]
+) -> Callable[[], None]:
+    """Switch ``models`` to ``train.attention``'s matmul attention where it applies; returns the undo."""
+    want = r.train.attention
+    if want == "sdpa" or (want == "auto" and not bf16):
+        return lambda: None
+    if not bf16:
+        note("train.attention: matmul computes only bf16 attention; this fp32 run keeps SDPA")
+    # on a GPU every call falls through to SDPA (``attention.takes``): installed, it changes nothing there
+    before = [getattr(m.config, "_attn_implementation", None) for m in models]
+    for m in models:
+        attention.use(m)
+
+    def undo() -> None:
+        for m, impl in zip(models, before, strict=True):
+            m.set_attn_implementation(impl or "sdpa")  # type: ignore[operator]
+
+    return undo
 
 
 def prepare_models(
@@ -197,6 +220,7 @@ def prepare_models(
     elif tr.bf16_copies and fsdp:
         note("train.bf16_copies is not used under FSDP (its mixed-precision policy computes in bf16)")
     trained = working.model if working is not None else student
+    undo_attention = _matmul_attention(r, bf16, [trained, teacher], note)
     s_fwd = LossForward(trained, loss_fn.keys(0), mode)
     t_fwd = LossForward(teacher, loss_fn.keys(1), mode) if loss_fn.needs_teacher else None
     member_loss = loss_fn.member_loss()
@@ -221,4 +245,5 @@ def prepare_models(
         working,
         mixed,
         member_loss,
+        undo_attention,
     )

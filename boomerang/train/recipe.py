@@ -211,6 +211,12 @@ class TrainSection(_Section):
         "except under FSDP",
     )
     compile: bool = Field(False, description="torch.compile the student")
+    attention: Literal["auto", "sdpa", "matmul"] = Field(
+        "auto",
+        description="attention of the training passes: matmul = two bf16 matmuls and a softmax with a hand-written "
+        "backward (train/attention.py), faster than SDPA's CPU kernel in bf16; sdpa = transformers' default; "
+        "auto = matmul on a CPU in bf16, else sdpa",
+    )
     fused_loss: bool | None = Field(
         None, description="CE/KL from hidden states + head, chunked (default: auto)"
     )
