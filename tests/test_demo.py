@@ -39,7 +39,9 @@ def test_demo_pipeline_runs_and_resumes(real_teacher_dir, corpora, tmp_path):
         assert [c["key"] for c in claims] == list("abcde")
         verdicts = {c["key"]: c["verdict"] for c in claims}
         assert all(verdicts[k] in ("PASS", "FAIL") for k in "abcd"), (text, claims)
-        assert verdicts["e"] == "n/a" and "--ablations random,nocos" in claims[-1]["detail"]  # default: no nocos
+        assert (
+            verdicts["e"] == "n/a" and "--ablations random,nocos" in claims[-1]["detail"]
+        )  # default: no nocos
     # a rerun finds every stage done and only rewrites the report
     done = out / "sweeps" / "hamlet" / "main-size-aware" / "results.json"
     mtime = done.stat().st_mtime
