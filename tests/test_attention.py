@@ -152,7 +152,7 @@ def root(tmp_path_factory):
 
 
 def test_training_uses_it_in_bf16_by_default_and_saves_a_student_with_its_own_attention(
-    root, tmp_path, monkeypatch
+    root, tmp_path, monkeypatch, capsys
 ):
     """``train.attention: auto`` switches the trained model and the teacher in bf16 (not in fp32); the loss
     follows SDPA's run; the saved student and the returned one are back on SDPA."""
@@ -168,6 +168,7 @@ def test_training_uses_it_in_bf16_by_default_and_saves_a_student_with_its_own_at
         d.setup()
         impl = d.models.trained.config._attn_implementation
         assert (impl == attention.ATTENTION) == (setting == "auto")
+        assert d.models.attention == ("matmul" if setting == "auto" else "sdpa")
         assert (d.teacher.config._attn_implementation == attention.ATTENTION) == (setting == "auto")
         calls.clear()
         losses[setting] = torch.tensor([d.train_step()["loss"] for _ in range(6)])
@@ -180,8 +181,12 @@ def test_training_uses_it_in_bf16_by_default_and_saves_a_student_with_its_own_at
             assert attention.ATTENTION not in saved
     rel = ((losses["auto"] - losses["sdpa"]).abs() / losses["sdpa"]).max()
     assert rel < 0.01, rel
-    fp32 = Distiller(
-        parse_recipe(tiny_recipe(root, train={"precision": "fp32", "steps": 1})), out=tmp_path / "f"
-    )
-    fp32.setup()
-    assert fp32.models.trained.config._attn_implementation != attention.ATTENTION
+    for setting in ("auto", "matmul"):  # fp32: SDPA (asked for matmul, the run says so)
+        capsys.readouterr()
+        train = {"precision": "fp32", "steps": 1, "attention": setting}
+        fp32 = Distiller(parse_recipe(tiny_recipe(root, train=train)), out=tmp_path / f"fp32-{setting}")
+        fp32.setup()
+        assert fp32.models.attention == "sdpa"
+        assert fp32.models.trained.config._attn_implementation != attention.ATTENTION
+        said = "computes bf16 attention on a CPU only" in " ".join(capsys.readouterr().err.split())
+        assert said == (setting == "matmul")

@@ -125,7 +125,8 @@ class RunModels:
     )
     mixed: MixedContext | None = None  # draws the family members of the mixed-context term
     member_loss: DistillLoss | None = None
-    undo_attention: Callable[[], None] = lambda: None  # back to the models' own attention (train.attention)
+    attention: str = "sdpa"  # what the trained passes' attention is (train.attention)
+    undo_attention: Callable[[], None] = lambda: None  # back to the models' own attention
 
     @property
     def trained(self) -> nn.Module:
@@ -161,15 +162,15 @@ def _load_student(r: Recipe, teacher: PreTrainedModel, tokenizer: Any) -> tuple[
 
 
 def _matmul_attention(
-    r: Recipe, bf16: bool, models: list[nn.Module], note: Callable[[str], None]
-) -> Callable[[], None]:
-    """Switch ``models`` to ``train.attention``'s matmul attention where it applies; returns the undo."""
+    r: Recipe, cpu_bf16: bool, models: list[nn.Module], note: Callable[[str], None]
+) -> tuple[str, Callable[[], None]]:
+    """Switch ``models`` to ``train.attention``'s matmul attention where it applies (bf16 on a CPU); returns
+    what the trained passes use and the undo."""
     want = r.train.attention
-    if want == "sdpa" or (want == "auto" and not bf16):
-        return lambda: None
-    if not bf16:
-        note("train.attention: matmul computes only bf16 attention; this fp32 run keeps SDPA")
-    # on a GPU every call falls through to SDPA (``attention.takes``): installed, it changes nothing there
+    if want == "sdpa" or not cpu_bf16:
+        if want == "matmul":
+            note("train.attention: matmul computes bf16 attention on a CPU only; this run keeps SDPA")
+        return "sdpa", lambda: None
     before = [getattr(m.config, "_attn_implementation", None) for m in models]
     for m in models:
         attention.use(m)
@@ -178,11 +179,17 @@ def _matmul_attention(
         for m, impl in zip(models, before, strict=True):
             m.set_attn_implementation(impl or "sdpa")  # type: ignore[operator]
 
-    return undo
+    return "matmul", undo
 
 
 def prepare_models(
-    recipe: Recipe, *, bf16: bool, fsdp: bool, note: Callable[[str], None], world: int = 1
+    recipe: Recipe,
+    *,
+    bf16: bool,
+    fsdp: bool,
+    note: Callable[[str], None],
+    world: int = 1,
+    cpu: bool = True,
 ) -> RunModels:
     """Load the teacher (bf16 under bf16 precision), load or initialise the student (fp32), apply the recipe's
     freezing / untying / checkpointing / lean-MLP switches and choose the loss path."""
@@ -220,7 +227,7 @@ def prepare_models(
     elif tr.bf16_copies and fsdp:
         note("train.bf16_copies is not used under FSDP (its mixed-precision policy computes in bf16)")
     trained = working.model if working is not None else student
-    undo_attention = _matmul_attention(r, bf16, [trained, teacher], note)
+    attention_used, undo_attention = _matmul_attention(r, bf16 and cpu, [trained, teacher], note)
     s_fwd = LossForward(trained, loss_fn.keys(0), mode)
     t_fwd = LossForward(teacher, loss_fn.keys(1), mode) if loss_fn.needs_teacher else None
     member_loss = loss_fn.member_loss()
@@ -245,5 +252,6 @@ def prepare_models(
         working,
         mixed,
         member_loss,
+        attention_used,
         undo_attention,
     )

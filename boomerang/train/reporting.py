@@ -132,7 +132,7 @@ def plan_lines(
         ),
         f"schedule  {data.total_steps} steps × {r.train.batch_size} sequences (≈{data.tokens_per_step:,.0f} "
         f"tokens/step, {data.total_steps * data.tokens_per_step / 1e6:.2f}M total); {world} process(es) × "
-        f"{r.train.micro_batch_size} × {accum} accumulation; {precision}; lr {r.optim.lr} "
+        f"{r.train.micro_batch_size} × {accum} accumulation; {precision}; {m.attention} attention; lr {r.optim.lr} "
         f"{r.optim.schedule}, warm-up {warmup}",
         f"output    {out}",
     ]

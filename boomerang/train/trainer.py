@@ -112,7 +112,14 @@ class Distiller:
         acc.wait_for_everyone()
         set_seed(r.train.seed)
 
-        m = prepare_models(r, bf16=precision == "bf16", fsdp=self.fsdp, note=self._note, world=self.world)
+        m = prepare_models(
+            r,
+            bf16=precision == "bf16",
+            fsdp=self.fsdp,
+            note=self._note,
+            world=self.world,
+            cpu=self.acc.device.type == "cpu",
+        )
         self.models = m
         self._check_finite(m.student, "training did not start")
         self.teacher, self.student, self.tokenizer = m.teacher, m.student, m.tokenizer
