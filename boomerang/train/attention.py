@@ -11,10 +11,14 @@ Grouped-query heads are never expanded: the queries of the heads sharing one key
 ``[batch, kv_heads, group × T, dim]``, so one matmul per key/value head serves the whole group (and dK, dV sum over
 the group by the same matmul).
 
-Registered with transformers' ``AttentionInterface`` as ``ATTENTION``. It takes over only where it is exact and
-pays: causal self-attention with no mask, dropout, soft-capping or sliding window, autograd on, on a CPU, in bf16;
-every other call (validation, the frozen teacher's forward, padded batches, fp32) goes to transformers' SDPA path
-unchanged. ``train.attention`` picks it (``auto``: on a CPU in bf16).
+One difference from SDPA's kernel: the scores ``s·Q Kᵀ`` are rounded to bf16 before the softmax (SDPA keeps them
+in fp32; no CPU matmul takes bf16 and returns fp32). Measured in docs/training.md ("Precision").
+
+Registered with transformers' ``AttentionInterface`` as ``ATTENTION``. It takes over only the calls it computes
+as SDPA would and where it pays: causal self-attention with no mask, dropout, soft-capping or sliding window,
+autograd on, on a CPU, in bf16 (or under bf16 autocast); every other call (validation, the frozen teacher's
+forward, padded batches, fp32) goes to transformers' SDPA path unchanged. ``train.attention`` picks it (``auto``:
+on a CPU in bf16).
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ def compute_dtype(query: torch.Tensor) -> torch.dtype:
 
 
 def takes(query: torch.Tensor, key: torch.Tensor, attention_mask: Any, dropout: float, kw: dict) -> bool:
-    """Whether ``MatmulAttention`` computes this call exactly (and is worth it)."""
+    """Whether ``MatmulAttention`` computes this call as SDPA would (and is worth it)."""
     return (
         query.device.type == "cpu"
         and compute_dtype(query) == torch.bfloat16
