@@ -218,6 +218,7 @@ TINY_DEMO_ARGS = ["--tokens", "4096", "--eval-tokens", "256"]  # the default ord
 # The recipe's kept layers are SmolLM2's (30 layers): the tiny teacher's init is ShortGPT's, blocks of at most 3.
 TINY_DEMO_OVERRIDES = [
     "data.seq_len=64",
+    "train.batch_size=8",
     "train.micro_batch_size=8",
     "eval.blocks=2",
     "train.threads=1",
