@@ -109,6 +109,32 @@ def run_jobs(service, work, speculative=False):
     return [("".join(e[1] for e in evs if e[0] == "text"), evs[-1]) for evs in events.values()]
 
 
+def test_a_job_is_done_only_after_its_final_event():
+    """Watchers poll ``job.done`` (these tests, `benchmarks/serve.py`): by then its last event must be delivered.
+    A sink that sleeps on the final event makes the gap wide enough to see."""
+    teacher, student, lm = make_pair("llama", tie=True)
+    service = Service(B.Family(teacher, student, lm, tokenizer=tiny_tokenizer()))
+    seen: list[tuple[str, bool]] = []
+    jobs: list[Job] = []
+
+    def sink(event):
+        if event[0] != "text":
+            time.sleep(0.2)
+        seen.append((event[0], jobs[0].done))
+
+    service.start()
+    try:
+        jobs.append(Job(2, [5, 6, 7], Sampling(max_tokens=3, temperature=0.0, ignore_eos=True), sink))
+        service.engine.submit(jobs[0])
+        deadline = time.monotonic() + 60
+        while not jobs[0].done:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert seen and seen[-1] == ("done", False)  # delivered before `done` was set
+    finally:
+        service.stop()
+
+
 @pytest.mark.parametrize("arch", ["gemma3_text", "gpt2", "qwen3"])
 def test_engine_batches_join_and_leave_between_steps(arch):
     """Jobs with different prompt lengths, limits and sampling on one member (sliding windows, absolute

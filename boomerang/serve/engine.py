@@ -292,18 +292,19 @@ class Engine:
             self._finish(job, ("error", "the server is shutting down"))
 
     def _finish(self, job: Job, event: Event | None) -> None:
-        job.done = True
         if job in self._active:
             self._active.remove(job)
         with self._lock:
             self._in_flight.pop(job.id, None)
         job.cache = None  # free the KV caches now
         job.spec = None
-        if event is not None:
-            try:
+        try:
+            if event is not None:
                 job.sink(event)
-            except Exception:  # a sink must not stop the engine
-                log.exception("event sink of job %d failed", job.id)
+        except Exception:  # a sink must not stop the engine
+            log.exception("event sink of job %d failed", job.id)
+        finally:
+            job.done = True  # only after the final event: a watcher of `done` then has every event
 
     def _guarded(self, job: Job, step: Callable[[Job], None]) -> None:
         """Run one step of ``job``; a failure ends that job only, not the others or the thread."""
