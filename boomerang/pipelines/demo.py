@@ -129,8 +129,8 @@ def recipe_overrides(
         f"data.train={corpus.train}",
         f"data.eval={corpus.validation}",
         f"train.max_tokens={tokens}",
-        "checkpoint.every=10",
-        "eval.every=10",
+        "checkpoint.every=40",
+        "eval.every=40",
         "eval.blocks=16",
         *overrides,
     ]
