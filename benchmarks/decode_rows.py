@@ -56,15 +56,7 @@ def main() -> None:
     prompts = [list(range(100 + 7 * i, 140 + 9 * i)) for i in range(4)]
 
     def exact() -> dict:
-        def step(batched: bool) -> torch.Tensor:
-            caches = [run.cache(128) for _ in prompts]
-            for c, p in zip(caches, prompts, strict=True):
-                run.forward([c], [p], last_only=True)
-            if batched:
-                return run.forward(caches, [[5]] * len(prompts))
-            return torch.cat([run.forward([c], [[5]]) for c in caches])
-
-        alone, batched = step(False), step(True)
+        alone, batched = run.step_after(prompts, 5, batched=False), run.step_after(prompts, 5, batched=True)
         rows = [bool(torch.equal(alone[i], batched[i])) for i in range(len(prompts))]
         return {
             "rows_identical": sum(rows),

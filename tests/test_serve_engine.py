@@ -507,16 +507,6 @@ def test_real_smollm2_batched_and_speculative_greedy_equal_alone(real_teacher_di
         service.stop()
 
 
-def _decode_step(run, prompts, batched):
-    """The logits of one decoding step after each prompt: every row alone, or all in one batch."""
-    caches = [run.cache(128) for _ in prompts]
-    for c, p in zip(caches, prompts, strict=True):
-        run.forward([c], [p], last_only=True)
-    if batched:
-        return run.forward(caches, [[5]] * len(prompts))
-    return torch.cat([run.forward([c], [[5]]) for c in caches])
-
-
 @pytest.mark.real
 def test_real_smollm2_bf16_decoding_row_is_the_same_alone_and_batched(real_teacher_dir):
     """In bf16 on a CPU a one-row matrix product rounds differently from a several-row one (oneDNN's gemv against
@@ -528,7 +518,7 @@ def test_real_smollm2_bf16_decoding_row_is_the_same_alone_and_batched(real_teach
     run = runner.Runner(teacher)
     assert runner.pads_lone_rows(teacher)
     prompts = [list(range(100 + 7 * i, 140 + 9 * i)) for i in range(4)]
-    assert torch.equal(_decode_step(run, prompts, False), _decode_step(run, prompts, True))
+    assert torch.equal(run.step_after(prompts, 5, batched=False), run.step_after(prompts, 5, batched=True))
     ids = torch.tensor([prompts[0]])
     with torch.no_grad():
         assert torch.equal(teacher(ids).logits, reference(ids).logits)  # an ordinary call: no extra rows
@@ -550,7 +540,9 @@ def test_lone_rows_are_padded_only_in_reduced_precision_on_a_cpu(arch):
         assert runner.pads_lone_rows(model)
         products = [m for m in model.modules() if runner._rowwise(m)]
         assert products and all("forward" in vars(m) for m in products)
-        assert torch.equal(_decode_step(run, prompts, False), _decode_step(run, prompts, True)), dtype
+        assert torch.equal(
+            run.step_after(prompts, 5, batched=False), run.step_after(prompts, 5, batched=True)
+        ), dtype
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

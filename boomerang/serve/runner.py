@@ -122,6 +122,16 @@ class Runner:
         step.done()
         return out.logits.float().cpu()
 
+    def step_after(self, prompts: Sequence[Sequence[int]], token: int, *, batched: bool) -> torch.Tensor:
+        """Logits ``[rows, 1, vocab]`` of one decoding step (``token``) after each prompt in a fresh cache: every row
+        alone or all in one batch (the exactness check behind batching: both must be equal)."""
+        caches = [self.cache(max(map(len, prompts)) + 1) for _ in prompts]
+        for c, p in zip(caches, prompts, strict=True):
+            self.forward([c], [p], last_only=True)
+        if batched:
+            return self.forward(caches, [[token]] * len(prompts))
+        return torch.cat([self.forward([c], [[token]]) for c in caches])
+
     @contextlib.contextmanager
     def capture(self, n_shared: int) -> Iterator[list[torch.Tensor]]:
         """Collect the hidden states entering layer ``n_shared`` in every forward pass inside the block."""
