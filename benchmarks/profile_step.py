@@ -6,7 +6,8 @@ in its forward), the backward pass, and the optimizer (clipping, AdamW, the bf16
 
 * wall seconds per phase, timed without a profiler (medians over ``--steps`` steps after a warm-up);
 * within each phase, the share of operator time that is matrix products (``mm``/``addmm``/``bmm``/``linear``),
-  attention kernels (SDPA), and everything else, from ``torch.profiler`` over one step (the profiler slows small
+  attention (SDPA's kernels, or every operator inside the matmul attention of ``boomerang/train/attention.py``,
+  its matmuls included), and everything else, from ``torch.profiler`` over one step (the profiler slows small
   operators down, so only these shares are taken from it, never absolute times).
 
     python benchmarks/profile_step.py --precision bf16 --batch 8      # -> results/profile_step-bf16.json
@@ -25,6 +26,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul")
+ATTENTION = "attention: matmul"
 PHASES = ("teacher forward", "student forward", "loss", "backward", "optimizer")
 
 
@@ -54,6 +56,7 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from boomerang.train import attention
     from boomerang.train.precision import machine
     from boomerang.train.recipe import parse_recipe
     from boomerang.train.trainer import Distiller
@@ -100,6 +103,13 @@ def main() -> None:
         if d.models.working is not None:
             d.models.working.sync = phase("optimizer", d.models.working.sync)
             d.models.working.drain_grads = phase("optimizer", d.models.working.drain_grads)
+        apply = attention.MatmulAttention.apply
+
+        def matmul_attention(*a):
+            with record_function(ATTENTION):
+                return apply(*a)
+
+        attention.MatmulAttention.apply = matmul_attention  # its backward is the profiler's own node
         d.train_step()
         d.train_step()
         wall.clear()
@@ -116,15 +126,16 @@ def main() -> None:
     for ev in prof.events():
         if ev.name.startswith("phase: ") or (ev.cpu_parent is None and not ev.name.startswith("aten::")):
             continue
-        node, where = ev, None
+        node, where, in_attention = ev, None, False
         while node is not None:
+            in_attention |= node.name == ATTENTION or "MatmulAttentionBackward" in node.name
             if node.name.startswith("phase: "):
                 where = node.name.removeprefix("phase: ")
                 break
             node = node.cpu_parent
         if where is None:
             continue
-        shares[where][category(ev.name)] += ev.self_cpu_time_total
+        shares[where]["attention" if in_attention else category(ev.name)] += ev.self_cpu_time_total
     step = statistics.median(steps)
     result = {
         "machine": machine(),
