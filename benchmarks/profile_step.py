@@ -1,8 +1,10 @@
 """Where the distillation step's time goes, by phase and by kind of operator (issue 23).
 
 The step of ``benchmarks/distill_step.py`` (SmolLM2-135M teacher, its 16-layer student, one micro-batch) is split
-into phases: the teacher's forward, the student's forward, the loss (the fused CE/KL head computes its gradients
-in its forward), the backward pass, and the optimizer (clipping, AdamW, the bf16 copies' sync). Two measurements:
+into phases: the teacher's forward, the student's forward, the mixed-context member's forward (with ``--loss
+'{"mixed": 1.0, "mixed_draw": "size"}'``, the demo's step), the loss (the fused CE/KL head computes its gradients
+in its forward; the member's loss included), the backward pass (the member's included), and the optimizer
+(clipping, AdamW, the bf16 copies' sync). Two measurements:
 
 * wall seconds per phase, timed without a profiler (medians over ``--steps`` steps after a warm-up);
 * within each phase, the share of operator time that is matrix products (``mm``/``addmm``/``bmm``/``linear``),
@@ -11,6 +13,7 @@ in its forward), the backward pass, and the optimizer (clipping, AdamW, the bf16
   operators down, so only these shares are taken from it, never absolute times).
 
     python benchmarks/profile_step.py --precision bf16 --batch 8      # -> results/profile_step-bf16.json
+    python benchmarks/profile_step.py --precision bf16 --batch 2 --loss '{"mixed": 1.0, "mixed_draw": "size"}'
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul")
 ATTENTION = "attention: matmul"
-PHASES = ("teacher forward", "student forward", "loss", "backward", "optimizer")
+PHASES = ("teacher forward", "student forward", "member forward", "loss", "backward", "optimizer")
 
 
 def category(name: str) -> str:
@@ -50,6 +53,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--train", default="{}", help="extra train settings, JSON (e.g. '{\"compile\": true}')")
+    ap.add_argument("--loss", default="{}", help="extra loss settings, JSON (e.g. '{\"compile\": true}')")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -67,7 +71,7 @@ def main() -> None:
         "name": "profile",
         "teacher": args.teacher,
         "data": {"train": args.data, "seq_len": args.seq_len},
-        "loss": {"align_embeddings": True, "align_final": "normed"},
+        "loss": {"align_embeddings": True, "align_final": "normed", **json.loads(args.loss)},
         "train": {**train, "steps": 1000, "threads": args.threads, **json.loads(args.train)},
         "eval": {"blocks": 0},
         "checkpoint": {"every": 0},
@@ -95,7 +99,16 @@ def main() -> None:
         d.setup()
         d._teacher = phase("teacher forward", d._teacher)
         d.s_mod.forward = phase("student forward", d.s_mod.forward)
-        d.loss_fn.__class__.__call__ = phase("loss", d.loss_fn.__class__.__call__)
+        d.loss_fn.__class__.__call__ = phase("loss", d.loss_fn.__class__.__call__)  # the member's loss too
+        if d.models.mixed is not None:  # the mixed-context term (--loss '{"mixed": 1}'): its member's trunk
+            draw = d.models.mixed.member
+
+            def member(plan):
+                m = draw(plan)
+                m.base_model.forward = phase("member forward", m.base_model.forward)
+                return m
+
+            d.models.mixed.member = member
         d.acc.backward = phase("backward", d.acc.backward)
         step_opt, clip = d.optimizer.step, d.acc.clip_grad_norm_
         d.optimizer.step = phase("optimizer", step_opt)

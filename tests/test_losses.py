@@ -391,3 +391,27 @@ def test_ctx_gradient_reaches_only_the_student_layers():
         got = p.grad is not None and bool(p.grad.abs().sum() > 0)
         assert got == in_layer, name
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_the_member_loss_keeps_the_loss_settings():
+    """The mixed-context member's loss is the main loss's CE and KL scaled by ``mixed``, at the same temperature
+    and chunking; a new loss setting must be decided for it here (one was once dropped silently)."""
+    cfg = LossConfig(ce=0.0, kl=1.0, mixed=0.5, temperature=2.0, chunk_tokens=64)
+    m = DistillLoss(cfg, LayerMap.every(6)).member_loss().config
+    assert (m.ce, m.kl, m.temperature, m.chunk_tokens, m.cos, m.mixed) == (0, 0.5, 2.0, 64, 0, 0)
+    decided = {
+        "ce",
+        "kl",
+        "temperature",
+        "cos",
+        "mixed",
+        "chunk_tokens",
+    }  # carried over or set for the member
+    unused = {
+        "align_embeddings",
+        "align_final",
+        "ctx",
+        "ctx_mse",
+        "mixed_draw",
+    }  # no hidden-state terms there
+    assert set(LossConfig.model_fields) == decided | unused

@@ -147,9 +147,8 @@ def matmul_attention(
     b, h, t, d = query.shape
     kv = key.shape[1]
     scale = scaling if scaling is not None else d**-0.5
-    bf16 = (
-        torch.bfloat16
-    )  # autocast's casts, made here: its dispatch never sees this function's matmuls as SDPA
+    # autocast's casts, made here: its dispatch never sees this function's matmuls as SDPA
+    bf16 = torch.bfloat16
     q = query.to(bf16).reshape(b, kv, (h // kv) * t, d)  # heads h = g·(h/kv) + r share key/value head g
     with torch.autocast("cpu", enabled=False):
         o = MatmulAttention.apply(q, key.to(bf16).contiguous(), value.to(bf16).contiguous(), scale)
