@@ -544,3 +544,40 @@ def test_real_smollm2_chat_equals_generate(real_teacher_dir):
         assert r.usage.completion_tokens == len(new) and r.usage.prompt_tokens == len(ids)
         chunks = client.chat.completions.create(stream=True, **kw)
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+
+
+# ---- start-up: --dtype auto ------------------------------------------------------------------------------------
+
+
+def test_dtype_auto_measures_off_the_main_thread(monkeypatch):
+    """`--dtype auto` times a bf16 and an fp32 product; done on the main thread, before the engine's thread
+    existed, it left the server decoding 1.17-1.36x slower (benchmarks/serve_probe.py). The real measurement runs,
+    on a thread of its own, and its choice is the server's."""
+    import threading
+
+    from boomerang.serve import options
+    from boomerang.train import precision
+
+    where, real = [], precision.choose_precision
+
+    def recording(*args, **kwargs):
+        where.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(precision, "choose_precision", recording)
+    place = options.choose("auto", "cpu")
+    assert where == [False]
+    assert place.device == "cpu" and place.dtype in ("bfloat16", "float32") and place.reason
+    assert options.choose("float32", "cpu").reason == "set by --dtype" and where == [False]  # no measurement
+
+
+def test_work_on_its_own_thread_raises_its_errors_on_the_callers():
+    from boomerang.errors import BoomerangError
+    from boomerang.serve.options import on_own_thread
+
+    def broken():
+        raise BoomerangError("the message the user must see")
+
+    with pytest.raises(BoomerangError, match="the message the user must see"):
+        on_own_thread(broken)
+    assert on_own_thread(lambda: 42) == 42

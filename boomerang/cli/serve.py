@@ -309,7 +309,7 @@ def _load(
     options: dict[str, Any],
 ) -> FamilyServer:
     from ..family import Family
-    from ..serve.options import choose
+    from ..serve.options import choose, on_own_thread
     from ..serve.server import FamilyServer
 
     place = choose(dtype, device)
@@ -323,7 +323,7 @@ def _load(
             f"no tokenizer found for {teacher}: the teacher checkpoint needs its tokenizer files"
         )
     with console.status(f"resolving patch order {order or 'recorded by the student'}"):
-        patch_order = family.order(order, data=data)
+        patch_order = on_own_thread(lambda: family.order(order, data=data))  # its passes off the main thread
     server = FamilyServer(
         family, order=patch_order, max_latency_ms=max_latency_ms, chat_template=template, **options
     )

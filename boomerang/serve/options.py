@@ -9,9 +9,14 @@ faster than fp32; fp32 everywhere else. An explicit ``--dtype`` wins.
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ..errors import BoomerangError
+
+T = TypeVar("T")
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -65,5 +70,28 @@ def choose(dtype: str, device: str = "auto") -> Placement:
         )
     if dtype != "auto":
         return Placement(device, dtype, "set by --dtype")
-    chosen = choose_precision("auto", cuda=device.startswith("cuda"))
+    chosen = on_own_thread(lambda: choose_precision("auto", cuda=device.startswith("cuda")))
     return Placement(device, "bfloat16" if chosen.bf16 else "float32", chosen.reason)
+
+
+def on_own_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on a short-lived thread of its own; its exception is raised here.
+
+    For the heavy tensor work a server does before its engine starts (the ``--dtype auto`` measurement, a
+    data-driven patch order): large matrix products on the main thread, followed by decoding on the engine's
+    thread, left that decoding 0.74x as fast on a 2-core AMD EPYC (``benchmarks/serve_probe.py``).
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised on the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="boomerang-startup", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
