@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--train", default="{}", help="extra train settings, JSON (e.g. '{\"compile\": true}')")
-    ap.add_argument("--loss", default="{}", help="extra loss settings, JSON (e.g. '{\"compile\": true}')")
+    ap.add_argument("--loss", default="{}", help="extra loss settings, JSON (e.g. '{\"mixed\": 1.0}')")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 

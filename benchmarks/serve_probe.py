@@ -1,9 +1,9 @@
 """Benchmark: does ``boomerang serve --dtype auto`` decode as fast as the dtype it chooses, given explicitly?
 
 ``--dtype auto`` measures a bf16 and an fp32 matrix product at start-up (``boomerang.serve.options.choose``). Run on
-the main thread, before the engine's thread existed, that measurement left the server decoding 1.17-1.36x slower
-on a 2-core AMD EPYC (Zen 4) than the same server started with ``--dtype bfloat16``; it now runs on a thread of its
-own. Two servers (the SmolLM2-135M teacher and a student initialised from it) are up at once, one with ``--dtype
+the main thread, before the engine's thread existed, that measurement left the server decoding at 0.74x the speed
+of the same server started with ``--dtype bfloat16`` on a 2-core AMD EPYC (Zen 4; ``results/serve_probe-before.json``,
+measured with that code); it now runs on a thread of its own. Two servers (the SmolLM2-135M teacher and a student initialised from it) are up at once, one with ``--dtype
 auto`` and one with the dtype auto chooses; single-client streamed greedy requests on the teacher alternate
 between them (which goes first alternates too), so both meet the same machine. Medians over ``--repeats`` pairs.
 
