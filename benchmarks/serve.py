@@ -494,8 +494,8 @@ def child_llama(gguf: str, port: int, threads: int, n_ctx: int) -> None:
                     yield f"data: {json.dumps(chunk)}\n\n"
             # the processor may run once more than tokens are returned (33 calls for 32 tokens of multi-byte text
             # were seen): the completion has at most max_tokens tokens
-            usage = {"prompt_tokens": len(prompt), "completion_tokens": min(count[0], tokens)}
-            usage["total_tokens"] = usage["prompt_tokens"] + count[0]
+            n = min(count[0], tokens)
+            usage = {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n}
             last = {"id": "x", "object": "text_completion", "created": 0, "model": "llama.cpp", "choices": []}
             yield f"data: {json.dumps(last | {'usage': usage})}\n\ndata: [DONE]\n\n"
 

@@ -399,19 +399,7 @@ def test_the_member_loss_keeps_the_loss_settings():
     cfg = LossConfig(ce=0.0, kl=1.0, mixed=0.5, temperature=2.0, chunk_tokens=64)
     m = DistillLoss(cfg, LayerMap.every(6)).member_loss().config
     assert (m.ce, m.kl, m.temperature, m.chunk_tokens, m.cos, m.mixed) == (0, 0.5, 2.0, 64, 0, 0)
-    decided = {
-        "ce",
-        "kl",
-        "temperature",
-        "cos",
-        "mixed",
-        "chunk_tokens",
-    }  # carried over or set for the member
-    unused = {
-        "align_embeddings",
-        "align_final",
-        "ctx",
-        "ctx_mse",
-        "mixed_draw",
-    }  # no hidden-state terms there
+    # carried over or set for the member; then those with no meaning there (no hidden-state terms)
+    decided = {"ce", "kl", "temperature", "cos", "mixed", "chunk_tokens"}
+    unused = {"align_embeddings", "align_final", "ctx", "ctx_mse", "mixed_draw"}
     assert set(LossConfig.model_fields) == decided | unused

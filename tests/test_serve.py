@@ -551,7 +551,7 @@ def test_real_smollm2_chat_equals_generate(real_teacher_dir):
 
 def test_dtype_auto_measures_off_the_main_thread(monkeypatch):
     """`--dtype auto` times a bf16 and an fp32 product; done on the main thread, before the engine's thread
-    existed, it left the server decoding 1.17-1.36x slower (benchmarks/serve_probe.py). The real measurement runs,
+    existed, it left the server decoding at 0.74x the speed (benchmarks/serve_probe.py). The real measurement runs,
     on a thread of its own, and its choice is the server's."""
     import threading
 
