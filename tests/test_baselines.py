@@ -15,6 +15,7 @@ from boomerang.analysis.baselines import (
     Laco,
     block_influence,
     evenly_spaced,
+    kept_layers,
     merged_tensors,
     naive_layers,
     prune_to,
@@ -154,6 +155,10 @@ def test_shortgpt_removes_the_least_influential_layers(recompute):
     assert r.kept == [0, 1, 4, 7]
     pruned = prune_to(model, "shortgpt", num_layers=4, calibration=x, recompute=recompute)
     assert pruned.config.boomerang["removed"] == r.removed
+    # what a sweep keys the model by before building it; merging (LaCo) keeps no plain teacher layers
+    assert kept_layers(model, "shortgpt", num_layers=4, calibration=x, recompute=recompute) == r.kept
+    assert pruned.config.boomerang["teacher_layers"] == r.kept
+    assert kept_layers(model, "laco", num_layers=4, calibration=x) is None
     assert torch.allclose(_logits(pruned, x), _logits(dropped_reference(model, r.kept), x), atol=1e-6)
     if recompute:  # one measurement per removal, on the shrinking model
         assert len(r.block_influence) == 4

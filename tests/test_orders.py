@@ -91,7 +91,8 @@ def test_exhaustive_table_equals_brute_force_kl(arch):
         patched = [i for i in range(m) if mask >> i & 1]
         ref = direct_kl(teacher, B.patch(teacher, student, lm, patched), x)
         assert table[mask] == pytest.approx(ref, abs=1e-6), patched
-    assert table[(1 << m) - 1] == pytest.approx(0.0, abs=1e-7)  # all patched = the teacher
+    # all patched = the teacher (to float32 rounding: the KL is a difference of sums over the vocabulary)
+    assert table[(1 << m) - 1] == pytest.approx(0.0, abs=1e-6)
     assert ev.counts["blocks"] == 2 ** (m + 1) - 2 and ev.counts["heads"] == 2**m
 
 
@@ -157,7 +158,7 @@ def test_optimal_is_never_worse_than_greedy():
     x = ids(3, 10)
     po = compute_order("optimal", teacher, student, lm, x)
     assert all(gap >= -1e-12 for gap in po.info["greedy_gap"])
-    assert po.info["kl"][-1] == pytest.approx(0.0, abs=1e-7)
+    assert po.info["kl"][-1] == pytest.approx(0.0, abs=1e-6)
     assert po.info["subsets_scored"] == 2**lm.n_student
     for k, subset in enumerate(po.subsets):
         ref = direct_kl(teacher, B.patch(teacher, student, lm, subset), x)
@@ -180,7 +181,7 @@ def test_similarity_order_follows_block_end_similarity():
     ]
     assert po.info["layer_similarity"] == pytest.approx(sims, abs=1e-5)
     assert po.sequence == sorted(range(5), key=lambda i: sims[i])
-    assert len(po.info["kl"]) == 6 and po.info["kl"][-1] == pytest.approx(0.0, abs=1e-7)
+    assert len(po.info["kl"]) == 6 and po.info["kl"][-1] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_order_scores_for_builtin_orders_match_direct_computation():
@@ -231,7 +232,7 @@ def test_size_aware_is_the_exhaustive_optimum_per_size():
         assert kl == pytest.approx(best[n][0], abs=1e-6)
         assert kl == pytest.approx(direct_kl(teacher, B.patch(teacher, student, lm, subset), x), abs=1e-6)
         assert (0 in subset) == (4 in subset)
-    assert po.info["method"] == "exhaustive" and po.info["kl"][-1] == pytest.approx(0.0, abs=1e-7)
+    assert po.info["method"] == "exhaustive" and po.info["kl"][-1] == pytest.approx(0.0, abs=1e-6)
     # K indexes the sizes: member k is the k-th size, whatever it patches
     m3 = B.patch(teacher, student, lm, num_patched=3, order=po)
     assert torch.equal(_logits(m3, x), _logits(B.patch(teacher, student, lm, po.subsets[3]), x))
@@ -263,6 +264,87 @@ def test_size_aware_search_beyond_exhaustive(monkeypatch):
                     assert kl <= direct_kl(teacher, B.patch(teacher, student, lm, cand), x) + 1e-6
     best = _brute_force_by_size(teacher, student, lm, x)
     print("size-aware vs optimum:", [(po.info["kl"][i], best[n][0]) for i, n in enumerate(layers)])
+
+
+@pytest.mark.parametrize("cache_bytes", [2 << 30, 0])
+def test_kl_as_log_sum_exp_and_dot_product(cache_bytes):
+    """KL summed as logsumexp(z) - p.z + sum p log p equals kl_div on log-softmaxes, with the teacher's
+    probabilities cached or (over the cache budget) recomputed per score; the teacher itself scores 0."""
+    from boomerang.analysis.teacher_kl import kl_sum, negative_entropy
+
+    teacher, student, lm = make_pair("llama", 6, kept=(0, 2, 4, 5), tie=False)
+    perturb(student, 0.3, seed=5)
+    x = ids(3, 10)
+    ev = PatchEvaluator(teacher, student, lm, x, batch_size=2, cache_bytes=cache_bytes)
+    assert (ev._ref is None) == (cache_bytes == 0)
+    for subset in [(), (0,), (1, 2), (3,), (0, 1, 2, 3)]:
+        ref = direct_kl(teacher, B.patch(teacher, student, lm, subset), x)
+        assert ev.evaluate(subset) == pytest.approx(ref, abs=1e-6), subset
+    assert abs(ev.evaluate(range(4))) < 1e-6
+    lp = torch.log_softmax(torch.randn(4, 7, 50) * 4, -1)
+    lp[0, 0, 3] = -torch.inf  # a token the teacher rules out costs nothing
+    z = torch.randn(4, 7, 50) * 4
+    want = float(torch.nn.functional.kl_div(torch.log_softmax(z, -1), lp, log_target=True, reduction="none")
+                 .nan_to_num().double().sum())  # fmt: skip
+    assert kl_sum(lp.exp(), negative_entropy(lp), z) == pytest.approx(want, rel=1e-5)
+
+
+def test_kl_sum_is_float64_accurate_on_a_large_vocabulary():
+    """On a 49,152-entry vocabulary one float32 sum per row (and taking sum p = 1) biases the KL by ~1e-4 nats per
+    token; the partial sums and the mass term keep it within 1e-5 of float64, and the teacher's KL near 0."""
+    from boomerang.analysis.teacher_kl import TeacherKL
+
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(49152, 64, generator=g) * 0.5).bfloat16()
+    h = (torch.randn(64, 64, generator=g) * 3).bfloat16()
+    zt = torch.nn.functional.linear(h, w)
+    zm = torch.nn.functional.linear(h + (torch.randn(64, 64, generator=g) * 0.3).bfloat16(), w)
+    lp = torch.log_softmax(zt.float(), -1)
+    ref = TeacherKL()
+    ref.add_batch(lp)
+    exact = float((lp.double().exp() * (lp.double() - torch.log_softmax(zm.double(), -1))).sum())
+    assert abs(ref.total(0, zm) - exact) / 64 < 1e-5
+    assert abs(ref.total(0, zt)) / 64 < 1e-5
+
+
+def test_subset_scorer_starts_from_the_deepest_shared_state():
+    """Scores of sets near the rebased one are bit-identical to scoring them from scratch, and run only the
+    blocks from their first difference on."""
+    from boomerang.analysis.orders import _SubsetScorer
+
+    teacher, student, lm = make_pair("qwen2", 8, kept=(0, 1, 3, 4, 6, 7))  # blocks 1, 2, 1, 2, 1, 1
+    perturb(student, 0.3, seed=3)
+    x = ids(2, 10)
+    ev = PatchEvaluator(teacher, student, lm, x)
+    scorer = _SubsetScorer(ev)
+    base = (1, 2)
+    scorer.rebase(base)
+    for subset, first_run in [((1, 2, 5), 5), ((1,), 2), ((1, 2, 4), 4), ((0, 1, 2, 5), 3), ((0, 1, 2), 3)]:
+        before = ev.counts["blocks"]
+        got = scorer(frozenset(subset))
+        assert ev.counts["blocks"] - before == lm.n_student - first_run, subset
+        assert got == ev.evaluate(subset), subset  # the same tensors through the same kernels
+    scorer.rebase((0, 1, 2, 3, 4, 5))  # the teacher: nothing to run
+    before = ev.counts["blocks"]
+    assert scorer(frozenset(range(6))) == ev.evaluate(range(6))
+    assert ev.counts["blocks"] - before == lm.n_student  # only evaluate() ran blocks
+
+
+def test_size_aware_local_search_from_the_current_best_is_exact(monkeypatch):
+    """Starting the local search's candidates from the current best set's states changes no value and no choice,
+    and runs fewer blocks than starting them from the student's or the teacher's."""
+    import boomerang.analysis.orders as orders
+
+    teacher, student, lm = make_pair("qwen2", 10, kept=(0, 1, 2, 4, 5, 7, 8, 9))  # 2-layer blocks at 2, 4, 5
+    perturb(student, 0.3, seed=11)
+    x = ids(2, 10)
+    monkeypatch.setattr(orders, "SIZE_EXHAUSTIVE", 4)
+    got = {}
+    for rebase in (False, True):
+        ev = PatchEvaluator(teacher, student, lm, x)
+        got[rebase] = (*orders.size_search(ev, rebase=rebase)[:2], ev.counts["blocks"])
+    assert got[True][:2] == got[False][:2]
+    assert got[True][2] < got[False][2]
 
 
 def test_family_sizes_are_the_distinct_layer_counts():

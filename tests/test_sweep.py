@@ -245,6 +245,28 @@ def test_pruned_baselines_at_member_sizes(tmp_path):
     assert rows[("shortgpt", 5)]["ppl"] == rows[("boomerang", 5)]["ppl"]  # nothing pruned: the teacher
 
 
+def test_shortgpt_models_share_prefixes_exactly(tmp_path):
+    """ShortGPT only chooses teacher layers: its models are keyed like naive ones and evaluated with the family,
+    sharing prefixes of teacher layers (an equal naive model is the same unit), with the numbers of running each
+    alone; LaCo's merged models stay opaque, each in its own group."""
+    teacher, student, _ = make_pair("llama", n_layers=8, kept=(0, 2, 4, 6, 7))
+    perturb(teacher, 0.5, seed=2)  # distinct block influences, so ShortGPT drops a definite set
+    text = corpus(tmp_path / "t.txt", paragraphs=12)
+    kw = dict(
+        tokenizer=tiny_tokenizer(), baselines=["naive", "shortgpt", "laco"], spec=SPEC, sizes=[0, 1, 2, 3, 4, 5],
+        calibration_samples=8,
+    )  # fmt: skip
+    shared = sweep(teacher, student, text, tmp_path / "shared", **kw)
+    alone = sweep(teacher, student, text, tmp_path / "alone", reuse=False, **kw)
+    assert [r.get("ppl") for r in shared["rows"]] == [r.get("ppl") for r in alone["rows"]]
+    groups = set(shared["seconds"])
+    assert not any(g.startswith("shortgpt") for g in groups) and any(g.startswith("laco") for g in groups)
+    keyed = shared["work"]
+    assert keyed["layers_shared"] < keyed["layers_separately"]
+    rows = [r for r in shared["rows"] if r["method"] == "shortgpt" and "ppl" in r]
+    assert len(rows) == 6 and all(r["teacher_layers"] for r in rows if r["layers"] < 8)
+
+
 def test_pruned_baselines_measure_once_per_cache(tmp_path, monkeypatch):
     """A sweep measures ShortGPT once for all its sizes; sweeps given one cache measure once between them."""
     import boomerang.analysis.baselines as bl

@@ -759,6 +759,24 @@ def prune_to(
     return prune_laco(teacher, calibration, num_layers=num_layers, cache=cache, **params)
 
 
+def kept_layers(
+    teacher: PreTrainedModel,
+    method: str,
+    *,
+    num_layers: int,
+    calibration: Calibration,
+    cache: BaselineCache | None = None,
+    **params: Any,
+) -> list[int] | None:
+    """The teacher layers ``prune_to(teacher, method, num_layers=..., ...)`` keeps, where the method only chooses
+    layers (ShortGPT); None where it merges them (LaCo) or needs a layer map (naive). The model built from them
+    computes what the teacher's layers compute, so evaluations can share its prefixes with other models'."""
+    if method != "shortgpt":
+        return None
+    params = {k: v for k, v in params.items() if k in ("recompute", "batch_size")}
+    return shortgpt(teacher, num_layers, calibration, cache=cache, **params).kept
+
+
 def save_pruned(
     model: PreTrainedModel, out: str | Path, *, tokenizer: Tokenizer | None = None, force: bool = False
 ) -> Path:

@@ -40,6 +40,7 @@ from ..core.plan import DATA_ORDERS, PatchOrder
 from ..core.similarity import similarity_matrix
 from ..core.spans import embedding_output
 from ..errors import BoomerangError
+from .teacher_kl import TeacherKL, kl_sum, negative_entropy
 
 if TYPE_CHECKING:
     from ..hints import Calibration, Model
@@ -117,8 +118,9 @@ class PatchEvaluator:
 
     ``criterion="kl"`` scores KL(teacher || model) per token, averaged over all calibration tokens (lower is
     better); ``"cos"`` the mean per-token cosine between the model's and the teacher's final normed hidden states.
-    The teacher's log-probabilities are cached when they fit in ``cache_bytes``; otherwise its final hidden
-    states are, and the teacher head is re-applied per score. ``counts`` tallies the work done.
+    The teacher's probabilities are cached when they fit in ``cache_bytes``; otherwise its final hidden states are,
+    and the teacher head is re-applied per score. The KL is summed as ``teacher_kl.kl_sum`` does (a log-sum-exp and
+    a dot product: no log-softmax of the scored model). ``counts`` tallies the work done.
     """
 
     def __init__(
@@ -149,7 +151,7 @@ class PatchEvaluator:
     def _reference(self, cache_bytes: int) -> None:
         teacher = self.models["teacher"]
         vocab = int(teacher.config.vocab_size)
-        self._ref_logprobs: list[torch.Tensor] | None = None
+        self._ref: TeacherKL | None = None
         self._ref_hidden: list[torch.Tensor] = []
         with torch.no_grad():
             for b in self.batches:
@@ -163,10 +165,9 @@ class PatchEvaluator:
                 ]
                 self._ref_hidden = []
             elif self.tokens * vocab * 4 <= cache_bytes:
-                self._ref_logprobs = [
-                    self._head_logprobs("teacher", b, h)
-                    for b, h in zip(self.batches, self._ref_hidden, strict=True)
-                ]
+                self._ref = TeacherKL()
+                for b, h in zip(self.batches, self._ref_hidden, strict=True):
+                    self._ref.add_batch(self._head_logprobs("teacher", b, h))
                 self._ref_hidden = []
 
     def _head_logprobs(self, who: str, ids: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -224,13 +225,14 @@ class PatchEvaluator:
         with torch.no_grad():
             for k, (b, h) in enumerate(zip(self.batches, states, strict=True)):
                 if self.criterion == "kl":
-                    logq = self._head_logprobs(head, b, h)
-                    if self._ref_logprobs is not None:
-                        logp = self._ref_logprobs[k]
+                    logits = spans.run_span(
+                        self.models[head], b, start=self._n(head), hidden=h, until="logits"
+                    )
+                    if self._ref is not None:
+                        total += self._ref.total(k, logits)
                     else:
                         logp = self._head_logprobs("teacher", b, self._ref_hidden[k])
-                    kl = torch.nn.functional.kl_div(logq, logp, log_target=True, reduction="sum")
-                    total += float(kl.double())
+                        total += kl_sum(logp.exp(), negative_entropy(logp), logits)
                 else:
                     got = torch.nn.functional.normalize(self._head_norm(head, b, h).float(), dim=-1)
                     total += float((got * self._ref_normed[k]).sum(-1).double().sum())
@@ -357,7 +359,7 @@ def _restricted_walk(
 
 
 def size_search(
-    ev: PatchEvaluator, *, tied: bool = True, progress: Progress | None = None
+    ev: PatchEvaluator, *, tied: bool = True, rebase: bool = True, progress: Progress | None = None
 ) -> tuple[list[tuple[int, ...]], list[float], dict[str, Any]]:
     """For every distinct layer count from the student's to the teacher's, the patched set of that size with the
     lowest criterion (KL): the members of the ``size-aware`` order, smallest first, and their KL.
@@ -370,7 +372,8 @@ def size_search(
     the multi-layer blocks is scored twice, with the single-layer blocks all from the student and all from the
     teacher (a depth-first walk that shares prefixes), and then each size's best set is improved by a local search
     that moves single-layer blocks between teacher and student (one at a time, or the first and last together when
-    ``tied``) while the KL falls.
+    ``tied``) while the KL falls. Its candidates run from the states of the set they are a move away from
+    (``rebase=False``: from the student's or the teacher's, as before; the same values, more layers run).
     """
     m, layer_map = ev.n_student, ev.layer_map
     singles = [i for i in range(m) if len(layer_map.block(i)) == 1]
@@ -419,7 +422,8 @@ def size_search(
         moves = [(j,) for j in singles if not (tied and j in (0, m - 1))]
         if tied and 0 in singles and m - 1 in singles:
             moves.append((0, m - 1))
-        _local_search(best, memo, record, _SubsetScorer(ev), moves)
+        scorer = _SubsetScorer(ev)
+        _local_search(best, memo, record, scorer, moves, scorer.rebase if rebase else None)
     depths = sorted(best)
     info = {
         "method": "exhaustive"
@@ -438,14 +442,18 @@ def _local_search(
     record: Callable[[tuple[int, ...], float], None],
     scorer: Callable[[frozenset[int]], float],
     moves: list[tuple[int, ...]],
+    rebase: Callable[[tuple[int, ...]], None] | None = None,
 ) -> None:
     """Improve each size's best set in place: apply a move (flip single-layer blocks between teacher and student)
-    while that lowers the criterion; ``record`` scores a new set into ``best`` and ``memo``."""
+    while that lowers the criterion; ``record`` scores a new set into ``best`` and ``memo``. ``rebase(subset)`` is
+    called with each set whose neighbours are about to be scored (they share its states up to the move)."""
     for d in sorted(best):
         improved = True
         while improved:
             improved = False
             _value, subset = best[d]
+            if rebase is not None:
+                rebase(subset)
             for move in moves:
                 cand = tuple(sorted(set(subset) ^ set(move)))
                 if cand in memo:
@@ -628,26 +636,43 @@ def shortest_path_search(
 
 
 class _SubsetScorer:
-    """The exact criterion of any patched set, starting from the student's or the teacher's cached states.
+    """The exact criterion of any patched set, run from the deepest cached state it shares.
 
-    A set agrees with the student on positions before its first patched one, and with the teacher before its first
-    unpatched one; it is run from the later of the two, on that anchor's cached boundary states.
+    A set agrees with the student on positions before its first patched one, with the teacher before its first
+    unpatched one, and with the ``rebase``d reference set (e.g. a local search's current best) before its first
+    difference from it. It is run from the deepest of these prefixes, on that set's cached boundary states.
     """
 
     def __init__(self, ev: PatchEvaluator) -> None:
         self.ev = ev
         m = ev.n_student
-        self.anchor_states = {"student": ev.states(()), "teacher": ev.states(range(m))}
+        self.refs: dict[str, tuple[tuple[bool, ...], list[list[torch.Tensor]]]] = {
+            "student": ((False,) * m, ev.states(())),
+            "teacher": ((True,) * m, ev.states(range(m))),
+        }
+
+    def _choices(self, subset: frozenset[int] | Sequence[int]) -> tuple[bool, ...]:
+        return tuple(i in subset for i in range(self.ev.n_student))
+
+    def _run(self, choices: tuple[bool, ...]) -> list[list[torch.Tensor]]:
+        """The boundary states 0..M of ``choices``; those before the shared prefix's end are the reference's."""
+        ev = self.ev
+        start, states = max(
+            ((spans.shared_prefix(choices, c), st) for c, st in self.refs.values()), key=lambda x: x[0]
+        )
+        out = states[: start + 1] if start else [ev.embed("teacher" if choices[0] else "student")]
+        for i in range(start, ev.n_student):
+            out.append(ev.block(i, choices[i], out[-1]))
+        return out
+
+    def rebase(self, subset: frozenset[int] | Sequence[int]) -> None:
+        """Cache the boundary states of ``subset``: sets that differ from it late start late."""
+        choices = self._choices(subset)
+        self.refs["base"] = (choices, self._run(choices))
 
     def __call__(self, subset: frozenset[int]) -> float:
-        ev, m = self.ev, self.ev.n_student
-        first_patched = min(subset, default=m)
-        first_unpatched = min(set(range(m)) - subset, default=m)
-        anchor = "student" if first_patched > first_unpatched else "teacher"
-        start = max(first_patched, first_unpatched)
-        h = self.anchor_states[anchor][start]
-        for i in range(start, m):
-            h = ev.block(i, i in subset, h)
+        ev = self.ev
+        h = self._run(self._choices(subset))[-1]
         return ev.score(ev.sources(subset)[1], h, depth=ev.depth(subset))
 
 

@@ -15,7 +15,7 @@ The embedding lookup and mask construction still run (cheap); no skipped layer d
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -56,6 +56,17 @@ def feed_input(hidden: torch.Tensor, *, clone: bool = False):
         return args, {**kwargs, "hidden_states": h}
 
     return hook
+
+
+def shared_prefix(a: Sequence[object], b: Sequence[object]) -> int:
+    """How many leading items ``a`` and ``b`` share: two models whose layers agree that far have the same hidden
+    state there."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def forward_ids(model: nn.Module, ids: torch.Tensor) -> object:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import layer_list
-from ..core.spans import feed_input
+from ..core.spans import feed_input, shared_prefix
 from ..interrupts import check
 
 if TYPE_CHECKING:
@@ -72,15 +72,6 @@ class Step:
     capture: tuple[int, ...]  # depths whose states later models start from
 
 
-def _lcp(a: tuple, b: tuple) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def schedule(keys: Sequence[Key | None]) -> list[Step]:
     """Per model (in the given order): what to reuse and what to keep for later.
 
@@ -106,7 +97,7 @@ def schedule(keys: Sequence[Key | None]) -> list[Step]:
         for later in keys[i + 1 :]:
             if later is None or later == key or later[0] != embed:
                 continue
-            d = min(_lcp(layers, later[1]), len(later[1]) - 1)
+            d = min(shared_prefix(layers, later[1]), len(later[1]) - 1)
             if d > start and (embed, layers[:d]) not in available:
                 want.add(d)
         available.update((embed, layers[:d]) for d in want)

@@ -26,7 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..analysis.baselines import BaselineCache
+from ..analysis.baselines import BaselineCache, kept_layers
 from ..core.configs import check_compatible
 from ..core.plan import recorded_order_name
 from ..errors import BoomerangError
@@ -52,7 +52,15 @@ from .sweep_inputs import (
     model_config,
 )
 from .sweep_output import lm_eval_columns, lm_eval_labels, result_rows, to_csv, to_markdown, write_results
-from .sweep_plan import Calibration, Row, Unit, groups, plan_rows, pruned_baseline, sweep_order
+from .sweep_plan import (
+    Calibration,
+    Row,
+    Unit,
+    groups,
+    plan_rows,
+    pruned_baseline,
+    sweep_order,
+)
 from .sweep_state import STATE_VERSION, SweepState, partial_dir, probe, source_name, sweep_fingerprint
 
 if TYPE_CHECKING:
@@ -204,6 +212,7 @@ class Sweep:
             teacher=m.teacher,
             random=m.random,
             pruned=self._pruned,
+            pruned_layers=self._pruned_layers,
         )
         evaluator = GroupEvaluator(
             self.state,
@@ -230,11 +239,25 @@ class Sweep:
     def _pruned(self, method: str, n_layers: int) -> Model:
         params = dict(self.baseline_params.get(method, {}))
         self.progress.log(f"building the {method} baseline with {n_layers} layers")
+        return pruned_baseline(
+            self.teacher, method, n_layers, self.calibration(), params, cache=self._baseline_cache()
+        )
+
+    def _pruned_layers(self, method: str, n_layers: int) -> list[int] | None:
+        params = dict(self.baseline_params.get(method, {}))
+        return kept_layers(
+            self.teacher,
+            method,
+            num_layers=n_layers,
+            calibration=self.calibration(),
+            cache=self._baseline_cache(),
+            **params,
+        )
+
+    def _baseline_cache(self) -> BaselineCache:
         if self.baseline_cache is None:
             self.baseline_cache = BaselineCache()
-        return pruned_baseline(
-            self.teacher, method, n_layers, self.calibration(), params, cache=self.baseline_cache
-        )
+        return self.baseline_cache
 
     def _names(self) -> tuple[str, str, str | None]:
         """The teacher's, student's and random-init student's names as results and fingerprints record them."""

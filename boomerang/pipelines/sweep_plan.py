@@ -100,10 +100,14 @@ def plan_rows(
     teacher: Model,
     random: Family,
     pruned: Callable[[str, int], Model],
+    pruned_layers: Callable[[str, int], Sequence[int] | None] = lambda _method, _n: None,
 ) -> tuple[list[Row], dict[str, Unit]]:
     """The rows (every member and baseline at every size) and the distinct units they need.
 
-    ``pruned(method, n_layers)`` builds a pruned baseline; ``random`` is the random-init student's Family.
+    ``pruned(method, n_layers)`` builds a pruned baseline; ``pruned_layers(method, n_layers)`` names the teacher
+    layers it keeps when it is a plain choice of them (ShortGPT; None for LaCo, which merges): such a baseline is
+    keyed like a naive one, so it shares its prefix of teacher layers with the other models (and is one unit with
+    an equal naive model). ``random`` is the random-init student's Family.
     """
     rows: list[Row] = []
     units: dict[str, Unit] = {}
@@ -148,15 +152,20 @@ def plan_rows(
                 name = unit("teacher", layers_key("teacher", range(n_teacher)), lambda: teacher)
             else:
                 n = plan.n_layers
+                kept = pruned_layers(method, n)
+                key = None if kept is None else layers_key("teacher", kept)
                 name = unit(
-                    f"{method} {n} layers", None, lambda meth=method, n=n: pruned(meth, n), f"{method}-{n}"
+                    f"{method} {n} layers",
+                    key,
+                    lambda meth=method, n=n: pruned(meth, n),
+                    "family" if key is not None else f"{method}-{n}",
                 )
             rows.append(Row(method, k, name, plan if method in ("naive", "random-student") else None))
     return rows, units
 
 
 def groups(units: dict[str, Unit]) -> dict[str, list[Unit]]:
-    """Units by evaluation group (in order): the plan-shaped models together, each pruned baseline alone."""
+    """Units by evaluation group (in order): the keyed models together, each opaque pruned baseline alone."""
     out: dict[str, list[Unit]] = {}
     for u in units.values():
         out.setdefault(u.group, []).append(u)
