@@ -225,3 +225,17 @@ def test_demo_bad_inputs_fail_before_any_work(tmp_path, capsys, args, expect):
     assert run(["demo", "--out", str(out), *args]) == 2
     assert expect in " ".join(capsys.readouterr().err.split())
     assert not out.exists()
+
+
+def test_the_random_init_ablation_trains_its_own_embeddings():
+    """The recipe freezes the teacher's tied embeddings; the random-init student's are random, so it trains them."""
+    from boomerang.pipelines.demo_results import ABLATIONS
+    from boomerang.train.recipe import load_recipe
+
+    main = load_recipe("smollm2-cpu", [])
+    rnd = load_recipe("smollm2-cpu", list(ABLATIONS["random"].overrides))
+    assert main.train.freeze_embeddings
+    assert not (rnd.train.freeze_embeddings or rnd.train.freeze_head or rnd.train.freeze_final_norm)
+    # every other ablation keeps the main run's frozen embeddings
+    for name in ("nocos", "nomixed"):
+        assert load_recipe("smollm2-cpu", list(ABLATIONS[name].overrides)).train.freeze_embeddings

@@ -26,7 +26,13 @@ class Ablation:
 ABLATIONS: dict[str, Ablation] = {
     a.name: a
     for a in (
-        Ablation("random", "random-init student, same budget", random_init=True),
+        # a random-init student trains every weight: frozen random embeddings would be no baseline at all
+        Ablation(
+            "random",
+            "random-init student, same budget",
+            ("train.freeze_embeddings=false", "train.freeze_head=false", "train.freeze_final_norm=false"),
+            random_init=True,
+        ),
         Ablation("nocos", "no cosine term (loss.cos=0), same budget", ("loss.cos=0",)),
         Ablation(
             "nomixed", "no mixed-context term (loss.mixed=0), same budget", ("loss.mixed=0",), order="primary"
