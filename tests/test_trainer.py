@@ -242,6 +242,67 @@ def test_freezing_and_untying(root, tmp_path):
     assert not d.student.model.norm.weight.requires_grad and d.frozen == ["LM head", "final norm"]
 
 
+def test_frozen_student_layers_keep_their_weights(root, tmp_path):
+    r = parse_recipe(tiny_recipe(root, train={"freeze_layers": [2, 0], "freeze_final_norm": True}))
+    d = Distiller(r, out=tmp_path / "two")
+    d.setup()
+    assert d.frozen == ["final norm", "layers 0, 2"]
+    r = parse_recipe(tiny_recipe(root, train={"freeze_layers": [1], "steps": 2}))
+    d = Distiller(r, out=tmp_path / "run")
+    d.setup()
+    assert d.frozen == ["layer 1"]
+    before = {k: v.detach().clone() for k, v in d.student.named_parameters()}
+    d.train_step()
+    after = dict(d.student.named_parameters())
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(".layers.1." not in k for k in moved)
+    assert all(not after[k].requires_grad for k in after if ".layers.1." in k)
+    with pytest.raises(BoomerangError, match=r"freeze_layers names student layers \[7\]"):
+        Distiller(parse_recipe(tiny_recipe(root, train={"freeze_layers": [7]})), out=tmp_path / "bad").setup()
+    with pytest.raises(BoomerangError, match="indices are 0"):
+        parse_recipe(tiny_recipe(root, train={"freeze_layers": [-1]}))
+
+
+def test_freezing_a_random_untrained_student_is_refused(root, tmp_path, capsys):
+    """Frozen parts of a random-init student would stay random: refused before training (recipe init, a saved
+    student on the command line, and the library), accepted once the student has been distilled."""
+    import yaml
+
+    with pytest.raises(BoomerangError, match=r"train\.freeze_embeddings=false"):
+        parse_recipe(tiny_recipe(root, init={"strategy": "random"}, train={"freeze_embeddings": True}))
+    parse_recipe(tiny_recipe(root, init={"strategy": "random"}))  # nothing frozen: fine
+    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher")
+    student = tmp_path / "random"
+    save_student(init_student(teacher, "random"), student)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(root, student=str(student))))
+    out = tmp_path / "out"
+    assert run(["distill", str(recipe), "--out", str(out), "train.freeze_layers=[0]"]) == 2
+    err = capsys.readouterr().err
+    assert "random" in err and "train.freeze_layers=[]" in err and not out.exists()
+    r = parse_recipe(tiny_recipe(root, student=str(student), train={"freeze_final_norm": True}))
+    with pytest.raises(BoomerangError, match=r"train\.freeze_final_norm=false"):
+        Distiller(r, out=tmp_path / "lib").setup()
+    assert (
+        run(
+            [
+                "distill",
+                str(recipe),
+                "--out",
+                str(out),
+                "train.freeze_layers=[9]",
+                "train.freeze_embeddings=false",
+            ]
+        )
+        == 2
+    )
+    assert "has layers 0..3" in capsys.readouterr().err and not out.exists()
+    config = json.loads((student / "config.json").read_text())
+    config["boomerang"]["distill"] = {"steps": 1}
+    (student / "config.json").write_text(json.dumps(config))
+    Distiller(r, out=tmp_path / "trained").setup()  # a distilled random-init student may be frozen in part
+
+
 def test_untied_student_saves_untied(root, tmp_path):
     r = parse_recipe(tiny_recipe(root, train={"untie_head": True, "steps": 2}))
     distill(r, out=tmp_path / "run")

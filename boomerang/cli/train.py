@@ -282,6 +282,7 @@ def _check_inputs(r: object) -> None:
     validate.model_source(r.teacher, "teacher")  # type: ignore[attr-defined]
     if r.student:  # type: ignore[attr-defined]
         validate.model_source(r.student, "student")  # type: ignore[attr-defined]
+        validate.student_freezes(r)
     d, ini = r.data, r.init  # type: ignore[attr-defined]
     for source, key in (
         (d.train, "data.train"),

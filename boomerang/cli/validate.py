@@ -6,11 +6,13 @@ turns it into exit status 2. Checks that need a model's shape read only its conf
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import BoomerangError
 from ..io.atomic import check_writable, clean_orphans, writable_place
@@ -263,6 +265,28 @@ def model_source(spec: str, option: str) -> None:
                 )
     if path.is_dir():
         check_files(path)  # a config.json that contradicts its weights (layer count, sizes)
+
+
+def student_freezes(recipe: Any) -> None:
+    """A local student's config against the freeze settings: the frozen layers exist, and no random, untrained
+    weights are frozen (they would stay random)."""
+    from ..train.recipe import check_frozen_random
+
+    path = Path(recipe.student).expanduser() / "config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return  # the loader names a broken config
+    if not isinstance(config, dict):
+        return
+    n = config.get("num_hidden_layers")
+    bad = [i for i in recipe.train.freeze_layers or () if isinstance(n, int) and i >= n]
+    if bad:
+        raise BoomerangError(
+            f"train.freeze_layers names student layers {bad}, but the student {recipe.student} has layers 0..{n - 1}"
+        )
+    section = config.get("boomerang")
+    check_frozen_random(section if isinstance(section, dict) else None, recipe.train)
 
 
 def tokenizer_source(spec: str, option: str) -> None:

@@ -30,7 +30,12 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation(
             "random",
             "random-init student, same budget",
-            ("train.freeze_embeddings=false", "train.freeze_head=false", "train.freeze_final_norm=false"),
+            (
+                "train.freeze_embeddings=false",
+                "train.freeze_head=false",
+                "train.freeze_final_norm=false",
+                "train.freeze_layers=[]",
+            ),
             random_init=True,
         ),
         Ablation("nocos", "no cosine term (loss.cos=0), same budget", ("loss.cos=0",)),

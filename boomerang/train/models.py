@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from .initialise import init_from_recipe
 from .lean import lean_mlps
 from .losses import DistillLoss, ModelOutputs, head_mode_problem, model_outputs
 from .mixed import MixedContext
-from .recipe import Recipe, resolve_model_spec
+from .recipe import Recipe, check_frozen_random, resolve_model_spec
 from .working_copy import WorkingCopy
 
 if TYPE_CHECKING:
@@ -54,7 +54,9 @@ def untie_head(model: nn.Module) -> bool:
     return True
 
 
-def freeze(model: nn.Module, *, embeddings: bool, head: bool, final_norm: bool) -> list[str]:
+def freeze(
+    model: nn.Module, *, embeddings: bool, head: bool, final_norm: bool, layers: Sequence[int] = ()
+) -> list[str]:
     """Freeze parts of the student; returns what was frozen (tied matrices are frozen by either flag)."""
     arch = get_arch(model.config)
     frozen = []
@@ -66,6 +68,14 @@ def freeze(model: nn.Module, *, embeddings: bool, head: bool, final_norm: bool) 
         targets.append(("LM head", model.get_output_embeddings()))  # type: ignore[operator]
     if final_norm and arch.final_norm:
         targets.append(("final norm", model.get_submodule(arch.final_norm)))
+    blocks = layer_list(model)
+    bad = [i for i in layers if not 0 <= i < len(blocks)]
+    if bad:
+        raise BoomerangError(
+            f"train.freeze_layers names student layers {bad}, but the student has layers 0..{len(blocks) - 1}"
+        )
+    named = ("layer " if len(set(layers)) == 1 else "layers ") + ", ".join(map(str, sorted(set(layers))))
+    targets += [(named, blocks[i]) for i in layers]
     for what, module in targets:
         if module is None:
             continue
@@ -201,12 +211,17 @@ def prepare_models(
         )
     teacher, tokenizer, teacher_path, save_dtype = _load_teacher(r, bf16)
     student, layer_map = _load_student(r, teacher, tokenizer)
+    check_frozen_random(getattr(student.config, "boomerang", None), r.train)
     student = student.float().requires_grad_(True)
     tr = r.train
     if tr.untie_head and not untie_head(student):
         note("train.untie_head: the student's head is already untied")
     frozen = freeze(
-        student, embeddings=tr.freeze_embeddings, head=tr.freeze_head, final_norm=tr.freeze_final_norm
+        student,
+        embeddings=tr.freeze_embeddings,
+        head=tr.freeze_head,
+        final_norm=tr.freeze_final_norm,
+        layers=tr.freeze_layers or (),
     )
     if tr.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -42,6 +42,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+MAX_LAYERS = 4096  # no model has more layers: a bound for layer indices in settings
 MEASURED = ("similarity", "shortgpt")  # init strategies that measure the teacher on calibration data
 InitStrategy = Literal["every", "layers", "random", "similarity", "shortgpt"]
 STRATEGIES: tuple[str, ...] = get_args(InitStrategy)
@@ -198,6 +199,17 @@ class TrainSection(_Section):
         False, description="freeze the LM head (with tied embeddings: the shared matrix)"
     )
     freeze_final_norm: bool = False
+    freeze_layers: list[int] | None = Field(
+        None, description="student layers (indices) whose weights stay as initialised"
+    )
+
+    @field_validator("freeze_layers")
+    @classmethod
+    def _layer_indices(cls, v: list[int] | None) -> list[int] | None:
+        if v and not all(0 <= i < MAX_LAYERS for i in v):
+            raise ValueError(f"student layer indices are 0..{MAX_LAYERS - 1}, got {v}")
+        return sorted(set(v)) if v else None
+
     untie_head: bool = Field(
         False, description="give a tied student its own LM head (a copy of the embedding)"
     )
@@ -239,6 +251,11 @@ class TrainSection(_Section):
             )
         return self
 
+    def frozen(self) -> list[str]:
+        """The freeze settings that are on, as recipe keys."""
+        on = [k for k in ("freeze_embeddings", "freeze_head", "freeze_final_norm") if getattr(self, k)]
+        return [f"train.{k}" for k in on + (["freeze_layers"] if self.freeze_layers else [])]
+
 
 class EvalSection(_Section):
     every: int = Field(50, ge=0, description="validate every N steps (0: only at the end)")
@@ -276,12 +293,33 @@ class Recipe(_Section):
     log: LogSection = LogSection()
     out: str | None = None
 
+    @model_validator(mode="after")
+    def _check_frozen_random(self) -> Recipe:
+        if not self.student and self.init.strategy == "random":
+            check_frozen_random({"init": {"strategy": "random"}}, self.train)
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def run_dir(self, out: str | Path | None = None) -> Path:
         """Where a run of this recipe writes: ``out``, else the recipe's ``out``, else ``runs/NAME``."""
         return Path(out or self.out or Path("runs") / (self.name or "distill"))
+
+
+def check_frozen_random(section: Mapping[str, Any] | None, train: TrainSection) -> None:
+    """Refuse to freeze a student whose weights are random and untrained (its ``boomerang`` config section says
+    so): the frozen parts would stay random, a handicapped model with no error."""
+    section = section or {}
+    init = section.get("init") or {}
+    random = init.get("strategy") == "random" or bool(init.get("random_weights"))
+    frozen = train.frozen()
+    if random and "distill" not in section and frozen:
+        raise BoomerangError(
+            f"the student's weights are random (a random-init student, not yet distilled), but {', '.join(frozen)} "
+            "would keep parts of it random; set "
+            + " ".join(f"{k}={'[]' if k.endswith('layers') else 'false'}" for k in frozen)
+        )
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
