@@ -270,7 +270,7 @@ def model_source(spec: str, option: str) -> None:
 def student_freezes(recipe: Any) -> None:
     """A local student's config against the freeze settings: the frozen layers exist, and no random, untrained
     weights are frozen (they would stay random)."""
-    from ..train.recipe import check_frozen_random
+    from ..train.recipe import check_frozen_layers, check_frozen_random
 
     path = Path(recipe.student).expanduser() / "config.json"
     try:
@@ -280,11 +280,8 @@ def student_freezes(recipe: Any) -> None:
     if not isinstance(config, dict):
         return
     n = config.get("num_hidden_layers")
-    bad = [i for i in recipe.train.freeze_layers or () if isinstance(n, int) and i >= n]
-    if bad:
-        raise BoomerangError(
-            f"train.freeze_layers names student layers {bad}, but the student {recipe.student} has layers 0..{n - 1}"
-        )
+    if isinstance(n, int):
+        check_frozen_layers(recipe.train.freeze_layers, n, f"the student {recipe.student}")
     section = config.get("boomerang")
     check_frozen_random(section if isinstance(section, dict) else None, recipe.train)
 

@@ -21,7 +21,7 @@ from .initialise import init_from_recipe
 from .lean import lean_mlps
 from .losses import DistillLoss, ModelOutputs, head_mode_problem, model_outputs
 from .mixed import MixedContext
-from .recipe import Recipe, check_frozen_random, resolve_model_spec
+from .recipe import Recipe, check_frozen_layers, check_frozen_random, resolve_model_spec
 from .working_copy import WorkingCopy
 
 if TYPE_CHECKING:
@@ -69,11 +69,7 @@ def freeze(
     if final_norm and arch.final_norm:
         targets.append(("final norm", model.get_submodule(arch.final_norm)))
     blocks = layer_list(model)
-    bad = [i for i in layers if not 0 <= i < len(blocks)]
-    if bad:
-        raise BoomerangError(
-            f"train.freeze_layers names student layers {bad}, but the student has layers 0..{len(blocks) - 1}"
-        )
+    check_frozen_layers(layers, len(blocks))
     named = ("layer " if len(set(layers)) == 1 else "layers ") + ", ".join(map(str, sorted(set(layers))))
     targets += [(named, blocks[i]) for i in layers]
     for what, module in targets:

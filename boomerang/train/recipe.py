@@ -307,6 +307,15 @@ class Recipe(_Section):
         return Path(out or self.out or Path("runs") / (self.name or "distill"))
 
 
+def check_frozen_layers(layers: Sequence[int] | None, n_layers: int, student: str = "the student") -> None:
+    """``train.freeze_layers`` must name layers that ``student`` (with ``n_layers`` layers) has."""
+    bad = [i for i in layers or () if i >= n_layers]
+    if bad:
+        raise BoomerangError(
+            f"train.freeze_layers names student layers {bad}, but {student} has layers 0..{n_layers - 1}"
+        )
+
+
 def check_frozen_random(section: Mapping[str, Any] | None, train: TrainSection) -> None:
     """Refuse to freeze a student whose weights are random and untrained (its ``boomerang`` config section says
     so): the frozen parts would stay random, a handicapped model with no error."""
