@@ -68,10 +68,11 @@ def freeze(
         targets.append(("LM head", model.get_output_embeddings()))  # type: ignore[operator]
     if final_norm and arch.final_norm:
         targets.append(("final norm", model.get_submodule(arch.final_norm)))
-    blocks = layer_list(model)
-    check_frozen_layers(layers, len(blocks))
-    named = ("layer " if len(set(layers)) == 1 else "layers ") + ", ".join(map(str, sorted(set(layers))))
-    targets += [(named, blocks[i]) for i in layers]
+    if layers:
+        blocks, chosen = layer_list(model), sorted(set(layers))
+        check_frozen_layers(chosen, len(blocks))
+        named = ("layer " if len(chosen) == 1 else "layers ") + ", ".join(map(str, chosen))
+        targets += [(named, blocks[i]) for i in chosen]
     for what, module in targets:
         if module is None:
             continue
