@@ -1,15 +1,17 @@
-"""A lone decoding row computed as two (``boomerang.serve.runner.pads_lone_rows``): same text in any company, and
-its speed (issue 24).
+"""The serving engine's decoding kernels on a CPU in bf16 (issue 24): same logits in any company, and their speed.
 
-On a CPU in bf16, a matrix product of one row takes another oneDNN kernel than one of several, and rounds
-differently; a request's greedy text could then change with the requests it is batched with, or when speculative
-decoding verifies several of its tokens at once. The serving engine's linear layers therefore compute a lone row
-as two identical (contiguous) rows. This measures, on the teacher through the engine's ``Runner``:
+A decoding pass's matrix products run row by row with PyTorch's own kernels (``boomerang.serve.runner.row_products``)
+and one query's attention in fp32 (``boomerang.serve.kv``). This compares, on the teacher through the engine's
+``Runner``, three ways of running a decoding pass:
 
-* exactness: the logits of one decoding step of 4 prompts, each alone against all 4 in one batch (bitwise), with
-  and without the two-row product;
-* speed: single-row greedy decoding (a 64-token prompt, 32 new tokens), ms per token, with and without, the two
-  interleaved in one process, medians over ``--repeats``.
+* ``before``: oneDNN's products with a lone row computed as two (what the engine did until this benchmark's
+  change: two rows take oneDNN's several-row kernel, which rounds as any number of rows does) and bf16 SDPA;
+* ``rows, bf16 attention``: the products row by row, attention as before;
+* ``now``: the products row by row and one query's attention in fp32 (the engine today).
+
+For each: exactness (the logits of one decoding step of 8 prompts, each alone against all 8 in one batch,
+bitwise) and speed (ms per token of single-row greedy decoding, a 64-token prompt and 32 new tokens; ms per
+decoding step of 2, 4 and 8 rows), the modes interleaved in one process, medians over ``--repeats``.
 
     python benchmarks/decode_rows.py            # -> benchmarks/results/decode_rows.json
 """
@@ -20,9 +22,11 @@ import argparse
 import json
 import statistics
 import time
+import types
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("before", "rows, bf16 attention", "now")
 
 
 def main() -> None:
@@ -31,29 +35,43 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS / "decode_rows.json")
     args = ap.parse_args()
 
     import torch
+    import torch.nn.functional as F
 
     from boomerang.io.loading import load_model
+    from boomerang.serve import kv
     from boomerang.serve import runner as R
     from boomerang.train.precision import machine
 
     torch.set_num_threads(args.threads)
     model = load_model(args.teacher, dtype=args.dtype)
     run = R.Runner(model)
-    products = [m for m in model.modules() if R._rowwise(m)]
+    products = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    fp32_query = kv._one_query
 
-    def two_rows(on: bool) -> None:
-        if on:
-            R._pad_lone_rows(model)  # wraps only what is not wrapped yet
-        else:
-            for m in products:
-                vars(m).pop("forward", None)  # back to the class's own one-row product
+    def bf16_query(q, k, v, scaling, gqa):  # SDPA in the model's dtype, as before
+        return F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=gqa)
 
-    prompts = [list(range(100 + 7 * i, 140 + 9 * i)) for i in range(4)]
+    def two_rows(self, x):  # the earlier engine's lone row: two identical rows, the first kept
+        forward = type(self).forward
+        if x.dim() > 1 and x.shape[:-1].numel() == 1:
+            return forward(self, torch.cat((x, x)))[:1]
+        return forward(self, x)
+
+    def mode(name: str) -> None:
+        run.rowwise = name != "before"
+        kv._one_query = fp32_query if name == "now" else bf16_query
+        for m in products:
+            if name == "before":
+                m.forward = types.MethodType(two_rows, m)
+            else:
+                vars(m).pop("forward", None)
+
+    prompts = [list(range(100 + 7 * i, 140 + 9 * i)) for i in range(8)]
 
     def exact() -> dict:
         alone, batched = run.step_after(prompts, 5, batched=False), run.step_after(prompts, 5, batched=True)
@@ -74,29 +92,46 @@ def main() -> None:
             tok = int(run.forward([c], [[tok]])[0, -1].argmax())
         return (time.perf_counter() - t0) / n
 
+    def batch_step(rows: int, n: int = 8) -> float:
+        caches = [run.cache(len(p) + n + 1) for p in prompts[:rows]]
+        toks = [
+            int(run.forward([c], [p], last_only=True)[0, -1].argmax())
+            for c, p in zip(caches, prompts, strict=False)
+        ]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            toks = [int(t) for t in run.forward(caches, [[t] for t in toks])[:, -1].argmax(-1)]
+        return (time.perf_counter() - t0) / n
+
     result: dict = {"machine": machine(), "config": {k: str(v) for k, v in vars(args).items()}}
-    times: dict[str, list[float]] = {"one row": [], "two rows": []}
-    for on in (False, True):
-        two_rows(on)
-        result[f"exactness ({'two rows' if on else 'one row'})"] = exact()
+    for name in MODES:
+        mode(name)
+        result[f"exactness ({name})"] = exact()
         decode(8)  # warm-up
+    shapes = ["1 row (decode)", "2 rows", "4 rows", "8 rows"]
+    times = {(m, s): [] for m in MODES for s in shapes}
     for i in range(args.repeats):
-        for on in (False, True) if i % 2 else (True, False):
-            two_rows(on)
-            times["two rows" if on else "one row"].append(decode(args.tokens))
-    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    result["ms_per_token"] = {k: round(v, 2) for k, v in ms.items()}
-    result["all_ms_per_token"] = {k: [round(t * 1e3, 2) for t in v] for k, v in times.items()}
-    result["speed_two_rows_vs_one"] = round(ms["one row"] / ms["two rows"], 3)
-    for k in ("exactness (one row)", "exactness (two rows)"):
-        e = result[k]
+        for name in MODES if i % 2 else MODES[::-1]:
+            mode(name)
+            times[(name, shapes[0])].append(decode(args.tokens))
+            for s in shapes[1:]:
+                times[(name, s)].append(batch_step(int(s.split()[0])))
+    mode("now")
+    ms = {m: {s: round(statistics.median(times[(m, s)]) * 1e3, 2) for s in shapes} for m in MODES}
+    result["ms_per_step"] = ms
+    result["all_ms_per_step"] = {f"{m} / {s}": [round(t * 1e3, 2) for t in v] for (m, s), v in times.items()}
+    result["speed_vs_before"] = {
+        m: {s: round(ms["before"][s] / ms[m][s], 3) for s in shapes} for m in MODES[1:]
+    }
+    for name in MODES:
+        e = result[f"exactness ({name})"]
         print(
-            f"{k}: {e['rows_identical']}/{e['of']} rows identical alone and batched (max |diff| {e['max_abs_diff']:.3g})"
+            f"{name}: {e['rows_identical']}/{e['of']} rows identical alone and batched "
+            f"(max |diff| {e['max_abs_diff']:.3g}); ms per step "
+            + ", ".join(f"{s} {ms[name][s]:.1f}" for s in shapes)
         )
-    print(
-        f"decode: one row {ms['one row']:.2f} ms/token, two rows {ms['two rows']:.2f} ms/token "
-        f"(speed {result['speed_two_rows_vs_one']:.3f}x)"
-    )
+    for name, speed in result["speed_vs_before"].items():
+        print(f"{name} vs before: " + ", ".join(f"{s} {v:.2f}x" for s, v in speed.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

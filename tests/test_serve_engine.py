@@ -509,40 +509,106 @@ def test_real_smollm2_batched_and_speculative_greedy_equal_alone(real_teacher_di
 
 @pytest.mark.real
 def test_real_smollm2_bf16_decoding_row_is_the_same_alone_and_batched(real_teacher_dir):
-    """In bf16 on a CPU a one-row matrix product rounds differently from a several-row one (oneDNN's gemv against
-    its gemm: on an AMD Zen 4 CPU, 3 of these 4 rows differed alone and batched, by up to 0.375 in a logit); the
-    engine computes a lone row as two, so each row's logits are bit for bit the same alone and in a batch. Outside
-    the engine's passes the model is untouched."""
+    """In bf16 on a CPU oneDNN computes a one-row matrix product with another kernel than a several-row one, which
+    rounds differently (on an AMD Zen 4 CPU, 3 of these 4 rows differed alone and batched, by up to 0.375 in a
+    logit); the engine's decoding passes compute products row by row with PyTorch's own kernels, so each row's
+    logits are bit for bit the same alone and in a batch. Outside the engine's passes the model is untouched."""
     teacher = B.load_model(real_teacher_dir, dtype="bfloat16")
     reference = B.load_model(real_teacher_dir, dtype="bfloat16")
     run = runner.Runner(teacher)
-    assert runner.pads_lone_rows(teacher)
+    assert runner.row_products(teacher) and run.rowwise
     prompts = [list(range(100 + 7 * i, 140 + 9 * i)) for i in range(4)]
     assert torch.equal(run.step_after(prompts, 5, batched=False), run.step_after(prompts, 5, batched=True))
+    assert torch.backends.mkldnn.enabled
     ids = torch.tensor([prompts[0]])
     with torch.no_grad():
-        assert torch.equal(teacher(ids).logits, reference(ids).logits)  # an ordinary call: no extra rows
+        assert torch.equal(teacher(ids).logits, reference(ids).logits)
         assert torch.equal(teacher(ids[:, :1]).logits, reference(ids[:, :1]).logits)
 
 
+def _onednn_during_passes(run: runner.Runner) -> list[bool]:
+    """Run a prefill, a decoding step and a verifying step; whether oneDNN was on in each (seen by the head)."""
+    seen: list[bool] = []
+    head = run.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+    try:
+        c = run.cache(16)
+        run.forward([c], [[3, 5, 7, 11]], last_only=True)
+        run.forward([c], [[2]])
+        run.forward([c], [[4, 6, 8]])
+    finally:
+        handle.remove()
+    return seen
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_lone_rows_are_padded_only_in_reduced_precision_on_a_cpu(arch):
-    """fp32 keeps one-row products (MKL's are the same alone and batched on the machines measured); bf16 and fp16
-    on a CPU compute a lone row as two (``nn.Linear`` and GPT-2's ``Conv1D``), and rows stay the same alone and
-    batched. (A tiny random model's rows are the same even without the two-row product: the rounding difference
-    needs real activations, which the real-model test above has.)"""
+def test_decoding_products_run_row_by_row_only_in_reduced_precision_on_a_cpu(arch):
+    """fp32 keeps oneDNN/MKL throughout; in bf16 and fp16 on a CPU the decoding and verifying passes (not
+    prefills) turn oneDNN off, so PyTorch's own kernels compute every row as they compute a lone row, and the
+    setting is back as it was after each pass. Rows are the same alone and batched in every precision."""
     teacher = make_pair(arch)[0]
-    assert not runner.pads_lone_rows(teacher)
+    run = runner.Runner(teacher)
+    assert not runner.row_products(teacher) and not run.rowwise
+    assert _onednn_during_passes(run) == [True, True, True]
     prompts = [[3, 5, 7, 11], [2, 4], [9, 8, 7, 6, 5, 4]]
     for dtype in (torch.bfloat16, torch.float16):
         model = teacher.to(dtype)
         run = runner.Runner(model)
-        assert runner.pads_lone_rows(model)
-        products = [m for m in model.modules() if runner._rowwise(m)]
-        assert products and all("forward" in vars(m) for m in products)
+        assert runner.row_products(model) and run.rowwise
+        assert _onednn_during_passes(run) == [True, False, False]
+        assert torch.backends.mkldnn.enabled
         assert torch.equal(
             run.step_after(prompts, 5, batched=False), run.step_after(prompts, 5, batched=True)
         ), dtype
+
+
+def test_onednn_setting_is_restored_after_nested_and_concurrent_passes():
+    """The setting is process-wide: it stays off while any pass runs (two engines' passes may overlap) and is
+    restored to what it was before the first, including a user's own ``enabled = False``."""
+    assert torch.backends.mkldnn.enabled
+    with runner._without_onednn():
+        with runner._without_onednn():
+            assert not torch.backends.mkldnn.enabled
+        assert not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled
+    started, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with runner._without_onednn():
+            started.set()
+            release.wait(5)
+
+    t = threading.Thread(target=other)
+    t.start()
+    started.wait(5)
+    with runner._without_onednn():
+        pass
+    assert not torch.backends.mkldnn.enabled  # the other pass is still running
+    release.set()
+    t.join()
+    assert torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        with runner._without_onednn():
+            pass
+        assert not torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_one_query_attention_matches_sdpa_and_keeps_the_dtype(dtype):
+    """A decoding query's attention (computed in fp32 on a CPU for bf16 and fp16) equals SDPA's in the model's
+    dtype up to that dtype's rounding, with grouped-query heads."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 1, 16, generator=g).to(dtype)
+    k, v = (torch.randn(1, 2, 37, 16, generator=g).to(dtype) for _ in range(2))
+    out = kv._one_query(q, k, v, 0.25, True)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), scale=0.25, enable_gqa=True
+    )
+    assert out.dtype == dtype and out.shape == (1, 6, 1, 16)
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
