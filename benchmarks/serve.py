@@ -30,6 +30,7 @@ Run it on an otherwise idle machine (it starts several processes; each uses ``--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -483,6 +484,9 @@ def child_llama(gguf: str, port: int, threads: int, n_ctx: int) -> None:
                 return scores
 
             with lock:
+                # forget the previous prompt: llama-cpp-python reuses the longest prefix it shares with the last
+                # one (a repeated prompt would be prefilled as one token), and boomerang serve caches no prefixes
+                llm.reset()
                 for chunk in llm.create_completion(
                     prompt=prompt,
                     max_tokens=tokens,
@@ -510,7 +514,11 @@ def child_llama(gguf: str, port: int, threads: int, n_ctx: int) -> None:
 def single_client(client: Any, model: str, prompt: list[int], args: argparse.Namespace) -> dict:
     """One warm-up, then ``--repeats`` requests one at a time: medians of tokens/s, TTFT and latency."""
     timed_request(client, model, prompt, args.tokens)
-    runs = [timed_request(client, model, prompt, args.tokens) for _ in range(args.repeats)]
+    return summarise([timed_request(client, model, prompt, args.tokens) for _ in range(args.repeats)], args)
+
+
+def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
+    """Medians of tokens/s, TTFT and latency over single-client requests."""
     assert all(r["tokens"] == args.tokens for r in runs), runs
     return {
         "tokens_per_s": _median([r["tokens_per_s"] for r in runs]),
@@ -586,64 +594,69 @@ def gguf_files(teacher: str, student: str, ks: list[int], args: argparse.Namespa
 
 
 def side_by_side(teacher: str, student: str, prompt: list[int], m: int, args: argparse.Namespace) -> dict:
-    """Part 4: the same members, prompt, new tokens and threads, served by boomerang and by llama.cpp."""
+    """Part 4: the same members, prompt, new tokens and threads, served by boomerang and by llama.cpp. The two
+    servers take turns request by request (the order alternating between repeats), and closed loop by closed loop,
+    so that the machine's drift over the run falls on both alike."""
     ks = sorted({0, m // 2, m})
     load_k = m
-    out: dict[str, Any] = {"members": [f"k{k}" for k in ks], "load_member": f"k{load_k}"}
+    out: dict[str, Any] = {"members": [f"k{k}" for k in ks], "load_member": f"k{load_k}", "interleaved": True}
+    files = gguf_files(teacher, student, ks, args)
+    n_ctx = len(prompt) + args.tokens + 16
+    single: dict[str, dict[str, dict]] = {"boomerang": {}, "llama.cpp": {}}
+    load: dict[str, list[dict]] = {"boomerang": [], "llama.cpp": []}
+
+    def report(name: str, k: int, row: dict) -> None:
+        if "clients" in row:
+            print(
+                f"  {name} k{k} x{row['clients']}: {row['tokens_per_s']:.1f} tok/s, p50 {row['latency_ms_p50']:.0f} ms, "
+                f"p95 {row['latency_ms_p95']:.0f} ms",
+                flush=True,
+            )
+        else:
+            print(f"  {name} k{k}: {row['tokens_per_s']:.1f} tok/s, ttft {row['ttft_ms']:.0f} ms", flush=True)
+
     with Server(teacher, student, args, "--max-batch", str(args.max_batch)) as server:
-        client = server.client()
-        single = {}
+        ours = server.client()
         for k in ks:
-            single[f"k{k}"] = single_client(client, f"k{k}", prompt, args)
-            print(
-                f"  boomerang k{k}: {single[f'k{k}']['tokens_per_s']:.1f} tok/s, ttft {single[f'k{k}']['ttft_ms']:.0f} ms",
-                flush=True,
-            )
-        load = []
-        for c in args.clients:
-            load.append(closed_loop(client, f"k{load_k}", prompt, c, args))
-            print(
-                f"  boomerang k{load_k} x{c}: {load[-1]['tokens_per_s']:.1f} tok/s, p50 {load[-1]['latency_ms_p50']:.0f} ms, p95 {load[-1]['latency_ms_p95']:.0f} ms",
-                flush=True,
-            )
+            with contextlib.ExitStack() as stack:
+                clients = {"boomerang": ours}
+                if not isinstance(files, str):
+                    clients["llama.cpp"] = stack.enter_context(LlamaServer(files[k], args, n_ctx)).client()
+                names = list(clients)
+                runs: dict[str, list[dict]] = {name: [] for name in names}
+                for name in names:
+                    timed_request(clients[name], f"k{k}", prompt, args.tokens)  # warm-up
+                for i in range(args.repeats):
+                    for name in names[::-1] if i % 2 else names:
+                        runs[name].append(timed_request(clients[name], f"k{k}", prompt, args.tokens))
+                for name in names:
+                    single[name][f"k{k}"] = summarise(runs[name], args)
+                    report(name, k, single[name][f"k{k}"])
+                if k == load_k:
+                    for i, c in enumerate(args.clients):
+                        for name in names[::-1] if i % 2 else names:
+                            load[name].append(closed_loop(clients[name], f"k{k}", prompt, c, args))
+                            report(name, k, load[name][-1])
         health = server.health()
     out["boomerang"] = {
         "dtype": served_dtype(args),
         "max_batch": args.max_batch,
-        "single_client": single,
-        "load": load,
+        "single_client": single["boomerang"],
+        "load": load["boomerang"],
         "peak_batch": health["peak_batch"],
     }
-    files = gguf_files(teacher, student, ks, args)
     if isinstance(files, str):
         print(f"  llama.cpp: skipped ({files})", flush=True)
         out["llama.cpp"] = {"skipped": files}
         return out
-    single, load = {}, []
-    n_ctx = len(prompt) + args.tokens + 16
-    for k in ks:
-        with LlamaServer(files[k], args, n_ctx) as server:
-            client = server.client()
-            single[f"k{k}"] = single_client(client, f"k{k}", prompt, args)
-            print(
-                f"  llama.cpp k{k}: {single[f'k{k}']['tokens_per_s']:.1f} tok/s, ttft {single[f'k{k}']['ttft_ms']:.0f} ms",
-                flush=True,
-            )
-            if k == load_k:
-                for c in args.clients:
-                    load.append(closed_loop(client, f"k{k}", prompt, c, args))
-                    print(
-                        f"  llama.cpp k{k} x{c}: {load[-1]['tokens_per_s']:.1f} tok/s, p50 {load[-1]['latency_ms_p50']:.0f} ms, p95 {load[-1]['latency_ms_p95']:.0f} ms",
-                        flush=True,
-                    )
     from importlib.metadata import version
 
     out["llama.cpp"] = {
         "gguf_type": args.gguf_type,
         "files": {f"k{k}": f for k, f in files.items()},
         "llama_cpp_python": version("llama_cpp_python"),
-        "single_client": single,
-        "load": load,
+        "single_client": single["llama.cpp"],
+        "load": load["llama.cpp"],
     }
     b, ll = out["boomerang"], out["llama.cpp"]
     out["ratios"] = {
