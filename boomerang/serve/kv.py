@@ -212,7 +212,7 @@ def _rows(
                 lo = max(0, end - window) if window else 0
                 parts.append(
                     _one_query(qb[:, :, j : j + 1], keys[:, :, lo:end], values[:, :, lo:end], scaling, gqa)
-                )  # type: ignore[index]
+                )
             outs.append(parts[0] if q == 1 else torch.cat(parts, dim=2))
         else:  # a prefill: one causal pass (banded when the window is shorter than the prompt)
             k, v = keys[:, :, :q], values[:, :, :q]  # type: ignore[index]

@@ -1,7 +1,9 @@
 """Running one member: batched forward passes over per-sequence caches (``boomerang.serve.kv``), and the two
 tricks speculative decoding inside a family uses when draft and target share their first layers: capturing the
 draft's hidden states after the shared layers, and running the target from there (``inject``), so that the target
-neither recomputes those layers nor keeps a second copy of their KV cache.
+neither recomputes those layers nor keeps a second copy of their KV cache. On a CPU in reduced precision the
+decoding passes compute their matrix products row by row (``row_products``), so a row's logits do not depend on
+the rows beside it.
 """
 
 from __future__ import annotations
@@ -50,20 +52,19 @@ def shared_layers(a: PreTrainedModel, b: PreTrainedModel) -> int:
     return n
 
 
-_onednn = threading.Lock()
-_onednn_state = {
-    "passes": 0,
-    "before": True,
-}  # passes in progress with oneDNN off; the setting before the first
+_onednn_lock = threading.Lock()
+_onednn_passes = 0  # engine passes in progress with oneDNN off
+_onednn_before = True  # the setting before the first of them
 
 
 def row_products(model: PreTrainedModel) -> bool:
     """Whether the engine's decoding passes compute matrix products row by row with PyTorch's own kernels rather
     than oneDNN's: on a CPU in bf16 or fp16. There oneDNN computes a one-row product with another kernel (a gemv)
     than a product of several rows, which rounds differently, so a greedy text could change with the company its
-    request decodes in; PyTorch's own kernels compute every row of a product as its one-row kernel does (a
-    dot product per output, accumulated in fp32), bit for bit, and its one-row kernel streams the weights about
-    1.7× faster than oneDNN's on an AMD Zen 4 CPU. Prefills (one prompt, many rows) keep oneDNN."""
+    request decodes in; PyTorch's own kernels compute every row of a product as its one-row kernel does (a dot
+    product per output, accumulated in fp32), bit for bit, and that kernel streams the weights about 2× faster
+    than oneDNN's on an AMD Zen 4 CPU (``benchmarks/decode_rows.py``). Prefills (one prompt, many rows) keep
+    oneDNN."""
     return model.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16)
 
 
@@ -71,18 +72,19 @@ def row_products(model: PreTrainedModel) -> bool:
 def _without_onednn() -> Iterator[None]:
     """oneDNN off for CPU matrix products inside the block (a process-wide setting: nested and concurrent blocks
     keep it off until the last one ends, which restores it)."""
-    with _onednn:
-        if not _onednn_state["passes"]:
-            _onednn_state["before"] = torch.backends.mkldnn.enabled
+    global _onednn_passes, _onednn_before
+    with _onednn_lock:
+        if not _onednn_passes:
+            _onednn_before = torch.backends.mkldnn.enabled
             torch.backends.mkldnn.enabled = False
-        _onednn_state["passes"] += 1
+        _onednn_passes += 1
     try:
         yield
     finally:
-        with _onednn:
-            _onednn_state["passes"] -= 1
-            if not _onednn_state["passes"]:
-                torch.backends.mkldnn.enabled = _onednn_state["before"]
+        with _onednn_lock:
+            _onednn_passes -= 1
+            if not _onednn_passes:
+                torch.backends.mkldnn.enabled = _onednn_before
 
 
 class Runner:
