@@ -180,13 +180,19 @@ def row_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
+def reduced_on_cpu(device: torch.device, dtype: torch.dtype) -> bool:
+    """bf16 or fp16 on a CPU: where the engine's decoding passes use other kernels than the defaults (here one
+    query's attention, and ``runner.row_products``)."""
+    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+
+
 def _one_query(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float | None, gqa: bool
 ) -> torch.Tensor:
     """One query position's attention to its keys. On a CPU, SDPA's bf16 and fp16 kernels take 3-6× longer for one
     query than its fp32 one does with the casts (0.1-0.3 ms against 30-70 µs per call, SmolLM2's shapes, 80-300
     keys), so reduced precision is computed in fp32 there (more exact, too)."""
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+    if reduced_on_cpu(q.device, q.dtype):
         out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scaling, enable_gqa=gqa)
         return out.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=gqa)

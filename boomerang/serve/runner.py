@@ -65,7 +65,7 @@ def row_products(model: PreTrainedModel) -> bool:
     product per output, accumulated in fp32), bit for bit, and that kernel streams the weights about 2× faster
     than oneDNN's on an AMD Zen 4 CPU (``benchmarks/decode_rows.py``). Prefills (one prompt, many rows) keep
     oneDNN."""
-    return model.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16)
+    return kv.reduced_on_cpu(model.device, model.dtype)
 
 
 @contextlib.contextmanager
