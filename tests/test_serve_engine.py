@@ -19,7 +19,14 @@ from boomerang.serve.runner import shared_layers
 from boomerang.serve.sampling import Sampling, probabilities
 from boomerang.serve.server import FamilyServer
 from boomerang.serve.service import Service
-from boomerang.serve.speculative import accept_greedy, accept_sampled, best_gamma, expected_tokens
+from boomerang.serve.speculative import (
+    SpecState,
+    SpecStats,
+    accept_greedy,
+    accept_sampled,
+    best_gamma,
+    expected_tokens,
+)
 
 PROMPTS = [
     "w5 w6 w7",
@@ -333,6 +340,40 @@ def test_gamma_adapts_to_the_acceptance_rate():
     gammas = [best_gamma(a, 0.2, 8) for a in (0.3, 0.5, 0.7, 0.8, 0.9)]
     assert gammas == sorted(gammas) and gammas[0] < gammas[-1]
     assert best_gamma(0.8, 0.2, 8, extra_draft_steps=1) >= best_gamma(0.8, 0.2, 8)
+    # verifications that grow with the drafts they check (a CPU's row-by-row products) make drafting dearer
+    assert best_gamma(0.66, 0.5, 8) >= 1 and best_gamma(0.66, 0.5, 8, verify_growth=0.45) == 0
+    assert best_gamma(0.9, 0.2, 8, verify_growth=0.3) < best_gamma(0.9, 0.2, 8)
+
+
+def test_a_pair_measures_a_plain_step_then_what_drafts_cost():
+    """The first round of a pair is a plain step (the unit); then a draft step's cost and what each verified draft
+    adds to a verification are measured against it, and γ follows: where verifying 4 drafts costs 2.6 plain steps
+    and a draft step half of one, a 60% acceptance rate does not pay, 95% does."""
+    stats = SpecStats().pair(0, 4, 0)
+    state = SpecState(0, 0, stats, gamma=4, adaptive=True)
+    assert state.next_gamma(8) == 0 and stats.cost_ratio() == 0.5
+    stats.record(0, 0, 1, 0.0, 0.010)  # a plain step: 10 ms
+    assert stats.plain_s == 0.010 and stats.draft_s is None
+    stats.record(4, 2, 3, 0.005, 0.026)  # 4 drafts at 5 ms each, verified in 26 ms
+    assert stats.cost_ratio() == pytest.approx(0.5) and stats.verify_growth == pytest.approx(0.4)
+    assert stats.summary()["verify_growth"] == 0.4
+    assert state.next_gamma(8) == 0  # α ≈ 0.6: no γ pays
+    state.accepted = 100
+    assert state.next_gamma(8) >= 1
+
+
+def test_probes_back_off_while_speculation_does_not_pay():
+    """While no γ pays, a round drafts one token after 8 plain rounds, then after 16, 32 and 64 (a probe makes the
+    draft catch up on every token it skipped); once a γ pays again the interval starts over."""
+    stats = SpecStats().pair(0, 4, 0)
+    stats.record(0, 0, 1, 0.0, 0.010)
+    stats.record(1, 0, 1, 0.008, 0.014)  # a draft step costs 0.8 plain steps; verifying one draft 1.4
+    state = SpecState(0, 0, stats, gamma=4, adaptive=True)
+    probes = [i for i in range(1, 8 + 16 + 32 + 64 + 64 + 1) if state.next_gamma(8)]
+    assert probes == [8, 24, 56, 120, 184]
+    state.accepted = 10_000  # drafts now stand: speculation pays, and the interval is back to 8
+    stats.draft_s = 0.001
+    assert state.next_gamma(8) >= 1 and state.probe_every == 8 and state.plain_rounds == 0
 
 
 def test_seeded_sampling_repeats_alone_in_a_batch_and_speculative(pair, served):
@@ -526,16 +567,18 @@ def test_real_smollm2_bf16_decoding_row_is_the_same_alone_and_batched(real_teach
         assert torch.equal(teacher(ids[:, :1]).logits, reference(ids[:, :1]).logits)
 
 
-def _onednn_during_passes(run: runner.Runner) -> list[bool]:
-    """Run a prefill, a decoding step and a verifying step; whether oneDNN was on in each (seen by the head)."""
+def _onednn_during_passes(
+    run: runner.Runner, passes: tuple[list[int], ...] = ([3, 5, 7, 11], [2], [4, 6, 8]), exact: bool = True
+) -> list[bool]:
+    """Run ``passes`` on one fresh cache (by default a prefill, a decoding step and a verifying step): whether
+    oneDNN was on in each (seen by the head)."""
     seen: list[bool] = []
     head = run.model.get_output_embeddings()
     handle = head.register_forward_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
     try:
         c = run.cache(16)
-        run.forward([c], [[3, 5, 7, 11]], last_only=True)
-        run.forward([c], [[2]])
-        run.forward([c], [[4, 6, 8]])
+        for i, tokens in enumerate(passes):
+            run.forward([c], [tokens], last_only=i == 0, exact=exact)
     finally:
         handle.remove()
     return seen
@@ -557,6 +600,8 @@ def test_decoding_products_run_row_by_row_only_in_reduced_precision_on_a_cpu(arc
         assert runner.row_products(model) and run.rowwise
         assert _onednn_during_passes(run) == [True, False, False]
         assert torch.backends.mkldnn.enabled
+        # a draft catching up on several tokens need not round as decoding does: oneDNN; one token: row by row
+        assert _onednn_during_passes(run, ([3, 5, 7, 11], [2, 4], [6]), exact=False) == [True, True, False]
         assert torch.equal(
             run.step_after(prompts, 5, batched=False), run.step_after(prompts, 5, batched=True)
         ), dtype

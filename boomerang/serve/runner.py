@@ -104,14 +104,23 @@ class Runner:
 
     @torch.inference_mode()
     def forward(
-        self, rows: Sequence[kv.SeqCache], tokens: Sequence[Sequence[int]], *, last_only: bool = False
+        self,
+        rows: Sequence[kv.SeqCache],
+        tokens: Sequence[Sequence[int]],
+        *,
+        last_only: bool = False,
+        exact: bool = True,
     ) -> torch.Tensor:
         """Logits ``[rows, positions, vocab]`` (float32, on the CPU) for ``tokens`` (the same count per row) after each row's
-        cached positions; the caches take the new positions. ``last_only``: the last position's logits only."""
+        cached positions; the caches take the new positions. ``last_only``: the last position's logits only.
+        ``exact=False``: the logits need not round as a decoding step's would (a draft catching up on several
+        tokens), so a pass of several tokens may use oneDNN's faster several-row products."""
         step = kv.Step(rows, len(tokens[0]))
         ids = torch.tensor([list(t) for t in tokens], dtype=torch.long, device=self.device)
-        prefill = step.new_tokens > 1 and not any(step.starts)
-        with _without_onednn() if self.rowwise and not prefill else contextlib.nullcontext():
+        several = step.new_tokens > 1
+        prefill = several and not any(step.starts)
+        rowwise = self.rowwise and not prefill and (exact or not several)
+        with _without_onednn() if rowwise else contextlib.nullcontext():
             out = self.model(
                 input_ids=ids,
                 position_ids=step.position_ids(self.device),
