@@ -16,8 +16,8 @@ one forward pass.
   first round is a plain step, which measures the unit); when no γ beats plain decoding (one token per step), the
   round is a plain step, and after ``PROBE_EVERY`` plain rounds one round drafts one token to keep measuring
   (then after twice as many each time speculation still does not pay, up to ``MAX_PROBE_EVERY``: a probe costs
-  the draft's catching up on the tokens it skipped). A seeded sampled request keeps γ fixed (the server's default), so that its random
-  draws, and its text, repeat.
+  the draft's catching up on the tokens it skipped). A seeded sampled request keeps γ fixed (the server's
+  default), so that its random draws, and its text, repeat.
 - **Shared layers.** Where draft and target share their first ``s`` layers (members of a family patched in the
   ``last`` order), the target's cache takes the draft's buffers for those layers and its verification starts
   from the hidden states the draft computed there (``boomerang.serve.runner``).
@@ -33,7 +33,7 @@ import torch
 from .sampling import Sampling, draw, probabilities
 
 PRIOR_TOKENS = 4.0  # weight of the pair's running acceptance rate in a request's own estimate, in tokens
-# while speculation does not pay, every so many rounds still draft one token, to keep measuring
+# while speculation does not pay, a round drafts one token after this many plain ones (doubling up to the max)
 PROBE_EVERY = 8
 MAX_PROBE_EVERY = 64
 ALPHA0 = 0.6  # acceptance rate assumed before a pair has been measured
@@ -176,7 +176,6 @@ class SpecState:
     cache: object = None  # the draft's SeqCache
     accepted: int = 0
     rejected: int = 0
-    rounds: int = 0
     plain_rounds: int = 0  # plain rounds since the last one that drafted
     probe_every: int = PROBE_EVERY
 
@@ -186,7 +185,6 @@ class SpecState:
 
     def next_gamma(self, max_gamma: int) -> int:
         """γ for the next round (0: a plain decoding step)."""
-        self.rounds += 1
         if self.adaptive:
             if self.pair.plain_s is None:
                 return 0  # a plain step first: the unit the costs are measured in
